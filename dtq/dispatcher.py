@@ -1,0 +1,200 @@
+"""In-memory ready queues and long-poll waiters.
+
+LMDB is the truth; this is the fast index in front of it. Every claim made here is verified in
+the write transaction that grants the lease, so a stale entry can cost a lookup, never a
+double lease. Single trio thread: no locks.
+
+Order: priority (high, medium, low), then enqueue sequence (FIFO), across the asked queues.
+Waiters are served in arrival order, and a ready task wakes exactly one waiter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+from collections import deque
+from collections.abc import Iterable
+
+import trio
+
+RANKS = (0, 1, 2)
+
+
+class Entry:
+    """A task that is ready to run (or scheduled to become ready)."""
+
+    __slots__ = ("name", "queue", "rank", "seq", "task_id")
+
+    def __init__(self, task_id: str, queue: str, rank: int, seq: int, name: str) -> None:
+        self.task_id = task_id
+        self.queue = queue
+        self.rank = rank
+        self.seq = seq
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.task_id} {self.queue}/{self.rank}#{self.seq} {self.name!r}>"
+
+
+class Waiter:
+    __slots__ = ("claimed", "event", "max_tasks", "names", "queues")
+
+    def __init__(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None, max_tasks: int
+    ) -> None:
+        self.queues = queues
+        self.names = names
+        self.max_tasks = max_tasks
+        self.claimed: list[Entry] = []
+        self.event = trio.Event()
+
+    def wants(self, entry: Entry) -> bool:
+        return (self.queues is None or entry.queue in self.queues) and (
+            self.names is None or entry.name in self.names
+        )
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        # queue -> one deque per priority rank; entries are live only while _ready maps
+        # their task id to that very Entry object (lazy deletion).
+        self._queues: dict[str, tuple[deque[Entry], deque[Entry], deque[Entry]]] = {}
+        self._ready: dict[str, Entry] = {}
+        self._scheduled: list[tuple[float, int, Entry]] = []
+        self._scheduled_live: dict[str, Entry] = {}
+        self._waiters: deque[Waiter] = deque()
+        self.schedule_changed = trio.Event()  # the reaper re-plans when this fires
+
+    # -- statistics -------------------------------------------------------------------
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def scheduled_count(self) -> int:
+        return len(self._scheduled_live)
+
+    def waiting_count(self) -> int:
+        return len(self._waiters)
+
+    def ready_by_queue(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self._ready.values():
+            counts[entry.queue] = counts.get(entry.queue, 0) + 1
+        return counts
+
+    # -- making tasks ready -----------------------------------------------------------
+    def push(self, entry: Entry) -> None:
+        """A task became ready: hand it to the oldest matching waiter, else queue it."""
+        self.discard(entry.task_id)
+        for waiter in self._waiters:
+            if len(waiter.claimed) < waiter.max_tasks and waiter.wants(entry):
+                waiter.claimed.append(entry)
+                waiter.event.set()
+                return
+        self._enqueue(entry)
+
+    def push_front(self, entries: Iterable[Entry]) -> None:
+        """Return claimed-but-not-leased tasks to the head of their queues."""
+        for entry in reversed(list(entries)):
+            self._ready[entry.task_id] = entry
+            self._deques(entry.queue)[entry.rank].appendleft(entry)
+
+    def _enqueue(self, entry: Entry) -> None:
+        self._ready[entry.task_id] = entry
+        self._deques(entry.queue)[entry.rank].append(entry)
+
+    def _deques(self, queue: str) -> tuple[deque[Entry], deque[Entry], deque[Entry]]:
+        qs = self._queues.get(queue)
+        if qs is None:
+            qs = self._queues[queue] = (deque(), deque(), deque())
+        return qs
+
+    def schedule(self, entry: Entry, run_at: float) -> None:
+        self.discard(entry.task_id)
+        self._scheduled_live[entry.task_id] = entry
+        first = self._scheduled[0][0] if self._scheduled else None
+        heapq.heappush(self._scheduled, (run_at, entry.seq, entry))
+        if first is None or run_at < first:
+            self.schedule_changed.set()
+
+    def next_scheduled_at(self) -> float | None:
+        heap = self._scheduled
+        while heap and self._scheduled_live.get(heap[0][2].task_id) is not heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def promote_due(self, now: float) -> int:
+        """Move scheduled tasks whose time has come to the ready queues."""
+        moved = 0
+        heap = self._scheduled
+        while heap and heap[0][0] <= now:
+            _, _, entry = heapq.heappop(heap)
+            if self._scheduled_live.get(entry.task_id) is entry:
+                del self._scheduled_live[entry.task_id]
+                self.push(entry)
+                moved += 1
+        return moved
+
+    def discard(self, task_id: str) -> None:
+        """Forget a task (leased elsewhere, cancelled, deleted, re-prioritised)."""
+        self._ready.pop(task_id, None)
+        self._scheduled_live.pop(task_id, None)
+
+    # -- taking tasks -----------------------------------------------------------------
+    def take(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None, max_tasks: int
+    ) -> list[Entry]:
+        taken: list[Entry] = []
+        while len(taken) < max_tasks:
+            entry = self._take_one(queues, names)
+            if entry is None:
+                break
+            taken.append(entry)
+        return taken
+
+    def _take_one(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None
+    ) -> Entry | None:
+        candidates = (
+            list(self._queues.values())
+            if queues is None
+            else [self._queues[q] for q in queues if q in self._queues]
+        )
+        for rank in RANKS:
+            best: deque[Entry] | None = None
+            best_entry: Entry | None = None
+            for qs in candidates:
+                dq = qs[rank]
+                head = self._live_head(dq, names)
+                if head is not None and (best_entry is None or head.seq < best_entry.seq):
+                    best, best_entry = dq, head
+            if best is not None and best_entry is not None:
+                if names is None:
+                    best.popleft()
+                else:
+                    best.remove(best_entry)
+                del self._ready[best_entry.task_id]
+                return best_entry
+        return None
+
+    def _live_head(self, dq: deque[Entry], names: frozenset[str] | None) -> Entry | None:
+        ready = self._ready
+        while dq and ready.get(dq[0].task_id) is not dq[0]:
+            dq.popleft()  # drop stale entries as we meet them
+        if names is None:
+            return dq[0] if dq else None
+        for entry in dq:
+            if entry.name in names and ready.get(entry.task_id) is entry:
+                return entry
+        return None
+
+    def add_waiter(self, waiter: Waiter) -> None:
+        self._waiters.append(waiter)
+
+    def remove_waiter(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def wake_all_waiters(self) -> None:
+        """Shutdown: every long-poll returns now (with whatever it has claimed)."""
+        for waiter in self._waiters:
+            waiter.event.set()

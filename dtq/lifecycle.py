@@ -1,0 +1,247 @@
+"""The task state machine and leases, as pure functions of (task, inputs, now).
+
+Nothing here does I/O or reads a clock; callers pass `now` (epoch seconds). Every function
+returns a new Task (msgspec.structs.replace) and raises before anything could be written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+
+from dtq.errors import InvalidRequest, InvalidTransition, LeaseLost
+from dtq.models import Lease, Task, TaskCreate, TaskError, TaskStatus, TaskUpdate
+from dtq.retry import RetryPolicy
+
+S = TaskStatus
+
+# The one table of allowed transitions. RUNNING -> PENDING is a retry (after a failure or an
+# expired lease); final states have no way out.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.PENDING: frozenset({S.RUNNING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.PENDING, S.CANCELLED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+LEASE_EXPIRED = "lease_expired"
+TIMED_OUT = "timeout"
+
+_fingerprint_encoder = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def check_transition(task: Task, to: TaskStatus) -> None:
+    if to not in TRANSITIONS[task.status]:
+        raise InvalidTransition(
+            f"task {task.id} is {task.status}; it cannot become {to}",
+            field="status",
+            reason=f"{task.status} -> {to} is not allowed",
+        )
+
+
+def new_task(body: TaskCreate, *, task_id: str, seq: int, now: float) -> Task:
+    run_at = body.run_at.timestamp() if body.run_at is not None else None
+    if body.delay is not None:
+        run_at = now + body.delay
+    if run_at is not None and run_at <= now:
+        run_at = None  # already due: plain FIFO order
+    return Task(
+        id=task_id,
+        name=body.name,
+        description=body.description,
+        priority=body.priority,
+        status=S.PENDING,
+        queue=body.queue,
+        payload=body.payload,
+        retry_count=body.retry_count,
+        timeout=body.timeout,
+        created_at=now,
+        updated_at=now,
+        seq=seq,
+        run_at=run_at,
+        idempotency_key=body.idempotency_key,
+        tags=list(body.tags),
+        retry_backoff_s=body.retry_backoff_s,
+        retry_backoff_max_s=body.retry_backoff_max_s,
+    )
+
+
+def fingerprint(body: TaskCreate) -> bytes:
+    """Identifies a create body, to tell a replay from a different task under the same key."""
+    return hashlib.blake2b(_fingerprint_encoder.encode(body), digest_size=16).digest()
+
+
+def is_due(task: Task, now: float) -> bool:
+    return task.status == S.PENDING and (task.run_at is None or task.run_at <= now)
+
+
+def attempt_deadline(task: Task) -> float:
+    """No lease may run past the attempt's start + timeout."""
+    assert task.started_at is not None
+    return task.started_at + task.timeout
+
+
+def grant_lease(task: Task, *, worker_id: str, lease_s: float, now: float) -> Task:
+    check_transition(task, S.RUNNING)
+    lease = Lease(
+        id=uuid.uuid4().hex,
+        worker_id=worker_id,
+        granted_at=now,
+        expires_at=min(now + lease_s, now + task.timeout),
+    )
+    return replace(
+        task,
+        status=S.RUNNING,
+        attempts=task.attempts + 1,
+        worker_id=worker_id,
+        lease=lease,
+        started_at=now,
+        updated_at=now,
+        run_at=None,
+    )
+
+
+def check_lease(task: Task, lease_id: str, now: float) -> Lease:
+    """The fencing check: only the task's current, unexpired lease may act on it."""
+    lease = task.lease
+    if task.status != S.RUNNING or lease is None or lease.id != lease_id:
+        raise LeaseLost(
+            f"lease {lease_id} is not the current lease of task {task.id} (status {task.status})",
+            field="lease_id",
+            reason="stale or unknown lease",
+        )
+    if lease.expires_at <= now:
+        raise LeaseLost(
+            f"lease {lease_id} of task {task.id} expired",
+            field="lease_id",
+            reason="lease expired",
+        )
+    return lease
+
+
+def extend_lease(task: Task, *, lease_id: str, lease_s: float, now: float) -> Task:
+    lease = check_lease(task, lease_id, now)
+    expires_at = max(lease.expires_at, min(now + lease_s, attempt_deadline(task)))
+    return replace(task, lease=replace(lease, expires_at=expires_at), updated_at=now)
+
+
+def complete(task: Task, *, lease_id: str, result: Any, now: float) -> Task:
+    check_lease(task, lease_id, now)
+    check_transition(task, S.COMPLETED)
+    return _finish(task, S.COMPLETED, now, result=result, error=None)
+
+
+def fail(
+    task: Task,
+    *,
+    lease_id: str,
+    error: TaskError,
+    retry: bool | None,
+    now: float,
+    policy: RetryPolicy,
+    rand: float,
+) -> Task:
+    """A reported failure: retry with backoff while retries are left (unless retry=False)."""
+    check_lease(task, lease_id, now)
+    return _failed_attempt(task, error, retry is not False, now, policy, rand, delay=True)
+
+
+def expire(task: Task, *, now: float, policy: RetryPolicy, rand: float) -> Task:
+    """The reaper's verdict on a running task whose lease ran out: ready again at once."""
+    lease = task.lease
+    if task.status != S.RUNNING or lease is None or lease.expires_at > now:
+        raise InvalidTransition(f"task {task.id} has no expired lease")
+    timed_out = task.started_at is not None and lease.expires_at >= attempt_deadline(task)
+    error = TaskError(
+        message=(
+            f"attempt {task.attempts} exceeded the task timeout of {task.timeout:g} s"
+            if timed_out
+            else f"lease of worker {lease.worker_id} expired without a result"
+        ),
+        type=TIMED_OUT if timed_out else LEASE_EXPIRED,
+    )
+    return _failed_attempt(task, error, True, now, policy, rand, delay=False)
+
+
+def _failed_attempt(
+    task: Task,
+    error: TaskError,
+    retry_allowed: bool,
+    now: float,
+    policy: RetryPolicy,
+    rand: float,
+    *,
+    delay: bool,
+) -> Task:
+    retries_used = task.attempts - 1
+    if retry_allowed and retries_used < task.retry_count:
+        check_transition(task, S.PENDING)
+        run_at = None
+        if delay:
+            own = RetryPolicy(
+                base_s=task.retry_backoff_s or policy.base_s,
+                cap_s=task.retry_backoff_max_s or policy.cap_s,
+                jitter=policy.jitter,
+            )
+            run_at = now + own.delay_s(retries_used + 1, rand)
+        return replace(
+            task, status=S.PENDING, lease=None, error=error, run_at=run_at, updated_at=now
+        )
+    check_transition(task, S.FAILED)
+    return _finish(task, S.FAILED, now, result=None, error=error)
+
+
+def _finish(
+    task: Task, status: TaskStatus, now: float, *, result: Any, error: TaskError | None
+) -> Task:
+    started = task.started_at if task.started_at is not None else now
+    return replace(
+        task,
+        status=status,
+        lease=None,
+        result=result,
+        error=error,
+        completed_at=now,
+        duration=max(now - started, 0.0),
+        updated_at=now,
+    )
+
+
+def cancel(task: Task, *, now: float) -> Task:
+    check_transition(task, S.CANCELLED)
+    return replace(task, status=S.CANCELLED, lease=None, completed_at=now, updated_at=now)
+
+
+def apply_update(task: Task, update: TaskUpdate, *, now: float) -> Task:
+    """PUT semantics: `status` may only become `cancelled`; other fields only while pending."""
+    if update.status is not None:
+        if update.status != S.CANCELLED:
+            raise InvalidRequest(
+                "status can only be set to 'cancelled'; workers report results through leases",
+                field="status",
+                reason=f"cannot set status to {update.status}",
+            )
+        if task.status == S.CANCELLED:
+            return task  # cancelling twice is not an error
+        task = cancel(task, now=now)
+    changes: dict[str, Any] = {}
+    for field in ("description", "priority", "retry_count", "timeout", "tags"):
+        value = getattr(update, field)
+        if value is not None:
+            changes[field] = value
+    if update.payload is not msgspec.UNSET:
+        changes["payload"] = update.payload
+    if not changes:
+        return task
+    if task.status != S.PENDING:
+        raise InvalidTransition(
+            f"task {task.id} is {task.status}; only pending tasks can be edited",
+            field="status",
+            reason="not pending",
+        )
+    return replace(task, updated_at=now, **changes)

@@ -1,0 +1,262 @@
+"""Data models: what is stored, and what callers hand to the core.
+
+Stored structs are compact MessagePack arrays (`array_like`); new fields go at the end with a
+default so old records still decode. Times are wall-clock epoch seconds (floats); `dtq.net`
+renders them as ISO 8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class Priority(enum.StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        """0 is dispatched first."""
+        return _RANK[self]
+
+
+_RANK = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
+
+
+class WorkerStatus(enum.StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+# --- stored -------------------------------------------------------------------------------
+
+
+class TaskError(Struct, array_like=True, omit_defaults=True):
+    message: str
+    type: str = "Error"
+    traceback: str | None = None
+
+
+class Lease(Struct, array_like=True):
+    id: str
+    worker_id: str
+    granted_at: float
+    expires_at: float
+
+
+class Task(Struct, array_like=True, kw_only=True):
+    id: str
+    name: str
+    description: str | None
+    priority: Priority
+    status: TaskStatus
+    queue: str
+    payload: Any
+    retry_count: int
+    timeout: float
+    created_at: float
+    updated_at: float
+    seq: int  # enqueue order, FIFO tie-break within a priority
+    run_at: float | None = None
+    idempotency_key: str | None = None
+    attempts: int = 0
+    result: Any = None
+    error: TaskError | None = None
+    worker_id: str | None = None
+    lease: Lease | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    duration: float | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    retry_backoff_s: float | None = None
+    retry_backoff_max_s: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.name!r} {self.status} attempts={self.attempts}>"
+
+
+class Worker(Struct, array_like=True, kw_only=True):
+    worker_id: str
+    status: WorkerStatus
+    current_load: int
+    max_capacity: int
+    last_heartbeat: float
+    registered_at: float
+    hostname: str | None = None
+    queues: list[str] = msgspec.field(default_factory=list)
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+
+
+class DayStats(Struct, array_like=True):
+    """Per-day (UTC) counts for trends and export."""
+
+    created: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    duration_sum: float = 0.0
+
+
+# --- input (validated at the boundary; unknown fields are errors) -------------------------
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+QueueName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
+WorkerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:@\-]{1,128}$")]
+Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class TaskCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    description: Annotated[str, Meta(max_length=2000)] | None = None
+    priority: Priority = Priority.MEDIUM
+    retry_count: Annotated[int, Meta(ge=0, le=100)] = 0
+    timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] = 3600
+    payload: Any = msgspec.field(default_factory=dict)
+    queue: QueueName = "default"
+    run_at: datetime | None = None
+    delay: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    tags: Annotated[list[Tag], Meta(max_length=20)] = msgspec.field(default_factory=list)
+    retry_backoff_s: Annotated[float, Meta(gt=0, le=86400)] | None = None
+    retry_backoff_max_s: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
+
+
+class TaskUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """PUT /tasks/{id}: `status` may only be `cancelled`; the rest only while pending."""
+
+    status: TaskStatus | None = None
+    description: Annotated[str, Meta(max_length=2000)] | None = None
+    priority: Priority | None = None
+    retry_count: Annotated[int, Meta(ge=0, le=100)] | None = None
+    timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
+    payload: Any = msgspec.UNSET
+    tags: Annotated[list[Tag], Meta(max_length=20)] | None = None
+
+
+class Heartbeat(Struct, forbid_unknown_fields=True, kw_only=True):
+    worker_id: WorkerId
+    status: WorkerStatus = WorkerStatus.ACTIVE
+    current_load: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    max_capacity: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
+    hostname: Annotated[str, Meta(max_length=255)] | None = None
+    queues: Annotated[list[QueueName], Meta(max_length=100)] | None = None
+
+
+class Dashboard(Struct):
+    total_tasks: int
+    completed_tasks: int
+    failed_tasks: int
+    pending_tasks: int
+    running_tasks: int
+    cancelled_tasks: int
+    completion_rate: float
+    average_duration: float
+    workers_active: int
+    workers_total: int
+
+
+# --- worker protocol and listing (DESIGN.md "Leases and the worker protocol") --------------
+
+LeaseSeconds = Annotated[float, Meta(gt=0, le=86400)]
+
+
+class TaskErrorIn(Struct, forbid_unknown_fields=True, kw_only=True):
+    message: Annotated[str, Meta(max_length=10_000)]
+    type: Annotated[str, Meta(max_length=200)] = "Error"
+    traceback: Annotated[str, Meta(max_length=100_000)] | None = None
+
+
+class LeaseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    worker_id: WorkerId
+    queues: Annotated[list[QueueName], Meta(min_length=1, max_length=100)] | None = None
+    names: Annotated[list[Name], Meta(min_length=1, max_length=100)] | None = None
+    max_tasks: Annotated[int, Meta(ge=1, le=100)] = 1
+    wait: Annotated[float, Meta(ge=0, le=60)] = 30
+    lease_seconds: LeaseSeconds | None = None
+
+
+class CompleteRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    result: Any = None
+
+
+class FailRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    error: TaskErrorIn | Annotated[str, Meta(max_length=10_000)] = "task failed"
+    retry: bool | None = None
+
+
+class ExtendRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    lease_seconds: LeaseSeconds | None = None
+
+
+class AckItem(Struct, forbid_unknown_fields=True, kw_only=True):
+    id: str
+    lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    status: Annotated[str, Meta(pattern="^(completed|failed)$")]
+    result: Any = None
+    error: TaskErrorIn | Annotated[str, Meta(max_length=10_000)] | None = None
+    retry: bool | None = None
+
+
+class AckRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    acks: Annotated[list[AckItem], Meta(min_length=1, max_length=1000)]
+
+
+class AckOutcome(Struct, omit_defaults=True):
+    id: str
+    ok: bool
+    status: TaskStatus | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    tasks: Annotated[list[TaskCreate], Meta(min_length=1, max_length=1000)]
+
+
+class ListTasksQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    skip: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1, le=100)] = 50
+    status: TaskStatus | None = None
+    priority: Priority | None = None
+    worker_id: WorkerId | None = None
+    sort: Annotated[str, Meta(pattern="^(created_at|updated_at|duration)$")] = "created_at"
+    order: Annotated[str, Meta(pattern="^(asc|desc)$")] = "desc"
+
+
+class ListWorkersQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    status: WorkerStatus | None = None
+    skip: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1, le=100)] = 50
+
+
+def error_from_input(error: TaskErrorIn | str | None) -> TaskError:
+    if error is None:
+        return TaskError(message="task failed")
+    if isinstance(error, str):
+        return TaskError(message=error)
+    return TaskError(message=error.message, type=error.type, traceback=error.traceback)

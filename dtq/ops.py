@@ -1,0 +1,255 @@
+"""Write operations: plain functions of a `StoreTxn`, run by the group-commit writer.
+
+They run in the writer's thread, so they touch nothing but the transaction and their
+arguments. Each validates before it writes (the store also isolates each op in a nested
+transaction, so a failing op never leaves half its writes behind).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from msgspec.structs import replace
+
+from dtq import lifecycle
+from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
+from dtq.models import (
+    AckItem,
+    AckOutcome,
+    Heartbeat,
+    Task,
+    TaskCreate,
+    TaskError,
+    TaskStatus,
+    TaskUpdate,
+    Worker,
+    WorkerStatus,
+    error_from_input,
+)
+from dtq.retry import RetryPolicy
+from dtq.storage.protocol import StoreTxn
+
+S = TaskStatus
+
+
+def parse_task_id(task_id: str, field: str = "task_id") -> str:
+    """Canonical form of a task id, or the guide's INVALID_REQUEST for anything else."""
+    try:
+        return str(uuid.UUID(task_id))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidRequest("Invalid task ID", field=field, reason="Not a valid UUID") from None
+
+
+def _require(tx: StoreTxn, task_id: str) -> Task:
+    task = tx.get_task(task_id)
+    if task is None:
+        raise NotFound(f"task {task_id} not found", field="task_id", reason="no such task")
+    return task
+
+
+# -- producers ---------------------------------------------------------------------------
+
+
+def create(tx: StoreTxn, body: TaskCreate) -> tuple[Task, bool]:
+    """(task, created). A replay under the same idempotency key returns the first task."""
+    fp = b""
+    if body.idempotency_key is not None:
+        fp = lifecycle.fingerprint(body)
+        seen = tx.get_idempotent(body.idempotency_key)
+        if seen is not None:
+            existing = tx.get_task(seen[0])
+            if existing is not None:
+                if seen[1] != fp:
+                    raise Conflict(
+                        "a different task was already created with this idempotency key",
+                        field="idempotency_key",
+                        reason="key reused with a different body",
+                        task_id=existing.id,
+                    )
+                return existing, False
+    task = lifecycle.new_task(body, task_id=str(uuid.uuid4()), seq=tx.next_seq(), now=tx.now)
+    tx.insert_task(task)
+    if body.idempotency_key is not None:
+        tx.put_idempotent(body.idempotency_key, task.id, fp)
+    return task, True
+
+
+def create_many(tx: StoreTxn, bodies: Sequence[TaskCreate]) -> list[tuple[Task, bool]]:
+    return [create(tx, body) for body in bodies]
+
+
+def update(tx: StoreTxn, task_id: str, change: TaskUpdate) -> tuple[Task, Task]:
+    old = _require(tx, task_id)
+    new = lifecycle.apply_update(old, change, now=tx.now)
+    if new is not old:
+        tx.replace_task(old, new)
+        if new.status == S.CANCELLED and old.status != S.CANCELLED:
+            tx.count_day(tx.now, "cancelled")
+    return old, new
+
+
+def delete(tx: StoreTxn, task_id: str) -> Task:
+    task = _require(tx, task_id)
+    tx.delete_task(task)
+    return task
+
+
+# -- workers -----------------------------------------------------------------------------
+
+
+def lease(tx: StoreTxn, task_ids: Sequence[str], worker_id: str, lease_s: float) -> list[Task]:
+    """Grant leases on the claimed tasks that are still due; silently skip the rest."""
+    granted = []
+    for task_id in task_ids:
+        task = tx.get_task(task_id)
+        if task is None or not lifecycle.is_due(task, tx.now):
+            continue
+        new = lifecycle.grant_lease(task, worker_id=worker_id, lease_s=lease_s, now=tx.now)
+        tx.replace_task(task, new)
+        granted.append(new)
+    return granted
+
+
+def _record_finish(tx: StoreTxn, old: Task, new: Task) -> None:
+    """Counters and per-day stats for an attempt that ended (old was running)."""
+    if new.status == S.COMPLETED:
+        tx.count("duration_sum", new.duration or 0.0)
+        tx.count("duration_n")
+        tx.count_day(tx.now, "completed")
+        tx.count_day(tx.now, "duration_sum", new.duration or 0.0)
+    elif new.status == S.FAILED:
+        tx.count_day(tx.now, "failed")
+    elif new.status == S.PENDING:
+        tx.count_day(tx.now, "retried")
+    worker_id = old.worker_id
+    if worker_id and new.status in (S.COMPLETED, S.FAILED):
+        worker = tx.get_worker(worker_id)
+        if worker is not None:
+            if new.status == S.COMPLETED:
+                updated = _replace_worker(worker, tasks_completed=worker.tasks_completed + 1)
+            else:
+                updated = _replace_worker(worker, tasks_failed=worker.tasks_failed + 1)
+            tx.put_worker(worker, updated)
+
+
+def _replace_worker(worker: Worker, **changes: Any) -> Worker:
+    return replace(worker, **changes)
+
+
+def complete(tx: StoreTxn, task_id: str, lease_id: str, result: Any) -> Task:
+    old = _require(tx, task_id)
+    new = lifecycle.complete(old, lease_id=lease_id, result=result, now=tx.now)
+    tx.replace_task(old, new)
+    _record_finish(tx, old, new)
+    return new
+
+
+def fail(
+    tx: StoreTxn,
+    task_id: str,
+    lease_id: str,
+    error: TaskError,
+    retry: bool | None,
+    policy: RetryPolicy,
+    rand: Callable[[], float] = random.random,
+) -> Task:
+    old = _require(tx, task_id)
+    new = lifecycle.fail(
+        old, lease_id=lease_id, error=error, retry=retry, now=tx.now, policy=policy, rand=rand()
+    )
+    tx.replace_task(old, new)
+    _record_finish(tx, old, new)
+    return new
+
+
+def extend(tx: StoreTxn, task_id: str, lease_id: str, lease_s: float) -> Task:
+    old = _require(tx, task_id)
+    new = lifecycle.extend_lease(old, lease_id=lease_id, lease_s=lease_s, now=tx.now)
+    tx.replace_task(old, new)
+    return new
+
+
+def ack(
+    tx: StoreTxn, items: Sequence[AckItem], policy: RetryPolicy
+) -> tuple[list[AckOutcome], list[Task]]:
+    """Many completions/failures at once; a stale lease fails only its own item."""
+    outcomes: list[AckOutcome] = []
+    changed: list[Task] = []
+    for item in items:
+        try:
+            task_id = parse_task_id(item.id, field="id")
+            if item.status == "completed":
+                task = complete(tx, task_id, item.lease_id, item.result)
+            else:
+                task = fail(
+                    tx, task_id, item.lease_id, error_from_input(item.error), item.retry, policy
+                )
+        except DtqError as exc:
+            outcomes.append(
+                AckOutcome(
+                    id=item.id,
+                    ok=False,
+                    error={"code": exc.code, "message": exc.message, "details": exc.details},
+                )
+            )
+            continue
+        outcomes.append(AckOutcome(id=task.id, ok=True, status=task.status))
+        changed.append(task)
+    return outcomes, changed
+
+
+def expire(tx: StoreTxn, due: Sequence[tuple[str, str]], policy: RetryPolicy) -> list[Task]:
+    """The reaper's pass: leases (task id, lease id) that ran out without a result."""
+    changed = []
+    for task_id, lease_id in due:
+        task = tx.get_task(task_id)
+        if (
+            task is None
+            or task.status != S.RUNNING
+            or task.lease is None
+            or task.lease.id != lease_id
+            or task.lease.expires_at > tx.now
+        ):
+            continue  # completed, extended or re-leased meanwhile
+        new = lifecycle.expire(task, now=tx.now, policy=policy, rand=random.random())
+        tx.replace_task(task, new)
+        _record_finish(tx, task, new)
+        changed.append(new)
+    return changed
+
+
+def heartbeat(tx: StoreTxn, hb: Heartbeat) -> Worker:
+    old = tx.get_worker(hb.worker_id)
+    new = Worker(
+        worker_id=hb.worker_id,
+        status=hb.status,
+        current_load=hb.current_load,
+        max_capacity=hb.max_capacity,
+        last_heartbeat=tx.now,
+        registered_at=old.registered_at if old else tx.now,
+        hostname=hb.hostname if hb.hostname is not None else (old.hostname if old else None),
+        queues=hb.queues if hb.queues is not None else (old.queues if old else []),
+        tasks_completed=old.tasks_completed if old else 0,
+        tasks_failed=old.tasks_failed if old else 0,
+    )
+    tx.put_worker(old, new)
+    return new
+
+
+def mark_inactive(tx: StoreTxn, worker_ids: Sequence[str], timeout_s: float) -> list[Worker]:
+    changed = []
+    for worker_id in worker_ids:
+        worker = tx.get_worker(worker_id)
+        if (
+            worker is None
+            or worker.status != WorkerStatus.ACTIVE
+            or worker.last_heartbeat + timeout_s > tx.now
+        ):
+            continue
+        new = _replace_worker(worker, status=WorkerStatus.INACTIVE, current_load=0)
+        tx.put_worker(worker, new)
+        changed.append(new)
+    return changed

@@ -1,0 +1,427 @@
+"""The queue service: the core API the HTTP layer, the tests and the bench call.
+
+Glues the pure pieces together: write ops go through the group-commit writer; after each
+commit, in commit order, the in-memory dispatcher and lease/worker deadlines follow.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from dtq import ops
+from dtq.clock import Clock
+from dtq.dispatcher import Dispatcher, Entry, Waiter
+from dtq.errors import InvalidRequest, NotFound, Unavailable
+from dtq.models import (
+    AckItem,
+    AckOutcome,
+    Dashboard,
+    Heartbeat,
+    LeaseRequest,
+    ListTasksQuery,
+    ListWorkersQuery,
+    Task,
+    TaskCreate,
+    TaskError,
+    TaskStatus,
+    TaskUpdate,
+    Worker,
+    WorkerStatus,
+)
+from dtq.retry import RetryPolicy
+from dtq.settings import Settings
+from dtq.storage.lmdb_store import LmdbStore, day_number
+from dtq.storage.writer import GroupCommitWriter
+
+S = TaskStatus
+EventListener = Callable[[str, Task], None]
+WorkerListener = Callable[[str, Worker], None]
+TREND_METRICS = ("completion_rate", "avg_duration", "error_rate")
+
+
+def _entry(task: Task) -> Entry:
+    return Entry(task.id, task.queue, task.priority.rank, task.seq, task.name)
+
+
+class TaskQueue:
+    def __init__(
+        self, store: LmdbStore, writer: GroupCommitWriter, clock: Clock, settings: Settings
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.clock = clock
+        self.settings = settings
+        self.policy = RetryPolicy(settings.retry_backoff_base_s, settings.retry_backoff_max_s)
+        self.dispatcher = Dispatcher()
+        self._leases: list[tuple[float, str, str]] = []  # (expires_at, task id, lease id), lazy
+        self._worker_deadlines: list[tuple[float, str]] = []  # (silent-by, worker id), lazy
+        self.task_listeners: list[EventListener] = []
+        self.worker_listeners: list[WorkerListener] = []
+        self.lease_expiries = 0
+        self.closing = False
+
+    # -- start-up -----------------------------------------------------------------------
+    def rebuild(self) -> int:
+        """Rebuild the in-memory structures from storage; running tasks keep their expiry."""
+        now = self.clock.now()
+        count = 0
+        pending: list[tuple[int, Entry, float | None]] = []
+        for queue, rank, seq, task_id, name, run_at in self.store.iter_pending():
+            pending.append((seq, Entry(task_id, queue, rank, seq, name), run_at))
+            count += 1
+        pending.sort(key=lambda row: row[0])  # FIFO across queues by enqueue order
+        for _, entry, run_at in pending:
+            if run_at is not None and run_at > now:
+                self.dispatcher.schedule(entry, run_at)
+            else:
+                self.dispatcher.push(entry)
+        for expires_at, task_id in self.store.iter_leases():
+            task = self.store.get_task(task_id)
+            if task is not None and task.lease is not None:
+                self._leases.append((expires_at, task_id, task.lease.id))
+                count += 1
+        heapq.heapify(self._leases)
+        workers, _ = self.store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
+        for worker in workers:
+            self._worker_deadlines.append(
+                (worker.last_heartbeat + self.settings.worker_timeout_s, worker.worker_id)
+            )
+        heapq.heapify(self._worker_deadlines)
+        return count
+
+    # -- events -------------------------------------------------------------------------
+    def _emit(self, event: str, task: Task) -> None:
+        for listener in self.task_listeners:
+            listener(event, task)
+
+    def _became_pending(self, task: Task) -> None:
+        if task.run_at is not None and task.run_at > self.clock.now():
+            self.dispatcher.schedule(_entry(task), task.run_at)
+        else:
+            self.dispatcher.push(_entry(task))
+
+    def _track_lease(self, task: Task) -> None:
+        assert task.lease is not None
+        item = (task.lease.expires_at, task.id, task.lease.id)
+        if not self._leases or item < self._leases[0]:
+            self.dispatcher.schedule_changed.set()
+        heapq.heappush(self._leases, item)
+
+    def _after_attempt(self, task: Task) -> None:
+        if task.status == S.PENDING:
+            self._became_pending(task)
+            self._emit("task.retried", task)
+        else:
+            self._emit(f"task.{task.status.value}", task)
+
+    # -- producers ----------------------------------------------------------------------
+    async def create(self, body: TaskCreate) -> tuple[Task, bool]:
+        def on_commit(res: tuple[Task, bool]) -> None:
+            task, created = res
+            if created:
+                self._became_pending(task)
+                self._emit("task.created", task)
+
+        return await self.writer.write(lambda tx: ops.create(tx, body), on_commit)
+
+    async def create_many(self, bodies: Sequence[TaskCreate]) -> list[tuple[Task, bool]]:
+        def on_commit(rows: list[tuple[Task, bool]]) -> None:
+            for task, created in rows:
+                if created:
+                    self._became_pending(task)
+                    self._emit("task.created", task)
+
+        return await self.writer.write(lambda tx: ops.create_many(tx, bodies), on_commit)
+
+    def get(self, task_id: str) -> Task:
+        task = self.store.get_task(ops.parse_task_id(task_id))
+        if task is None:
+            raise NotFound(f"task {task_id} not found", field="task_id", reason="no such task")
+        return task
+
+    def list_tasks(self, query: ListTasksQuery) -> tuple[list[Task], int]:
+        return self.store.list_tasks(query)
+
+    async def update(self, task_id: str, change: TaskUpdate) -> Task:
+        task_id = ops.parse_task_id(task_id)
+
+        def on_commit(res: tuple[Task, Task]) -> None:
+            old, new = res
+            if new is old:
+                return
+            if new.status == S.CANCELLED and old.status != S.CANCELLED:
+                self.dispatcher.discard(new.id)
+                self._emit("task.cancelled", new)
+                return
+            if new.status == S.PENDING and new.priority != old.priority:
+                self._became_pending(new)
+            self._emit("task.updated", new)
+
+        _, new = await self.writer.write(lambda tx: ops.update(tx, task_id, change), on_commit)
+        return new
+
+    async def cancel(self, task_id: str) -> Task:
+        return await self.update(task_id, TaskUpdate(status=S.CANCELLED))
+
+    async def delete(self, task_id: str) -> Task:
+        task_id = ops.parse_task_id(task_id)
+
+        def on_commit(task: Task) -> None:
+            self.dispatcher.discard(task.id)
+            self._emit("task.deleted", task)
+
+        return await self.writer.write(lambda tx: ops.delete(tx, task_id), on_commit)
+
+    # -- the worker protocol -------------------------------------------------------------
+    async def lease(self, req: LeaseRequest) -> list[Task]:
+        """Ready tasks at once, else a long poll until one is ready or `wait` passes."""
+        queues = frozenset(req.queues) if req.queues else None
+        names = frozenset(req.names) if req.names else None
+        lease_s = req.lease_seconds or self.settings.lease_default_s
+        claimed = self.dispatcher.take(queues, names, req.max_tasks)
+        if not claimed and req.wait > 0 and not self.closing:
+            claimed = await self._wait_for_tasks(queues, names, req.max_tasks, req.wait)
+        if not claimed:
+            return []
+        ids = [e.task_id for e in claimed]
+
+        def on_commit(granted: list[Task]) -> None:
+            for task in granted:
+                self._track_lease(task)
+                self._emit("task.running", task)
+
+        try:
+            return await self.writer.write(
+                lambda tx: ops.lease(tx, ids, req.worker_id, lease_s), on_commit
+            )
+        except BaseException:
+            # Not granted (storage error or shutdown): the tasks go back to the head of line.
+            # If the commit did happen the tasks are running and their lease will expire.
+            self.dispatcher.push_front(claimed)
+            raise
+
+    async def _wait_for_tasks(
+        self,
+        queues: frozenset[str] | None,
+        names: frozenset[str] | None,
+        max_tasks: int,
+        wait_s: float,
+    ) -> list[Entry]:
+        waiter = Waiter(queues, names, max_tasks)
+        self.dispatcher.add_waiter(waiter)
+        try:
+            with trio.move_on_after(wait_s):
+                await waiter.event.wait()
+        except BaseException:
+            self.dispatcher.remove_waiter(waiter)
+            self.dispatcher.push_front(waiter.claimed)
+            raise
+        self.dispatcher.remove_waiter(waiter)
+        claimed = waiter.claimed
+        if claimed and len(claimed) < max_tasks:
+            claimed.extend(self.dispatcher.take(queues, names, max_tasks - len(claimed)))
+        return claimed
+
+    async def complete(self, task_id: str, lease_id: str, result: Any = None) -> Task:
+        task_id = ops.parse_task_id(task_id)
+        return await self.writer.write(
+            lambda tx: ops.complete(tx, task_id, lease_id, result), self._after_attempt
+        )
+
+    async def fail(
+        self, task_id: str, lease_id: str, error: TaskError, retry: bool | None = None
+    ) -> Task:
+        task_id = ops.parse_task_id(task_id)
+        return await self.writer.write(
+            lambda tx: ops.fail(tx, task_id, lease_id, error, retry, self.policy),
+            self._after_attempt,
+        )
+
+    async def extend(self, task_id: str, lease_id: str, lease_s: float | None = None) -> Task:
+        task_id = ops.parse_task_id(task_id)
+        seconds = lease_s or self.settings.lease_default_s
+        return await self.writer.write(
+            lambda tx: ops.extend(tx, task_id, lease_id, seconds), self._track_lease
+        )
+
+    async def ack(self, items: Sequence[AckItem]) -> list[AckOutcome]:
+        def on_commit(res: tuple[list[AckOutcome], list[Task]]) -> None:
+            for task in res[1]:
+                self._after_attempt(task)
+
+        outcomes, _ = await self.writer.write(lambda tx: ops.ack(tx, items, self.policy), on_commit)
+        return outcomes
+
+    async def heartbeat(self, hb: Heartbeat) -> Worker:
+        def on_commit(worker: Worker) -> None:
+            if worker.status == WorkerStatus.ACTIVE:
+                deadline = worker.last_heartbeat + self.settings.worker_timeout_s
+                if not self._worker_deadlines or deadline < self._worker_deadlines[0][0]:
+                    self.dispatcher.schedule_changed.set()
+                heapq.heappush(self._worker_deadlines, (deadline, worker.worker_id))
+            for listener in self.worker_listeners:
+                listener("worker.heartbeat", worker)
+
+        return await self.writer.write(lambda tx: ops.heartbeat(tx, hb), on_commit)
+
+    def get_worker(self, worker_id: str) -> Worker:
+        worker = self.store.get_worker(worker_id)
+        if worker is None:
+            raise NotFound(
+                f"worker {worker_id} not found", field="worker_id", reason="no such worker"
+            )
+        return worker
+
+    def list_workers(self, query: ListWorkersQuery) -> tuple[list[Worker], int]:
+        return self.store.list_workers(query.status, query.skip, query.limit)
+
+    # -- the reaper's side ----------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """The earliest moment the reaper has something to do."""
+        times = [
+            t
+            for t in (
+                self.dispatcher.next_scheduled_at(),
+                self._leases[0][0] if self._leases else None,
+                self._worker_deadlines[0][0] if self._worker_deadlines else None,
+            )
+            if t is not None
+        ]
+        return min(times) if times else None
+
+    async def reap(self) -> None:
+        """Promote due tasks, expire due leases, mark silent workers inactive."""
+        now = self.clock.now()
+        self.dispatcher.promote_due(now)
+        due: list[tuple[str, str]] = []
+        while self._leases and self._leases[0][0] <= now:
+            _, task_id, lease_id = heapq.heappop(self._leases)
+            due.append((task_id, lease_id))
+        if due:
+
+            def on_expired(changed: list[Task]) -> None:
+                self.lease_expiries += len(changed)
+                for task in changed:
+                    self._after_attempt(task)
+
+            try:
+                await self.writer.write(lambda tx: ops.expire(tx, due, self.policy), on_expired)
+            except BaseException:
+                for task_id, lease_id in due:  # not expired yet: keep them for the next pass
+                    heapq.heappush(self._leases, (now, task_id, lease_id))
+                raise
+        silent: list[str] = []
+        while self._worker_deadlines and self._worker_deadlines[0][0] <= now:
+            silent.append(heapq.heappop(self._worker_deadlines)[1])
+        if silent:
+            timeout_s = self.settings.worker_timeout_s
+
+            def on_inactive(changed: list[Worker]) -> None:
+                for worker in changed:
+                    for listener in self.worker_listeners:
+                        listener("worker.inactive", worker)
+
+            try:
+                await self.writer.write(
+                    lambda tx: ops.mark_inactive(tx, silent, timeout_s), on_inactive
+                )
+            except BaseException:
+                for worker_id in silent:
+                    heapq.heappush(self._worker_deadlines, (now, worker_id))
+                raise
+
+    # -- analytics -----------------------------------------------------------------------
+    def dashboard(self) -> Dashboard:
+        c = self.store.counters()
+        total = int(c.get("total", 0))
+        completed = int(c.get(S.COMPLETED.value, 0))
+        n = c.get("duration_n", 0)
+        return Dashboard(
+            total_tasks=total,
+            completed_tasks=completed,
+            failed_tasks=int(c.get(S.FAILED.value, 0)),
+            pending_tasks=int(c.get(S.PENDING.value, 0)),
+            running_tasks=int(c.get(S.RUNNING.value, 0)),
+            cancelled_tasks=int(c.get(S.CANCELLED.value, 0)),
+            completion_rate=round(completed / total, 4) if total else 0.0,
+            average_duration=round(c.get("duration_sum", 0.0) / n, 4) if n else 0.0,
+            workers_active=int(c.get("workers_active", 0)),
+            workers_total=int(c.get("workers_total", 0)),
+        )
+
+    def daily(self, days: int) -> list[dict[str, Any]]:
+        """One row per UTC day, oldest first, the last `days` days including today."""
+        if not 1 <= days <= 365:
+            raise InvalidRequest("days must be between 1 and 365", field="days")
+        today = day_number(self.clock.now())
+        stored = dict(self.store.day_stats(today - days + 1, today))
+        rows = []
+        for day in range(today - days + 1, today + 1):
+            s = stored.get(day)
+            created = s.created if s else 0
+            completed = s.completed if s else 0
+            failed = s.failed if s else 0
+            finished = completed + failed
+            rows.append(
+                {
+                    "date": datetime.fromtimestamp(day * 86400, UTC).date().isoformat(),
+                    "created": created,
+                    "completed": completed,
+                    "failed": failed,
+                    "retried": s.retried if s else 0,
+                    "cancelled": s.cancelled if s else 0,
+                    "completion_rate": round(completed / finished, 4) if finished else 0.0,
+                    "error_rate": round(failed / finished, 4) if finished else 0.0,
+                    "avg_duration": round(s.duration_sum / completed, 4)
+                    if s and completed
+                    else 0.0,
+                }
+            )
+        return rows
+
+    def trends(self, days: int, metric: str | None) -> dict[str, Any]:
+        if metric is not None and metric not in TREND_METRICS:
+            raise InvalidRequest(
+                f"metric must be one of {', '.join(TREND_METRICS)}",
+                field="metric",
+                reason=f"unknown metric {metric!r}",
+            )
+        rows = self.daily(days)
+        metrics = (metric,) if metric else TREND_METRICS
+        return {
+            "days": days,
+            "metric": metric,
+            "series": [{"date": r["date"], **{m: r[m] for m in metrics}} for r in rows],
+        }
+
+    # -- shutdown --------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Open long-polls answer now (empty unless a task was already handed to them)."""
+        self.closing = True
+        self.dispatcher.wake_all_waiters()
+
+
+async def run_reaper(
+    queue: TaskQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Sleeps until the earliest deadline (or until an earlier one appears), then reaps."""
+    task_status.started()
+    while True:
+        queue.dispatcher.schedule_changed = trio.Event()
+        try:
+            await queue.reap()
+        except Unavailable:
+            if queue.closing:
+                return
+            await trio.sleep(1.0)  # storage trouble: retry, at most once a second
+            continue
+        deadline = queue.next_deadline()
+        wake_at = math.inf if deadline is None else queue.clock.to_trio(deadline)
+        with trio.move_on_at(wake_at):
+            await queue.dispatcher.schedule_changed.wait()

@@ -1,0 +1,41 @@
+"""Opens the core: storage, writer, queue, reaper, in the caller's nursery."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from dtq.clock import Clock, TrioClock
+from dtq.queue import TaskQueue, run_reaper
+from dtq.settings import Durability, Settings
+from dtq.storage.lmdb_store import LmdbStore
+from dtq.storage.writer import GroupCommitWriter
+
+
+@asynccontextmanager
+async def open_queue(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[TaskQueue]:
+    """The running core. On exit: long-polls answer, queued writes are flushed, LMDB closes."""
+    clock = clock or TrioClock()
+    store = LmdbStore(
+        settings.data_dir,
+        fsync=settings.durability == Durability.FSYNC,
+        map_size_bytes=settings.map_size_bytes,
+    )
+    try:
+        writer = GroupCommitWriter(store, clock)
+        queue = TaskQueue(store, writer, clock, settings)
+        queue.rebuild()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(run_reaper, queue)
+            try:
+                yield queue
+            finally:
+                queue.begin_shutdown()
+                with trio.CancelScope(shield=True):
+                    await writer.aclose()  # flushes what is queued, then stops
+                nursery.cancel_scope.cancel()  # the reaper
+    finally:
+        store.close()

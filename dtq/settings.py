@@ -1,0 +1,82 @@
+"""One frozen Settings object, units in the names. Only the CLI reads the environment."""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class Durability(enum.StrEnum):
+    FSYNC = "fsync"  # a 2xx means the data is on disk and survives power loss
+    OS = "os"  # survives a process crash (kill -9), not power loss
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 5000
+    data_dir: str = "./dtq-data"
+    durability: Durability = Durability.FSYNC
+    env: str = "production"
+    debug: bool = False
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    admin_password: str | None = None
+    jwt_secret: str | None = None
+    jwt_ttl_s: int = 3600
+    rate_limit_per_hour: int = 1000
+    rate_limit_per_minute: int = 100
+    cors_origins: tuple[str, ...] = ()
+    certfile: str | None = None
+    keyfile: str | None = None
+    forwarded_allow_ips: tuple[str, ...] = ()
+    worker_timeout_s: float = 30.0
+    lease_default_s: float = 60.0
+    retry_backoff_base_s: float = 1.0
+    retry_backoff_max_s: float = 3600.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    map_size_bytes: int = 256 * 1024 * 1024
+    graceful_timeout_s: float = 5.0
+    keep_alive_timeout_s: float = 5.0
+    backlog: int = 4096
+    keep_alive_max_requests: int = 1_000_000
+    metrics_require_auth: bool = False
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+_TUPLE_FIELDS = {"cors_origins", "forwarded_allow_ips"}
+
+
+def _from_env_value(name: str, raw: str) -> Any:
+    if name in _TUPLE_FIELDS:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Defaults < TOML file (`DTQ_CONFIG` or `config_file`) < `DTQ_<NAME>` env < overrides."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file or env.get("DTQ_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            merged.update(tomllib.load(fh))
+    for name in Settings.__struct_fields__:
+        raw = env.get(f"DTQ_{name.upper()}")
+        if raw is not None and raw != "":
+            merged[name] = _from_env_value(name, raw)
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    # strict=False lets "5000" and "true" from the environment become int and bool.
+    return msgspec.convert(merged, Settings, strict=False)

@@ -1,0 +1,68 @@
+"""Key layouts. Fixed-width big-endian numbers so LMDB's byte order is the index order.
+
+Times in keys are integer microseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from dtq.models import Priority, TaskStatus
+
+_U64 = 8
+SEP = b"\x00"  # queue names and worker ids never contain NUL (validated at the boundary)
+
+STATUS_BYTE = {s: i.to_bytes(1, "big") for i, s in enumerate(TaskStatus)}
+PRIORITY_BYTE = {p: p.rank.to_bytes(1, "big") for p in Priority}
+PRIORITY_FROM_RANK = {p.rank: p for p in Priority}
+
+
+def u64(n: int) -> bytes:
+    return n.to_bytes(_U64, "big")
+
+
+def from_u64(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
+def micros(t: float) -> int:
+    return int(t * 1_000_000)
+
+
+def task_key(task_id: str) -> bytes:
+    return uuid.UUID(task_id).bytes
+
+
+def task_id_from_key(key: bytes) -> str:
+    return str(uuid.UUID(bytes=key))
+
+
+def ready_prefix(queue: str) -> bytes:
+    return queue.encode() + SEP
+
+
+def ready_key(queue: str, priority: Priority, seq: int) -> bytes:
+    """queue NUL | priority rank (1) | enqueue seq (8)  ->  task key (16) + name."""
+    return ready_prefix(queue) + PRIORITY_BYTE[priority] + u64(seq)
+
+
+def time_id_key(t: float, tkey: bytes) -> bytes:
+    """when (8) | task key (16): schedule and lease indexes, created/updated listing indexes."""
+    return u64(micros(t)) + tkey
+
+
+def status_key(status: TaskStatus, created_at: float, tkey: bytes) -> bytes:
+    return STATUS_BYTE[status] + u64(micros(created_at)) + tkey
+
+
+def priority_key(priority: Priority, created_at: float, tkey: bytes) -> bytes:
+    return PRIORITY_BYTE[priority] + u64(micros(created_at)) + tkey
+
+
+def worker_index_key(worker_id: str, created_at: float, tkey: bytes) -> bytes:
+    return worker_id.encode() + SEP + u64(micros(created_at)) + tkey
+
+
+def day_key(day_number: int) -> bytes:
+    """Days since the epoch (UTC)."""
+    return u64(day_number)

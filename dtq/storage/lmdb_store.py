@@ -1,0 +1,508 @@
+"""LMDB backend: key layout, indexes and counters. Knows nothing of HTTP.
+
+Sub-databases (all keys big-endian so LMDB order is index order):
+
+    tasks       task key (16)                          -> Task
+    pending     queue NUL | priority | seq             -> task key + run_at_us (8) + name
+    leases      expires_us | task key                  -> b""
+    by_created  created_us | task key                  -> b""
+    by_updated  updated_us | task key                  -> b""
+    by_status   status | created_us | task key         -> b""
+    by_priority priority | created_us | task key       -> b""
+    by_worker   worker NUL | created_us | task key     -> b""
+    idem        idempotency key                        -> task key + body fingerprint
+    workers     worker id                              -> Worker
+    days        day number                             -> DayStats
+    meta        b"counters" / b"seq"                   -> counters / next seq
+    users, api_keys, kv: owned by other modules, raw bytes.
+
+Pending tasks with a future `run_at` stay in `pending`; the dispatcher keeps them in a heap
+until due, so promotion costs no write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import lmdb
+
+from dtq.errors import InvalidRequest, StorageError
+from dtq.models import DayStats, Priority, Task, TaskStatus, Worker, WorkerStatus
+from dtq.storage import codec
+from dtq.storage import keys as K
+from dtq.storage.protocol import TaskQuery
+
+T = TypeVar("T")
+
+TABLES = (
+    "tasks", "pending", "leases", "by_created", "by_updated", "by_status", "by_priority",
+    "by_worker", "idem", "workers", "days", "meta", "users", "api_keys", "kv",
+)  # fmt: skip
+_COUNTERS = b"counters"
+_SEQ = b"seq"
+_SECONDS_PER_DAY = 86400
+
+
+def day_number(t: float) -> int:
+    return int(t // _SECONDS_PER_DAY)
+
+
+class Deltas:
+    """Counter and per-day changes made by one operation, merged into the batch on success."""
+
+    __slots__ = ("counters", "days")
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = {}
+        self.days: dict[int, dict[str, float]] = {}
+
+    def add(self, name: str, n: float = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def day(self, t: float, name: str, n: float = 1) -> None:
+        d = self.days.setdefault(day_number(t), {})
+        d[name] = d.get(name, 0) + n
+
+    def merge(self, other: Deltas) -> None:
+        for k, v in other.counters.items():
+            self.add(k, v)
+        for day, fields in other.days.items():
+            mine = self.days.setdefault(day, {})
+            for k, v in fields.items():
+                mine[k] = mine.get(k, 0) + v
+
+
+class LmdbTxn:
+    """`StoreTxn` over one nested LMDB write transaction (one per operation)."""
+
+    def __init__(self, store: LmdbStore, txn: lmdb.Transaction, now: float) -> None:
+        self._s = store
+        self._txn = txn
+        self.now = now
+        self.deltas = Deltas()
+
+    # -- tasks --------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> Task | None:
+        raw = self._txn.get(K.task_key(task_id), db=self._s.db["tasks"])
+        return None if raw is None else codec.decode_task(raw)
+
+    def next_seq(self) -> int:
+        return self._s.take_seq()
+
+    def insert_task(self, task: Task) -> Task:
+        tkey = K.task_key(task.id)
+        db = self._s.db
+        put = self._txn.put
+        put(tkey, codec.encode(task), db=db["tasks"])
+        put(K.time_id_key(task.created_at, tkey), b"", db=db["by_created"])
+        put(K.time_id_key(task.updated_at, tkey), b"", db=db["by_updated"])
+        put(K.status_key(task.status, task.created_at, tkey), b"", db=db["by_status"])
+        put(K.priority_key(task.priority, task.created_at, tkey), b"", db=db["by_priority"])
+        self._index_state(task, tkey, add=True)
+        self.deltas.add("total")
+        self.deltas.add(task.status.value)
+        self.deltas.day(task.created_at, "created")
+        return task
+
+    def replace_task(self, old: Task, new: Task) -> None:
+        tkey = K.task_key(new.id)
+        db = self._s.db
+        txn = self._txn
+        txn.put(tkey, codec.encode(new), db=db["tasks"])
+        if old.updated_at != new.updated_at:
+            txn.delete(K.time_id_key(old.updated_at, tkey), db=db["by_updated"])
+            txn.put(K.time_id_key(new.updated_at, tkey), b"", db=db["by_updated"])
+        if old.status != new.status:
+            txn.delete(K.status_key(old.status, old.created_at, tkey), db=db["by_status"])
+            txn.put(K.status_key(new.status, new.created_at, tkey), b"", db=db["by_status"])
+            self.deltas.add(old.status.value, -1)
+            self.deltas.add(new.status.value, 1)
+        if old.priority != new.priority:
+            txn.delete(K.priority_key(old.priority, old.created_at, tkey), db=db["by_priority"])
+            txn.put(K.priority_key(new.priority, new.created_at, tkey), b"", db=db["by_priority"])
+        if old.worker_id != new.worker_id and old.worker_id:
+            txn.delete(K.worker_index_key(old.worker_id, old.created_at, tkey), db=db["by_worker"])
+        self._index_state(old, tkey, add=False)
+        self._index_state(new, tkey, add=True)
+
+    def delete_task(self, task: Task) -> None:
+        tkey = K.task_key(task.id)
+        db = self._s.db
+        txn = self._txn
+        txn.delete(tkey, db=db["tasks"])
+        txn.delete(K.time_id_key(task.created_at, tkey), db=db["by_created"])
+        txn.delete(K.time_id_key(task.updated_at, tkey), db=db["by_updated"])
+        txn.delete(K.status_key(task.status, task.created_at, tkey), db=db["by_status"])
+        txn.delete(K.priority_key(task.priority, task.created_at, tkey), db=db["by_priority"])
+        if task.worker_id:
+            txn.delete(
+                K.worker_index_key(task.worker_id, task.created_at, tkey), db=db["by_worker"]
+            )
+        self._index_state(task, tkey, add=False)
+        if task.idempotency_key:
+            txn.delete(task.idempotency_key.encode(), db=db["idem"])
+        self.deltas.add("total", -1)
+        self.deltas.add(task.status.value, -1)
+        if task.status == TaskStatus.COMPLETED and task.duration is not None:
+            self.deltas.add("duration_sum", -task.duration)
+            self.deltas.add("duration_n", -1)
+
+    def _index_state(self, task: Task, tkey: bytes, *, add: bool) -> None:
+        """Keep the pending / lease / worker indexes in step with the task's state."""
+        db = self._s.db
+        txn = self._txn
+        if task.status == TaskStatus.PENDING:
+            key = K.ready_key(task.queue, task.priority, task.seq)
+            if add:
+                run_at_us = K.micros(task.run_at) if task.run_at else 0
+                txn.put(key, tkey + K.u64(run_at_us) + task.name.encode(), db=db["pending"])
+            else:
+                txn.delete(key, db=db["pending"])
+        elif task.status == TaskStatus.RUNNING and task.lease is not None:
+            key = K.time_id_key(task.lease.expires_at, tkey)
+            if add:
+                txn.put(key, b"", db=db["leases"])
+            else:
+                txn.delete(key, db=db["leases"])
+        if task.worker_id:
+            key = K.worker_index_key(task.worker_id, task.created_at, tkey)
+            if add:
+                txn.put(key, b"", db=db["by_worker"])
+            # removal of the worker index happens only when worker_id changes or on delete
+
+    def count(self, name: str, n: float = 1) -> None:
+        self.deltas.add(name, n)
+
+    def count_day(self, t: float, name: str, n: float = 1) -> None:
+        self.deltas.day(t, name, n)
+
+    # -- idempotency ----------------------------------------------------------------------
+    def get_idempotent(self, key: str) -> tuple[str, bytes] | None:
+        raw = self._txn.get(key.encode(), db=self._s.db["idem"])
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        return K.task_id_from_key(raw[:16]), raw[16:]
+
+    def put_idempotent(self, key: str, task_id: str, fingerprint: bytes) -> None:
+        self._txn.put(key.encode(), K.task_key(task_id) + fingerprint, db=self._s.db["idem"])
+
+    # -- workers --------------------------------------------------------------------------
+    def get_worker(self, worker_id: str) -> Worker | None:
+        raw = self._txn.get(worker_id.encode(), db=self._s.db["workers"])
+        return None if raw is None else codec.decode_worker(raw)
+
+    def put_worker(self, old: Worker | None, new: Worker) -> None:
+        self._txn.put(new.worker_id.encode(), codec.encode(new), db=self._s.db["workers"])
+        if old is None:
+            self.deltas.add("workers_total")
+        was_active = old is not None and old.status == WorkerStatus.ACTIVE
+        is_active = new.status == WorkerStatus.ACTIVE
+        if was_active != is_active:
+            self.deltas.add("workers_active", 1 if is_active else -1)
+
+    # -- raw tables (users, api keys, ...) -------------------------------------------------
+    def get_raw(self, table: str, key: bytes) -> bytes | None:
+        raw = self._txn.get(key, db=self._s.db[table])
+        return None if raw is None else bytes(raw)
+
+    def put_raw(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._s.db[table])
+
+    def delete_raw(self, table: str, key: bytes) -> bool:
+        return bool(self._txn.delete(key, db=self._s.db[table]))
+
+
+class LmdbStore:
+    """The LMDB environment. Reads run here directly; writes go through `GroupCommitWriter`."""
+
+    def __init__(self, path: str, *, fsync: bool = True, map_size_bytes: int = 256 << 20) -> None:
+        import os
+
+        os.makedirs(path, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                path,
+                map_size=map_size_bytes,
+                max_dbs=len(TABLES) + 2,
+                sync=fsync,
+                metasync=fsync,
+                readahead=False,
+                max_readers=512,
+            )
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot open data directory {path!r}: {exc}") from exc
+        self.path = path
+        self.db: dict[str, Any] = {}
+        with self.env.begin(write=True) as txn:
+            for name in TABLES:
+                self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
+            raw = txn.get(_SEQ, db=self.db["meta"])
+        self._seq = K.from_u64(raw) if raw else 1
+        self._seq_dirty = False
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- used by the writer thread ----------------------------------------------------------
+    def take_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        self._seq_dirty = True
+        return seq
+
+    def run_batch(self, ops: list[Callable[[LmdbTxn], Any]], now: float) -> list[tuple[bool, Any]]:
+        """Run ops in one write transaction, each in its own nested one; commit once.
+
+        Returns (ok, result-or-exception) per op. Must begin and commit in one thread
+        (stack-findings trap 3). Raises lmdb errors for the whole batch (map full, disk).
+        """
+        outcomes: list[tuple[bool, Any]] = []
+        batch = Deltas()
+        seq_before = self._seq
+        txn = self.env.begin(write=True)
+        try:
+            for op in ops:
+                child = self.env.begin(write=True, parent=txn)
+                view = LmdbTxn(self, child, now)
+                try:
+                    result = op(view)
+                except lmdb.Error:
+                    child.abort()
+                    raise
+                except Exception as exc:  # an op's own failure; the others go on
+                    child.abort()
+                    outcomes.append((False, exc))
+                    continue
+                child.commit()
+                batch.merge(view.deltas)
+                outcomes.append((True, result))
+            self._apply_deltas(txn, batch)
+            if self._seq_dirty:
+                txn.put(_SEQ, K.u64(self._seq), db=self.db["meta"])
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            self._seq = max(self._seq, seq_before)  # seqs are only ever skipped, never reused
+            raise
+        self._seq_dirty = False
+        return outcomes
+
+    def _apply_deltas(self, txn: lmdb.Transaction, d: Deltas) -> None:
+        if d.counters:
+            meta = self.db["meta"]
+            raw = txn.get(_COUNTERS, db=meta)
+            counters = codec.decode_counters(raw) if raw else {}
+            for k, v in d.counters.items():
+                counters[k] = counters.get(k, 0) + v
+            txn.put(_COUNTERS, codec.encode(counters), db=meta)
+        days_db = self.db["days"]
+        for day, fields in d.days.items():
+            key = K.day_key(day)
+            raw = txn.get(key, db=days_db)
+            stats = codec.decode_day(raw) if raw else DayStats()
+            for k, v in fields.items():
+                setattr(stats, k, getattr(stats, k) + v)
+            txn.put(key, codec.encode(stats), db=days_db)
+
+    def grow(self) -> int:
+        """Double the map. Call only when no transaction of this process is open."""
+        new_size = self.env.info()["map_size"] * 2
+        self.env.set_mapsize(new_size)
+        return int(new_size)
+
+    # -- reads (never wait for the writer; no transaction spans an await) ---------------
+    def get_task(self, task_id: str) -> Task | None:
+        with self.env.begin(db=self.db["tasks"]) as txn:
+            raw = txn.get(K.task_key(task_id))
+            return None if raw is None else codec.decode_task(raw)
+
+    def counters(self) -> dict[str, float]:
+        with self.env.begin() as txn:
+            raw = txn.get(_COUNTERS, db=self.db["meta"])
+        return codec.decode_counters(raw) if raw else {}
+
+    def day_stats(self, first_day: int, last_day: int) -> Iterator[tuple[int, DayStats]]:
+        """Stored days in [first_day, last_day], in order; days with no activity are absent."""
+        with self.env.begin(db=self.db["days"]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(K.day_key(first_day)):
+                return
+            rows = []
+            for key, raw in cur:
+                day = K.from_u64(key)
+                if day > last_day:
+                    break
+                rows.append((day, codec.decode_day(raw)))
+        yield from rows
+
+    def get_worker(self, worker_id: str) -> Worker | None:
+        with self.env.begin(db=self.db["workers"]) as txn:
+            raw = txn.get(worker_id.encode())
+        return None if raw is None else codec.decode_worker(raw)
+
+    def list_workers(
+        self, status: WorkerStatus | None, skip: int, limit: int
+    ) -> tuple[list[Worker], int]:
+        matched: list[Worker] = []
+        with self.env.begin(db=self.db["workers"]) as txn:
+            for _, raw in txn.cursor():
+                w = codec.decode_worker(raw)
+                if status is None or w.status == status:
+                    matched.append(w)
+        return matched[skip : skip + limit], len(matched)
+
+    def iter_pending(self) -> Iterator[tuple[str, int, int, str, str, float | None]]:
+        """(queue, priority rank, seq, task id, name, run_at) for every pending task."""
+        with self.env.begin(db=self.db["pending"]) as txn:
+            for key, val in txn.cursor():
+                key = bytes(key)
+                sep = key.index(K.SEP)
+                run_at_us = K.from_u64(val[16:24])
+                yield (
+                    key[:sep].decode(),
+                    key[sep + 1],
+                    K.from_u64(key[sep + 2 :]),
+                    K.task_id_from_key(bytes(val[:16])),
+                    bytes(val[24:]).decode(),
+                    run_at_us / 1_000_000 if run_at_us else None,
+                )
+
+    def iter_leases(self) -> Iterator[tuple[float, str]]:
+        with self.env.begin(db=self.db["leases"]) as txn:
+            for key in txn.cursor().iternext(values=False):
+                yield K.from_u64(bytes(key[:8])) / 1_000_000, K.task_id_from_key(bytes(key[8:]))
+
+    def get_raw(self, table: str, key: bytes) -> bytes | None:
+        with self.env.begin(db=self.db[table]) as txn:
+            raw = txn.get(key)
+        return None if raw is None else bytes(raw)
+
+    def iter_raw(self, table: str) -> Iterator[tuple[bytes, bytes]]:
+        with self.env.begin(db=self.db[table]) as txn:
+            rows = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        yield from rows
+
+    # -- listing --------------------------------------------------------------------------
+    def list_tasks(self, q: TaskQuery) -> tuple[list[Task], int]:
+        """Filter, sort and page. Walks the narrowest index; totals from counters when exact."""
+        desc = q.order == "desc"
+        filters: list[tuple[str, Any]] = []
+        if q.status is not None:
+            filters.append(("status", q.status))
+        if q.priority is not None:
+            filters.append(("priority", q.priority))
+        if q.worker_id is not None:
+            filters.append(("worker_id", q.worker_id))
+        with self.env.begin() as txn:
+            if q.sort == "created_at":
+                db, prefix = self._created_index(q)
+                return self._walk(txn, db, prefix, desc, q, filters)
+            if q.sort == "updated_at":
+                return self._walk(txn, self.db["by_updated"], b"", desc, q, filters)
+            if q.sort == "duration":
+                db, prefix = self._created_index(q)
+                tasks = list(self._matching(txn, db, prefix, filters))
+                tasks.sort(key=_duration_key, reverse=desc)
+                return tasks[q.skip : q.skip + q.limit], len(tasks)
+        raise InvalidRequest(f"cannot sort by {q.sort!r}", field="sort")
+
+    def _created_index(self, q: TaskQuery) -> tuple[Any, bytes]:
+        if q.worker_id is not None:
+            return self.db["by_worker"], q.worker_id.encode() + K.SEP
+        if q.status is not None:
+            return self.db["by_status"], K.STATUS_BYTE[q.status]
+        if q.priority is not None:
+            return self.db["by_priority"], K.PRIORITY_BYTE[Priority(q.priority)]
+        return self.db["by_created"], b""
+
+    def _iter_keys(
+        self, txn: lmdb.Transaction, db: Any, prefix: bytes, desc: bool
+    ) -> Iterator[bytes]:
+        cur = txn.cursor(db)
+        if desc:
+            end = _prefix_end(prefix) if prefix else None
+            positioned = cur.prev() if end is not None and cur.set_range(end) else cur.last()
+            if not positioned:
+                return
+            walk = cur.iterprev(values=False)
+        else:
+            if not cur.set_range(prefix):
+                return
+            walk = cur.iternext(values=False)
+        for key in walk:
+            key = bytes(key)
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def _matching(
+        self,
+        txn: lmdb.Transaction,
+        db: Any,
+        prefix: bytes,
+        filters: list[tuple[str, Any]],
+        desc: bool = False,
+    ) -> Iterator[Task]:
+        tasks_db = self.db["tasks"]
+        for key in self._iter_keys(txn, db, prefix, desc):
+            raw = txn.get(key[-16:], db=tasks_db)
+            if raw is None:
+                continue
+            task = codec.decode_task(raw)
+            if all(getattr(task, f) == v for f, v in filters):
+                yield task
+
+    def _walk(
+        self,
+        txn: lmdb.Transaction,
+        db: Any,
+        prefix: bytes,
+        desc: bool,
+        q: TaskQuery,
+        filters: list[tuple[str, Any]],
+    ) -> tuple[list[Task], int]:
+        page: list[Task] = []
+        index_is_exact = not filters or (len(filters) == 1 and q.sort == "created_at")
+        if not index_is_exact:
+            total = 0
+            for task in self._matching(txn, db, prefix, filters, desc):
+                if total >= q.skip and len(page) < q.limit:
+                    page.append(task)
+                total += 1
+            return page, total
+        # The index holds exactly the matching tasks: skip without decoding.
+        tasks_db = self.db["tasks"]
+        for i, key in enumerate(self._iter_keys(txn, db, prefix, desc)):
+            if i < q.skip:
+                continue
+            if len(page) >= q.limit:
+                break
+            raw = txn.get(key[-16:], db=tasks_db)
+            if raw is not None:
+                page.append(codec.decode_task(raw))
+        return page, self._exact_total(txn, db, prefix, q)
+
+    def _exact_total(self, txn: lmdb.Transaction, db: Any, prefix: bytes, q: TaskQuery) -> int:
+        if not prefix:
+            return int(txn.stat(self.db["tasks"])["entries"])
+        if q.status is not None and q.priority is None and q.worker_id is None:
+            raw = txn.get(_COUNTERS, db=self.db["meta"])
+            return int((codec.decode_counters(raw) if raw else {}).get(q.status.value, 0))
+        return sum(1 for _ in self._iter_keys(txn, db, prefix, False))
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with `prefix` (None: no such key)."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+def _duration_key(task: Task) -> tuple[bool, float]:
+    return (task.duration is not None, task.duration or 0.0)
