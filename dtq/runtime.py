@@ -39,3 +39,25 @@ async def open_queue(settings: Settings, *, clock: Clock | None = None) -> Async
                 nursery.cancel_scope.cancel()  # the reaper
     finally:
         store.close()
+
+
+@asynccontextmanager
+async def open_writer(settings: Settings) -> AsyncIterator[tuple[LmdbStore, GroupCommitWriter]]:
+    """Storage and its writer only (no reaper, no dispatcher): for command-line tools that
+    change users or keys, safely even while a server runs on the same data directory."""
+    store = LmdbStore(
+        settings.data_dir,
+        fsync=settings.durability == Durability.FSYNC,
+        map_size_bytes=settings.map_size_bytes,
+    )
+    try:
+        writer = GroupCommitWriter(store, TrioClock())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            try:
+                yield store, writer
+            finally:
+                with trio.CancelScope(shield=True):
+                    await writer.aclose()
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket layer: Quart app, routes, envelope, serving. Thin over the core."""

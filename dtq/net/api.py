@@ -1,0 +1,131 @@
+"""The request pipeline every API route shares: authenticate, rate-limit, authorize, decode.
+
+Routes are declared once as `RouteSpec` (which also documents them in OpenAPI) and a thin
+handler `async (call) -> Response`. Errors are `DtqError`s; one handler in `app.py` turns
+them into the guide's JSON error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from quart import current_app, g, request
+
+from dtq.accounts import Accounts
+from dtq.auth import Permission, Principal
+from dtq.errors import Unauthorized
+from dtq.net.envelope import JSON, decode_body, decode_query
+from dtq.net.openapi import OpenApiRegistry, RouteSpec
+from dtq.queue import TaskQueue
+from dtq.ratelimit import RateLimiter
+from dtq.settings import Settings
+
+
+@dataclass
+class Services:
+    queue: TaskQueue
+    accounts: Accounts
+    limiter: RateLimiter
+    settings: Settings
+
+
+@dataclass
+class Call:
+    """What a handler gets: the caller, the decoded body and query, the path parameters."""
+
+    principal: Principal
+    body: Any
+    query: Any
+    params: dict[str, str]
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+def respond(body: bytes, status: int = 200, content_type: str = JSON) -> Any:
+    # stack-findings trap 2: the app's own response class, never quart.Response.
+    return current_app.response_class(body, status=status, content_type=content_type)
+
+
+def no_content() -> Any:
+    return current_app.response_class(b"", status=204)
+
+
+def principal_of(accounts: Accounts) -> Principal:
+    """Credentials from `X-API-Key` or `Authorization: Bearer`; anonymous when none."""
+    headers = request.headers
+    api_key = headers.get("X-API-Key")
+    bearer = None
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(
+                "Authorization header must be 'Bearer <token>'", reason="malformed_authorization"
+            )
+        bearer = token.strip()
+    principal = accounts.authenticate(api_key, bearer)
+    return principal or Principal.anonymous(request.remote_addr or "unknown")
+
+
+class Api:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.registry = OpenApiRegistry()
+        self._routes: list[tuple[RouteSpec, Handler, Permission | None, tuple[str, ...]]] = []
+
+    def route(
+        self, spec: RouteSpec, permission: Permission | None, *, aliases: tuple[str, ...] = ()
+    ) -> Callable[[Handler], Handler]:
+        """Declare an operation. `permission=None` means open to everyone (e.g. login)."""
+
+        def decorator(handler: Handler) -> Handler:
+            self.registry.add(spec)
+            self._routes.append((spec, handler, permission, aliases))
+            return handler
+
+        return decorator
+
+    def install(self, app: Any) -> None:
+        for spec, handler, permission, aliases in self._routes:
+            view = self._view(spec, handler, permission)
+            for i, path in enumerate((spec.rule, *aliases)):
+                app.add_url_rule(
+                    path,
+                    endpoint=f"{spec.operation_id}_{i}",
+                    view_func=view,
+                    methods=[spec.method],
+                )
+
+    def _view(
+        self, spec: RouteSpec, handler: Handler, permission: Permission | None
+    ) -> Callable[..., Awaitable[Any]]:
+        svc = self.services
+        body_model = spec.body
+        query_model = spec.query
+
+        async def view(**params: str) -> Any:
+            principal = principal_of(svc.accounts)
+            per_minute, per_hour = principal.rate_limits(
+                svc.settings.rate_limit_per_minute, svc.settings.rate_limit_per_hour
+            )
+            decision = svc.limiter.hit(principal.identity, time.time(), per_minute, per_hour)
+            g.rate_decision = decision
+            if not decision.allowed:
+                raise decision.error()
+            if permission is not None:
+                principal.require(permission)
+            g.principal = principal
+            query = decode_query(request.args, query_model) if query_model else None
+            body: Any = None
+            if body_model is not None:
+                raw = await request.get_data(cache=False, as_text=False)
+                if raw or spec.body_required:
+                    body = decode_body(raw if isinstance(raw, bytes) else raw.encode(), body_model)
+            return await handler(Call(principal, body, query, params))
+
+        view.__name__ = spec.operation_id
+        return view

@@ -1,0 +1,164 @@
+"""The Quart (quart-trio) application: routes, error format, request logging, CORS."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from quart import g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from dtq import __version__
+from dtq.errors import DtqError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from dtq.net.api import Api, Services, respond
+from dtq.net.docs import make_docs_blueprint
+from dtq.net.envelope import encode, error_body, now_iso
+from dtq.net.routes import admin, analytics, tasks, workers
+from dtq.settings import Settings
+
+log = structlog.get_logger("dtq.http")
+API_PREFIX = "/api/v1"
+APP_NAME = "Distributed Task Queue System"
+
+
+def build_api(services: Services) -> Api:
+    api = Api(services)
+    for group in (tasks, workers, analytics, admin):
+        group.register(api)
+    return api
+
+
+def openapi_document(api: Api) -> dict[str, Any]:
+    return api.registry.build(APP_NAME, __version__)
+
+
+def build_openapi() -> dict[str, Any]:
+    """The document without a running server (routes are declared without touching services)."""
+    nothing: Any = None  # handlers are declared, never called, so no services are needed
+    return openapi_document(build_api(Services(nothing, nothing, nothing, Settings())))
+
+
+def create_app(services: Services) -> QuartTrio:
+    settings = services.settings
+    app = QuartTrio("dtq")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    api = build_api(services)
+    api.install(app)
+    app.register_blueprint(make_docs_blueprint(lambda: openapi_document(api), title=APP_NAME))
+    app.extensions["dtq_api"] = api
+    queue = services.queue
+
+    @app.get("/health")
+    async def health() -> Any:
+        return respond(
+            encode({"status": "healthy", "version": __version__, "timestamp": now_iso()})
+        )
+
+    @app.get("/ready")
+    async def ready() -> Any:
+        problem = None
+        if queue.closing:
+            problem = "shutting down"
+        else:
+            try:
+                queue.store.counters()
+            except Exception as exc:  # any storage fault means "not ready", never a 500
+                problem = f"storage: {exc}"
+        if problem:
+            body = {"status": "not_ready", "version": __version__, "reason": problem,
+                    "timestamp": now_iso()}  # fmt: skip
+            return respond(encode(body), 503)
+        return respond(encode({"status": "ready", "version": __version__, "timestamp": now_iso()}))
+
+    @app.get("/info")
+    async def info() -> Any:
+        return respond(
+            encode({"name": APP_NAME, "version": __version__, "environment": settings.env,
+                    "debug": settings.debug})
+        )  # fmt: skip
+
+    cors_origins = frozenset(settings.cors_origins)
+
+    @app.before_request
+    async def start_request() -> Any:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        if cors_origins and request.method == "OPTIONS" and "Origin" in request.headers:
+            return respond(b"", 204)
+        return None
+
+    @app.after_request
+    async def finish_request(response: Any) -> Any:
+        decision = g.get("rate_decision")
+        if decision is not None:
+            response.headers.update(decision.headers())
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers["X-Request-ID"] = request_id
+        origin = request.headers.get("Origin")
+        if origin and ("*" in cors_origins or origin in cors_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Authorization, Content-Type, X-API-Key, X-Request-ID"
+            )
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+            response.headers["Access-Control-Expose-Headers"] = (
+                "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Request-ID, "
+                "Retry-After"
+            )
+        started = g.get("started")
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3) if started else None,
+            request_id=request_id,
+        )
+        return response
+
+    @app.errorhandler(DtqError)
+    async def dtq_error(exc: DtqError) -> Any:
+        response = respond(error_body(exc), exc.status)
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Any:
+        code = exc.code or 500
+        mapped: DtqError
+        if code == 404:
+            mapped = NotFound(f"No route for {request.method} {request.path}", field="path",
+                              reason="unknown route")  # fmt: skip
+        elif code == 405:
+            mapped = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}", field="method",
+                reason="method not allowed",
+            )  # fmt: skip
+        elif code == 413:
+            mapped = PayloadTooLarge(
+                f"Request body is larger than {settings.max_body_bytes} bytes",
+                field="body", reason="too large",
+            )  # fmt: skip
+        elif 400 <= code < 500:
+            mapped = InvalidRequest(exc.description or "Bad request", reason=exc.name)
+        else:
+            mapped = DtqError()
+        response = respond(error_body(mapped), code if code >= 400 else 500)
+        if code == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Any:
+        log.exception("unhandled error", path=request.path, request_id=g.get("request_id"))
+        return respond(error_body(DtqError()), 500)
+
+    return app

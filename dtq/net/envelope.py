@@ -1,0 +1,116 @@
+"""The guide's response envelope and error format, and request-body/query decoding.
+
+success: {"status": "success", "data": ..., "timestamp": "...Z"}   (+ "pagination")
+error:   {"status": "error", "error": {"code", "message", "details"}, "timestamp": "...Z"}
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+
+from dtq.errors import DtqError, InvalidRequest
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+JSON = "application/json"
+
+
+def iso(t: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with a `Z`, millisecond precision."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def now_iso() -> str:
+    return iso(time.time())  # type: ignore[return-value]
+
+
+def success(data: Any, *, pagination: dict[str, int] | None = None, **extra: Any) -> bytes:
+    body: dict[str, Any] = {"status": "success", "data": data}
+    if pagination is not None:
+        body["pagination"] = pagination
+    body.update(extra)
+    body["timestamp"] = now_iso()
+    return encode(body)
+
+
+def pagination(skip: int, limit: int, total: int) -> dict[str, int]:
+    return {"skip": skip, "limit": limit, "total": total, "pages": -(-total // limit)}
+
+
+def error_body(exc: DtqError) -> bytes:
+    return encode(
+        {
+            "status": "error",
+            "error": {"code": exc.code, "message": exc.message, "details": exc.details},
+            "timestamp": now_iso(),
+        }
+    )
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+_AT_PATH = re.compile(r" - at `\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])+)`$")
+_NAMED = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+
+
+def _field_of(message: str) -> str | None:
+    """`$.tasks[0].name` -> "tasks[0].name"; "missing required field `name`" -> "name"."""
+    prefix = ""
+    m = _AT_PATH.search(message)
+    if m:
+        prefix = m.group(1).lstrip(".")
+        message = message[: m.start()]
+    named = _NAMED.search(message)
+    if named:
+        return f"{prefix}.{named.group(1)}" if prefix else named.group(1)
+    return prefix or None
+
+
+def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequest:
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        field = _field_of(text)
+        reason = _AT_PATH.sub("", text)
+        return InvalidRequest(
+            f"Invalid value for {field}: {reason}" if field else f"Invalid request: {reason}",
+            field=field or "body",
+            reason=reason,
+        )
+    return InvalidRequest("Malformed JSON body", field="body", reason=text)
+
+
+def decode_body(raw: bytes, model: type[T]) -> T:
+    if not raw.strip():
+        raise InvalidRequest("A JSON body is required", field="body", reason="empty body")
+    try:
+        return msgspec.json.decode(raw, type=model)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise validation_error(exc) from None
+
+
+def decode_query(args: Any, model: type[T]) -> T:
+    """Query-string values (all strings) into a typed struct; repeated keys are errors."""
+    values: dict[str, Any] = {}
+    for key in args:
+        got = args.getlist(key)
+        if len(got) > 1:
+            raise InvalidRequest(f"Query parameter {key} given twice", field=key)
+        values[key] = got[0]
+    try:
+        return msgspec.convert(values, model, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        field = _field_of(text) or "query"
+        reason = _AT_PATH.sub("", text)
+        raise InvalidRequest(
+            f"Invalid query parameter {field}: {reason}", field=field, reason=reason
+        ) from None

@@ -1,0 +1,1 @@
+"""Route groups. Each module's `register(api)` declares its operations."""

@@ -1,0 +1,122 @@
+"""Login, users and API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import Struct
+
+from dtq.accounts import ApiKey, ApiKeyCreate, LoginRequest, User, UserCreate, validate_username
+from dtq.auth import Permission
+from dtq.net.api import Api, Call, no_content, respond
+from dtq.net.envelope import iso, success
+from dtq.net.openapi import RouteSpec
+
+AUTH_TAG = "Auth"
+ADMIN_TAG = "Admin"
+
+
+class TokenOut(Struct):
+    token: str
+    token_type: str
+    expires_in: int
+    username: str
+    role: str
+
+
+class UserOut(Struct):
+    username: str
+    role: str
+    created_at: str | None
+    disabled: bool
+
+
+class ApiKeyOut(Struct, omit_defaults=True):
+    key_id: str
+    name: str
+    role: str
+    created_at: str | None
+    rate_limit_per_minute: int | None = None
+    rate_limit_per_hour: int | None = None
+    created_by: str | None = None
+    key: str | None = None  # only in the response that creates it
+
+
+def user_out(u: User) -> UserOut:
+    return UserOut(u.username, u.role.value, iso(u.created_at), u.disabled)
+
+
+def key_out(k: ApiKey, full: str | None = None) -> ApiKeyOut:
+    return ApiKeyOut(
+        k.key_id, k.name, k.role.value, iso(k.created_at), k.rate_limit_per_minute,
+        k.rate_limit_per_hour, k.created_by, full,
+    )  # fmt: skip
+
+
+def register(api: Api) -> None:
+    accounts = api.services.accounts
+
+    @api.route(
+        RouteSpec("POST", "/api/v1/auth/login", "Log in for a bearer token", AUTH_TAG, "login",
+                  body=LoginRequest, response=TokenOut, auth=False, errors=(401,),
+                  extra_fields=(("token", str),),
+                  description="The JWT is at the top level (`.token`, as the guide's example "
+                  "reads it) and in `data`."),
+        None,
+    )  # fmt: skip
+    async def login(call: Call) -> Any:
+        token, user = await accounts.login(call.body)
+        out = TokenOut(token, "Bearer", accounts.tokens.ttl_s, user.username, user.role.value)
+        return respond(success(out, token=token))
+
+    @api.route(
+        RouteSpec("GET", "/api/v1/users", "List users", ADMIN_TAG, "list_users",
+                  response=list[UserOut], roles=("admin",)),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def list_users(call: Call) -> Any:
+        return respond(success([user_out(u) for u in accounts.list_users()]))
+
+    @api.route(
+        RouteSpec("POST", "/api/v1/users", "Create a user", ADMIN_TAG, "create_user",
+                  body=UserCreate, response=UserOut, status=201, errors=(409,), roles=("admin",)),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def create_user(call: Call) -> Any:
+        return respond(success(user_out(await accounts.create_user(call.body))), 201)
+
+    @api.route(
+        RouteSpec("DELETE", "/api/v1/users/{username}", "Delete a user", ADMIN_TAG,
+                  "delete_user", status=204, errors=(404,), roles=("admin",)),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def delete_user(call: Call) -> Any:
+        await accounts.delete_user(validate_username(call.params["username"]))
+        return no_content()
+
+    @api.route(
+        RouteSpec("GET", "/api/v1/api-keys", "List API keys", ADMIN_TAG, "list_api_keys",
+                  response=list[ApiKeyOut], roles=("admin",)),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def list_api_keys(call: Call) -> Any:
+        return respond(success([key_out(k) for k in accounts.list_api_keys()]))
+
+    @api.route(
+        RouteSpec("POST", "/api/v1/api-keys", "Create an API key (shown once)", ADMIN_TAG,
+                  "create_api_key", body=ApiKeyCreate, response=ApiKeyOut, status=201,
+                  roles=("admin",)),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def create_api_key(call: Call) -> Any:
+        record, full = await accounts.create_api_key(call.body, call.principal.subject)
+        return respond(success(key_out(record, full)), 201)
+
+    @api.route(
+        RouteSpec("DELETE", "/api/v1/api-keys/{key_id}", "Revoke an API key", ADMIN_TAG,
+                  "revoke_api_key", status=204, errors=(404,), roles=("admin",)),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def revoke_api_key(call: Call) -> Any:
+        await accounts.revoke_api_key(call.params["key_id"])
+        return no_content()

@@ -1,0 +1,155 @@
+"""Tasks: CRUD for producers and operators, and the worker protocol (lease, ack, extend)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import Struct
+
+from dtq.auth import Permission
+from dtq.models import (
+    AckOutcome,
+    AckRequest,
+    BatchCreate,
+    CompleteRequest,
+    ExtendRequest,
+    FailRequest,
+    LeaseRequest,
+    ListTasksQuery,
+    TaskCreate,
+    TaskUpdate,
+    error_from_input,
+)
+from dtq.net.api import Api, Call, no_content, respond
+from dtq.net.envelope import pagination, success
+from dtq.net.openapi import RouteSpec
+from dtq.net.views import TaskOut, task_out
+
+TAG = "Tasks"
+WORK_TAG = "Worker protocol"
+P = "/api/v1/tasks"
+
+
+class AckResult(Struct):
+    results: list[AckOutcome]
+    succeeded: int
+    failed: int
+
+
+def register(api: Api) -> None:
+    queue = api.services.queue
+
+    @api.route(
+        RouteSpec("GET", P, "List tasks", TAG, "list_tasks", query=ListTasksQuery,
+                  response=list[TaskOut], paginated=True),
+        Permission.TASKS_READ,
+    )  # fmt: skip
+    async def list_tasks(call: Call) -> Any:
+        q: ListTasksQuery = call.query
+        tasks, total = queue.list_tasks(q)
+        return respond(
+            success([task_out(t) for t in tasks], pagination=pagination(q.skip, q.limit, total))
+        )
+
+    @api.route(
+        RouteSpec("POST", P, "Create a task", TAG, "create_task", body=TaskCreate,
+                  response=TaskOut, status=201, errors=(409,),
+                  description="With `idempotency_key`, a replay of the same body returns the "
+                  "first task with status 200; a different body under the same key is 409."),
+        Permission.TASKS_CREATE,
+    )  # fmt: skip
+    async def create_task(call: Call) -> Any:
+        task, created = await queue.create(call.body)
+        return respond(success(task_out(task)), 201 if created else 200)
+
+    @api.route(
+        RouteSpec("POST", f"{P}/batch", "Create many tasks in one request", TAG, "create_tasks",
+                  body=BatchCreate, response=list[TaskOut], status=201, errors=(409,)),
+        Permission.TASKS_CREATE,
+    )  # fmt: skip
+    async def create_tasks(call: Call) -> Any:
+        rows = await queue.create_many(call.body.tasks)
+        return respond(success([task_out(t) for t, _ in rows]), 201)
+
+    @api.route(
+        RouteSpec("GET", f"{P}/{{task_id}}", "Get a task", TAG, "get_task", response=TaskOut,
+                  errors=(404,)),
+        Permission.TASKS_READ,
+    )  # fmt: skip
+    async def get_task(call: Call) -> Any:
+        return respond(success(task_out(queue.get(call.params["task_id"]))))
+
+    @api.route(
+        RouteSpec("PUT", f"{P}/{{task_id}}", "Update or cancel a task", TAG, "update_task",
+                  body=TaskUpdate, response=TaskOut, errors=(404, 409),
+                  description='`{"status": "cancelled"}` cancels a pending or running task; '
+                  "other fields can be changed while the task is pending."),
+        Permission.TASKS_WRITE,
+    )  # fmt: skip
+    async def update_task(call: Call) -> Any:
+        return respond(success(task_out(await queue.update(call.params["task_id"], call.body))))
+
+    @api.route(
+        RouteSpec("DELETE", f"{P}/{{task_id}}", "Delete a task", TAG, "delete_task",
+                  status=204, errors=(404,)),
+        Permission.TASKS_WRITE,
+    )  # fmt: skip
+    async def delete_task(call: Call) -> Any:
+        await queue.delete(call.params["task_id"])
+        return no_content()
+
+    # -- worker protocol ----------------------------------------------------------------
+
+    @api.route(
+        RouteSpec("POST", f"{P}/lease", "Lease ready tasks (long poll)", WORK_TAG, "lease_tasks",
+                  body=LeaseRequest, response=list[TaskOut],
+                  description="Returns ready tasks at once, else waits up to `wait` seconds "
+                  "for one; an empty list when none came. Each task carries its `lease`."),
+        Permission.TASKS_WORK,
+    )  # fmt: skip
+    async def lease_tasks(call: Call) -> Any:
+        tasks = await queue.lease(call.body)
+        return respond(success([task_out(t) for t in tasks]))
+
+    @api.route(
+        RouteSpec("POST", f"{P}/ack", "Complete or fail many leased tasks", WORK_TAG, "ack_tasks",
+                  body=AckRequest, response=AckResult,
+                  description="One outcome per item; a stale lease fails only its own item."),
+        Permission.TASKS_WORK,
+    )  # fmt: skip
+    async def ack_tasks(call: Call) -> Any:
+        outcomes = await queue.ack(call.body.acks)
+        ok = sum(1 for o in outcomes if o.ok)
+        return respond(success(AckResult(outcomes, ok, len(outcomes) - ok)))
+
+    @api.route(
+        RouteSpec("POST", f"{P}/{{task_id}}/complete", "Report a result", WORK_TAG,
+                  "complete_task", body=CompleteRequest, response=TaskOut, errors=(404, 409)),
+        Permission.TASKS_WORK,
+    )  # fmt: skip
+    async def complete_task(call: Call) -> Any:
+        b: CompleteRequest = call.body
+        task = await queue.complete(call.params["task_id"], b.lease_id, b.result)
+        return respond(success(task_out(task)))
+
+    @api.route(
+        RouteSpec("POST", f"{P}/{{task_id}}/fail", "Report a failed attempt", WORK_TAG,
+                  "fail_task", body=FailRequest, response=TaskOut, errors=(404, 409)),
+        Permission.TASKS_WORK,
+    )  # fmt: skip
+    async def fail_task(call: Call) -> Any:
+        b: FailRequest = call.body
+        task = await queue.fail(
+            call.params["task_id"], b.lease_id, error_from_input(b.error), b.retry
+        )
+        return respond(success(task_out(task)))
+
+    @api.route(
+        RouteSpec("POST", f"{P}/{{task_id}}/extend", "Extend a lease", WORK_TAG, "extend_lease",
+                  body=ExtendRequest, response=TaskOut, errors=(404, 409)),
+        Permission.TASKS_WORK,
+    )  # fmt: skip
+    async def extend_lease(call: Call) -> Any:
+        b: ExtendRequest = call.body
+        task = await queue.extend(call.params["task_id"], b.lease_id, b.lease_seconds)
+        return respond(success(task_out(task)))

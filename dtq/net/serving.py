@@ -1,0 +1,301 @@
+"""Serve an ASGI app (dtq's quart-trio app) with hypercorn's trio worker, configured by Settings.
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve_app, app, settings)   # BoundAddress(host, port)
+        ...
+
+Graceful shutdown on SIGTERM / SIGINT (for `dtq serve`):
+
+    await serve_app(app, settings, shutdown_trigger=shutdown_on_signals())
+
+On shutdown hypercorn stops accepting, closes idle keep-alive connections at once, lets requests
+in flight finish for up to `graceful_timeout_s`, then cancels what is left.
+
+Importing this module patches hypercorn (see "Trap 1" below); the patch is checked against the
+exact hypercorn source it was written for and refuses to load on any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import ipaddress
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+import trio
+from hypercorn.config import Config
+from hypercorn.events import Event, Updated
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio import tcp_server
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from dtq.logs import get_logger
+from dtq.settings import Settings
+
+__all__ = [
+    "BoundAddress",
+    "ForwardedForMiddleware",
+    "apply_hypercorn_patch",
+    "hypercorn_config",
+    "remove_hypercorn_patch",
+    "serve_app",
+    "shutdown_on_signals",
+]
+
+log = get_logger(__name__)
+
+ShutdownTrigger = Callable[[], Awaitable[None]]
+
+
+class BoundAddress(NamedTuple):
+    """Where the server actually listens (port 0 in the settings becomes the real port)."""
+
+    host: str
+    port: int
+
+    def url(self, scheme: str = "http") -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """A hypercorn Config from dtq's Settings (hypercorn's own access log off: dtq logs requests)."""
+    if (settings.certfile is None) != (settings.keyfile is None):
+        raise ValueError("TLS needs both certfile and keyfile (only one is set)")
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.backlog = settings.backlog
+    config.keep_alive_timeout = settings.keep_alive_timeout_s
+    config.keep_alive_max_requests = settings.keep_alive_max_requests
+    config.graceful_timeout = settings.graceful_timeout_s
+    config.certfile = settings.certfile
+    config.keyfile = settings.keyfile
+    config.accesslog = None
+    # A Logger (not "-") makes hypercorn leave its handlers alone: records propagate to the root
+    # logger, which dtq.logs.configure_logging renders like every other log line.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve_app(
+    app: ASGIFramework,
+    settings: Settings,
+    *,
+    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: ShutdownTrigger | None = None,
+) -> None:
+    """Serve `app` until `shutdown_trigger` returns (graceful) or this task is cancelled (not).
+
+    Reports the bound address through `task_status` once the socket is listening.
+    """
+    config = hypercorn_config(settings)
+    if settings.forwarded_allow_ips:
+        app = ForwardedForMiddleware(app, settings.forwarded_allow_ips)
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger, mode="asgi")
+        )
+        # hypercorn reports ["http://127.0.0.1:5000"]; one bind in, one socket out.
+        bound = urlsplit(binds[0])
+        if bound.hostname is None or bound.port is None:
+            raise RuntimeError(f"cannot read the bound address from hypercorn's {binds!r}")
+        address = BoundAddress(bound.hostname, bound.port)
+        log.info("listening", url=address.url(bound.scheme))
+        task_status.started(address)
+    log.info("stopped")
+
+
+def shutdown_on_signals(*signums: signal.Signals) -> ShutdownTrigger:
+    """A `shutdown_trigger` that returns on the first SIGTERM or SIGINT (or the given signals).
+
+    Only the first signal is caught: once shutdown has begun, a second Ctrl+C interrupts at once.
+    Must run in the main thread (a trio restriction on signal handling).
+    """
+    wanted = signums or (signal.SIGTERM, signal.SIGINT)
+
+    async def wait_for_signal() -> None:
+        with trio.open_signal_receiver(*wanted) as received:
+            async for signum in received:
+                log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                return
+
+    return wait_for_signal
+
+
+class ForwardedForMiddleware:
+    """Take the client address from X-Forwarded-For (and the scheme from X-Forwarded-Proto),
+    but only when the TCP peer is a trusted proxy: an IP or network in `trusted`, or "*".
+
+    With a chain of proxies, the client is the right-most X-Forwarded-For entry that is not a
+    trusted proxy itself. Requests from untrusted peers are passed on unchanged.
+    """
+
+    def __init__(self, app: ASGIFramework, trusted: Iterable[str]) -> None:
+        self.app = app
+        entries = [entry.strip() for entry in trusted if entry.strip()]
+        self._trust_all = "*" in entries
+        self._networks = tuple(
+            ipaddress.ip_network(entry, strict=False) for entry in entries if entry != "*"
+        )
+
+    def _is_trusted(self, host: str) -> bool:
+        if self._trust_all:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "http" or scope["type"] == "websocket":
+            peer = scope.get("client")
+            if peer is not None and self._is_trusted(peer[0]):
+                forwarded_for = _header_values(scope["headers"], b"x-forwarded-for")
+                forwarded_proto = _header_values(scope["headers"], b"x-forwarded-proto")
+                if forwarded_for or forwarded_proto:
+                    scope = scope.copy()
+                    if forwarded_for:
+                        scope["client"] = (self._client_from(forwarded_for), 0)
+                    if forwarded_proto:
+                        scope["scheme"] = _scheme_for(scope["type"], forwarded_proto[-1])
+        await self.app(scope, receive, send)
+
+    def _client_from(self, hops: list[str]) -> str:
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop
+        return hops[0]
+
+
+def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    values: list[str] = []
+    for key, value in headers:
+        if key.lower() == name:
+            values.extend(_strip_port(part) for part in value.decode("latin-1").split(","))
+    return [value for value in values if value]
+
+
+def _strip_port(hop: str) -> str:
+    """'1.2.3.4', '1.2.3.4:5678', '[::1]:5678', '::1' -> the address alone."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        return hop[1 : hop.find("]")] if "]" in hop else hop
+    if hop.count(":") == 1:
+        return hop.split(":", 1)[0]
+    return hop
+
+
+def _scheme_for(scope_type: str, proto: str) -> str:
+    secure = proto.lower() in {"https", "wss"}
+    if scope_type == "websocket":
+        return "wss" if secure else "ws"
+    return "https" if secure else "http"
+
+
+# --- Trap 1: hypercorn (trio worker) + quart-trio connection life cycle ------------------------
+#
+# quart-trio runs each request in a nursery that it cancels as soon as the ASGI `http.disconnect`
+# (or `websocket.disconnect`) arrives. hypercorn delivers that message from inside the app's last
+# `send()`, i.e. in the app's task, and that same task then goes on with hypercorn's connection
+# bookkeeping in `TCPServer.protocol_send`: re-arming the keep-alive idle timer, `send_eof`,
+# `aclose`. Now cancelled, that bookkeeping is cut short: the idle timer is never armed, so
+# `keep_alive_timeout` never fires and every shutdown with an idle keep-alive connection open
+# waits the whole `graceful_timeout`; a socket can stay open.
+#
+# The fix, two small wrappers around hypercorn 0.18.0's `TCPServer` methods:
+#  1. `protocol_send` runs shielded from the caller's cancellation, so the bookkeeping always
+#     completes. It is short work: restart/stop a timer, shut down and close the socket, queue
+#     `http.disconnect` for the app. The one slow part, the socket write, hypercorn shields itself
+#     already (a peer that stops reading mid-response blocks it, patched or not). No deadline on
+#     the shield: one that fired would silently drop bytes from the connection's stream.
+#  2. Once the read loop has ended (the peer closed its side, or the read failed), the idle timer
+#     is stopped and never re-armed: the connection then closes at once instead of sitting in
+#     CLOSE_WAIT for `keep_alive_timeout` (it did in hypercorn even without quart-trio; the
+#     shield of 1. makes it happen on every request, as the timer now does get re-armed).
+#
+# Guard: the wrappers rely on hypercorn internals, so the patch refuses to load unless the
+# installed hypercorn is the version, and `hypercorn/trio/tcp_server.py` the exact source, it was
+# checked against. After upgrading hypercorn: run tests/net/test_serving.py (its canary test
+# shows whether hypercorn still needs the patch), then update the two constants below.
+
+_VERIFIED_HYPERCORN_VERSIONS = frozenset({"0.18.0"})
+_VERIFIED_TCP_SERVER_SHA256 = "fbec50b5df48e46d28e1a594c47931e1395d1dded14044945203f7840d0cba20"
+_PEER_GONE = "_dtq_peer_gone"  # attribute set on a TCPServer once its read loop has ended
+
+# inspect.unwrap: hypercorn's own methods even if this module is imported a second time.
+_original_protocol_send: Callable[[TCPServer, Event], Awaitable[None]] = inspect.unwrap(
+    TCPServer.protocol_send
+)
+_original_read_data: Callable[[TCPServer], Awaitable[None]] = inspect.unwrap(TCPServer._read_data)
+
+
+async def _protocol_send(self: TCPServer, event: Event) -> None:
+    with trio.CancelScope(shield=True):
+        if isinstance(event, Updated) and event.idle and getattr(self, _PEER_GONE, False):
+            return  # nobody is left to send another request: don't re-arm the idle timer
+        await _original_protocol_send(self, event)
+
+
+async def _read_data(self: TCPServer) -> None:
+    try:
+        await _original_read_data(self)
+    finally:
+        setattr(self, _PEER_GONE, True)
+        with trio.CancelScope(shield=True):
+            await self.idle_task.stop()
+
+
+_protocol_send.__wrapped__ = _original_protocol_send  # type: ignore[attr-defined]
+_read_data.__wrapped__ = _original_read_data  # type: ignore[attr-defined]
+
+
+def _check_hypercorn_is_verified() -> None:
+    version = importlib.metadata.version("hypercorn")
+    try:
+        source: str | None = inspect.getsource(tcp_server)
+    except OSError:  # no source installed (.pyc only): the version must do
+        source = None
+    digest = None if source is None else hashlib.sha256(source.encode()).hexdigest()
+    if version not in _VERIFIED_HYPERCORN_VERSIONS or (
+        digest is not None and digest != _VERIFIED_TCP_SERVER_SHA256
+    ):
+        raise RuntimeError(
+            f"dtq.net.serving patches hypercorn's TCPServer (keep-alive/shutdown fix, see the "
+            f"comment in {__name__}), verified for hypercorn "
+            f"{sorted(_VERIFIED_HYPERCORN_VERSIONS)} only; installed: hypercorn {version} with "
+            f"tcp_server.py sha256 {digest}. Re-check the patch against the new hypercorn, run "
+            f"tests/net/test_serving.py, then update the verified version and hash."
+        )
+
+
+_PATCHES = (
+    ("protocol_send", _protocol_send, _original_protocol_send),
+    ("_read_data", _read_data, _original_read_data),
+)
+
+
+def apply_hypercorn_patch() -> None:
+    """Install the fix (done at import; installing it twice is harmless)."""
+    for name, patched, _ in _PATCHES:
+        setattr(TCPServer, name, patched)
+
+
+def remove_hypercorn_patch() -> None:
+    """Restore hypercorn's own methods. For tests that show the trap without the fix."""
+    for name, _, original in _PATCHES:
+        setattr(TCPServer, name, original)
+
+
+_check_hypercorn_is_verified()
+apply_hypercorn_patch()

@@ -1,0 +1,97 @@
+"""What the API returns: output structs (documented in OpenAPI) and converters from the core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import Struct
+
+from dtq.models import Task, TaskError, Worker
+from dtq.net.envelope import iso
+
+
+class LeaseOut(Struct):
+    id: str
+    worker_id: str
+    expires_at: str | None
+
+
+class TaskOut(Struct):
+    id: str
+    name: str
+    description: str | None
+    status: str
+    priority: str
+    queue: str
+    payload: Any
+    result: Any
+    error: TaskError | None
+    retry_count: int
+    attempts: int
+    timeout: float
+    worker_id: str | None
+    lease: LeaseOut | None
+    tags: list[str]
+    idempotency_key: str | None
+    run_at: str | None
+    created_at: str | None
+    updated_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    duration: float | None
+
+
+class WorkerOut(Struct):
+    worker_id: str
+    status: str
+    current_load: int
+    max_capacity: int
+    last_heartbeat: str | None
+    registered_at: str | None
+    hostname: str | None
+    queues: list[str]
+    tasks_completed: int
+    tasks_failed: int
+
+
+def task_out(t: Task) -> TaskOut:
+    lease = t.lease
+    return TaskOut(
+        id=t.id,
+        name=t.name,
+        description=t.description,
+        status=t.status.value,
+        priority=t.priority.value,
+        queue=t.queue,
+        payload=t.payload,
+        result=t.result,
+        error=t.error,
+        retry_count=t.retry_count,
+        attempts=t.attempts,
+        timeout=t.timeout,
+        worker_id=t.worker_id,
+        lease=LeaseOut(lease.id, lease.worker_id, iso(lease.expires_at)) if lease else None,
+        tags=t.tags,
+        idempotency_key=t.idempotency_key,
+        run_at=iso(t.run_at),
+        created_at=iso(t.created_at),
+        updated_at=iso(t.updated_at),
+        started_at=iso(t.started_at),
+        completed_at=iso(t.completed_at),
+        duration=t.duration,
+    )
+
+
+def worker_out(w: Worker) -> WorkerOut:
+    return WorkerOut(
+        worker_id=w.worker_id,
+        status=w.status.value,
+        current_load=w.current_load,
+        max_capacity=w.max_capacity,
+        last_heartbeat=iso(w.last_heartbeat),
+        registered_at=iso(w.registered_at),
+        hostname=w.hostname,
+        queues=w.queues,
+        tasks_completed=w.tasks_completed,
+        tasks_failed=w.tasks_failed,
+    )
