@@ -20,7 +20,13 @@ from dtq.errors import (
 
 __version__ = "1.0.0"
 
+from dtq.client import AsyncClient, Client
+from dtq.schemas import TaskOut as Task
+from dtq.worker import Worker
+
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Conflict",
     "DtqError",
     "Forbidden",
@@ -29,7 +35,9 @@ __all__ = [
     "NotFound",
     "RateLimited",
     "StorageError",
+    "Task",
     "Unauthorized",
     "Unavailable",
+    "Worker",
     "__version__",
 ]

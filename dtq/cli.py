@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 import msgspec
 import trio
 
@@ -155,12 +156,124 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> Any:
+    from dtq.client import Client
+
+    return Client(args.url, api_key=args.api_key, token=args.token)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dtq.logs import configure_logging
+    from dtq.worker import load_worker
+
+    import logging
+
+    configure_logging(load_settings({"log_format": args.log_format}))
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    worker = load_worker(args.target)
+    if args.url:
+        worker.url = args.url
+    if args.api_key:
+        worker.api_key = args.api_key
+    if args.token:
+        worker.token = args.token
+    if args.queues:
+        worker.queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if args.concurrency:
+        worker.concurrency = args.concurrency
+    if args.worker_id:
+        worker.worker_id = args.worker_id
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    payload = json.loads(args.payload) if args.payload else None
+    with _client(args) as client:
+        if args.file:
+            return _submit_file(client, args)
+        task = client.submit(
+            args.name, payload, priority=args.priority, queue=args.queue, delay=args.delay,
+            retry_count=args.retry_count, idempotency_key=args.idempotency_key,
+        )  # fmt: skip
+        if args.wait:
+            task = client.wait(task.id, timeout=args.timeout)
+        _print(task, args.json)
+        return 0 if task.status != "failed" else 2
+
+
+def _submit_file(client: Any, args: argparse.Namespace) -> int:
+    """Bulk submit: one JSON task body per line, in batches of 500, with a progress bar."""
+    with open(args.file) as fh:
+        bodies = [json.loads(line) for line in fh if line.strip()]
+    done = 0
+    for i in range(0, len(bodies), 500):
+        client.submit_many(bodies[i : i + 500])
+        done += len(bodies[i : i + 500])
+        _progress(done, len(bodies))
+    print(f"submitted {done} tasks", file=sys.stderr)
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 40
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "list":
+            filters = {"status": args.status, "priority": args.priority,
+                       "worker_id": args.worker_id, "sort": args.sort, "order": args.order}  # fmt: skip
+            rows = []
+            for task in client.list(**{k: v for k, v in filters.items() if v}):
+                rows.append(task)
+                if len(rows) >= args.limit:
+                    break
+            if args.json or not sys.stdout.isatty():
+                _print(rows, True)
+            else:
+                _print([{"id": t.id, "name": t.name, "status": t.status, "priority": t.priority,
+                         "queue": t.queue, "attempts": t.attempts, "created_at": t.created_at}
+                        for t in rows], False)  # fmt: skip
+        elif args.action == "get":
+            _print(client.get(args.task_id), True)
+        elif args.action == "cancel":
+            _print(client.cancel(args.task_id), args.json)
+        else:
+            client.delete(args.task_id)
+            print(f"deleted {args.task_id}")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.workers(args.status), args.json)
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (DTQ_DATA_DIR, default ./dtq-data)")
     p.add_argument("--config", help="TOML settings file (DTQ_CONFIG)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="server URL (DTQ_URL, default http://127.0.0.1:5000)")
+    p.add_argument("--api-key", help="API key (DTQ_API_KEY)")
+    p.add_argument("--token", help="bearer token (DTQ_TOKEN)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -219,6 +332,55 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_users)
 
+    p = sub.add_parser("worker", help="run a worker: dtq worker MODULE:ATTR")
+    p.add_argument("target", help="MODULE:ATTR of a dtq.Worker")
+    p.add_argument("--queues", help="comma-separated queues (default: all)")
+    p.add_argument("--concurrency", type=int, help="tasks at once")
+    p.add_argument("--worker-id", help="worker id (default host-pid-random)")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    _remote(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="submit a task")
+    p.add_argument("name", nargs="?", default="", help="task name")
+    p.add_argument("--payload", help="JSON payload")
+    p.add_argument("--priority", choices=["low", "medium", "high"])
+    p.add_argument("--queue")
+    p.add_argument("--delay", type=float, help="seconds from now")
+    p.add_argument("--retry-count", type=int)
+    p.add_argument("--idempotency-key")
+    p.add_argument("--wait", action="store_true", help="wait until it is finished")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.add_argument("--file", help="bulk: a file of JSON task bodies, one per line")
+    _remote(p)
+    p.set_defaults(func=cmd_submit)
+
+    tasks = sub.add_parser("tasks", help="list, get, cancel, delete tasks").add_subparsers(
+        dest="action", required=True
+    )
+    p = tasks.add_parser("list", help="list tasks")
+    p.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
+    p.add_argument("--priority", choices=["low", "medium", "high"])
+    p.add_argument("--worker-id")
+    p.add_argument("--sort", choices=["created_at", "updated_at", "duration"])
+    p.add_argument("--order", choices=["asc", "desc"])
+    p.add_argument("--limit", type=int, default=50)
+    _remote(p)
+    p.set_defaults(func=cmd_tasks)
+    for action in ("get", "cancel", "delete"):
+        p = tasks.add_parser(action, help=f"{action} a task")
+        p.add_argument("task_id")
+        _remote(p)
+        p.set_defaults(func=cmd_tasks)
+
+    workers = sub.add_parser("workers", help="list workers").add_subparsers(
+        dest="action", required=True
+    )
+    p = workers.add_parser("list", help="list workers")
+    p.add_argument("--status", choices=["active", "inactive"])
+    _remote(p)
+    p.set_defaults(func=cmd_workers)
+
     p = sub.add_parser("backup", help="hot, consistent copy of the data directory")
     p.add_argument("dest", help="destination directory (must not exist or be empty)")
     p.add_argument("--data-dir", help="data directory (DTQ_DATA_DIR, default ./dtq-data)")
@@ -236,6 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (OSError, ValueError, msgspec.ValidationError) as exc:
         print(f"dtq: error: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"dtq: error: cannot reach the server: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError as exc:
+        print(f"dtq: error: {exc or 'timed out'}", file=sys.stderr)
         return 1
 
 

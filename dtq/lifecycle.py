@@ -212,6 +212,21 @@ def _finish(
     )
 
 
+def release(task: Task, *, lease_id: str, now: float) -> Task:
+    """A worker hands a task back unstarted (e.g. shutting down): ready again at once, and the
+    attempt it was granted is not counted against its retries."""
+    check_lease(task, lease_id, now)
+    check_transition(task, S.PENDING)
+    return replace(
+        task,
+        status=S.PENDING,
+        lease=None,
+        run_at=None,
+        attempts=max(task.attempts - 1, 0),
+        updated_at=now,
+    )
+
+
 def cancel(task: Task, *, now: float) -> Task:
     check_transition(task, S.CANCELLED)
     return replace(task, status=S.CANCELLED, lease=None, completed_at=now, updated_at=now)

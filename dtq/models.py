@@ -214,6 +214,10 @@ class ExtendRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     lease_seconds: LeaseSeconds | None = None
 
 
+class ReleaseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
 class AckItem(Struct, forbid_unknown_fields=True, kw_only=True):
     id: str
     lease_id: Annotated[str, Meta(min_length=1, max_length=64)]

@@ -165,6 +165,13 @@ def fail(
     return new
 
 
+def release(tx: StoreTxn, task_id: str, lease_id: str) -> Task:
+    old = _require(tx, task_id)
+    new = lifecycle.release(old, lease_id=lease_id, now=tx.now)
+    tx.replace_task(old, new)
+    return new
+
+
 def extend(tx: StoreTxn, task_id: str, lease_id: str, lease_s: float) -> Task:
     old = _require(tx, task_id)
     new = lifecycle.extend_lease(old, lease_id=lease_id, lease_s=lease_s, now=tx.now)

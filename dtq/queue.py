@@ -243,6 +243,15 @@ class TaskQueue:
             self._after_attempt,
         )
 
+    async def release(self, task_id: str, lease_id: str) -> Task:
+        task_id = ops.parse_task_id(task_id)
+
+        def on_commit(task: Task) -> None:
+            self._became_pending(task)
+            self._emit("task.released", task)
+
+        return await self.writer.write(lambda tx: ops.release(tx, task_id, lease_id), on_commit)
+
     async def extend(self, task_id: str, lease_id: str, lease_s: float | None = None) -> Task:
         task_id = ops.parse_task_id(task_id)
         seconds = lease_s or self.settings.lease_default_s

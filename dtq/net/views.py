@@ -2,56 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from msgspec import Struct
-
-from dtq.models import Task, TaskError, Worker
+from dtq.models import Task, Worker
 from dtq.net.envelope import iso
+from dtq.schemas import ErrorOut, LeaseOut, TaskOut, WorkerOut
 
-
-class LeaseOut(Struct):
-    id: str
-    worker_id: str
-    expires_at: str | None
-
-
-class TaskOut(Struct):
-    id: str
-    name: str
-    description: str | None
-    status: str
-    priority: str
-    queue: str
-    payload: Any
-    result: Any
-    error: TaskError | None
-    retry_count: int
-    attempts: int
-    timeout: float
-    worker_id: str | None
-    lease: LeaseOut | None
-    tags: list[str]
-    idempotency_key: str | None
-    run_at: str | None
-    created_at: str | None
-    updated_at: str | None
-    started_at: str | None
-    completed_at: str | None
-    duration: float | None
-
-
-class WorkerOut(Struct):
-    worker_id: str
-    status: str
-    current_load: int
-    max_capacity: int
-    last_heartbeat: str | None
-    registered_at: str | None
-    hostname: str | None
-    queues: list[str]
-    tasks_completed: int
-    tasks_failed: int
+__all__ = ["LeaseOut", "TaskOut", "WorkerOut", "task_out", "worker_out"]
 
 
 def task_out(t: Task) -> TaskOut:
@@ -65,7 +20,7 @@ def task_out(t: Task) -> TaskOut:
         queue=t.queue,
         payload=t.payload,
         result=t.result,
-        error=t.error,
+        error=ErrorOut(t.error.message, t.error.type, t.error.traceback) if t.error else None,
         retry_count=t.retry_count,
         attempts=t.attempts,
         timeout=t.timeout,

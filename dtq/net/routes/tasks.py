@@ -16,6 +16,7 @@ from dtq.models import (
     FailRequest,
     LeaseRequest,
     ListTasksQuery,
+    ReleaseRequest,
     TaskCreate,
     TaskUpdate,
     error_from_input,
@@ -152,4 +153,15 @@ def register(api: Api) -> None:
     async def extend_lease(call: Call) -> Any:
         b: ExtendRequest = call.body
         task = await queue.extend(call.params["task_id"], b.lease_id, b.lease_seconds)
+        return respond(success(task_out(task)))
+
+    @api.route(
+        RouteSpec("POST", f"{P}/{{task_id}}/release", "Hand a leased task back", WORK_TAG,
+                  "release_task", body=ReleaseRequest, response=TaskOut, errors=(404, 409),
+                  description="The task is ready again at once and the attempt is not counted "
+                  "(a worker shutting down hands back what it has not started)."),
+        Permission.TASKS_WORK,
+    )  # fmt: skip
+    async def release_task(call: Call) -> Any:
+        task = await queue.release(call.params["task_id"], call.body.lease_id)
         return respond(success(task_out(task)))

@@ -1,0 +1,382 @@
+"""The worker runtime: runs your functions as tasks, anywhere the server can be reached.
+
+    from dtq import Worker
+    worker = Worker()                      # DTQ_URL / DTQ_API_KEY / DTQ_TOKEN
+
+    @worker.task("Process Data")
+    def process(payload: dict) -> dict:    # sync handlers run in threads, async ones in trio
+        ...
+
+    worker.run()                           # or: dtq worker mymodule:worker
+
+Leases as many tasks as it has free slots (one long poll), extends each lease at a third of its
+length, reports results in batches, and hands unfinished tasks back on shutdown. It only uses
+the public HTTP API, through `WorkerTransport` (a WebSocket transport can slot in later).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import signal
+import socket
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import httpx
+import msgspec
+import structlog
+import trio
+
+from dtq.client import AsyncClient
+from dtq.errors import Conflict, DtqError, NotFound, RateLimited, Unavailable
+from dtq.models import AckItem, AckOutcome, TaskErrorIn
+from dtq.schemas import TaskOut, WorkerOut
+
+log = structlog.get_logger("dtq.worker")
+Handler = Callable[[Any], Any]
+_TRANSIENT = (httpx.TransportError, Unavailable, RateLimited)
+_json_check = msgspec.json.Encoder().encode
+
+
+class WorkerTransport(Protocol):
+    """What the worker needs from the server (HTTP today, a WebSocket session later)."""
+
+    async def lease(self, worker_id: str, **kw: Any) -> list[TaskOut]: ...
+    async def ack(self, acks: Sequence[AckItem]) -> list[AckOutcome]: ...
+    async def extend(self, task_id: str, lease_id: str, lease_seconds: float) -> TaskOut: ...
+    async def release(self, task_id: str, lease_id: str) -> TaskOut: ...
+    async def heartbeat(self, worker_id: str, **fields: Any) -> WorkerOut: ...
+    async def aclose(self) -> None: ...
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 4,
+        worker_id: str | None = None,
+        lease_seconds: float = 60.0,
+        heartbeat_interval_s: float = 10.0,
+        grace_period_s: float = 30.0,
+        poll_wait_s: float = 20.0,
+        only_known_names: bool = False,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.url = url
+        self.api_key = api_key
+        self.token = token
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.worker_id = worker_id or _default_worker_id()
+        self.lease_seconds = lease_seconds
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.grace_period_s = grace_period_s
+        self.poll_wait_s = poll_wait_s
+        self.only_known_names = only_known_names
+        self.handlers: dict[str, Handler] = {}
+        self._running: dict[str, trio.CancelScope] = {}
+        self._leases: dict[str, str] = {}  # task id -> lease id, while running
+        self._slot_freed = trio.Event()
+        self._acks: list[AckItem] = []
+        self._acks_ready = trio.Event()
+        self._threads = trio.CapacityLimiter(concurrency)
+        self.completed = 0
+        self.failed = 0
+
+    def task(self, name: str | None = None) -> Callable[[Handler], Handler]:
+        """Register a handler for tasks called `name` (default: the function's name)."""
+
+        def decorator(fn: Handler) -> Handler:
+            self.handlers[name or fn.__name__] = fn
+            return fn
+
+        return decorator
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT (drains); a second signal stops at once."""
+        trio.run(self._run_with_signals)
+
+    async def _run_with_signals(self) -> None:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        if not stop.is_set():
+                            log.info("draining", signal=signal.Signals(signum).name)
+                            stop.set()
+                        else:
+                            log.warning("stopping now", signal=signal.Signals(signum).name)
+                            nursery.cancel_scope.cancel()
+                            return
+
+            nursery.start_soon(watch_signals)
+            await self.serve(stop)
+            nursery.cancel_scope.cancel()
+
+    async def serve(
+        self,
+        stop: trio.Event,
+        transport: WorkerTransport | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Work until `stop` is set, then drain: finish running tasks within the grace period,
+        hand the rest back, flush results."""
+        client = transport or AsyncClient(self.url, api_key=self.api_key, token=self.token)
+        log.info("worker started", worker_id=self.worker_id, handlers=sorted(self.handlers),
+                 concurrency=self.concurrency, queues=self.queues)  # fmt: skip
+        try:
+            async with trio.open_nursery() as background:
+                background.start_soon(self._ack_loop, client)
+                background.start_soon(self._heartbeat_loop, client)
+                async with trio.open_nursery() as tasks:
+                    task_status.started()
+                    with trio.CancelScope() as lease_scope:
+                        tasks.start_soon(self._cancel_on, stop, lease_scope)
+                        await self._lease_loop(client, tasks)
+                    await self._drain(client, tasks)
+                await self._flush_acks(client)
+                background.cancel_scope.cancel()
+            with trio.move_on_after(2):
+                await client.heartbeat(self.worker_id, status="inactive", current_load=0,
+                                       max_capacity=self.concurrency)  # fmt: skip
+        except* _TRANSIENT:
+            pass  # the final heartbeat is best effort
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+        log.info("worker stopped", worker_id=self.worker_id, completed=self.completed,
+                 failed=self.failed)  # fmt: skip
+
+    @staticmethod
+    async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+        await event.wait()
+        scope.cancel()
+
+    async def _lease_loop(self, client: WorkerTransport, tasks: trio.Nursery) -> None:
+        failures = 0
+        names = sorted(self.handlers) if self.only_known_names else None
+        while True:
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed = trio.Event()
+                await self._slot_freed.wait()
+                continue
+            try:
+                leased = await client.lease(
+                    self.worker_id, queues=self.queues, names=names, max_tasks=min(free, 100),
+                    wait=self.poll_wait_s, lease_seconds=self.lease_seconds,
+                )  # fmt: skip
+                failures = 0
+            except _TRANSIENT as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, 10.0) * (0.5 + random.random())
+                log.warning("lease failed; retrying", error=str(exc) or type(exc).__name__,
+                            retry_in_s=round(delay, 2))  # fmt: skip
+                await trio.sleep(delay)
+                continue
+            for task in leased:
+                scope = trio.CancelScope()
+                self._running[task.id] = scope
+                assert task.lease is not None
+                self._leases[task.id] = task.lease.id
+                tasks.start_soon(self._run_task, client, task, scope)
+
+    async def _drain(self, client: WorkerTransport, tasks: trio.Nursery) -> None:
+        """Stop leasing; give running tasks the grace period, then hand them back."""
+        if not self._running:
+            return
+        log.info("waiting for running tasks", running=len(self._running),
+                 grace_period_s=self.grace_period_s)  # fmt: skip
+        with trio.move_on_after(self.grace_period_s):
+            while self._running:
+                self._slot_freed = trio.Event()
+                await self._slot_freed.wait()
+        leftovers = dict(self._leases)
+        for scope in self._running.values():
+            scope.cancel()
+        for task_id, lease_id in leftovers.items():
+            with trio.move_on_after(5):
+                try:
+                    await client.release(task_id, lease_id)
+                    log.info("handed back", task_id=task_id)
+                except (*_TRANSIENT, Conflict, NotFound) as exc:
+                    log.warning("could not hand back; its lease will expire", task_id=task_id,
+                                error=str(exc))  # fmt: skip
+
+    # -- one task --------------------------------------------------------------------------
+    async def _run_task(
+        self, client: WorkerTransport, task: TaskOut, scope: trio.CancelScope
+    ) -> None:
+        assert task.lease is not None
+        lease_id = task.lease.id
+        lost = trio.Event()
+        outcome: AckItem | None = None
+        try:
+            async with trio.open_nursery() as keeper:
+                keeper.start_soon(self._keep_lease, client, task.id, lease_id, scope, lost)
+                with scope:
+                    outcome = await self._execute(task, lease_id)
+                keeper.cancel_scope.cancel()
+        finally:
+            del self._running[task.id]
+            self._slot_freed.set()
+        if lost.is_set() or outcome is None:
+            if lost.is_set():
+                log.info("result dropped: lease lost or task cancelled", task_id=task.id)
+            return
+        self._leases.pop(task.id, None)
+        self._acks.append(outcome)
+        self._acks_ready.set()
+
+    async def _execute(self, task: TaskOut, lease_id: str) -> AckItem:
+        handler = self.handlers.get(task.name)
+        if handler is None:
+            return self._failed(task, lease_id, "UnknownTask",
+                                f"no handler for task name {task.name!r} on worker "
+                                f"{self.worker_id} (known: {sorted(self.handlers)})", None)  # fmt: skip
+        with trio.move_on_after(task.timeout) as deadline:
+            try:
+                if inspect.iscoroutinefunction(handler):
+                    result = await handler(task.payload)
+                else:
+                    result = await trio.to_thread.run_sync(
+                        handler, task.payload, limiter=self._threads, abandon_on_cancel=True
+                    )
+                _json_check(result)
+            except Exception as exc:
+                tb = _user_traceback(exc)
+                return self._failed(task, lease_id, type(exc).__name__, str(exc) or repr(exc), tb)
+            self.completed += 1
+            return AckItem(id=task.id, lease_id=lease_id, status="completed", result=result)
+        assert deadline.cancelled_caught
+        return self._failed(task, lease_id, "TimeoutError",
+                            f"handler ran past the task timeout of {task.timeout:g} s", None)  # fmt: skip
+
+    def _failed(
+        self, task: TaskOut, lease_id: str, kind: str, message: str, tb: str | None
+    ) -> AckItem:
+        self.failed += 1
+        log.warning("task failed", task_id=task.id, name=task.name, error_type=kind, error=message)
+        error = TaskErrorIn(message=message[:10_000], type=kind[:200],
+                            traceback=tb[-100_000:] if tb else None)  # fmt: skip
+        return AckItem(id=task.id, lease_id=lease_id, status="failed", error=error)
+
+    async def _keep_lease(
+        self,
+        client: WorkerTransport,
+        task_id: str,
+        lease_id: str,
+        scope: trio.CancelScope,
+        lost: trio.Event,
+    ) -> None:
+        """Extend at a third of the lease; stop the handler if the server says it is gone."""
+        while True:
+            await trio.sleep(self.lease_seconds / 3)
+            try:
+                await client.extend(task_id, lease_id, self.lease_seconds)
+            except (Conflict, NotFound):
+                lost.set()
+                self._leases.pop(task_id, None)
+                scope.cancel()
+                return
+            except _TRANSIENT as exc:
+                log.warning("lease extension failed; will retry", task_id=task_id, error=str(exc))
+
+    # -- results and heartbeats ----------------------------------------------------------
+    async def _ack_loop(self, client: WorkerTransport) -> None:
+        while True:
+            if not self._acks:
+                self._acks_ready = trio.Event()
+                await self._acks_ready.wait()
+            await self._send_acks(client)
+
+    async def _send_acks(self, client: WorkerTransport) -> None:
+        """Send what is buffered; retried until the server answers (never lost, never doubled:
+        the lease id fences a resend)."""
+        batch = self._acks[:500]
+        failures = 0
+        outcomes: list[AckOutcome] = []
+        while True:
+            try:
+                outcomes = await client.ack(batch)
+                break
+            except _TRANSIENT as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, 10.0) * (0.5 + random.random())
+                log.warning("ack failed; retrying", error=str(exc) or type(exc).__name__,
+                            pending=len(self._acks), retry_in_s=round(delay, 2))  # fmt: skip
+                await trio.sleep(delay)
+            except DtqError as exc:  # the batch itself was refused (e.g. auth): drop it, say so
+                log.error("ack rejected", error=exc.message, dropped=len(batch))
+                break
+        del self._acks[: len(batch)]
+        for outcome in outcomes:
+            if not outcome.ok:
+                log.info("result not recorded", task_id=outcome.id, error=outcome.error)
+
+    async def _flush_acks(self, client: WorkerTransport) -> None:
+        with trio.move_on_after(max(self.grace_period_s, 5)):
+            while self._acks:
+                await self._send_acks(client)
+
+    async def _heartbeat_loop(self, client: WorkerTransport) -> None:
+        hostname = socket.gethostname()
+        while True:
+            try:
+                await client.heartbeat(
+                    self.worker_id, status="active", current_load=len(self._running),
+                    max_capacity=self.concurrency, hostname=hostname, queues=self.queues,
+                )  # fmt: skip
+            except _TRANSIENT as exc:
+                log.warning("heartbeat failed", error=str(exc) or type(exc).__name__)
+            except DtqError as exc:
+                log.error("heartbeat rejected", error=exc.message)
+            await trio.sleep(self.heartbeat_interval_s)
+
+
+_PLUMBING = ("/trio/", "/outcome/", f"{os.sep}dtq{os.sep}worker.py")
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without trio's thread plumbing and this module's frames."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not any(part in f.filename for part in _PLUMBING)
+    ]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def load_worker(spec: str) -> Worker:
+    """`module:attr` -> the Worker object (for `dtq worker`)."""
+    import importlib
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"expected MODULE:ATTR, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj = getattr(importlib.import_module(module_name), attr)
+    if not isinstance(obj, Worker):
+        raise ValueError(f"{spec} is a {type(obj).__name__}, not a dtq.Worker")
+    return obj

@@ -1,0 +1,113 @@
+"""Fixtures for the API tests: the real server (core, accounts, rate limiter, app) in process,
+driven through Quart's test client, as `tests/api` users of the guide would see it.
+
+Rate limits are off by default here so tests can make many requests; the rate-limit tests set
+their own. Use `settings_overrides` (e.g. via `@pytest.mark.parametrize(..., indirect=True)` or a
+module-level fixture override) to change settings for a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart_trio import QuartTrio
+
+from dtq.accounts import ApiKeyCreate, UserCreate
+from dtq.auth import Role, passwords
+from dtq.net.api import Services
+from dtq.net.app import create_app
+from dtq.net.server import open_services
+from dtq.settings import Durability, Settings
+
+from .helpers import Client, ok
+
+ADMIN_PASSWORD = "password"
+ROLE_PASSWORD = "role-password"
+ROLES = tuple(Role)
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scrypt at production cost takes ~40 ms a hash; the API behaves the same with a cheap one."""
+    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
+    kw: dict[str, Any] = {"rate_limit_per_minute": 0, "rate_limit_per_hour": 0}
+    kw.update(settings_overrides)
+    return Settings(
+        data_dir=str(tmp_path / "data"),
+        admin_password=ADMIN_PASSWORD,
+        durability=Durability.OS,
+        **kw,
+    )
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    async with open_services(settings) as svc:
+        yield svc
+
+
+@pytest.fixture
+def app(services: Services) -> QuartTrio:
+    return create_app(services)
+
+
+@pytest.fixture
+def client(app: QuartTrio) -> Client:
+    """No credentials."""
+    return Client(app.test_client())
+
+
+async def login(client: Client, username: str, password: str) -> str:
+    reply = await client.post("/api/v1/auth/login", {"username": username, "password": password})
+    token: str = ok(reply)["token"]
+    return token
+
+
+@pytest.fixture
+async def tokens(client: Client, services: Services) -> dict[Role, str]:
+    """A bearer token per role, each from `POST /api/v1/auth/login`."""
+    out = {Role.ADMIN: await login(client, "admin", ADMIN_PASSWORD)}
+    for role in ROLES:
+        if role is not Role.ADMIN:
+            name = f"{role.value}-user"
+            await services.accounts.create_user(
+                UserCreate(username=name, password=ROLE_PASSWORD, role=role)
+            )
+            out[role] = await login(client, name, ROLE_PASSWORD)
+    return out
+
+
+@pytest.fixture
+async def keys(services: Services) -> dict[Role, str]:
+    """An API key per role."""
+    out = {}
+    for role in ROLES:
+        _, full = await services.accounts.create_api_key(
+            ApiKeyCreate(name=f"{role.value}-key", role=role), "test"
+        )
+        out[role] = full
+    return out
+
+
+@pytest.fixture
+async def admin(client: Client) -> Client:
+    """Logged in as the bootstrap admin."""
+    return client.bearer(await login(client, "admin", ADMIN_PASSWORD))
+
+
+@pytest.fixture
+def as_role(client: Client, tokens: dict[Role, str]) -> Any:
+    """`as_role(Role.VIEWER)` -> a client with that role's bearer token."""
+    return lambda role: client.bearer(tokens[role])
