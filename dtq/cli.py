@@ -163,10 +163,10 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
     from dtq.logs import configure_logging
     from dtq.worker import load_worker
-
-    import logging
 
     configure_logging(load_settings({"log_format": args.log_format}))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
