@@ -64,6 +64,7 @@ class TaskQueue:
         self.task_listeners: list[EventListener] = []
         self.worker_listeners: list[WorkerListener] = []
         self.lease_expiries = 0
+        self._active_workers: set[str] = set()
         self.closing = False
 
     # -- start-up -----------------------------------------------------------------------
@@ -89,6 +90,7 @@ class TaskQueue:
         heapq.heapify(self._leases)
         workers, _ = self.store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
         for worker in workers:
+            self._active_workers.add(worker.worker_id)
             self._worker_deadlines.append(
                 (worker.last_heartbeat + self.settings.worker_timeout_s, worker.worker_id)
             )
@@ -194,7 +196,7 @@ class TaskQueue:
         def on_commit(granted: list[Task]) -> None:
             for task in granted:
                 self._track_lease(task)
-                self._emit("task.running", task)
+                self._emit("task.leased", task)
 
         try:
             return await self.writer.write(
@@ -274,8 +276,17 @@ class TaskQueue:
                 if not self._worker_deadlines or deadline < self._worker_deadlines[0][0]:
                     self.dispatcher.schedule_changed.set()
                 heapq.heappush(self._worker_deadlines, (deadline, worker.worker_id))
+            active = worker.status == WorkerStatus.ACTIVE
+            was_active = worker.worker_id in self._active_workers
+            if active != was_active:
+                kind = "worker.active" if active else "worker.inactive"
+                (self._active_workers.add if active else self._active_workers.discard)(
+                    worker.worker_id
+                )
+            else:
+                kind = "worker.heartbeat"
             for listener in self.worker_listeners:
-                listener("worker.heartbeat", worker)
+                listener(kind, worker)
 
         return await self.writer.write(lambda tx: ops.heartbeat(tx, hb), on_commit)
 
@@ -333,6 +344,7 @@ class TaskQueue:
 
             def on_inactive(changed: list[Worker]) -> None:
                 for worker in changed:
+                    self._active_workers.discard(worker.worker_id)
                     for listener in self.worker_listeners:
                         listener("worker.inactive", worker)
 

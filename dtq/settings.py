@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     map_size_bytes: int = 256 * 1024 * 1024
     graceful_timeout_s: float = 5.0
     keep_alive_timeout_s: float = 5.0
+    websocket_ping_interval_s: float = 20.0
     backlog: int = 4096
     keep_alive_max_requests: int = 1_000_000
     metrics_require_auth: bool = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quart import current_app, g, request
@@ -18,6 +18,7 @@ from dtq.accounts import Accounts
 from dtq.auth import Permission, Principal
 from dtq.errors import Unauthorized
 from dtq.net.envelope import JSON, decode_body, decode_query
+from dtq.net.events import EventBus
 from dtq.net.openapi import OpenApiRegistry, RouteSpec
 from dtq.queue import TaskQueue
 from dtq.ratelimit import RateLimiter
@@ -30,6 +31,7 @@ class Services:
     accounts: Accounts
     limiter: RateLimiter
     settings: Settings
+    bus: EventBus = field(default_factory=EventBus)
 
 
 @dataclass

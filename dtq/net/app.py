@@ -17,6 +17,7 @@ from dtq.net.api import Api, Services, respond
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
 from dtq.net.routes import admin, analytics, tasks, workers
+from dtq.net.ws import register_websockets
 from dtq.settings import Settings
 
 log = structlog.get_logger("dtq.http")
@@ -50,6 +51,7 @@ def create_app(services: Services) -> QuartTrio:
     api.install(app)
     app.register_blueprint(make_docs_blueprint(lambda: openapi_document(api), title=APP_NAME))
     app.extensions["dtq_api"] = api
+    register_websockets(app, services, services.bus)
     queue = services.queue
 
     @app.get("/health")

@@ -11,6 +11,7 @@ import trio
 from dtq.accounts import Accounts
 from dtq.net.api import Services
 from dtq.net.app import create_app
+from dtq.net.events import EventBus
 from dtq.net.serving import serve_app, shutdown_on_signals
 from dtq.ratelimit import RateLimiter
 from dtq.runtime import open_queue
@@ -32,7 +33,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 username="admin",
                 password=generated,
             )
-        yield Services(queue, accounts, RateLimiter(), settings)
+        bus = EventBus()
+        queue.task_listeners.append(bus.on_task)
+        queue.worker_listeners.append(bus.on_worker)
+        try:
+            yield Services(queue, accounts, RateLimiter(), settings, bus)
+        finally:
+            bus.close()
 
 
 async def serve(
@@ -52,6 +59,7 @@ async def serve(
             await trigger()
             log.info("shutting down")
             services.queue.begin_shutdown()  # open long-polls answer now
+            services.bus.close()  # WebSockets close with 1001
 
         app = create_app(services)
         await serve_app(app, settings, task_status=task_status, shutdown_trigger=shutdown)

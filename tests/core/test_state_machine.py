@@ -27,7 +27,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from dtq import ops
 from dtq.errors import Conflict, InvalidTransition, LeaseLost
@@ -113,8 +119,12 @@ class QueueMachine(RuleBasedStateMachine):
             self.store.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def pick(self, data: st.DataObject) -> Model:
+    def pick(self, data: st.DataObject, prefer: TaskStatus | None = None) -> Model:
+        """A task, usually one in the `prefer` state (so rules seldom do nothing)."""
         by_seq = sorted(self.model.values(), key=lambda m: m.seq)  # ids are random uuids
+        preferred = [m for m in by_seq if m.status == prefer]
+        if preferred and data.draw(st.integers(0, 4), label="prefer") > 0:
+            by_seq = preferred
         return data.draw(st.sampled_from(by_seq), label="task")
 
     def lease_id_for(self, m: Model, data: st.DataObject) -> str:
@@ -131,6 +141,16 @@ class QueueMachine(RuleBasedStateMachine):
         )
 
     # -- rules -------------------------------------------------------------------------
+    @initialize(
+        tasks=st.lists(
+            st.tuples(st.sampled_from(Priority), st.sampled_from(QUEUES), st.integers(0, 2)),
+            max_size=6,
+        )
+    )
+    def some_tasks(self, tasks: list[tuple[Priority, str, int]]) -> None:
+        for priority, queue, retry_count in tasks:
+            self.create(priority, queue, None, retry_count, 3600.0, None)
+
     @rule(
         priority=st.sampled_from(Priority),
         queue=st.sampled_from(QUEUES),
@@ -232,7 +252,7 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
-        m = self.pick(data)
+        m = self.pick(data, S.RUNNING)
         lease_id = self.lease_id_for(m, data)
         valid = self.lease_valid(m, lease_id)
         ok, res = self.run(lambda tx: ops.complete(tx, m.id, lease_id, {"ok": True}))
@@ -248,7 +268,7 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data(), retry=st.sampled_from([None, True, False]))
     def fail(self, data: st.DataObject, retry: bool | None) -> None:
-        m = self.pick(data)
+        m = self.pick(data, S.RUNNING)
         lease_id = self.lease_id_for(m, data)
         valid = self.lease_valid(m, lease_id)
         error = TaskError(message="boom")
@@ -273,7 +293,7 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data(), lease_s=st.sampled_from([1.0, 10.0, 100.0]))
     def extend(self, data: st.DataObject, lease_s: float) -> None:
-        m = self.pick(data)
+        m = self.pick(data, S.RUNNING)
         lease_id = self.lease_id_for(m, data)
         valid = self.lease_valid(m, lease_id)
         ok, res = self.run(lambda tx: ops.extend(tx, m.id, lease_id, lease_s))
@@ -302,7 +322,7 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data(), priority=st.sampled_from(Priority))
     def reprioritise(self, data: st.DataObject, priority: Priority) -> None:
-        m = self.pick(data)
+        m = self.pick(data, S.PENDING)
         if m.status == S.PENDING and not m.ready(self.now):
             # Re-scheduling a delayed task crashes the dispatcher's heap; see
             # test_queue.py::test_reprioritise_scheduled_task (xfail).

@@ -1,0 +1,147 @@
+"""WebSockets: /ws/tasks (task and worker events) and /ws/metrics (the dashboard, live).
+
+Credentials: `Authorization: Bearer`, `X-API-Key`, or for browsers (which cannot set headers)
+`?token=` or the subprotocols `["bearer", "<token>"]`. Refused before the upgrade with 401/403
+in the guide's error format.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import trio
+from quart import websocket
+
+from dtq.auth import Permission, Principal
+from dtq.errors import DtqError, InvalidRequest, Unauthorized
+from dtq.net.api import Services, respond
+from dtq.net.envelope import encode, error_body, now_iso
+from dtq.net.events import Event, EventBus
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+def _credentials() -> tuple[str | None, str | None, str | None]:
+    """(api key, bearer token, chosen subprotocol)."""
+    headers = websocket.headers
+    api_key = headers.get("X-API-Key") or websocket.args.get("api_key")
+    bearer = None
+    subprotocol = None
+    authorization = headers.get("Authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Authorization header must be 'Bearer <token>'")
+        bearer = token.strip()
+    protocols = [p.strip() for p in websocket.requested_subprotocols]
+    if bearer is None and "bearer" in protocols:
+        i = protocols.index("bearer")
+        if i + 1 < len(protocols):
+            bearer, subprotocol = protocols[i + 1], "bearer"
+    if bearer is None:
+        bearer = websocket.args.get("token")
+    return api_key, bearer, subprotocol
+
+
+def _authorize(svc: Services, permission: Permission) -> tuple[Principal, str | None]:
+    api_key, bearer, subprotocol = _credentials()
+    principal = svc.accounts.authenticate(api_key, bearer)
+    if principal is None:
+        raise Unauthorized("Authentication required", reason="missing_credentials")
+    principal.require(permission)
+    return principal, subprotocol
+
+
+class TaskFilter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    task_id: str | None = None
+    status: str | None = None
+    queue: str | None = None
+    name: str | None = None
+    token: str | None = None
+    api_key: str | None = None
+    events: str | None = None  # comma-separated kinds, e.g. "task.completed,task.failed"
+
+
+class MetricsQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    interval: float = 1.0
+    token: str | None = None
+    api_key: str | None = None
+
+
+def _query(model: Any) -> Any:
+    from dtq.net.envelope import decode_query
+
+    return decode_query(websocket.args, model)
+
+
+def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
+    @app.websocket("/ws/tasks")
+    async def ws_tasks() -> Any:
+        try:
+            _, subprotocol = _authorize(svc, Permission.TASKS_READ)
+            f: TaskFilter = _query(TaskFilter)
+        except DtqError as exc:
+            return respond(error_body(exc), exc.status)
+        kinds = frozenset(k.strip() for k in f.events.split(",")) if f.events else None
+
+        def accept(e: Event) -> bool:
+            return (
+                (f.task_id is None or e.subject_id == f.task_id)
+                and (f.status is None or e.status == f.status)
+                and (f.queue is None or e.queue == f.queue)
+                and (f.name is None or e.name == f.name)
+                and (kinds is None or e.kind in kinds)
+            )
+
+        with bus.subscribe(accept) as sub:
+            await websocket.accept(subprotocol=subprotocol)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain_incoming, nursery.cancel_scope)
+                while True:
+                    item = await sub.next()
+                    if item is None:  # server shutting down
+                        await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+                        break
+                    await websocket.send(item.json.decode())
+                nursery.cancel_scope.cancel()
+        return None
+
+    @app.websocket("/ws/metrics")
+    async def ws_metrics() -> Any:
+        try:
+            _, subprotocol = _authorize(svc, Permission.ANALYTICS_READ)
+            q: MetricsQuery = _query(MetricsQuery)
+            if not (0.1 <= q.interval <= 3600) or math.isnan(q.interval):
+                raise InvalidRequest("interval must be between 0.1 and 3600 seconds",
+                                     field="interval")  # fmt: skip
+        except DtqError as exc:
+            return respond(error_body(exc), exc.status)
+        with bus.subscribe(buffer=1) as changes:
+            await websocket.accept(subprotocol=subprotocol)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain_incoming, nursery.cancel_scope)
+                while not bus.closed:
+                    d = svc.queue.dashboard()
+                    body = {f: getattr(d, f) for f in d.__struct_fields__}
+                    body["timestamp"] = now_iso()
+                    await websocket.send(encode(body).decode())
+                    # Next push: at the interval, or early (at most 10/s) when something changed.
+                    with trio.move_on_after(q.interval):
+                        await changes.next()
+                        await trio.sleep(min(0.1, q.interval))
+                if bus.closed:
+                    await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+                nursery.cancel_scope.cancel()
+        return None
+
+
+async def _drain_incoming(scope: trio.CancelScope) -> None:
+    """Read (and ignore) client messages, so a client's close is noticed at once."""
+    try:
+        while True:
+            await websocket.receive()
+    finally:
+        scope.cancel()
