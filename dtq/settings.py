@@ -42,10 +42,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     map_size_bytes: int = 256 * 1024 * 1024
     graceful_timeout_s: float = 5.0
     keep_alive_timeout_s: float = 5.0
-    websocket_ping_interval_s: float = 20.0
+    # hypercorn's protocol pings (0 = off): its ping task outlives a closed socket and holds up
+    # shutdown, so dtq sends an application-level {"event": "ping"} on idle sockets instead.
+    websocket_ping_interval_s: float = 0.0
+    ws_idle_ping_s: float = 20.0
+    ws_buffer_events: int = 1000  # per /ws/tasks subscriber; beyond it: a "lagged" notice
     backlog: int = 4096
     keep_alive_max_requests: int = 1_000_000
     metrics_require_auth: bool = False
+    webhook_timeout_s: float = 10.0  # one delivery attempt, connect to last byte
+    webhook_concurrency: int = 16  # attempts in flight at once, over all webhooks
+    webhook_max_attempts: int = 8  # then the delivery is marked failed
+    webhook_backoff_base_s: float = 1.0  # wait after the first failed attempt; doubles, jittered
+    webhook_backoff_max_s: float = 300.0
+    webhook_retention_s: float = 7 * 86400.0  # finished deliveries are kept this long
 
     @property
     def data_path(self) -> Path:

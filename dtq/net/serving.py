@@ -76,7 +76,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.keep_alive_timeout = settings.keep_alive_timeout_s
     config.keep_alive_max_requests = settings.keep_alive_max_requests
     config.graceful_timeout = settings.graceful_timeout_s
-    config.websocket_ping_interval = settings.websocket_ping_interval_s  # keep-alive pings
+    config.websocket_ping_interval = settings.websocket_ping_interval_s or None  # keep-alive
     config.certfile = settings.certfile
     config.keyfile = settings.keyfile
     config.accesslog = None

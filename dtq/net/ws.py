@@ -18,10 +18,11 @@ from dtq.auth import Permission, Principal
 from dtq.errors import DtqError, InvalidRequest, Unauthorized
 from dtq.net.api import Services, respond
 from dtq.net.envelope import encode, error_body, now_iso
-from dtq.net.events import Event, EventBus
+from dtq.net.events import Event, EventBus, Lagged
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+_IDLE = b""  # sentinel: nothing happened within the idle-ping interval
 
 
 def _credentials() -> tuple[str | None, str | None, str | None]:
@@ -96,15 +97,24 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
                 and (kinds is None or e.kind in kinds)
             )
 
-        with bus.subscribe(accept) as sub:
+        with bus.subscribe(accept, buffer=svc.settings.ws_buffer_events) as sub:
             await websocket.accept(subprotocol=subprotocol)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain_incoming, nursery.cancel_scope)
+                idle_ping_s = svc.settings.ws_idle_ping_s or math.inf
                 while True:
-                    item = await sub.next()
+                    item: Event | Lagged | bytes | None = _IDLE
+                    with trio.move_on_after(idle_ping_s):
+                        item = await sub.next()
+                    if item is _IDLE:  # keep-alive for proxies that drop quiet connections
+                        await websocket.send(
+                            encode({"event": "ping", "timestamp": now_iso()}).decode()
+                        )
+                        continue
                     if item is None:  # server shutting down
                         await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                         break
+                    assert not isinstance(item, bytes)
                     await websocket.send(item.json.decode())
                 nursery.cancel_scope.cancel()
         return None
