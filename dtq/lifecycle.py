@@ -7,13 +7,13 @@ returns a new Task (msgspec.structs.replace) and raises before anything could be
 from __future__ import annotations
 
 import hashlib
-import uuid
 from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
 from dtq.errors import InvalidRequest, InvalidTransition, LeaseLost
+from dtq.ids import new_lease_id
 from dtq.models import Lease, Task, TaskCreate, TaskError, TaskStatus, TaskUpdate
 from dtq.retry import RetryPolicy
 
@@ -89,7 +89,7 @@ def attempt_deadline(task: Task) -> float:
 def grant_lease(task: Task, *, worker_id: str, lease_s: float, now: float) -> Task:
     check_transition(task, S.RUNNING)
     lease = Lease(
-        id=uuid.uuid4().hex,
+        id=new_lease_id(),
         worker_id=worker_id,
         granted_at=now,
         expires_at=min(now + lease_s, now + task.timeout),

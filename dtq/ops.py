@@ -16,6 +16,7 @@ from msgspec.structs import replace
 
 from dtq import lifecycle
 from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
+from dtq.ids import new_task_id
 from dtq.models import (
     AckItem,
     AckOutcome,
@@ -70,7 +71,7 @@ def create(tx: StoreTxn, body: TaskCreate) -> tuple[Task, bool]:
                         task_id=existing.id,
                     )
                 return existing, False
-    task = lifecycle.new_task(body, task_id=str(uuid.uuid4()), seq=tx.next_seq(), now=tx.now)
+    task = lifecycle.new_task(body, task_id=new_task_id(), seq=tx.next_seq(), now=tx.now)
     tx.insert_task(task)
     if body.idempotency_key is not None:
         tx.put_idempotent(body.idempotency_key, task.id, fp)

@@ -82,11 +82,9 @@ class TaskQueue:
                 self.dispatcher.schedule(entry, run_at)
             else:
                 self.dispatcher.push(entry)
-        for expires_at, task_id in self.store.iter_leases():
-            task = self.store.get_task(task_id)
-            if task is not None and task.lease is not None:
-                self._leases.append((expires_at, task_id, task.lease.id))
-                count += 1
+        for lease in self.store.iter_leases():
+            self._leases.append(lease)
+            count += 1
         heapq.heapify(self._leases)
         workers, _ = self.store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
         for worker in workers:

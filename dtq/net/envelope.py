@@ -6,6 +6,7 @@ error:   {"status": "error", "error": {"code", "message", "details"}, "timestamp
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -22,11 +23,25 @@ encode = _encoder.encode
 JSON = "application/json"
 
 
+_SECOND_PREFIX: dict[int, str] = {}  # whole second -> "YYYY-MM-DDTHH:MM:SS"
+
+
 def iso(t: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with a `Z`, millisecond precision."""
+    """Epoch seconds as ISO 8601 UTC with a `Z`, millisecond precision.
+
+    Hot (six per task in every response and event): the formatted second is cached, since a
+    burst of tasks shares a handful of seconds.
+    """
     if t is None:
         return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    sec = math.floor(t)
+    prefix = _SECOND_PREFIX.get(sec)
+    if prefix is None:
+        if len(_SECOND_PREFIX) >= 4096:
+            _SECOND_PREFIX.clear()
+        prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _SECOND_PREFIX[sec] = prefix
+    return f"{prefix}.{min(int((t - sec) * 1000), 999):03d}Z"
 
 
 def now_iso() -> str:
@@ -88,13 +103,43 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> Inva
     return InvalidRequest("Malformed JSON body", field="body", reason=text)
 
 
+# A body must also survive being stored (MessagePack) and sent back inside an envelope (JSON):
+# integers beyond 64 bits cannot be stored, and nesting close to the recursion limit would
+# fail when encoded a few levels deeper. Refused here, as a 400, before anything is written.
+_storable = msgspec.msgpack.Encoder()
+_NESTING_HEADROOM = 16  # levels of room for the envelope and the deeper stack of the encoders
+
+
+def _check_storable(value: Any) -> None:
+    for _ in range(_NESTING_HEADROOM):
+        value = (value,)
+    try:
+        _storable.encode(value)
+    except OverflowError:
+        raise InvalidRequest(
+            "Integers must fit in 64 bits", field="body", reason="integer out of range"
+        ) from None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        "JSON body is nested too deeply", field="body", reason="too deeply nested"
+    )
+
+
 def decode_body(raw: bytes, model: type[T]) -> T:
     if not raw.strip():
         raise InvalidRequest("A JSON body is required", field="body", reason="empty body")
     try:
-        return msgspec.json.decode(raw, type=model)
+        value = msgspec.json.decode(raw, type=model)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise validation_error(exc) from None
+    except RecursionError:
+        raise _too_deep() from None
+    _check_storable(value)
+    return value
 
 
 def decode_query(args: Any, model: type[T]) -> T:

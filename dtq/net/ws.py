@@ -1,5 +1,10 @@
 """WebSockets: /ws/tasks (task and worker events) and /ws/metrics (the dashboard, live).
 
+Messages are JSON: one event `{"event": "task.completed", "task": {...}, "timestamp": ...}`, or,
+when several are waiting, `{"event": "batch", "count": n, "events": [<event>, ...]}`; a
+`{"event": "lagged", "missed": n}` notice when a slow reader lost events; `{"event": "ping"}`
+on idle connections.
+
 Credentials: `Authorization: Bearer`, `X-API-Key`, or for browsers (which cannot set headers)
 `?token=` or the subprotocols `["bearer", "<token>"]`. Refused before the upgrade with 401/403
 in the guide's error format.
@@ -18,10 +23,11 @@ from dtq.auth import Permission, Principal
 from dtq.errors import DtqError, InvalidRequest, Unauthorized
 from dtq.net.api import Services, respond
 from dtq.net.envelope import encode, error_body, now_iso
-from dtq.net.events import Event, EventBus, Lagged
+from dtq.net.events import Event, EventBus, Lagged, batch_json
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+_MAX_BATCH = 500  # events per WebSocket message when a subscriber has a backlog
 _IDLE = b""  # sentinel: nothing happened within the idle-ping interval
 
 
@@ -115,7 +121,9 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
                         await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                         break
                     assert not isinstance(item, bytes)
-                    await websocket.send(item.json.decode())
+                    more = sub.take_ready(_MAX_BATCH - 1) if isinstance(item, Event) else []
+                    payload = batch_json([item, *more]) if more else item.json
+                    await websocket.send(payload.decode())
                 nursery.cancel_scope.cancel()
         return None
 

@@ -104,9 +104,20 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
             srv.stop.set()
 
 
-async def _next_json(ws: object, timeout: float = 5) -> dict[str, object]:
+async def _next_json(ws: Any, timeout: float = 5) -> dict[str, Any]:
+    """The next message as sent (a single event, a batch, a lagged notice, metrics)."""
     with trio.fail_after(timeout):
-        return json.loads(await ws.get_message())  # type: ignore[attr-defined,no-any-return]
+        return json.loads(await ws.get_message())  # type: ignore[no-any-return]
+
+
+async def _events(ws: Any, n: int, timeout: float = 5) -> list[dict[str, Any]]:
+    """The next `n` events, unpacking batches."""
+    events: list[dict[str, Any]] = []
+    with trio.fail_after(timeout):
+        while len(events) < n:
+            msg = json.loads(await ws.get_message())
+            events.extend(msg["events"] if msg["event"] == "batch" else [msg])
+    return events
 
 
 async def test_refused_without_credentials_before_upgrade(server: Server) -> None:
@@ -162,7 +173,7 @@ async def test_life_cycle_events_in_order(server: Server) -> None:
             f"/api/v1/tasks/{task['id']}/complete", json={"lease_id": lease, "result": 7},
             headers=server.auth,
         )  # fmt: skip
-        kinds = [(await _next_json(ws))["event"] for _ in range(3)]
+        kinds = [e["event"] for e in await _events(ws, 3)]
         assert kinds == ["task.created", "task.leased", "task.completed"]
 
 
@@ -207,10 +218,11 @@ async def test_slow_consumer_gets_lagged_and_does_not_slow_writers(server: Serve
         with trio.fail_after(10):
             while lagged is None:
                 msg = json.loads(await slow.get_message())
-                if msg["event"] == "lagged":
-                    lagged = msg["missed"]
-                else:
-                    seen += 1
+                for event in msg["events"] if msg["event"] == "batch" else [msg]:
+                    if event["event"] == "lagged":
+                        lagged = event["missed"]
+                    else:
+                        seen += 1
         assert lagged > 0
         assert seen + lagged <= 600
 
