@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -59,6 +61,52 @@ def proc_fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+class SystemCpu:
+    """System-wide CPU use from /proc/stat, to tell how much other processes took meanwhile.
+
+    The bench machine is shared (other engineers run tests on it): every result records how
+    many cores were busy in total and how many of them were not the bench's own processes.
+    """
+
+    def __init__(self) -> None:
+        self.busy, self.total = self._read()
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            parts = [int(x) for x in fh.readline().split()[1:]]
+        idle = parts[3] + parts[4]  # idle + iowait
+        total = sum(parts[:8])
+        return total - idle, total
+
+    def busy_cores(self) -> float:
+        """Average number of busy cores since this object was made."""
+        busy, total = self._read()
+        if total == self.total:
+            return 0.0
+        return (busy - self.busy) / (total - self.total) * (os.cpu_count() or 1)
+
+
+def contention(cpu: SystemCpu, own_cpu_seconds: float, wall_s: float) -> dict[str, float]:
+    busy = cpu.busy_cores()
+    own = own_cpu_seconds / wall_s if wall_s > 0 else 0.0
+    return {"machine_busy_cores": round(busy, 2), "other_cores": round(max(0.0, busy - own), 2)}
+
+
+def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> dict[str, float]:
+    """Wait (at most max_wait_s) until other processes use less than threshold_cores."""
+    t0 = time.perf_counter()
+    busy = 0.0
+    while True:
+        cpu = SystemCpu()
+        time.sleep(1.0)
+        busy = cpu.busy_cores()
+        waited = time.perf_counter() - t0
+        if busy < threshold_cores or waited >= max_wait_s:
+            return {"waited_s": round(waited, 1), "busy_cores": round(busy, 2)}
+
+
 def machine_facts() -> dict[str, Any]:
     model = ""
     try:
@@ -70,7 +118,7 @@ def machine_facts() -> dict[str, Any]:
     except OSError:
         pass
     commit = ""
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
             cwd=REPO_DIR,
@@ -79,15 +127,19 @@ def machine_facts() -> dict[str, Any]:
             timeout=5,
             check=False,
         ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    src = hashlib.sha256()
+    for path in sorted((REPO_DIR / "dtq").rglob("*.py")):
+        src.update(path.relative_to(REPO_DIR).as_posix().encode())
+        src.update(path.read_bytes())
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_commit": commit,
+        "git_commit": commit,  # HEAD; the tree may hold uncommitted changes:
+        "dtq_source_sha256": src.hexdigest()[:16],  # identifies the dtq/ code measured
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
 
 

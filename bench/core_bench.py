@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import hashlib
 import json
 import math
-import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,17 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
 from _common import (
     REPO_DIR,
+    SystemCpu,
+    contention,
     fmt_rate,
     format_table,
     latency_summary_ms,
     machine_facts,
     proc_status,
     verdict,
+    wait_for_quiet,
     write_json,
 )
+
 from dtq import __version__ as dtq_version
 from dtq.models import AckItem, LeaseRequest, TaskCreate
 from dtq.queue import TaskQueue
@@ -86,6 +90,7 @@ class Window:
         self._t0 = 0.0
         self._cpu0 = 0.0
         self._w0 = (0, 0, 0.0)
+        self._sys = SystemCpu()
         self.result: dict[str, Any] = {}
 
     def _writer(self) -> tuple[int, int, float]:
@@ -98,6 +103,7 @@ class Window:
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
         self._w0 = self._writer()
+        self._sys = SystemCpu()
 
     def stop(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._t0
@@ -115,6 +121,7 @@ class Window:
             "commits_per_s": round(commits / elapsed, 1),
             "avg_commit_ms": round(1000 * commit_s / commits, 3) if commits else 0,
             "writer_busy_percent": round(100 * commit_s / elapsed, 1),
+            **contention(self._sys, cpu, elapsed),
         }
         return self.result
 
@@ -330,7 +337,21 @@ def ensure_store(path: Path, tasks: int, force: bool) -> dict[str, Any]:
     return {**info, "reused": False}
 
 
-async def _startup_child(path: Path) -> dict[str, Any]:
+async def _startup_child(path: Path, gc_off: bool) -> dict[str, Any]:
+    # Time TaskQueue.rebuild on its own too: wrap it (in this throwaway process only).
+    timing: dict[str, float] = {}
+    original = TaskQueue.rebuild
+
+    def timed_rebuild(self: TaskQueue) -> int:
+        t = time.perf_counter()
+        try:
+            return original(self)
+        finally:
+            timing["rebuild_s"] = time.perf_counter() - t
+
+    TaskQueue.rebuild = timed_rebuild  # type: ignore[method-assign]
+    if gc_off:  # experiment: how much of the start-up is the cyclic GC scanning new objects
+        gc.disable()
     before = proc_status()
     t0 = time.perf_counter()
     async with open_queue(settings_for(path, FSYNC, BIG_MAP)) as queue:
@@ -338,6 +359,8 @@ async def _startup_child(path: Path) -> dict[str, Any]:
         after = proc_status()
         return {
             "open_seconds": round(opened, 3),
+            "rebuild_seconds": round(timing.get("rebuild_s", float("nan")), 3),
+            "gc_disabled": gc_off,
             "ready_tasks": queue.dispatcher.ready_count(),
             "rss_before_kib": before["VmRSS"],
             "rss_kib": after["VmRSS"],
@@ -347,8 +370,8 @@ async def _startup_child(path: Path) -> dict[str, Any]:
         }
 
 
-def startup_child_main(path: str) -> None:
-    result = trio.run(_startup_child, Path(path))
+def startup_child_main(path: str, gc_off: bool) -> None:
+    result = trio.run(_startup_child, Path(path), gc_off)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -382,6 +405,7 @@ class Bench:
         self.tmp = tmp
         self.results: dict[str, Any] = {}
         self.rows: list[list[Any]] = []
+        self.quiet: dict[str, dict[str, float]] = {}
         self._n = 0
 
     def fresh_dir(self) -> Path:
@@ -390,16 +414,34 @@ class Bench:
         path.mkdir()
         return path
 
+    def measure(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(*args) (a trio.run or a subprocess driver) and note the machine's contention."""
+        sys_cpu = SystemCpu()
+        cpu0 = time.process_time()
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        r = fn(*args)
+        wall = time.perf_counter() - t0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = time.process_time() - cpu0 + kids.ru_utime + kids.ru_stime
+        own -= kids0.ru_utime + kids0.ru_stime
+        if isinstance(r, dict) and "other_cores" not in r:
+            r.update(contention(sys_cpu, own, wall))
+        return r
+
     def add(self, key: str, label: str, value: str, unit: str, note: str, data: Any) -> None:
         self.results[key] = data
-        self.rows.append([label, value, unit, note])
-        print(f"  {label:<52} {value:>12} {unit:<14} {note}", flush=True)
+        others = data.get("other_cores", "-") if isinstance(data, dict) else "-"
+        self.rows.append([label, value, unit, others, note])
+        print(f"  {label:<52} {value:>12} {unit:<14} {others:>5}  {note}", flush=True)
         shutil.rmtree(self.tmp, ignore_errors=True)  # each run starts from an empty store
         self.tmp.mkdir(parents=True, exist_ok=True)
 
     def single(self, durability: Durability, section: str) -> None:
         for callers in (1, 8, 64):
-            r = trio.run(single_lifecycles, self.fresh_dir(), durability, callers, self.sizes)
+            r = self.measure(
+                trio.run, single_lifecycles, self.fresh_dir(), durability, callers, self.sizes
+            )
             note = (
                 f"{r['avg_ops_per_commit']} ops/commit, {r['commits_per_s']:,.0f} commits/s, "
                 f"cpu {r['cpu_percent']}%"
@@ -416,7 +458,9 @@ class Bench:
     def batched(self) -> None:
         for durability in (FSYNC, OS):
             for callers in (1, 4):
-                r = trio.run(batch_lifecycles, self.fresh_dir(), durability, callers, self.sizes)
+                r = self.measure(
+                    trio.run, batch_lifecycles, self.fresh_dir(), durability, callers, self.sizes
+                )
                 note = f"{r['commits_per_s']:,.0f} commits/s, cpu {r['cpu_percent']}%"
                 self.add(
                     f"c.{durability.value}.c{callers}",
@@ -430,7 +474,7 @@ class Bench:
     def bulk(self) -> None:
         n = self.sizes.bulk_tasks
         for durability in (FSYNC, OS):
-            r = trio.run(bulk_create_many, self.fresh_dir(), durability, n, 1000)
+            r = self.measure(trio.run, bulk_create_many, self.fresh_dir(), durability, n, 1000)
             self.add(
                 f"d.{durability.value}.create_many_1000",
                 f"(d) {n:,} creates, create_many x1000, {durability.value}",
@@ -439,7 +483,7 @@ class Bench:
                 f"{r['seconds']} s",
                 r,
             )
-            r = trio.run(bulk_create_concurrent, self.fresh_dir(), durability, n, 64)
+            r = self.measure(trio.run, bulk_create_concurrent, self.fresh_dir(), durability, n, 64)
             self.add(
                 f"d.{durability.value}.single_c64",
                 f"(d) {n:,} creates, 64 concurrent single, {durability.value}",
@@ -451,7 +495,9 @@ class Bench:
 
     def lease(self) -> None:
         s = self.sizes
-        r = trio.run(lease_latency, self.fresh_dir(), FSYNC, s.lease_ready, s.lease_samples)
+        r = self.measure(
+            trio.run, lease_latency, self.fresh_dir(), FSYNC, s.lease_ready, s.lease_samples
+        )
         label = f"(e) lease(wait=0) latency, {r['ready_tasks']:,} ready, fsync"
         self.add(
             "e.fsync",
@@ -468,7 +514,7 @@ class Bench:
         store = ensure_store(path, n, rebuild)
         how = "reused" if store["reused"] else f"built in {store['seconds']} s"
         print(f"  store: {n:,} tasks, {store['bytes'] / 1e6:,.0f} MB, {how}", flush=True)
-        r = measure_startup(path, self.sizes.startup_runs)
+        r = self.measure(measure_startup, path, self.sizes.startup_runs)
         m = r["median"]
         r["store"] = store
         self.add(
@@ -535,10 +581,18 @@ def main() -> int:
     ap.add_argument("--rebuild-store", action="store_true", help="rebuild the start-up store")
     ap.add_argument("--tmp", type=Path, help="scratch directory (default: a new temp dir)")
     ap.add_argument("--out", help="results file name in bench/results (default core.json)")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=20.0,
+        help="before each section wait up to this many seconds for other processes to go "
+        "quiet (the machine is shared; default 20, 0 = don't wait)",
+    )
     ap.add_argument("--startup-child", help=argparse.SUPPRESS)
+    ap.add_argument("--startup-gc-off", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.startup_child:
-        startup_child_main(args.startup_child)
+        startup_child_main(args.startup_child, args.startup_gc_off)
         return 0
 
     sizes = QUICK if args.quick else FULL
@@ -550,25 +604,31 @@ def main() -> int:
     started = time.perf_counter()
     print(f"dtq core bench ({'quick' if args.quick else 'full'}), scratch {scratch}", flush=True)
     try:
-        if "a" in only:
-            bench.single(FSYNC, "a")
-        if "b" in only:
-            bench.single(OS, "b")
-        if "c" in only:
-            bench.batched()
-        if "d" in only:
-            bench.bulk()
-        if "e" in only:
-            bench.lease()
-        if "f" in only:
-            bench.startup(args.store_dir, args.rebuild_store)
+        sections: list[tuple[str, Callable[[], None]]] = [
+            ("a", lambda: bench.single(FSYNC, "a")),
+            ("b", lambda: bench.single(OS, "b")),
+            ("c", bench.batched),
+            ("d", bench.bulk),
+            ("e", bench.lease),
+            ("f", lambda: bench.startup(args.store_dir, args.rebuild_store)),
+        ]
+        for name, run in sections:
+            if name not in only:
+                continue
+            if args.wait_quiet > 0:
+                quiet = wait_for_quiet(args.wait_quiet)
+                bench.quiet[name] = quiet
+                if quiet["busy_cores"] >= 0.3:
+                    print(f"  (machine busy: {quiet['busy_cores']} cores in use by others)")
+            run()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     total_s = time.perf_counter() - started
 
     checks = targets(bench.results, sizes)
     print()
-    print(format_table(["measurement", "value", "unit", "notes"], bench.rows))
+    print(format_table(["measurement", "value", "unit", "others", "notes"], bench.rows))
+    print("  (others: cores busy with other processes on the machine during that run)")
     print()
     for c in checks:
         print(f"  [{verdict(c['ok'])}] {c['target']}: measured {c['measured']:,}")
@@ -580,6 +640,7 @@ def main() -> int:
         "machine": machine_facts(),
         "total_seconds": round(total_s, 1),
         "results": bench.results,
+        "wait_for_quiet": bench.quiet,
         "targets": checks,
     }
     path = write_json(args.out or ("core-quick.json" if args.quick else "core.json"), data)

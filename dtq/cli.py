@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -187,6 +188,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.run()
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        refused, other = group.split(DtqError)
+        if refused is None or other is not None:
+            raise
+        exc: BaseException = refused  # e.g. a wrong API key: one line, not a traceback
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        raise exc from None
     return 0
 
 
@@ -208,7 +217,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _submit_file(client: Any, args: argparse.Namespace) -> int:
     """Bulk submit: one JSON task body per line, in batches of 500, with a progress bar."""
     with open(args.file) as fh:
-        bodies = [json.loads(line) for line in fh if line.strip()]
+        numbered = [(n, json.loads(line)) for n, line in enumerate(fh, 1) if line.strip()]
+    fields = set(inspect.signature(client._submit).parameters)
+    for n, body in numbered:  # what the client cannot send is a one-line error, not a traceback
+        if not isinstance(body, dict) or "name" not in body:
+            raise ValueError(f"{args.file}, line {n}: expected a JSON object with a name")
+        if unknown := sorted(set(body) - fields):
+            raise ValueError(f"{args.file}, line {n}: unknown field(s): {', '.join(unknown)}")
+    bodies = [body for _, body in numbered]
     done = 0
     for i in range(0, len(bodies), 500):
         client.submit_many(bodies[i : i + 500])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Iterable
 
@@ -23,17 +24,25 @@ RANKS = (0, 1, 2)
 class Entry:
     """A task that is ready to run (or scheduled to become ready)."""
 
-    __slots__ = ("name", "queue", "rank", "seq", "task_id")
+    __slots__ = ("name", "order", "queue", "rank", "task_id")
 
-    def __init__(self, task_id: str, queue: str, rank: int, seq: int, name: str) -> None:
+    def __init__(
+        self, task_id: str, queue: str, rank: int, seq: int, name: str, ready_at: float = 0.0
+    ) -> None:
         self.task_id = task_id
         self.queue = queue
         self.rank = rank
-        self.seq = seq
         self.name = name
+        # FIFO key within a priority: when it became ready, then enqueue sequence. The same
+        # key orders the queues rebuilt at start-up, so a restart keeps the dispatch order.
+        self.order = (ready_at, seq)
+
+    @property
+    def seq(self) -> int:
+        return self.order[1]
 
     def __repr__(self) -> str:
-        return f"<Entry {self.task_id} {self.queue}/{self.rank}#{self.seq} {self.name!r}>"
+        return f"<Entry {self.task_id} {self.queue}/{self.rank}@{self.order} {self.name!r}>"
 
 
 class Waiter:
@@ -60,7 +69,8 @@ class Dispatcher:
         # their task id to that very Entry object (lazy deletion).
         self._queues: dict[str, tuple[deque[Entry], deque[Entry], deque[Entry]]] = {}
         self._ready: dict[str, Entry] = {}
-        self._scheduled: list[tuple[float, int, Entry]] = []
+        self._scheduled: list[tuple[float, int, int, Entry]] = []
+        self._tiebreak = itertools.count()  # heap entries never compare Entry objects
         self._scheduled_live: dict[str, Entry] = {}
         self._waiters: deque[Waiter] = deque()
         self.schedule_changed = trio.Event()  # the reaper re-plans when this fires
@@ -92,15 +102,23 @@ class Dispatcher:
                 return
         self._enqueue(entry)
 
-    def push_front(self, entries: Iterable[Entry]) -> None:
-        """Return claimed-but-not-leased tasks to the head of their queues."""
-        for entry in reversed(list(entries)):
-            self._ready[entry.task_id] = entry
-            self._deques(entry.queue)[entry.rank].appendleft(entry)
+    def give_back(self, entries: Iterable[Entry]) -> None:
+        """Claimed tasks that were not leased: to a waiting worker, else back in line."""
+        for entry in entries:
+            self.push(entry)
 
     def _enqueue(self, entry: Entry) -> None:
+        """Insert keeping each deque sorted by `order`: an append, except for the rare task
+        that is older than the tail (given back, re-prioritised)."""
         self._ready[entry.task_id] = entry
-        self._deques(entry.queue)[entry.rank].append(entry)
+        dq = self._deques(entry.queue)[entry.rank]
+        if not dq or dq[-1].order <= entry.order:
+            dq.append(entry)
+            return
+        i = len(dq)
+        while i > 0 and dq[i - 1].order > entry.order:
+            i -= 1
+        dq.insert(i, entry)
 
     def _deques(self, queue: str) -> tuple[deque[Entry], deque[Entry], deque[Entry]]:
         qs = self._queues.get(queue)
@@ -112,13 +130,13 @@ class Dispatcher:
         self.discard(entry.task_id)
         self._scheduled_live[entry.task_id] = entry
         first = self._scheduled[0][0] if self._scheduled else None
-        heapq.heappush(self._scheduled, (run_at, entry.seq, entry))
+        heapq.heappush(self._scheduled, (run_at, entry.seq, next(self._tiebreak), entry))
         if first is None or run_at < first:
             self.schedule_changed.set()
 
     def next_scheduled_at(self) -> float | None:
         heap = self._scheduled
-        while heap and self._scheduled_live.get(heap[0][2].task_id) is not heap[0][2]:
+        while heap and self._scheduled_live.get(heap[0][3].task_id) is not heap[0][3]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -127,7 +145,7 @@ class Dispatcher:
         moved = 0
         heap = self._scheduled
         while heap and heap[0][0] <= now:
-            _, _, entry = heapq.heappop(heap)
+            entry = heapq.heappop(heap)[3]
             if self._scheduled_live.get(entry.task_id) is entry:
                 del self._scheduled_live[entry.task_id]
                 self.push(entry)
@@ -165,7 +183,7 @@ class Dispatcher:
             for qs in candidates:
                 dq = qs[rank]
                 head = self._live_head(dq, names)
-                if head is not None and (best_entry is None or head.seq < best_entry.seq):
+                if head is not None and (best_entry is None or head.order < best_entry.order):
                     best, best_entry = dq, head
             if best is not None and best_entry is not None:
                 if names is None:

@@ -7,6 +7,7 @@ returns a new Task (msgspec.structs.replace) and raises before anything could be
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC
 from typing import Any
 
 import msgspec
@@ -45,7 +46,11 @@ def check_transition(task: Task, to: TaskStatus) -> None:
 
 
 def new_task(body: TaskCreate, *, task_id: str, seq: int, now: float) -> Task:
-    run_at = body.run_at.timestamp() if body.run_at is not None else None
+    run_at = None
+    if body.run_at is not None:
+        # A time without an offset is UTC (never the server's local zone).
+        given = body.run_at if body.run_at.tzinfo else body.run_at.replace(tzinfo=UTC)
+        run_at = given.timestamp()
     if body.delay is not None:
         run_at = now + body.delay
     if run_at is not None and run_at <= now:
@@ -68,6 +73,7 @@ def new_task(body: TaskCreate, *, task_id: str, seq: int, now: float) -> Task:
         tags=list(body.tags),
         retry_backoff_s=body.retry_backoff_s,
         retry_backoff_max_s=body.retry_backoff_max_s,
+        ready_at=run_at or now,
     )
 
 
@@ -190,7 +196,13 @@ def _failed_attempt(
             )
             run_at = now + own.delay_s(retries_used + 1, rand)
         return replace(
-            task, status=S.PENDING, lease=None, error=error, run_at=run_at, updated_at=now
+            task,
+            status=S.PENDING,
+            lease=None,
+            error=error,
+            run_at=run_at,
+            ready_at=run_at or now,
+            updated_at=now,
         )
     check_transition(task, S.FAILED)
     return _finish(task, S.FAILED, now, result=None, error=error)
@@ -222,6 +234,7 @@ def release(task: Task, *, lease_id: str, now: float) -> Task:
         status=S.PENDING,
         lease=None,
         run_at=None,
+        ready_at=now,
         attempts=max(task.attempts - 1, 0),
         updated_at=now,
     )

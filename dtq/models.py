@@ -91,6 +91,7 @@ class Task(Struct, array_like=True, kw_only=True):
     tags: list[str] = msgspec.field(default_factory=list)
     retry_backoff_s: float | None = None
     retry_backoff_max_s: float | None = None
+    ready_at: float | None = None  # when it last became ready to run: the FIFO order key
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name!r} {self.status} attempts={self.attempts}>"

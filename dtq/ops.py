@@ -101,17 +101,24 @@ def delete(tx: StoreTxn, task_id: str) -> Task:
 # -- workers -----------------------------------------------------------------------------
 
 
-def lease(tx: StoreTxn, task_ids: Sequence[str], worker_id: str, lease_s: float) -> list[Task]:
-    """Grant leases on the claimed tasks that are still due; silently skip the rest."""
-    granted = []
+def lease(
+    tx: StoreTxn, task_ids: Sequence[str], worker_id: str, lease_s: float
+) -> tuple[list[Task], list[Task]]:
+    """Grant leases on the claimed tasks that are still due. Returns (granted, pending but
+    not yet due); tasks that are gone or no longer pending are skipped."""
+    granted: list[Task] = []
+    not_due: list[Task] = []
     for task_id in task_ids:
         task = tx.get_task(task_id)
-        if task is None or not lifecycle.is_due(task, tx.now):
+        if task is None or task.status != S.PENDING:
+            continue
+        if not lifecycle.is_due(task, tx.now):
+            not_due.append(task)
             continue
         new = lifecycle.grant_lease(task, worker_id=worker_id, lease_s=lease_s, now=tx.now)
         tx.replace_task(task, new)
         granted.append(new)
-    return granted
+    return granted, not_due
 
 
 def _record_finish(tx: StoreTxn, old: Task, new: Task) -> None:

@@ -17,7 +17,7 @@ import trio
 from dtq import ops
 from dtq.clock import Clock
 from dtq.dispatcher import Dispatcher, Entry, Waiter
-from dtq.errors import InvalidRequest, NotFound, Unavailable
+from dtq.errors import DtqError, InvalidRequest, NotFound, Unavailable
 from dtq.models import (
     AckItem,
     AckOutcome,
@@ -46,7 +46,8 @@ TREND_METRICS = ("completion_rate", "avg_duration", "error_rate")
 
 
 def _entry(task: Task) -> Entry:
-    return Entry(task.id, task.queue, task.priority.rank, task.seq, task.name)
+    ready_at = task.ready_at if task.ready_at is not None else task.created_at
+    return Entry(task.id, task.queue, task.priority.rank, task.seq, task.name, ready_at)
 
 
 class TaskQueue:
@@ -72,12 +73,13 @@ class TaskQueue:
         """Rebuild the in-memory structures from storage; running tasks keep their expiry."""
         now = self.clock.now()
         count = 0
-        pending: list[tuple[int, Entry, float | None]] = []
-        for queue, rank, seq, task_id, name, run_at in self.store.iter_pending():
-            pending.append((seq, Entry(task_id, queue, rank, seq, name), run_at))
+        pending: list[tuple[Entry, float | None]] = []
+        for row in self.store.iter_pending():
+            entry = Entry(row.task_id, row.queue, row.rank, row.seq, row.name, row.ready_at)
+            pending.append((entry, row.run_at))
             count += 1
-        pending.sort(key=lambda row: row[0])  # FIFO across queues by enqueue order
-        for _, entry, run_at in pending:
+        pending.sort(key=lambda item: item[0].order)  # the order they were live in
+        for entry, run_at in pending:
             if run_at is not None and run_at > now:
                 self.dispatcher.schedule(entry, run_at)
             else:
@@ -191,20 +193,26 @@ class TaskQueue:
             return []
         ids = [e.task_id for e in claimed]
 
-        def on_commit(granted: list[Task]) -> None:
+        def on_commit(result: tuple[list[Task], list[Task]]) -> None:
+            granted, not_due = result
             for task in granted:
                 self._track_lease(task)
                 self._emit("task.leased", task)
+            for task in not_due:  # claimed a hair early: back to the schedule
+                self._became_pending(task)
 
         try:
-            return await self.writer.write(
-                lambda tx: ops.lease(tx, ids, req.worker_id, lease_s), on_commit
-            )
-        except BaseException:
-            # Not granted (storage error or shutdown): the tasks go back to the head of line.
-            # If the commit did happen the tasks are running and their lease will expire.
-            self.dispatcher.push_front(claimed)
+            # Shielded: once submitted, the grant's outcome must be known, or tasks it granted
+            # could be put back in line while leased. A caller that went away meanwhile
+            # leaves leases that expire and retry (at-least-once).
+            with trio.CancelScope(shield=True):
+                granted, _ = await self.writer.write(
+                    lambda tx: ops.lease(tx, ids, req.worker_id, lease_s), on_commit
+                )
+        except DtqError:
+            self.dispatcher.give_back(claimed)  # nothing was granted
             raise
+        return granted
 
     async def _wait_for_tasks(
         self,
@@ -220,7 +228,7 @@ class TaskQueue:
                 await waiter.event.wait()
         except BaseException:
             self.dispatcher.remove_waiter(waiter)
-            self.dispatcher.push_front(waiter.claimed)
+            self.dispatcher.give_back(waiter.claimed)  # to the next waiter, or back in line
             raise
         self.dispatcher.remove_waiter(waiter)
         claimed = waiter.claimed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -15,8 +15,17 @@ from dtq.storage.writer import GroupCommitWriter
 
 
 @asynccontextmanager
-async def open_queue(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[TaskQueue]:
-    """The running core. On exit: long-polls answer, queued writes are flushed, LMDB closes."""
+async def open_queue(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    on_open: Callable[[TaskQueue], None] | None = None,
+) -> AsyncIterator[TaskQueue]:
+    """The running core. On exit: long-polls answer, queued writes are flushed, LMDB closes.
+
+    `on_open(queue)` runs before the writer takes its first write (e.g. to install a store
+    hook that must see every change).
+    """
     clock = clock or TrioClock()
     store = LmdbStore(
         settings.data_dir,
@@ -27,6 +36,8 @@ async def open_queue(settings: Settings, *, clock: Clock | None = None) -> Async
         writer = GroupCommitWriter(store, clock)
         queue = TaskQueue(store, writer, clock, settings)
         queue.rebuild()
+        if on_open is not None:
+            on_open(queue)
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(run_reaper, queue)

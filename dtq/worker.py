@@ -17,6 +17,7 @@ the public HTTP API, through `WorkerTransport` (a WebSocket transport can slot i
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import random
 import signal
@@ -92,7 +93,10 @@ class Worker:
         self._slot_freed = trio.Event()
         self._acks: list[AckItem] = []
         self._acks_ready = trio.Event()
-        self._threads = trio.CapacityLimiter(concurrency)
+        # Live handlers are bounded by the lease loop (`concurrency`, which `dtq worker
+        # --concurrency` may change after this); a sync handler abandoned after its timeout or a
+        # lost lease keeps its thread, which must not take a slot from new work.
+        self._threads = trio.CapacityLimiter(math.inf)
         self.completed = 0
         self.failed = 0
 
@@ -324,6 +328,9 @@ class Worker:
                             pending=len(self._acks), retry_in_s=round(delay, 2))  # fmt: skip
                 await trio.sleep(delay)
             except DtqError as exc:  # the batch itself was refused (e.g. auth): drop it, say so
+                if len(batch) > 1:  # e.g. too large together (413): one bad item sinks only itself
+                    batch = batch[: len(batch) // 2]
+                    continue
                 log.error("ack rejected", error=exc.message, dropped=len(batch))
                 break
         del self._acks[: len(batch)]
@@ -376,7 +383,10 @@ def load_worker(spec: str) -> Worker:
         raise ValueError(f"expected MODULE:ATTR, got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    obj = getattr(importlib.import_module(module_name), attr)
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:  # a one-line error from `dtq worker`
+        raise ValueError(f"cannot load {spec}: {exc}") from exc
     if not isinstance(obj, Worker):
         raise ValueError(f"{spec} is a {type(obj).__name__}, not a dtq.Worker")
     return obj

@@ -28,14 +28,15 @@ class Permission(enum.StrEnum):
     WORKERS_READ = "workers:read"  # list/get workers, /workers/status
     WORKERS_HEARTBEAT = "workers:heartbeat"  # POST /workers/heartbeat
     ANALYTICS_READ = "analytics:read"  # dashboard, trends, export, /ws/metrics, /metrics
-    ADMIN = "admin"  # users, API keys, webhooks
+    WEBHOOKS = "webhooks"  # register, list, delete webhooks; see their deliveries
+    ADMIN = "admin"  # users, API keys
 
 
 _READ_ONLY = frozenset({Permission.TASKS_READ, Permission.WORKERS_READ, Permission.ANALYTICS_READ})
 
 # The one role -> permission table (DESIGN.md "Auth").
-# - operator: every task, worker and analytics operation, including running a worker itself;
-#   never users, API keys or webhooks.
+# - operator: every task, worker, analytics and webhook operation, including running a worker
+#   itself; never users or API keys.
 # - worker: what a worker process needs, plus TASKS_CREATE because workers commonly enqueue
 #   follow-up tasks (fan-out, pipelines). It cannot update, cancel or delete other tasks, and it
 #   does not see the worker list or analytics.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import current_app, g, request
 
@@ -24,6 +24,10 @@ from dtq.queue import TaskQueue
 from dtq.ratelimit import RateLimiter
 from dtq.settings import Settings
 
+if TYPE_CHECKING:
+    from dtq.net.metrics import Metrics
+    from dtq.webhook_delivery import WebhookService
+
 
 @dataclass
 class Services:
@@ -32,6 +36,8 @@ class Services:
     limiter: RateLimiter
     settings: Settings
     bus: EventBus = field(default_factory=EventBus)
+    metrics: Metrics | None = None  # built by open_services; None: no /metrics
+    webhooks: WebhookService | None = None  # built by open_services; None: documenting only
 
 
 @dataclass
@@ -109,8 +115,7 @@ class Api:
         body_model = spec.body
         query_model = spec.query
 
-        async def view(**params: str) -> Any:
-            principal = principal_of(svc.accounts)
+        def count(principal: Principal) -> None:
             per_minute, per_hour = principal.rate_limits(
                 svc.settings.rate_limit_per_minute, svc.settings.rate_limit_per_hour
             )
@@ -118,6 +123,16 @@ class Api:
             g.rate_decision = decision
             if not decision.allowed:
                 raise decision.error()
+
+        async def view(**params: str) -> Any:
+            try:
+                principal = principal_of(svc.accounts)
+            except Unauthorized:
+                # Bad credentials count against the client address, as none would: guessing
+                # keys or tokens is rate-limited too, and the 401 carries the headers.
+                count(Principal.anonymous(request.remote_addr or "unknown"))
+                raise
+            count(principal)
             if permission is not None:
                 principal.require(permission)
             g.principal = principal

@@ -16,7 +16,8 @@ from dtq.errors import DtqError, InvalidRequest, MethodNotAllowed, NotFound, Pay
 from dtq.net.api import Api, Services, respond
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
-from dtq.net.routes import admin, analytics, tasks, workers
+from dtq.net.metrics import metrics_route_spec, register_metrics_route
+from dtq.net.routes import admin, analytics, tasks, webhooks, workers
 from dtq.net.ws import register_websockets
 from dtq.settings import Settings
 
@@ -27,8 +28,9 @@ APP_NAME = "Distributed Task Queue System"
 
 def build_api(services: Services) -> Api:
     api = Api(services)
-    for group in (tasks, workers, analytics, admin):
+    for group in (tasks, workers, analytics, admin, webhooks):
         group.register(api)
+    api.registry.add(metrics_route_spec(services.settings))  # served by register_metrics_route
     return api
 
 
@@ -52,6 +54,8 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(make_docs_blueprint(lambda: openapi_document(api), title=APP_NAME))
     app.extensions["dtq_api"] = api
     register_websockets(app, services, services.bus)
+    register_metrics_route(app, services)
+    metrics = services.metrics
     queue = services.queue
 
     @app.get("/health")
@@ -114,6 +118,8 @@ def create_app(services: Services) -> QuartTrio:
                 "Retry-After"
             )
         started = g.get("started")
+        if metrics is not None and started is not None:
+            metrics.observe_current_request(response.status_code, started)
         log.info(
             "request",
             method=request.method,

@@ -1,13 +1,13 @@
 """The in-process event bus: fan-out of durable state changes to live subscribers.
 
-Publishing never waits: each subscriber has a bounded buffer, and one that falls behind loses
-the oldest-unsent events and is told how many (`Lagged`). Events are published from the
+Publishing never waits: events go into one bounded log (a ring); each subscriber reads at its
+own pace, and one that falls more than the log's length behind is told how many events it
+missed (`Lagged`) and carries on from the oldest one kept. Events are published from the
 writer's commit callbacks, i.e. only after the change they describe is durable.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -82,48 +82,35 @@ EventFilter = Callable[[Event], bool]
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, accept: EventFilter | None, buffer: int) -> None:
+    """A reader's position in the bus's log. Costs the publisher nothing: filtering and
+    copying happen when the subscriber reads, on its own time."""
+
+    def __init__(self, bus: EventBus, accept: EventFilter | None) -> None:
         self._bus = bus
         self._accept = accept
-        self._buffer: deque[Event] = deque()
-        self._max = buffer
-        self._wakeup = trio.Event()
-        self.missed = 0
-        self.closed = False
+        self._pos = bus.next_seq
 
-    def offer(self, event: Event) -> None:
-        if self._accept is not None and not self._accept(event):
-            return
-        if len(self._buffer) >= self._max:
-            self.missed += 1
-            return
-        self._buffer.append(event)
-        self._wakeup.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._wakeup.set()
-
-    async def next(self) -> Event | Lagged | None:
-        """The next item; None once the bus closed and the buffer is empty."""
+    async def next_batch(self, limit: int = 500) -> list[Event | Lagged] | None:
+        """The next events (at least one, at most `limit`), or `[Lagged(n)]` when the log moved
+        on past this reader, or None once the bus is closed and everything was read."""
+        bus = self._bus
         while True:
-            if self.missed:
-                missed, self.missed = self.missed, 0
-                return Lagged(missed)
-            if self._buffer:
-                return self._buffer.popleft()
-            if self.closed:
+            if self._pos < bus.first_seq:
+                missed = bus.first_seq - self._pos
+                self._pos = bus.first_seq
+                return [Lagged(missed)]
+            if self._pos < bus.next_seq:
+                end = min(bus.next_seq, self._pos + limit)
+                batch = bus.read(self._pos, end)
+                self._pos = end
+                accept = self._accept
+                items: list[Event | Lagged] = [e for e in batch if accept is None or accept(e)]
+                if items:
+                    return items
+                continue
+            if bus.closed:
                 return None
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-
-    def take_ready(self, limit: int) -> list[Event]:
-        """Up to `limit` more buffered events, without waiting (for batching on the wire)."""
-        taken: list[Event] = []
-        buffer = self._buffer
-        while buffer and len(taken) < limit:
-            taken.append(buffer.popleft())
-        return taken
+            await bus.wait_published()
 
     def __enter__(self) -> Subscription:
         return self
@@ -133,42 +120,54 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self) -> None:
-        self._subs: list[Subscription] = []
-        self.published = 0
+    """A bounded log of recent events with one sequence number; publishing is O(1) whatever
+    the number of subscribers (a ring buffer, and one wake-up for everyone waiting)."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self._ring: list[Event | None] = [None] * max(capacity, 1)
+        self.first_seq = 0  # oldest event still in the ring
+        self.next_seq = 0  # the sequence number the next event gets
+        self._published = trio.Event()
+        self._subscribers = 0
         self.closed = False
 
-    def subscribe(self, accept: EventFilter | None = None, *, buffer: int = 1000) -> Subscription:
-        sub = Subscription(self, accept, buffer)
-        if self.closed:
-            sub.close()
-        self._subs.append(sub)
-        return sub
+    def subscribe(self, accept: EventFilter | None = None) -> Subscription:
+        self._subscribers += 1
+        return Subscription(self, accept)
 
     def unsubscribe(self, sub: Subscription) -> None:
-        if sub in self._subs:
-            self._subs.remove(sub)
+        self._subscribers -= 1
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subs)
+        return self._subscribers
+
+    def read(self, start: int, end: int) -> list[Event]:
+        ring, size = self._ring, len(self._ring)
+        return [ring[seq % size] for seq in range(start, end)]  # type: ignore[misc]
+
+    async def wait_published(self) -> None:
+        await self._published.wait()
 
     def publish(self, event: Event) -> None:
-        self.published += 1
-        for sub in self._subs:
-            sub.offer(event)
+        size = len(self._ring)
+        self._ring[self.next_seq % size] = event
+        self.next_seq += 1
+        if self.next_seq - self.first_seq > size:
+            self.first_seq = self.next_seq - size
+        woken, self._published = self._published, trio.Event()
+        woken.set()
 
     def on_task(self, kind: str, task: Task) -> None:
         """TaskQueue listener."""
-        if self._subs:
+        if self._subscribers:
             self.publish(Event(kind, task=task))
 
     def on_worker(self, kind: str, worker: Worker) -> None:
-        if self._subs:
+        if self._subscribers:
             self.publish(Event(kind, worker=worker))
 
     def close(self) -> None:
-        """Shutdown: every subscriber drains its buffer and ends."""
+        """Shutdown: every subscriber reads what is left, then ends."""
         self.closed = True
-        for sub in self._subs:
-            sub.close()
+        self._published.set()

@@ -12,18 +12,24 @@ from dtq.accounts import Accounts
 from dtq.net.api import Services
 from dtq.net.app import create_app
 from dtq.net.events import EventBus
+from dtq.net.metrics import Metrics
+from dtq.net.routes.webhooks import delivery_body
 from dtq.net.serving import serve_app, shutdown_on_signals
 from dtq.ratelimit import RateLimiter
 from dtq.runtime import open_queue
 from dtq.settings import Settings
+from dtq.webhook_delivery import WebhookService
+from dtq.webhooks import Outbox
 
 log = structlog.get_logger("dtq.server")
 
 
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Core, accounts and rate limiter, with the admin user bootstrapped."""
-    async with open_queue(settings) as queue:
+    """Core, accounts and rate limiter, with the admin user bootstrapped; the webhook
+    delivery loop runs in a nursery of its own until the block exits."""
+    outbox = Outbox()  # installed before the first write, so it sees every task change
+    async with open_queue(settings, on_open=lambda q: outbox.install(q.store)) as queue:
         accounts = Accounts(queue.store, queue.writer, queue.clock, settings)
         generated = await accounts.bootstrap_admin(settings.admin_password)
         if generated is not None:
@@ -33,13 +39,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 username="admin",
                 password=generated,
             )
-        bus = EventBus()
+        bus = EventBus(settings.ws_buffer_events)
         queue.task_listeners.append(bus.on_task)
         queue.worker_listeners.append(bus.on_worker)
-        try:
-            yield Services(queue, accounts, RateLimiter(), settings, bus)
-        finally:
-            bus.close()
+        metrics = Metrics(queue)
+        queue.task_listeners.append(metrics.on_task)
+        queue.writer.commit_hooks.append(metrics.on_commit)
+        webhooks = WebhookService(queue.store, queue.writer, queue.clock, settings, outbox,
+                                  render=delivery_body)  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            await nursery.start(webhooks.run)
+            try:
+                yield Services(queue, accounts, RateLimiter(), settings, bus, metrics,
+                               webhooks=webhooks)  # fmt: skip
+            finally:
+                bus.close()
+                nursery.cancel_scope.cancel()  # owed deliveries stay in storage for next time
 
 
 async def serve(

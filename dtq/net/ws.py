@@ -103,26 +103,25 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
                 and (kinds is None or e.kind in kinds)
             )
 
-        with bus.subscribe(accept, buffer=svc.settings.ws_buffer_events) as sub:
+        with bus.subscribe(accept) as sub:
             await websocket.accept(subprotocol=subprotocol)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain_incoming, nursery.cancel_scope)
                 idle_ping_s = svc.settings.ws_idle_ping_s or math.inf
                 while True:
-                    item: Event | Lagged | bytes | None = _IDLE
+                    items: list[Event | Lagged] | bytes | None = _IDLE
                     with trio.move_on_after(idle_ping_s):
-                        item = await sub.next()
-                    if item is _IDLE:  # keep-alive for proxies that drop quiet connections
+                        items = await sub.next_batch(_MAX_BATCH)
+                    if items is _IDLE:  # keep-alive for proxies that drop quiet connections
                         await websocket.send(
                             encode({"event": "ping", "timestamp": now_iso()}).decode()
                         )
                         continue
-                    if item is None:  # server shutting down
+                    if items is None:  # server shutting down
                         await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                         break
-                    assert not isinstance(item, bytes)
-                    more = sub.take_ready(_MAX_BATCH - 1) if isinstance(item, Event) else []
-                    payload = batch_json([item, *more]) if more else item.json
+                    assert isinstance(items, list)
+                    payload = items[0].json if len(items) == 1 else batch_json(items)
                     await websocket.send(payload.decode())
                 nursery.cancel_scope.cancel()
         return None
@@ -137,7 +136,7 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
                                      field="interval")  # fmt: skip
         except DtqError as exc:
             return respond(error_body(exc), exc.status)
-        with bus.subscribe(buffer=1) as changes:
+        with bus.subscribe():  # counted as a subscriber, so events are published
             await websocket.accept(subprotocol=subprotocol)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain_incoming, nursery.cancel_scope)
@@ -148,7 +147,7 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
                     await websocket.send(encode(body).decode())
                     # Next push: at the interval, or early (at most 10/s) when something changed.
                     with trio.move_on_after(q.interval):
-                        await changes.next()
+                        await bus.wait_published()
                         await trio.sleep(min(0.1, q.interval))
                 if bus.closed:
                     await websocket.close(CLOSE_GOING_AWAY, "server shutting down")

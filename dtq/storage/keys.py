@@ -5,6 +5,8 @@ Times in keys are integer microseconds since the epoch.
 
 from __future__ import annotations
 
+import math
+
 from dtq.models import Priority, TaskStatus
 
 _U64 = 8
@@ -27,6 +29,11 @@ def micros(t: float) -> int:
     return int(t * 1_000_000)
 
 
+def micros_ceil(t: float) -> int:
+    """Rounded up: a deadline read back from a key is never earlier than the real one."""
+    return math.ceil(t * 1_000_000)
+
+
 def task_key(task_id: str) -> bytes:
     """Canonical (validated at the boundary) UUID text -> 16 bytes; 10x cheaper than uuid.UUID."""
     return bytes.fromhex(task_id.replace("-", ""))
@@ -46,21 +53,22 @@ def ready_key(queue: str, priority: Priority, seq: int) -> bytes:
     return ready_prefix(queue) + PRIORITY_BYTE[priority] + u64(seq)
 
 
-def time_id_key(t: float, tkey: bytes) -> bytes:
-    """when (8) | task key (16): schedule and lease indexes, created/updated listing indexes."""
-    return u64(micros(t)) + tkey
+def time_id_key(t: float, seq: int, tkey: bytes) -> bytes:
+    """when (8) | seq (8) | task key (16): the created/updated listing indexes. The enqueue
+    seq breaks ties between tasks of one group commit (they share a timestamp)."""
+    return u64(micros(t)) + u64(seq) + tkey
 
 
-def status_key(status: TaskStatus, created_at: float, tkey: bytes) -> bytes:
-    return STATUS_BYTE[status] + u64(micros(created_at)) + tkey
+def status_key(status: TaskStatus, created_at: float, seq: int, tkey: bytes) -> bytes:
+    return STATUS_BYTE[status] + time_id_key(created_at, seq, tkey)
 
 
-def priority_key(priority: Priority, created_at: float, tkey: bytes) -> bytes:
-    return PRIORITY_BYTE[priority] + u64(micros(created_at)) + tkey
+def priority_key(priority: Priority, created_at: float, seq: int, tkey: bytes) -> bytes:
+    return PRIORITY_BYTE[priority] + time_id_key(created_at, seq, tkey)
 
 
-def worker_index_key(worker_id: str, created_at: float, tkey: bytes) -> bytes:
-    return worker_id.encode() + SEP + u64(micros(created_at)) + tkey
+def worker_index_key(worker_id: str, created_at: float, seq: int, tkey: bytes) -> bytes:
+    return worker_id.encode() + SEP + time_id_key(created_at, seq, tkey)
 
 
 def day_key(day_number: int) -> bytes:

@@ -3,18 +3,21 @@
 Sub-databases (all keys big-endian so LMDB order is index order):
 
     tasks       task key (16)                          -> Task
-    pending     queue NUL | priority | seq             -> task key + run_at_us (8) + name
-    leases      expires_us | task key                  -> b""
-    by_created  created_us | task key                  -> b""
-    by_updated  updated_us | task key                  -> b""
-    by_status   status | created_us | task key         -> b""
-    by_priority priority | created_us | task key       -> b""
-    by_worker   worker NUL | created_us | task key     -> b""
+    pending     queue NUL | priority | seq             -> task key + run_at_us + ready_at_us + name
+    by_created  created_us | seq | task key            -> b""
+    by_updated  updated_us | seq | task key            -> b""
+    by_status   status | created_us | seq | task key   -> b""
+    by_priority priority | created_us | seq | task key -> b""
+    by_worker   worker NUL | created_us | seq | task key -> b""
     idem        idempotency key                        -> task key + body fingerprint
     workers     worker id                              -> Worker
     days        day number                             -> DayStats
     meta        b"counters" / b"seq"                   -> counters / next seq
     users, api_keys, kv: owned by other modules, raw bytes.
+    webhooks, deliveries, delivery_due: the webhook outbox (layout in `dtq.webhooks`).
+
+`LmdbStore.event_sink`, when set, sees every task change (old, new; None for insert/delete)
+inside the operation's transaction, so it can write what the change owes in the same commit.
 
 Pending tasks with a future `run_at` stay in `pending`; the dispatcher keeps them in a heap
 until due, so promotion costs no write.
@@ -23,7 +26,7 @@ until due, so promotion costs no write.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import lmdb
 
@@ -36,12 +39,23 @@ from dtq.storage.protocol import TaskQuery
 T = TypeVar("T")
 
 TABLES = (
-    "tasks", "pending", "leases", "by_created", "by_updated", "by_status", "by_priority",
+    "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
     "by_worker", "idem", "workers", "days", "meta", "users", "api_keys", "kv",
+    "webhooks", "deliveries", "delivery_due",
 )  # fmt: skip
 _COUNTERS = b"counters"
 _SEQ = b"seq"
 _SECONDS_PER_DAY = 86400
+
+
+class PendingRow(NamedTuple):
+    queue: str
+    rank: int
+    seq: int
+    task_id: str
+    name: str
+    run_at: float | None
+    ready_at: float
 
 
 def day_number(t: float) -> int:
@@ -95,14 +109,20 @@ class LmdbTxn:
         db = self._s.db
         put = self._txn.put
         put(tkey, codec.encode(task), db=db["tasks"])
-        put(K.time_id_key(task.created_at, tkey), b"", db=db["by_created"])
-        put(K.time_id_key(task.updated_at, tkey), b"", db=db["by_updated"])
-        put(K.status_key(task.status, task.created_at, tkey), b"", db=db["by_status"])
-        put(K.priority_key(task.priority, task.created_at, tkey), b"", db=db["by_priority"])
+        put(K.time_id_key(task.created_at, task.seq, tkey), b"", db=db["by_created"])
+        put(K.time_id_key(task.updated_at, task.seq, tkey), b"", db=db["by_updated"])
+        put(K.status_key(task.status, task.created_at, task.seq, tkey), b"", db=db["by_status"])
+        put(
+            K.priority_key(task.priority, task.created_at, task.seq, tkey),
+            b"",
+            db=db["by_priority"],
+        )
         self._index_state(task, tkey, add=True)
         self.deltas.add("total")
-        self.deltas.add(task.status.value)
+        self.deltas.add(task.status)
         self.deltas.day(task.created_at, "created")
+        if (sink := self._s.event_sink) is not None:
+            sink(self, None, task)
         return task
 
     def replace_task(self, old: Task, new: Task) -> None:
@@ -111,65 +131,80 @@ class LmdbTxn:
         txn = self._txn
         txn.put(tkey, codec.encode(new), db=db["tasks"])
         if old.updated_at != new.updated_at:
-            txn.delete(K.time_id_key(old.updated_at, tkey), db=db["by_updated"])
-            txn.put(K.time_id_key(new.updated_at, tkey), b"", db=db["by_updated"])
+            txn.delete(K.time_id_key(old.updated_at, old.seq, tkey), db=db["by_updated"])
+            txn.put(K.time_id_key(new.updated_at, new.seq, tkey), b"", db=db["by_updated"])
         if old.status != new.status:
-            txn.delete(K.status_key(old.status, old.created_at, tkey), db=db["by_status"])
-            txn.put(K.status_key(new.status, new.created_at, tkey), b"", db=db["by_status"])
-            self.deltas.add(old.status.value, -1)
-            self.deltas.add(new.status.value, 1)
+            txn.delete(K.status_key(old.status, old.created_at, old.seq, tkey), db=db["by_status"])
+            txn.put(
+                K.status_key(new.status, new.created_at, new.seq, tkey), b"", db=db["by_status"]
+            )
+            self.deltas.add(old.status, -1)
+            self.deltas.add(new.status, 1)
         if old.priority != new.priority:
-            txn.delete(K.priority_key(old.priority, old.created_at, tkey), db=db["by_priority"])
-            txn.put(K.priority_key(new.priority, new.created_at, tkey), b"", db=db["by_priority"])
-        if old.worker_id != new.worker_id and old.worker_id:
-            txn.delete(K.worker_index_key(old.worker_id, old.created_at, tkey), db=db["by_worker"])
+            txn.delete(
+                K.priority_key(old.priority, old.created_at, old.seq, tkey), db=db["by_priority"]
+            )
+            txn.put(
+                K.priority_key(new.priority, new.created_at, new.seq, tkey),
+                b"",
+                db=db["by_priority"],
+            )
+        if old.worker_id != new.worker_id:
+            if old.worker_id:
+                txn.delete(
+                    K.worker_index_key(old.worker_id, old.created_at, old.seq, tkey),
+                    db=db["by_worker"],
+                )
+            if new.worker_id:
+                txn.put(
+                    K.worker_index_key(new.worker_id, new.created_at, new.seq, tkey),
+                    b"",
+                    db=db["by_worker"],
+                )
         self._index_state(old, tkey, add=False)
         self._index_state(new, tkey, add=True)
+        if (sink := self._s.event_sink) is not None:
+            sink(self, old, new)
 
     def delete_task(self, task: Task) -> None:
         tkey = K.task_key(task.id)
         db = self._s.db
         txn = self._txn
         txn.delete(tkey, db=db["tasks"])
-        txn.delete(K.time_id_key(task.created_at, tkey), db=db["by_created"])
-        txn.delete(K.time_id_key(task.updated_at, tkey), db=db["by_updated"])
-        txn.delete(K.status_key(task.status, task.created_at, tkey), db=db["by_status"])
-        txn.delete(K.priority_key(task.priority, task.created_at, tkey), db=db["by_priority"])
+        txn.delete(K.time_id_key(task.created_at, task.seq, tkey), db=db["by_created"])
+        txn.delete(K.time_id_key(task.updated_at, task.seq, tkey), db=db["by_updated"])
+        txn.delete(K.status_key(task.status, task.created_at, task.seq, tkey), db=db["by_status"])
+        txn.delete(
+            K.priority_key(task.priority, task.created_at, task.seq, tkey), db=db["by_priority"]
+        )
         if task.worker_id:
             txn.delete(
-                K.worker_index_key(task.worker_id, task.created_at, tkey), db=db["by_worker"]
+                K.worker_index_key(task.worker_id, task.created_at, task.seq, tkey),
+                db=db["by_worker"],
             )
         self._index_state(task, tkey, add=False)
         if task.idempotency_key:
             txn.delete(task.idempotency_key.encode(), db=db["idem"])
         self.deltas.add("total", -1)
-        self.deltas.add(task.status.value, -1)
+        self.deltas.add(task.status, -1)
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
             self.deltas.add("duration_sum", -task.duration)
             self.deltas.add("duration_n", -1)
+        if (sink := self._s.event_sink) is not None:
+            sink(self, task, None)
 
     def _index_state(self, task: Task, tkey: bytes, *, add: bool) -> None:
-        """Keep the pending / lease / worker indexes in step with the task's state."""
-        db = self._s.db
-        txn = self._txn
+        """Keep the pending index in step with the task's state. (Leases need no index: on
+        start-up they are rebuilt from the running tasks, which saves two writes per lease.)"""
         if task.status == TaskStatus.PENDING:
             key = K.ready_key(task.queue, task.priority, task.seq)
             if add:
-                run_at_us = K.micros(task.run_at) if task.run_at else 0
-                txn.put(key, tkey + K.u64(run_at_us) + task.name.encode(), db=db["pending"])
+                run_at_us = K.micros_ceil(task.run_at) if task.run_at else 0
+                ready_us = K.micros(task.ready_at or task.created_at)
+                value = tkey + K.u64(run_at_us) + K.u64(ready_us) + task.name.encode()
+                self._txn.put(key, value, db=self._s.db["pending"])
             else:
-                txn.delete(key, db=db["pending"])
-        elif task.status == TaskStatus.RUNNING and task.lease is not None:
-            key = K.time_id_key(task.lease.expires_at, tkey)
-            if add:
-                txn.put(key, b"", db=db["leases"])
-            else:
-                txn.delete(key, db=db["leases"])
-        if task.worker_id:
-            key = K.worker_index_key(task.worker_id, task.created_at, tkey)
-            if add:
-                txn.put(key, b"", db=db["by_worker"])
-            # removal of the worker index happens only when worker_id changes or on delete
+                self._txn.delete(key, db=self._s.db["pending"])
 
     def count(self, name: str, n: float = 1) -> None:
         self.deltas.add(name, n)
@@ -235,12 +270,19 @@ class LmdbStore:
             raise StorageError(f"cannot open data directory {path!r}: {exc}") from exc
         self.path = path
         self.db: dict[str, Any] = {}
-        with self.env.begin(write=True) as txn:
-            for name in TABLES:
-                self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
-            raw = txn.get(_SEQ, db=self.db["meta"])
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for name in TABLES:
+                        self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
+                    raw = txn.get(_SEQ, db=self.db["meta"])
+                break
+            except lmdb.MapFullError:  # a map too small even for the tables: grow it
+                self.grow()
         self._seq = K.from_u64(raw) if raw else 1
         self._seq_dirty = False
+        # Called in the writer thread with (txn view, old, new); swap it only between batches.
+        self.event_sink: Callable[[LmdbTxn, Task | None, Task | None], None] | None = None
 
     def close(self) -> None:
         self.env.close()
@@ -353,26 +395,35 @@ class LmdbStore:
                     matched.append(w)
         return matched[skip : skip + limit], len(matched)
 
-    def iter_pending(self) -> Iterator[tuple[str, int, int, str, str, float | None]]:
-        """(queue, priority rank, seq, task id, name, run_at) for every pending task."""
+    def iter_pending(self) -> Iterator[PendingRow]:
+        """Every pending task, in index order (queue, priority, seq)."""
         with self.env.begin(db=self.db["pending"]) as txn:
             for key, val in txn.cursor():
                 key = bytes(key)
+                val = bytes(val)
                 sep = key.index(K.SEP)
                 run_at_us = K.from_u64(val[16:24])
-                yield (
-                    key[:sep].decode(),
-                    key[sep + 1],
-                    K.from_u64(key[sep + 2 :]),
-                    K.task_id_from_key(bytes(val[:16])),
-                    bytes(val[24:]).decode(),
-                    run_at_us / 1_000_000 if run_at_us else None,
+                yield PendingRow(
+                    queue=key[:sep].decode(),
+                    rank=key[sep + 1],
+                    seq=K.from_u64(key[sep + 2 :]),
+                    task_id=K.task_id_from_key(val[:16]),
+                    name=val[32:].decode(),
+                    run_at=run_at_us / 1_000_000 if run_at_us else None,
+                    ready_at=K.from_u64(val[24:32]) / 1_000_000,
                 )
 
-    def iter_leases(self) -> Iterator[tuple[float, str]]:
-        with self.env.begin(db=self.db["leases"]) as txn:
-            for key in txn.cursor().iternext(values=False):
-                yield K.from_u64(bytes(key[:8])) / 1_000_000, K.task_id_from_key(bytes(key[8:]))
+    def iter_leases(self) -> Iterator[tuple[float, str, str]]:
+        """(expires_at, task id, lease id) of every running task."""
+        prefix = K.STATUS_BYTE[TaskStatus.RUNNING]
+        with self.env.begin() as txn:
+            rows = []
+            for key in self._iter_keys(txn, self.db["by_status"], prefix, False):
+                raw = txn.get(key[-16:], db=self.db["tasks"])
+                task = codec.decode_task(raw) if raw else None
+                if task is not None and task.lease is not None:
+                    rows.append((task.lease.expires_at, task.id, task.lease.id))
+        yield from rows
 
     def get_raw(self, table: str, key: bytes) -> bytes | None:
         with self.env.begin(db=self.db[table]) as txn:
@@ -383,6 +434,26 @@ class LmdbStore:
         with self.env.begin(db=self.db[table]) as txn:
             rows = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
         yield from rows
+
+    def scan_raw(
+        self,
+        table: str,
+        prefix: bytes = b"",
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+        values: bool = True,
+    ) -> list[tuple[bytes, bytes]]:
+        """Rows whose key starts with `prefix`, in key order (or reversed), at most `limit`.
+        With `values=False` every value is b"" (cheaper: counting, collecting keys)."""
+        db = self.db[table]
+        rows: list[tuple[bytes, bytes]] = []
+        with self.env.begin(db=db) as txn:
+            for key in self._iter_keys(txn, db, prefix, reverse):
+                if limit is not None and len(rows) >= limit:
+                    break
+                rows.append((key, bytes(txn.get(key, b"")) if values else b""))
+        return rows
 
     # -- listing --------------------------------------------------------------------------
     def list_tasks(self, q: TaskQuery) -> tuple[list[Task], int]:

@@ -25,6 +25,7 @@ from dtq.settings import Durability, Settings
 from .helpers import Client, ok
 
 ADMIN_PASSWORD = "password"
+JWT_SECRET = "api-tests-jwt-secret-" + "x" * 43  # given, so no secret file is written (fsync)
 ROLE_PASSWORD = "role-password"
 ROLES = tuple(Role)
 
@@ -47,6 +48,7 @@ def settings(tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
     return Settings(
         data_dir=str(tmp_path / "data"),
         admin_password=ADMIN_PASSWORD,
+        jwt_secret=JWT_SECRET,
         durability=Durability.OS,
         **kw,
     )

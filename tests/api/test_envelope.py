@@ -25,16 +25,14 @@ async def test_error_envelope_is_the_guides_invalid_uuid_example(admin: Client) 
     assert error["message"] == "Invalid task ID"
 
 
-@pytest.mark.parametrize(
-    ("method", "suffix"),
-    [("GET", ""), ("PUT", ""), ("DELETE", ""), ("POST", "/complete"), ("POST", "/fail"),
-     ("POST", "/extend")],
-)  # fmt: skip
-async def test_invalid_uuid_everywhere(admin: Client, method: str, suffix: str) -> None:
-    body: dict[str, Any] = {"lease_id": "x"} if method == "POST" else {"status": "cancelled"}
-    kw: dict[str, Any] = {"json": body} if method in ("POST", "PUT") else {}
-    reply = await admin.request(method, f"/api/v1/tasks/123{suffix}", **kw)
-    error_of(reply, 400, "INVALID_REQUEST", field="task_id", reason="Not a valid UUID")
+async def test_invalid_uuid_everywhere(admin: Client) -> None:
+    for method, suffix in [("GET", ""), ("PUT", ""), ("DELETE", ""), ("POST", "/complete"),
+                           ("POST", "/fail"), ("POST", "/extend"), ("POST", "/release")]:  # fmt: skip
+        body = {"lease_id": "x"} if method == "POST" else {"status": "cancelled"}
+        kw: dict[str, Any] = {"json": body} if method in ("POST", "PUT") else {}
+        reply = await admin.request(method, f"/api/v1/tasks/123{suffix}", **kw)
+        assert reply.status == 400, (method, suffix, reply)
+        error_of(reply, 400, "INVALID_REQUEST", field="task_id", reason="Not a valid UUID")
 
 
 async def test_unknown_task_is_404(admin: Client) -> None:
@@ -90,26 +88,32 @@ async def test_open_endpoints_have_no_rate_limit_headers(client: Client) -> None
 # -- unknown routes and methods: the error format, never HTML ---------------------------------
 
 
-@pytest.mark.parametrize("path", ["/nope", "/api/v1/nope", "/api/v1/tasks/x/y/z", "/api/v2/tasks"])
-async def test_unknown_route_is_404_in_error_format(client: Client, path: str) -> None:
-    error_of(await client.get(path), 404, "NOT_FOUND")
+async def test_unknown_route_is_404_in_error_format(client: Client) -> None:
+    for path in ("/nope", "/api/v1/nope", "/api/v1/tasks/x/y/z", "/api/v2/tasks", "/api/v1/tasks/"):
+        reply = await client.get(path)
+        assert reply.status == 404, (path, reply)
+        error_of(reply, 404, "NOT_FOUND")
 
 
 async def test_unknown_route_with_credentials(admin: Client) -> None:
     error_of(await admin.post("/api/v1/widgets", {"a": 1}), 404, "NOT_FOUND")
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [("PATCH", "/api/v1/tasks"), ("DELETE", "/api/v1/tasks"), ("POST", "/health"),
-     ("PUT", "/api/v1/workers/heartbeat"), ("GET", "/api/v1/auth/login"),
-     ("DELETE", "/api/v1/analytics/dashboard"), ("POST", "/api/v1/analytics/trends")],
-)  # fmt: skip
-async def test_wrong_method_is_405_in_error_format(admin: Client, method: str, path: str) -> None:
-    reply = await admin.request(method, path)
-    error = error_of(reply, 405, "INVALID_REQUEST", field="method")
-    assert method in error["message"]
-    assert reply.headers.get("Allow")
+async def test_wrong_method_is_405_in_error_format(admin: Client) -> None:
+    for method, path in [
+        ("PATCH", "/api/v1/tasks"),
+        ("DELETE", "/api/v1/tasks"),
+        ("POST", "/health"),
+        ("PUT", "/api/v1/workers/heartbeat"),
+        ("GET", "/api/v1/auth/login"),
+        ("DELETE", "/api/v1/analytics/dashboard"),
+        ("POST", "/api/v1/analytics/trends"),
+    ]:
+        reply = await admin.request(method, path)
+        assert reply.status == 405, (method, path, reply)
+        error = error_of(reply, 405, "INVALID_REQUEST", field="method")
+        assert method in error["message"]
+        assert reply.headers.get("Allow")
 
 
 # -- X-Request-ID -------------------------------------------------------------------------------

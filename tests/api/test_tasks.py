@@ -4,9 +4,7 @@ idempotency."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import pytest
 import trio.testing
 
 from .helpers import (
@@ -24,10 +22,29 @@ from .helpers import (
 
 # The guide's fields and the ones DESIGN.md adds ("Fields beyond the guide that users expect").
 TASK_FIELDS = {
-    "id", "name", "description", "priority", "retry_count", "timeout", "payload", "status",
-    "queue", "run_at", "idempotency_key", "attempts", "result", "error", "worker_id", "lease",
-    "started_at", "completed_at", "duration", "tags", "created_at", "updated_at",
-}  # fmt: skip
+    "id",
+    "name",
+    "description",
+    "priority",
+    "retry_count",
+    "timeout",
+    "payload",
+    "status",
+    "queue",
+    "run_at",
+    "idempotency_key",
+    "attempts",
+    "result",
+    "error",
+    "worker_id",
+    "lease",
+    "started_at",
+    "completed_at",
+    "duration",
+    "tags",
+    "created_at",
+    "updated_at",
+}
 
 
 def parse_ts(value: str) -> datetime:
@@ -47,7 +64,7 @@ async def test_create_the_guides_example(admin: Client) -> None:
     }
     reply = await admin.post("/api/v1/tasks", body)
     task = ok(reply, 201)
-    assert TASK_FIELDS <= set(task)
+    assert set(task) >= TASK_FIELDS
     assert UUID.match(task["id"])
     assert task["name"] == "Process Data"
     assert task["description"] == "Process CSV file"
@@ -55,8 +72,17 @@ async def test_create_the_guides_example(admin: Client) -> None:
     assert task["payload"] == {"file_path": "/data/input.csv"}
     assert task["status"] == "pending"
     assert task["attempts"] == 0
-    for unset in ("result", "error", "worker_id", "lease", "run_at", "started_at",
-                  "completed_at", "duration", "idempotency_key"):  # fmt: skip
+    for unset in (
+        "result",
+        "error",
+        "worker_id",
+        "lease",
+        "run_at",
+        "started_at",
+        "completed_at",
+        "duration",
+        "idempotency_key",
+    ):
         assert task[unset] is None, unset
     created = parse_ts(task["created_at"])
     assert abs(created - datetime.now(UTC)) < timedelta(minutes=1)
@@ -89,8 +115,17 @@ async def test_create_all_fields(admin: Client) -> None:
         "delay": 3600,
     }
     task = ok(await admin.post("/api/v1/tasks", body), 201)
-    for key in ("name", "description", "priority", "retry_count", "timeout", "payload", "queue",
-                "tags", "idempotency_key"):  # fmt: skip
+    for key in (
+        "name",
+        "description",
+        "priority",
+        "retry_count",
+        "timeout",
+        "payload",
+        "queue",
+        "tags",
+        "idempotency_key",
+    ):
         assert task[key] == body[key], key
     run_at = parse_ts(task["run_at"])
     assert run_at - parse_ts(task["created_at"]) == timedelta(hours=1)
@@ -117,8 +152,10 @@ async def test_list_empty(admin: Client) -> None:
 
 
 async def test_list_default_limit_is_50(admin: Client) -> None:
-    ok(await admin.post("/api/v1/tasks/batch", {"tasks": [{"name": f"t{i}"} for i in range(60)]}),
-       201)  # fmt: skip
+    ok(
+        await admin.post("/api/v1/tasks/batch", {"tasks": [{"name": f"t{i}"} for i in range(60)]}),
+        201,
+    )
     body = success_body(await admin.get("/api/v1/tasks"))
     assert len(body["data"]) == 50
     assert body["pagination"] == {"skip": 0, "limit": 50, "total": 60, "pages": 2}
@@ -148,15 +185,28 @@ async def test_list_pagination(admin: Client) -> None:
     assert body["pagination"] == {"skip": 3, "limit": 4, "total": 15, "pages": 4}
 
 
-@pytest.mark.parametrize(
-    ("query", "field"),
-    [("limit=101", "limit"), ("limit=0", "limit"), ("limit=-1", "limit"), ("skip=-1", "skip"),
-     ("skip=abc", "skip"), ("limit=1.5", "limit"), ("limit=", "limit"), ("status=done", "status"),
-     ("priority=urgent", "priority"), ("sort=name", "sort"), ("order=up", "order"),
-     ("worker_id=" + "w" * 200, "worker_id"), ("bogus=1", "bogus")],
-)  # fmt: skip
-async def test_list_bad_query(admin: Client, query: str, field: str) -> None:
-    error_of(await admin.get(f"/api/v1/tasks?{query}"), 400, "INVALID_REQUEST", field=field)
+BAD_LIST_QUERIES = [
+    ("limit=101", "limit"),
+    ("limit=0", "limit"),
+    ("limit=-1", "limit"),
+    ("skip=-1", "skip"),
+    ("skip=abc", "skip"),
+    ("limit=1.5", "limit"),
+    ("limit=", "limit"),
+    ("status=done", "status"),
+    ("priority=urgent", "priority"),
+    ("sort=name", "sort"),
+    ("order=up", "order"),
+    ("worker_id=" + "w" * 200, "worker_id"),
+    ("bogus=1", "bogus"),
+]
+
+
+async def test_list_bad_query(admin: Client) -> None:
+    for query, field in BAD_LIST_QUERIES:
+        reply = await admin.get(f"/api/v1/tasks?{query}")
+        assert reply.status == 400, (query, reply)
+        error_of(reply, 400, "INVALID_REQUEST", field=field)
 
 
 async def test_list_filters(admin: Client) -> None:
@@ -166,8 +216,7 @@ async def test_list_filters(admin: Client) -> None:
     running = await lease_one(admin, "worker-7")  # the high one
     assert running["id"] == high["id"]
     done = await lease_one(admin, "worker-8")  # the medium one
-    ok(await admin.post(f"/api/v1/tasks/{done['id']}/complete",
-                        {"lease_id": done["lease"]["id"]}))  # fmt: skip
+    ok(await admin.post(f"/api/v1/tasks/{done['id']}/complete", {"lease_id": done["lease"]["id"]}))
 
     async def ids(query: str) -> set[str]:
         body = success_body(await admin.get(f"/api/v1/tasks?{query}"))
@@ -189,9 +238,7 @@ async def test_list_filters(admin: Client) -> None:
     assert await ids("status=completed&priority=medium&worker_id=worker-8") == {medium["id"]}
 
 
-async def test_list_sort_and_order(
-    admin: Client, mock_clock: trio.testing.MockClock
-) -> None:
+async def test_list_sort_and_order(admin: Client, mock_clock: trio.testing.MockClock) -> None:
     # mock_clock: time moves only when the test says so, so every duration is exact.
     a = await create_task(admin, "a")
     mock_clock.jump(1)
@@ -212,9 +259,17 @@ async def test_list_sort_and_order(
     leased = {t["name"]: t for t in await lease(admin, max_tasks=3)}
     assert set(leased) == {"a", "b", "c"}
     mock_clock.jump(2)
-    ok(await admin.post(f"/api/v1/tasks/{b['id']}/complete", {"lease_id": leased["b"]["lease"]["id"]}))
+    ok(
+        await admin.post(
+            f"/api/v1/tasks/{b['id']}/complete", {"lease_id": leased["b"]["lease"]["id"]}
+        )
+    )
     mock_clock.jump(3)
-    ok(await admin.post(f"/api/v1/tasks/{a['id']}/complete", {"lease_id": leased["a"]["lease"]["id"]}))
+    ok(
+        await admin.post(
+            f"/api/v1/tasks/{a['id']}/complete", {"lease_id": leased["a"]["lease"]["id"]}
+        )
+    )
     assert ok(await admin.get(f"/api/v1/tasks/{a['id']}"))["duration"] == 5
     assert ok(await admin.get(f"/api/v1/tasks/{b['id']}"))["duration"] == 2
     mock_clock.jump(1)
@@ -256,8 +311,9 @@ async def test_cancel_running_fences_the_worker(admin: Client) -> None:
     assert cancelled["status"] == "cancelled"
     assert cancelled["lease"] is None
     # the worker's lease is no longer good for anything
-    reply = await admin.post(f"/api/v1/tasks/{task['id']}/complete",
-                             {"lease_id": leased["lease"]["id"], "result": 1})  # fmt: skip
+    reply = await admin.post(
+        f"/api/v1/tasks/{task['id']}/complete", {"lease_id": leased["lease"]["id"], "result": 1}
+    )
     error_of(reply, 409, "CONFLICT", field="lease_id")
     assert (await get_task(admin, task["id"]))["status"] == "cancelled"
 
@@ -265,30 +321,38 @@ async def test_cancel_running_fences_the_worker(admin: Client) -> None:
 async def test_cancel_finished_is_409(admin: Client) -> None:
     task = await create_task(admin)
     leased = await lease_one(admin)
-    ok(await admin.post(f"/api/v1/tasks/{task['id']}/complete", {"lease_id": leased["lease"]["id"]}))
+    ok(
+        await admin.post(
+            f"/api/v1/tasks/{task['id']}/complete", {"lease_id": leased["lease"]["id"]}
+        )
+    )
     reply = await admin.put(f"/api/v1/tasks/{task['id']}", {"status": "cancelled"})
     error_of(reply, 409, "CONFLICT", field="status")
     assert (await get_task(admin, task["id"]))["status"] == "completed"
 
 
-@pytest.mark.parametrize("status", ["completed", "failed", "running", "pending"])
-async def test_put_other_status_is_400(admin: Client, status: str) -> None:
+async def test_put_other_status_is_400(admin: Client) -> None:
     task = await create_task(admin)
-    reply = await admin.put(f"/api/v1/tasks/{task['id']}", {"status": status})
-    error_of(reply, 400, "INVALID_REQUEST", field="status")
+    for status in ("completed", "failed", "running", "pending", "exploded", None, 1):
+        reply = await admin.put(f"/api/v1/tasks/{task['id']}", {"status": status})
+        if status is None:  # "no change"
+            assert ok(reply) == task
+            continue
+        assert reply.status == 400, (status, reply)
+        error_of(reply, 400, "INVALID_REQUEST", field="status")
     assert await get_task(admin, task["id"]) == task
-
-
-async def test_put_unknown_status_is_400(admin: Client) -> None:
-    task = await create_task(admin)
-    reply = await admin.put(f"/api/v1/tasks/{task['id']}", {"status": "exploded"})
-    error_of(reply, 400, "INVALID_REQUEST", field="status")
 
 
 async def test_edit_pending(admin: Client) -> None:
     task = await create_task(admin, payload={"a": 1})
-    change = {"description": "new", "priority": "high", "retry_count": 5, "timeout": 60,
-              "payload": {"b": 2}, "tags": ["x"]}  # fmt: skip
+    change = {
+        "description": "new",
+        "priority": "high",
+        "retry_count": 5,
+        "timeout": 60,
+        "payload": {"b": 2},
+        "tags": ["x"],
+    }
     edited = ok(await admin.put(f"/api/v1/tasks/{task['id']}", change))
     for key, value in change.items():
         assert edited[key] == value, key
@@ -322,8 +386,9 @@ async def test_edit_running_is_409(admin: Client) -> None:
 
 
 async def test_put_unknown_task_is_404(admin: Client) -> None:
-    reply = await admin.put("/api/v1/tasks/123e4567-e89b-12d3-a456-426614174000",
-                            {"status": "cancelled"})  # fmt: skip
+    reply = await admin.put(
+        "/api/v1/tasks/123e4567-e89b-12d3-a456-426614174000", {"status": "cancelled"}
+    )
     error_of(reply, 404, "NOT_FOUND", field="task_id")
 
 
@@ -345,8 +410,9 @@ async def test_delete_running_fences_the_worker(admin: Client) -> None:
     task = await create_task(admin)
     leased = await lease_one(admin)
     assert (await admin.delete(f"/api/v1/tasks/{task['id']}")).status == 204
-    reply = await admin.post(f"/api/v1/tasks/{task['id']}/complete",
-                             {"lease_id": leased["lease"]["id"]})  # fmt: skip
+    reply = await admin.post(
+        f"/api/v1/tasks/{task['id']}/complete", {"lease_id": leased["lease"]["id"]}
+    )
     error_of(reply, 404, "NOT_FOUND")
 
 
@@ -364,10 +430,12 @@ async def test_batch_create(admin: Client) -> None:
         assert await get_task(admin, task["id"]) == task
 
 
-@pytest.mark.parametrize("body", [{"tasks": []}, {"tasks": [{"name": f"t{i}"} for i in range(1001)]},
-                                  {"tasks": {"name": "x"}}, {}, []])  # fmt: skip
-async def test_batch_bad_shape(admin: Client, body: Any) -> None:
-    error_of(await admin.post("/api/v1/tasks/batch", body), 400, "INVALID_REQUEST")
+async def test_batch_bad_shape(admin: Client) -> None:
+    too_many = {"tasks": [{"name": f"t{i}"} for i in range(1001)]}
+    for body in ({"tasks": []}, too_many, {"tasks": {"name": "x"}}, {}, []):
+        reply = await admin.post("/api/v1/tasks/batch", body)
+        assert reply.status == 400, (str(body)[:50], reply)
+        error_of(reply, 400, "INVALID_REQUEST")
     assert success_body(await admin.get("/api/v1/tasks"))["pagination"]["total"] == 0
 
 
@@ -402,8 +470,9 @@ async def test_idempotent_replay(admin: Client) -> None:
 
 async def test_idempotency_key_with_a_different_body_is_409(admin: Client) -> None:
     first = await create_task(admin, "charge", payload={"amount": 5}, idempotency_key="order-42")
-    reply = await admin.post("/api/v1/tasks", {"name": "charge", "payload": {"amount": 6},
-                                               "idempotency_key": "order-42"})  # fmt: skip
+    reply = await admin.post(
+        "/api/v1/tasks", {"name": "charge", "payload": {"amount": 6}, "idempotency_key": "order-42"}
+    )
     error = error_of(reply, 409, "CONFLICT", field="idempotency_key")
     assert error["details"].get("task_id") == first["id"]
     assert success_body(await admin.get("/api/v1/tasks"))["pagination"]["total"] == 1

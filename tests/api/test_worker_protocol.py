@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
@@ -50,10 +49,13 @@ async def test_lease_nothing_ready(admin: Client) -> None:
     assert ok(reply) == []
 
 
-async def test_lease_grants_a_fenced_lease(admin: Client, mock_clock: trio.testing.MockClock) -> None:
+async def test_lease_grants_a_fenced_lease(
+    admin: Client, mock_clock: trio.testing.MockClock
+) -> None:
     task = await create_task(admin, payload={"x": 1})
-    reply = await admin.post("/api/v1/tasks/lease",
-                             {"worker_id": "worker-001", "wait": 0, "lease_seconds": 120})  # fmt: skip
+    reply = await admin.post(
+        "/api/v1/tasks/lease", {"worker_id": "worker-001", "wait": 0, "lease_seconds": 120}
+    )
     [leased] = ok(reply)
     assert leased["id"] == task["id"]
     assert leased["status"] == "running"
@@ -140,8 +142,9 @@ async def test_complete(admin: Client, mock_clock: trio.testing.MockClock) -> No
     task = await create_task(admin)
     leased = await lease_one(admin)
     mock_clock.jump(3)
-    reply = await admin.post(action(task, "complete"),
-                             {"lease_id": leased["lease"]["id"], "result": {"rows": 42}})  # fmt: skip
+    reply = await admin.post(
+        action(task, "complete"), {"lease_id": leased["lease"]["id"], "result": {"rows": 42}}
+    )
     done = ok(reply)
     assert done["status"] == "completed"
     assert done["result"] == {"rows": 42}
@@ -157,15 +160,22 @@ async def test_fail_with_retry_goes_back_to_pending(
 ) -> None:
     task = await create_task(admin, retry_count=2)
     leased = await lease_one(admin)
-    reply = await admin.post(action(task, "fail"), {
-        "lease_id": leased["lease"]["id"],
-        "error": {"message": "boom", "type": "ValueError", "traceback": "Traceback..."},
-    })  # fmt: skip
+    reply = await admin.post(
+        action(task, "fail"),
+        {
+            "lease_id": leased["lease"]["id"],
+            "error": {"message": "boom", "type": "ValueError", "traceback": "Traceback..."},
+        },
+    )
     retried = ok(reply)
     assert retried["status"] == "pending"
     assert retried["attempts"] == 1
     assert retried["lease"] is None
-    assert retried["error"] == {"message": "boom", "type": "ValueError", "traceback": "Traceback..."}
+    assert retried["error"] == {
+        "message": "boom",
+        "type": "ValueError",
+        "traceback": "Traceback...",
+    }
     # backoff: about 1 s for the first retry (DESIGN.md), with jitter
     delay = parse_ts(retried["run_at"]) - parse_ts(retried["updated_at"])
     assert timedelta(seconds=0.5) <= delay <= timedelta(seconds=1.5)
@@ -180,8 +190,11 @@ async def test_fail_with_retry_goes_back_to_pending(
 async def test_fail_without_retries_left(admin: Client) -> None:
     task = await create_task(admin)  # retry_count 0
     leased = await lease_one(admin)
-    failed = ok(await admin.post(action(task, "fail"),
-                                 {"lease_id": leased["lease"]["id"], "error": "it broke"}))  # fmt: skip
+    failed = ok(
+        await admin.post(
+            action(task, "fail"), {"lease_id": leased["lease"]["id"], "error": "it broke"}
+        )
+    )
     assert failed["status"] == "failed"
     assert failed["error"]["message"] == "it broke"
     assert failed["completed_at"] is not None
@@ -192,8 +205,9 @@ async def test_fail_without_retries_left(admin: Client) -> None:
 async def test_fail_with_retry_false(admin: Client) -> None:
     task = await create_task(admin, retry_count=5)
     leased = await lease_one(admin)
-    failed = ok(await admin.post(action(task, "fail"),
-                                 {"lease_id": leased["lease"]["id"], "retry": False}))  # fmt: skip
+    failed = ok(
+        await admin.post(action(task, "fail"), {"lease_id": leased["lease"]["id"], "retry": False})
+    )
     assert failed["status"] == "failed"
     assert failed["attempts"] == 1
     assert failed["error"]["message"]
@@ -203,8 +217,11 @@ async def test_extend(admin: Client, mock_clock: trio.testing.MockClock) -> None
     task = await create_task(admin)
     leased = await lease_one(admin, lease_seconds=30)
     mock_clock.jump(20)
-    extended = ok(await admin.post(action(task, "extend"),
-                                   {"lease_id": leased["lease"]["id"], "lease_seconds": 100}))  # fmt: skip
+    extended = ok(
+        await admin.post(
+            action(task, "extend"), {"lease_id": leased["lease"]["id"], "lease_seconds": 100}
+        )
+    )
     assert extended["lease"]["id"] == leased["lease"]["id"]
     new_expiry = parse_ts(extended["lease"]["expires_at"])
     assert new_expiry - parse_ts(leased["started_at"]) == timedelta(seconds=120)
@@ -223,19 +240,15 @@ async def test_release(admin: Client) -> None:
 # -- fencing: a stale lease gets 409 and changes nothing --------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "body"),
-    [("complete", {"result": 1}), ("fail", {"error": "x"}), ("extend", {"lease_seconds": 10}),
-     ("release", {})],
-)  # fmt: skip
-async def test_stale_lease_is_409_and_changes_nothing(
-    admin: Client, name: str, body: dict[str, Any]
-) -> None:
+async def test_stale_lease_is_409_and_changes_nothing(admin: Client) -> None:
     task = await create_task(admin, retry_count=3)
     await lease_one(admin)
     before = await get_task(admin, task["id"])
-    reply = await admin.post(action(task, name), {"lease_id": "not-the-lease", **body})
-    error_of(reply, 409, "CONFLICT", field="lease_id")
+    for name, body in [("complete", {"result": 1}), ("fail", {"error": "x"}),
+                       ("extend", {"lease_seconds": 10}), ("release", {})]:  # fmt: skip
+        reply = await admin.post(action(task, name), {"lease_id": "not-the-lease", **body})
+        assert reply.status == 409, (name, reply)
+        error_of(reply, 409, "CONFLICT", field="lease_id")
     assert await get_task(admin, task["id"]) == before
 
 
@@ -244,8 +257,11 @@ async def test_completing_twice_is_409(admin: Client) -> None:
     leased = await lease_one(admin)
     lease_id = leased["lease"]["id"]
     done = ok(await admin.post(action(task, "complete"), {"lease_id": lease_id, "result": "a"}))
-    error_of(await admin.post(action(task, "complete"), {"lease_id": lease_id, "result": "b"}),
-             409, "CONFLICT")  # fmt: skip
+    error_of(
+        await admin.post(action(task, "complete"), {"lease_id": lease_id, "result": "b"}),
+        409,
+        "CONFLICT",
+    )
     error_of(await admin.post(action(task, "fail"), {"lease_id": lease_id}), 409, "CONFLICT")
     assert await get_task(admin, task["id"]) == done
 
@@ -274,8 +290,9 @@ async def test_expired_lease_is_fenced_off(
     second = await lease_one(admin, "w2")
     assert second["attempts"] == 2
     # the first worker comes back late: its lease is stale
-    reply = await admin.post(action(task, "complete"),
-                             {"lease_id": first["lease"]["id"], "result": "late"})  # fmt: skip
+    reply = await admin.post(
+        action(task, "complete"), {"lease_id": first["lease"]["id"], "result": "late"}
+    )
     error_of(reply, 409, "CONFLICT", field="lease_id")
     assert await get_task(admin, task["id"]) == second
     done = ok(await admin.post(action(task, "complete"), {"lease_id": second["lease"]["id"]}))
@@ -292,13 +309,26 @@ async def test_ack_batch_with_one_stale_item(admin: Client) -> None:
     c = await create_task(admin, "c")
     leased = {t["name"]: t for t in await lease(admin, max_tasks=3)}
     c_before = await get_task(admin, c["id"])
-    reply = await admin.post("/api/v1/tasks/ack", {"acks": [
-        {"id": a["id"], "lease_id": leased["a"]["lease"]["id"], "status": "completed",
-         "result": {"ok": 1}},
-        {"id": b["id"], "lease_id": leased["b"]["lease"]["id"], "status": "failed",
-         "error": "nope"},
-        {"id": c["id"], "lease_id": "stale", "status": "completed"},
-    ]})  # fmt: skip
+    reply = await admin.post(
+        "/api/v1/tasks/ack",
+        {
+            "acks": [
+                {
+                    "id": a["id"],
+                    "lease_id": leased["a"]["lease"]["id"],
+                    "status": "completed",
+                    "result": {"ok": 1},
+                },
+                {
+                    "id": b["id"],
+                    "lease_id": leased["b"]["lease"]["id"],
+                    "status": "failed",
+                    "error": "nope",
+                },
+                {"id": c["id"], "lease_id": "stale", "status": "completed"},
+            ]
+        },
+    )
     body = ok(reply)
     assert body["succeeded"] == 2
     assert body["failed"] == 1
@@ -317,23 +347,37 @@ async def test_ack_batch_with_one_stale_item(admin: Client) -> None:
 async def test_ack_items_with_bad_ids_fail_alone(admin: Client) -> None:
     a = await create_task(admin)
     leased = await lease_one(admin)
-    body = ok(await admin.post("/api/v1/tasks/ack", {"acks": [
-        {"id": "not-a-uuid", "lease_id": "x", "status": "completed"},
-        {"id": "123e4567-e89b-12d3-a456-426614174000", "lease_id": "x", "status": "failed"},
-        {"id": a["id"], "lease_id": leased["lease"]["id"], "status": "completed"},
-    ]}))  # fmt: skip
+    body = ok(
+        await admin.post(
+            "/api/v1/tasks/ack",
+            {
+                "acks": [
+                    {"id": "not-a-uuid", "lease_id": "x", "status": "completed"},
+                    {
+                        "id": "123e4567-e89b-12d3-a456-426614174000",
+                        "lease_id": "x",
+                        "status": "failed",
+                    },
+                    {"id": a["id"], "lease_id": leased["lease"]["id"], "status": "completed"},
+                ]
+            },
+        )
+    )
     codes = [r.get("error", {}).get("code") for r in body["results"]]
     assert codes == ["INVALID_REQUEST", "NOT_FOUND", None]
     assert (body["succeeded"], body["failed"]) == (1, 2)
 
 
-@pytest.mark.parametrize(
-    "acks",
-    [[], [{"id": "x", "lease_id": "y", "status": "cancelled"}], [{"id": "x", "status": "failed"}],
-     [{"id": "x", "lease_id": "y", "status": "completed", "extra": 1}]],
-)  # fmt: skip
-async def test_ack_bad_body_is_400(admin: Client, acks: list[Any]) -> None:
-    error_of(await admin.post("/api/v1/tasks/ack", {"acks": acks}), 400, "INVALID_REQUEST")
+async def test_ack_bad_body_is_400(admin: Client) -> None:
+    for acks in [
+        [],
+        [{"id": "x", "lease_id": "y", "status": "cancelled"}],
+        [{"id": "x", "status": "failed"}],
+        [{"id": "x", "lease_id": "y", "status": "completed", "extra": 1}],
+    ]:
+        reply = await admin.post("/api/v1/tasks/ack", {"acks": acks})
+        assert reply.status == 400, (acks, reply)
+        error_of(reply, 400, "INVALID_REQUEST")
 
 
 # -- heartbeat and workers ----------------------------------------------------------------------
@@ -356,9 +400,18 @@ async def test_workers_list_get_and_status(
     admin: Client, services: Services, mock_clock: trio.testing.MockClock
 ) -> None:
     ok(await admin.post("/api/v1/workers/heartbeat", HEARTBEAT))
-    ok(await admin.post("/api/v1/workers/heartbeat",
-                        {"worker_id": "worker-002", "current_load": 1, "max_capacity": 4,
-                         "hostname": "box-2", "queues": ["emails"]}))  # fmt: skip
+    ok(
+        await admin.post(
+            "/api/v1/workers/heartbeat",
+            {
+                "worker_id": "worker-002",
+                "current_load": 1,
+                "max_capacity": 4,
+                "hostname": "box-2",
+                "queues": ["emails"],
+            },
+        )
+    )
 
     body = success_body(await admin.get("/api/v1/workers"))
     assert sorted(w["worker_id"] for w in body["data"]) == ["worker-001", "worker-002"]
@@ -378,7 +431,9 @@ async def test_workers_list_get_and_status(
     assert status["total_capacity"] == 14
     assert status["current_load"] == 6
     assert {w["worker_id"]: w["healthy"] for w in status["workers"]} == {
-        "worker-001": True, "worker-002": True}  # fmt: skip
+        "worker-001": True,
+        "worker-002": True,
+    }
     alias = ok(await admin.get("/workers/status"))  # the guide's curl uses this path
     assert alias["workers_total"] == 2
     assert {w["worker_id"] for w in alias["workers"]} == {"worker-001", "worker-002"}
@@ -397,7 +452,9 @@ async def test_workers_list_get_and_status(
     status = ok(await admin.get("/workers/status"))
     assert (status["workers_total"], status["workers_active"]) == (2, 1)
     assert {w["worker_id"]: w["healthy"] for w in status["workers"]} == {
-        "worker-001": False, "worker-002": True}  # fmt: skip
+        "worker-001": False,
+        "worker-002": True,
+    }
     dashboard = ok(await admin.get("/api/v1/analytics/dashboard"))
     assert (dashboard["workers_total"], dashboard["workers_active"]) == (2, 1)
 
@@ -425,12 +482,17 @@ async def test_empty_workers_status(admin: Client) -> None:
     assert status["utilization"] == 0
 
 
-@pytest.mark.parametrize(
-    "body",
-    [{}, {"worker_id": ""}, {"worker_id": "has space"}, {"worker_id": "w", "status": "busy"},
-     {"worker_id": "w", "current_load": -1}, {"worker_id": "w", "max_capacity": "ten"},
-     {"worker_id": "w", "color": "red"}],
-)  # fmt: skip
-async def test_bad_heartbeat_is_400(admin: Client, body: dict[str, Any]) -> None:
-    error_of(await admin.post("/api/v1/workers/heartbeat", body), 400, "INVALID_REQUEST")
+async def test_bad_heartbeat_is_400(admin: Client) -> None:
+    for body in [
+        {},
+        {"worker_id": ""},
+        {"worker_id": "has space"},
+        {"worker_id": "w", "status": "busy"},
+        {"worker_id": "w", "current_load": -1},
+        {"worker_id": "w", "max_capacity": "ten"},
+        {"worker_id": "w", "color": "red"},
+    ]:
+        reply = await admin.post("/api/v1/workers/heartbeat", body)
+        assert reply.status == 400, (body, reply)
+        error_of(reply, 400, "INVALID_REQUEST")
     assert ok(await admin.get("/api/v1/workers")) == []

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from dtq.clock import TrioClock
 from dtq.models import LeaseRequest, ListTasksQuery, Task, TaskCreate, TaskStatus
@@ -25,6 +26,9 @@ from dtq.runtime import open_queue
 from dtq.settings import Durability, Settings
 
 WALL0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z, exactly representable
+
+# Hypothesis caches (even with database=None) next to these tests, not in the repository root.
+set_hypothesis_home_dir(Path(__file__).with_name(".hypothesis"))
 
 
 async def settle(q: TaskQueue, rounds: int = 3) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,6 +117,38 @@ def test_new_task_delay_and_run_at() -> None:
     assert make_task(run_at=future, delay=5).run_at == NOW + 5
 
 
+@pytest.fixture
+def local_time_not_utc() -> Iterator[None]:
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "EST5"  # POSIX form: UTC-5, needs no tz database
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_naive_run_at_is_utc_or_rejected(local_time_not_utc: None) -> None:
+    raw = b'{"name": "x", "run_at": "2030-01-01T00:00:00"}'
+    try:
+        body = msgspec.json.decode(raw, type=TaskCreate)
+    except msgspec.ValidationError:
+        return  # rejecting it is fine too
+    task = lifecycle.new_task(body, task_id=str(uuid.uuid4()), seq=1, now=NOW)
+    assert task.run_at == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_run_at_with_offset() -> None:
+    raw = b'{"name": "x", "run_at": "2030-01-01T05:00:00+05:00"}'
+    body = msgspec.json.decode(raw, type=TaskCreate)
+    task = lifecycle.new_task(body, task_id=str(uuid.uuid4()), seq=1, now=NOW)
+    assert task.run_at == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+
+
 def test_is_due_only_for_pending() -> None:
     assert not lifecycle.is_due(leased(), NOW + 10_000)
 
@@ -148,7 +183,9 @@ def test_grant_lease() -> None:
 
 def test_lease_ids_are_unique_fencing_tokens() -> None:
     task = make_task()
-    leases = [lifecycle.grant_lease(task, worker_id="w", lease_s=1, now=NOW).lease for _ in range(50)]
+    leases = [
+        lifecycle.grant_lease(task, worker_id="w", lease_s=1, now=NOW).lease for _ in range(50)
+    ]
     assert len({lease.id for lease in leases if lease is not None}) == 50
 
 
@@ -388,6 +425,27 @@ def test_expire_at_task_timeout_reports_timeout() -> None:
     expired = lifecycle.expire(task, now=NOW + 20, policy=POLICY, rand=0.5)
     assert expired.status == S.FAILED
     assert expired.error is not None and expired.error.type == lifecycle.TIMED_OUT
+
+
+def test_release_hands_the_task_back_uncounted() -> None:
+    task = leased(lease_s=10, retry_count=0)
+    assert task.lease is not None
+    released = lifecycle.release(task, lease_id=task.lease.id, now=NOW + 2)
+    assert released.status == S.PENDING
+    assert released.lease is None and released.run_at is None
+    assert released.attempts == 0  # not counted against its retries
+    assert lifecycle.is_due(released, NOW + 2)
+    with pytest.raises(LeaseLost):
+        lifecycle.release(released, lease_id=task.lease.id, now=NOW + 3)
+
+
+def test_release_needs_the_current_lease() -> None:
+    task = leased(lease_s=10)
+    assert task.lease is not None
+    with pytest.raises(LeaseLost):
+        lifecycle.release(task, lease_id="other", now=NOW + 1)
+    with pytest.raises(LeaseLost):
+        lifecycle.release(task, lease_id=task.lease.id, now=NOW + 10)
 
 
 # --------------------------------------------------------------------------- cancel and update

@@ -181,6 +181,30 @@ async def test_scheduled_task_wakes_long_poll(q: TaskQueue, mock_clock: MockCloc
         assert trio.current_time() == 5
 
 
+async def test_reaper_wakes_for_an_earlier_deadline(q: TaskQueue, mock_clock: MockClock) -> None:
+    """Each new deadline earlier than the reaper's plan must wake it up to re-plan."""
+    await q.create_many([TaskCreate(name="long"), TaskCreate(name="short")])
+    long = await lease_one(q, lease_seconds=100)
+    await advance(mock_clock, q, 1)
+    short = await lease_one(q, lease_seconds=10)  # t=1, expires at 11
+    await advance(mock_clock, q, 1)
+    later = await create(q, "later", delay=5)  # t=2, due at 7
+    await q.heartbeat(Heartbeat(worker_id="w9"))  # t=2, silent from 32
+    await advance(mock_clock, q, 5)  # t=7
+    assert ids(await lease(q, "w2", lease_seconds=3)) == [later.id]  # expires at 10
+    await advance(mock_clock, q, 3)  # t=10
+    assert q.get(later.id).status == S.FAILED
+    assert q.get(short.id).status == S.RUNNING
+    await advance(mock_clock, q, 1)  # t=11
+    assert q.get(short.id).status == S.FAILED
+    assert q.get_worker("w9").status == WorkerStatus.ACTIVE
+    await advance(mock_clock, q, 21)  # t=32
+    assert q.get_worker("w9").status == WorkerStatus.INACTIVE
+    assert q.get(long.id).status == S.RUNNING
+    await advance(mock_clock, q, 69)  # t=101
+    assert q.get(long.id).status == S.FAILED
+
+
 # --------------------------------------------------------------------------- long poll
 
 
@@ -481,6 +505,25 @@ async def test_ack_batch(q: TaskQueue) -> None:
     assert q.get(c.id).status == S.RUNNING
 
 
+async def test_release(q: TaskQueue, mock_clock: MockClock) -> None:
+    task = await create(q, "x")
+    leased = await lease_one(q, lease_seconds=10)
+    assert leased.lease is not None
+    async with trio.open_nursery() as nursery:
+        w = Waiters(q, nursery)
+        await w.start("b", wait=30)
+        released = await q.release(task.id, leased.lease.id)
+        assert released.status == S.PENDING and released.attempts == 0
+        await settle(q)
+        [again] = w.results["b"]
+    assert again.id == task.id and again.attempts == 1 and again.worker_id == "w-b"
+    with pytest.raises(LeaseLost):
+        await q.release(task.id, leased.lease.id)
+    await advance(mock_clock, q, 10)  # the released lease's deadline: nothing happens
+    after = q.get(task.id)
+    assert after.status == S.RUNNING and after.lease == again.lease and after.attempts == 1
+
+
 # --------------------------------------------------------------------------- cancel / delete
 
 
@@ -601,7 +644,9 @@ async def test_idempotency_key_concurrent(q: TaskQueue) -> None:
     assert len(all_tasks(q)) == 1
 
 
-@pytest.mark.parametrize("bad", ["nope", "", "123", "g" * 32, "12345678-1234-1234-1234-12345678901"])
+@pytest.mark.parametrize(
+    "bad", ["nope", "", "123", "g" * 32, "12345678-1234-1234-1234-12345678901"]
+)
 async def test_invalid_task_id(q: TaskQueue, bad: str) -> None:
     calls = [
         lambda: q.complete(bad, "l"),
@@ -848,7 +893,7 @@ async def listing_fixture(q: TaskQueue, mock_clock: MockClock) -> dict[str, Task
         await advance(mock_clock, q, 1)
     # a, d leased by w1 (high); b, e by w2 (medium)
     la, ld = await lease(q, "w1", max_tasks=2)
-    lb, le = await lease(q, "w2", max_tasks=2)
+    lb, _ = await lease(q, "w2", max_tasks=2)
     await advance(mock_clock, q, 1)
     assert la.lease and ld.lease and lb.lease
     await q.complete(ld.id, ld.lease.id)  # duration 1
@@ -931,11 +976,6 @@ async def test_list_worker_index_follows_re_lease(q: TaskQueue, mock_clock: Mock
 # --------------------------------------------------------------------------- bugs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tasks created in one commit share created_at; listing breaks the tie by "
-    "random task id, not by creation order (storage/keys.py time_id_key)",
-)
 async def test_list_same_commit_in_creation_order(q: TaskQueue) -> None:
     await q.create_many([TaskCreate(name=f"t{i:02}") for i in range(30)])
     assert listing(q, order="asc", limit=100)[0] == [f"t{i:02}" for i in range(30)]
@@ -957,12 +997,6 @@ async def order_after(settings: Settings, restart: bool, mock_clock: MockClock) 
         return [t.name for t in await drain(q)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a delayed or retried task goes to the back of its priority deque in memory "
-    "(dispatcher.push appends) but rebuild() orders by the original seq, so a restart changes "
-    "the dispatch order",
-)
 async def test_dispatch_order_same_with_and_without_restart(
     tmp_path: Path, mock_clock: MockClock
 ) -> None:
@@ -971,17 +1005,12 @@ async def test_dispatch_order_same_with_and_without_restart(
     assert without == with_restart
 
 
-# Lease expiries and run_at times are kept in LMDB index keys as whole microseconds
-# (keys.micros truncates). rebuild() takes them from those keys, so after a restart the reaper
-# acts up to 1 us early; the op then finds "not yet due", and the entry is dropped for good.
+# Deadlines read back from LMDB index keys are whole microseconds (keys.micros truncates). If
+# rebuild() took them from there, the reaper would act up to 1 us early after a restart, the op
+# would find "not yet due" and the entry would be dropped for good.
 SUB_MICRO = 2.0**-21  # ~0.48 us, exactly representable next to WALL0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: rebuild() tracks a lease by its truncated key time; the reaper pops it <1us "
-    "early, ops.expire skips it as not expired, and the lease never expires after restart",
-)
 async def test_restart_lease_with_sub_microsecond_expiry_still_expires(
     tmp_path: Path, mock_clock: MockClock
 ) -> None:
@@ -997,11 +1026,6 @@ async def test_restart_lease_with_sub_microsecond_expiry_still_expires(
         assert q.get(task.id).status == S.PENDING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: rebuild() schedules a delayed task at its truncated run_at; promoted <1us "
-    "early, ops.lease skips it as not due and the dispatcher forgets it until the next restart",
-)
 async def test_restart_run_at_with_sub_microsecond_is_not_lost(
     tmp_path: Path, mock_clock: MockClock
 ) -> None:
@@ -1016,38 +1040,27 @@ async def test_restart_run_at_with_sub_microsecond_is_not_lost(
         assert ids(await lease(q)) == [task.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a lease call cancelled while its grant is being committed puts the tasks "
-    "back in the ready queue (queue.py lease(): push_front) although the commit went through; "
-    "the next lease takes the stale entry and returns [] while other tasks are ready",
-)
 async def test_cancelled_lease_call_leaves_no_stale_ready_entry(q: TaskQueue) -> None:
     first = await create(q, "first")
     second = await create(q, "second")
-    async with trio.open_nursery() as nursery:
-        async with q.writer._one_thread:  # hold the writer's thread: the grant waits
-            scope = trio.CancelScope()
+    scope = trio.CancelScope()
 
-            async def call() -> None:
-                with scope:
-                    await lease(q, "gone")
+    async def call() -> None:
+        with scope:
+            await lease(q, "gone")
 
-            nursery.start_soon(call)
-            await trio.testing.wait_all_tasks_blocked()
-            scope.cancel()
-            await trio.testing.wait_all_tasks_blocked()
+    # hold the writer's thread, so that the grant is still being committed when cancelled
+    async with trio.open_nursery() as nursery, q.writer._one_thread:
+        nursery.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
     await settle(q)
     assert q.get(first.id).status == S.RUNNING  # granted to the caller that went away
     assert q.dispatcher.ready_count() == 1
     assert ids(await lease(q)) == [second.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a long-poll is cancelled after a task was handed to it, "
-    "_wait_for_tasks push_front()s the task without offering it to the other waiters",
-)
 async def test_cancelled_waiter_hands_its_task_to_the_next(
     q: TaskQueue, mock_clock: MockClock
 ) -> None:
@@ -1079,12 +1092,6 @@ async def test_cancelled_waiter_hands_its_task_to_the_next(
     assert got_b == ["x"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: re-prioritising a delayed task pushes a second (run_at, seq, Entry) with the "
-    "same run_at and seq onto the dispatcher's schedule heap; heapq then compares Entry "
-    "objects, TypeError in the writer's on_commit, and the whole queue crashes",
-)
 async def test_reprioritise_scheduled_task(settings: Settings, mock_clock: MockClock) -> None:
     async with open_queue(settings, clock=TrioClock(WALL0)) as q:
         low = await create(q, "low", priority=L)

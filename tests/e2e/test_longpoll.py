@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from .conftest import BOUND_S, InProcessServer, bearer, login, running_server
+from .conftest import BOUND_S, InProcessServer, bearer, login, raw_connection, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,11 @@ async def lease(
 
 
 async def create(client: httpx.AsyncClient, token: str, name: str) -> dict[str, Any]:
-    response = await client.post("/api/v1/tasks", json={"name": name}, headers=bearer(token))
+    return await create_with(client, token, {"name": name})
+
+
+async def create_with(client: httpx.AsyncClient, token: str, body: Any) -> dict[str, Any]:
+    response = await client.post("/api/v1/tasks", json=body, headers=bearer(token))
     assert response.status_code == 201, response.text
     task: dict[str, Any] = response.json()["data"]
     return task
@@ -127,4 +131,62 @@ async def test_waiting_lease_is_answered_with_empty_list_at_shutdown(tmp_path: P
                 await server.shut_down(within_s=BOUND_S)
         tasks, took = got[0]
         assert tasks == []
+        assert took < 5.0
+
+
+async def test_long_poll_whose_client_went_away_does_not_swallow_a_task(
+    server: InProcessServer,
+) -> None:
+    async with server.client() as worker, server.client() as producer:
+        token = await login(producer)
+        async with raw_connection(server.port) as gone:
+            await gone.send_request(
+                "POST", "/api/v1/tasks/lease", {"worker_id": "gone", "wait": 30}, bearer(token)
+            )
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # parked
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # the server saw the close
+
+        got: list[tuple[list[dict[str, Any]], float]] = []
+        with trio.fail_after(BOUND_S * 3):
+            async with trio.open_nursery() as nursery:
+
+                async def wait_for_work() -> None:
+                    got.append(await lease(worker, token, "alive", wait=10))
+
+                nursery.start_soon(wait_for_work)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                created = await create(producer, token, "for-the-living")
+        tasks, took = got[0]
+        assert [t["id"] for t in tasks] == [created["id"]], "the task went to a closed long-poll"
+        assert tasks[0]["worker_id"] == "alive"
+        assert took < 5.0
+
+
+async def test_waiting_lease_gets_a_delayed_task_when_it_becomes_due(
+    server: InProcessServer,
+) -> None:
+    async with server.client() as client:
+        token = await login(client)
+        response = await client.post(
+            "/api/v1/tasks", json={"name": "later", "delay": 0.5}, headers=bearer(token)
+        )
+        assert response.status_code == 201, response.text
+        with trio.fail_after(BOUND_S * 3):
+            tasks, took = await lease(client, token, "w1", wait=10)
+        assert [t["id"] for t in tasks] == [response.json()["data"]["id"]]
+        assert took < 5.0
+
+
+async def test_waiting_lease_gets_a_task_whose_lease_expired(server: InProcessServer) -> None:
+    async with server.client() as first, server.client() as second:
+        token = await login(first)
+        created = await create_with(first, token, {"name": "expiring", "retry_count": 1})
+        with trio.fail_after(BOUND_S):
+            tasks, _ = await lease(first, token, "w-slow", wait=0, lease_seconds=0.5)
+        assert [t["id"] for t in tasks] == [created["id"]]
+        with trio.fail_after(BOUND_S * 3):
+            tasks, took = await lease(second, token, "w-next", wait=10)
+        assert [t["id"] for t in tasks] == [created["id"]]
+        assert tasks[0]["worker_id"] == "w-next"
+        assert tasks[0]["attempts"] == 2
         assert took < 5.0

@@ -1,0 +1,363 @@
+"""The webhook service: registration, and the loop that sends what the outbox owes.
+
+Storage is the only source of truth: the loop reads the due index (`delivery_due`), starts up
+to `webhook_concurrency` attempts at once, and records each outcome as one small write op.
+It never blocks the dispatcher or the writer: HTTP happens in its own tasks, outcomes go
+through the group commit like any other write. After a restart it simply finds what is
+still due. Pure decisions (signature, backoff, event kinds) live in `dtq.webhooks`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+import trio
+
+from dtq import __version__
+from dtq.clock import Clock
+from dtq.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from dtq.retry import RetryPolicy
+from dtq.settings import Settings
+from dtq.storage.lmdb_store import LmdbStore
+from dtq.storage.writer import GroupCommitWriter
+from dtq.webhooks import (
+    ALL_EVENTS,
+    DELIVERIES,
+    DELIVERY_HEADER,
+    DUE,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Outbox,
+    Webhook,
+    WebhookCreate,
+    decode_delivery,
+    delete_webhook,
+    delivery_created_at,
+    drop_deliveries,
+    put_webhook,
+    record_attempt,
+    sign,
+    split_due_key,
+    webhook_key,
+)
+
+log = structlog.get_logger("dtq.webhooks")
+
+MAX_WEBHOOKS = 100
+_CHUNK = 500  # deliveries removed per write op when purging or pruning
+_MAX_RESPONSE_BYTES = 64 * 1024  # a reply up to this size is read (and dropped): keep-alive
+_PRUNE_EVERY_S = 3600.0
+_STORAGE_TROUBLE_PAUSE_S = 1.0
+
+Render = Callable[[Delivery], bytes]
+
+
+@dataclass
+class WebhookStats:
+    attempts: int = 0
+    failed_attempts: int = 0
+    delivered: int = 0
+    failed: int = 0  # given up after the last allowed attempt
+    in_flight: int = 0
+
+
+def parse_webhook_id(webhook_id: str) -> str:
+    try:
+        return str(uuid.UUID(webhook_id))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidRequest(
+            "Invalid webhook ID", field="webhook_id", reason="Not a valid UUID"
+        ) from None
+
+
+def check_url(url: str) -> str:
+    """An absolute http(s) URL with a host, or the guide's INVALID_REQUEST naming `url`."""
+
+    def bad(reason: str) -> InvalidRequest:
+        return InvalidRequest(f"url must be an absolute http or https URL: {reason}",
+                              field="url", reason=reason)  # fmt: skip
+
+    if url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
+        raise bad("contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a bad port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise bad(str(exc) or "not a URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise bad(f"scheme {parts.scheme!r} is not http or https" if parts.scheme else "no scheme")
+    if not parts.hostname:
+        raise bad("no host")
+    return url
+
+
+def _small_body(reply: httpx.Response) -> bool:
+    length = reply.headers.get("Content-Length", "")
+    return length.isdigit() and int(length) <= _MAX_RESPONSE_BYTES
+
+
+class WebhookService:
+    def __init__(
+        self,
+        store: LmdbStore,
+        writer: GroupCommitWriter,
+        clock: Clock,
+        settings: Settings,
+        outbox: Outbox,
+        *,
+        render: Render,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.clock = clock
+        self.settings = settings
+        self.outbox = outbox
+        self.policy = RetryPolicy(settings.webhook_backoff_base_s, settings.webhook_backoff_max_s)
+        self.stats = WebhookStats()
+        self._concurrency = max(1, settings.webhook_concurrency)
+        self._max_attempts = max(1, settings.webhook_max_attempts)
+        self._render = render
+        self._rand = rand
+        self._in_flight: set[bytes] = set()
+        self._wakeup = trio.Event()
+        outbox.on_write = self._wake
+        writer.commit_hooks.append(outbox.after_commit)
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    # -- registration ----------------------------------------------------------------------
+    def registered(self) -> list[Webhook]:
+        """Every webhook, oldest first."""
+        return list(self.outbox.hooks.values())
+
+    def get(self, webhook_id: str) -> Webhook:
+        hook = self.outbox.hooks.get(parse_webhook_id(webhook_id))
+        if hook is None:
+            raise NotFound(f"webhook {webhook_id} not found", field="webhook_id",
+                           reason="no such webhook")  # fmt: skip
+        return hook
+
+    async def create(self, body: WebhookCreate, created_by: str | None = None) -> Webhook:
+        """Register; the secret is generated when not given (the caller shows it once)."""
+        url = check_url(body.url)
+        events: list[str] = list(dict.fromkeys(body.events))
+        if ALL_EVENTS in events:
+            events = [ALL_EVENTS]
+        if len(self.outbox.hooks) >= MAX_WEBHOOKS:
+            raise Conflict(f"at most {MAX_WEBHOOKS} webhooks can be registered",
+                           reason="too many webhooks")  # fmt: skip
+        hook = Webhook(
+            id=str(uuid.uuid4()),
+            url=url,
+            events=events,
+            secret=body.secret if body.secret is not None else secrets.token_urlsafe(32),
+            created_at=self.clock.now(),
+            description=body.description,
+            created_by=created_by,
+        )
+
+        def on_commit(added: Webhook) -> None:
+            self.outbox.set_hooks([*self.outbox.hooks.values(), added])
+
+        created = await self.writer.write(lambda tx: put_webhook(tx, hook), on_commit)
+        # The URL itself can be a credential (many services put a token in it): log the host.
+        log.info("webhook registered", webhook_id=hook.id, host=urlsplit(url).hostname,
+                 events=events)  # fmt: skip
+        return created
+
+    async def delete(self, webhook_id: str) -> None:
+        """Unregister: no new deliveries from the next commit on; history and owed ones go."""
+        hook = self.get(webhook_id)
+
+        def on_commit(found: bool) -> None:
+            self.outbox.set_hooks(h for h in self.outbox.hooks.values() if h.id != hook.id)
+
+        if not await self.writer.write(lambda tx: delete_webhook(tx, hook.id), on_commit):
+            raise NotFound(f"webhook {webhook_id} not found", field="webhook_id",
+                           reason="no such webhook")  # fmt: skip
+        # Nothing adds to its deliveries any more, so this terminates. Shielded: a caller that
+        # goes away must not leave half a history behind with no webhook to reach it by.
+        prefix = webhook_key(hook.id)
+        with trio.CancelScope(shield=True):
+            while rows := self.store.scan_raw(DELIVERIES, prefix, limit=_CHUNK, values=False):
+                await self.writer.write(partial(drop_deliveries, dkeys=[k for k, _ in rows]))
+        log.info("webhook deleted", webhook_id=hook.id)
+
+    def deliveries(
+        self, webhook_id: str, status: DeliveryStatus | None, skip: int, limit: int
+    ) -> tuple[list[Delivery], int]:
+        """A webhook's deliveries, newest first, and how many match."""
+        prefix = webhook_key(self.get(webhook_id).id)
+        if status is None:  # count keys, decode only the page
+            keys = self.store.scan_raw(DELIVERIES, prefix, reverse=True, values=False)
+            page = [self.store.get_raw(DELIVERIES, key) for key, _ in keys[skip : skip + limit]]
+            return [decode_delivery(raw) for raw in page if raw is not None], len(keys)
+        rows = self.store.scan_raw(DELIVERIES, prefix, reverse=True)
+        matched = [d for d in (decode_delivery(raw) for _, raw in rows) if d.status == status]
+        return matched[skip : skip + limit], len(matched)
+
+    # -- delivery ----------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send what is due, wake on new deliveries or the next due time; until cancelled."""
+        s = self.settings
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.webhook_timeout_s),
+            limits=httpx.Limits(
+                max_connections=self._concurrency, max_keepalive_connections=self._concurrency
+            ),
+            follow_redirects=False,
+            trust_env=False,  # no proxy from the environment: a receiver is reached directly
+            headers={"User-Agent": f"dtq-webhooks/{__version__}"},
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._prune_forever)
+                task_status.started()
+                while True:
+                    self._wakeup = trio.Event()  # before looking, so no wake-up is missed
+                    with trio.move_on_at(self._start_due(nursery, client)):
+                        await self._wakeup.wait()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await client.aclose()
+
+    def _start_due(self, nursery: trio.Nursery, client: httpx.AsyncClient) -> float:
+        """Start attempts for due deliveries (up to the free slots); the trio time to look
+        again (inf: only when woken)."""
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return math.inf  # a finishing attempt wakes the loop
+        now = self.clock.now()
+        # In-flight deliveries are still in the index; past them there are `free` + 1 others.
+        for key, _ in self.store.scan_raw(DUE, limit=len(self._in_flight) + free + 1, values=False):
+            when, dkey = split_due_key(key)
+            if dkey in self._in_flight:
+                continue
+            if when > now:
+                return self.clock.to_trio(when)
+            if free == 0:
+                return math.inf
+            free -= 1
+            self._in_flight.add(dkey)
+            self.stats.in_flight = len(self._in_flight)
+            nursery.start_soon(self._attempt, client, dkey)
+        return math.inf
+
+    async def _attempt(self, client: httpx.AsyncClient, dkey: bytes) -> None:
+        try:
+            raw = self.store.get_raw(DELIVERIES, dkey)
+            if raw is None:
+                return
+            delivery = decode_delivery(raw)
+            if delivery.status != DeliveryStatus.PENDING:
+                return
+            hook = self.outbox.hooks.get(delivery.webhook_id)
+            if hook is None:  # deleted; its deliveries are being dropped
+                await self.writer.write(lambda tx: drop_deliveries(tx, [dkey]))
+                return
+            body = self._render(delivery)
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign(hook.secret, body),
+                EVENT_HEADER: delivery.event,
+                DELIVERY_HEADER: delivery.id,
+                "X-DTQ-Attempt": str(len(delivery.attempts) + 1),
+            }
+            started = self.clock.now()
+            status_code, error = await self._post(client, hook.url, body, headers)
+            attempt = Attempt(started_at=started, finished_at=self.clock.now(),
+                              status_code=status_code, error=error)  # fmt: skip
+            self.stats.attempts += 1
+            if not attempt.ok:
+                self.stats.failed_attempts += 1
+            rand = self._rand()
+            max_attempts = self._max_attempts
+            await self.writer.write(
+                lambda tx: record_attempt(tx, dkey, attempt, max_attempts=max_attempts,
+                                          policy=self.policy, rand=rand),
+                self._recorded,
+            )  # fmt: skip
+        except Unavailable as exc:  # storage trouble: the delivery stays due; retry later
+            log.warning("webhook outcome not recorded", error=exc.message)
+            await trio.sleep(_STORAGE_TROUBLE_PAUSE_S)
+        finally:
+            self._in_flight.discard(dkey)
+            self.stats.in_flight = len(self._in_flight)
+            self._wakeup.set()
+
+    def _recorded(self, delivery: Delivery | None) -> None:
+        if delivery is None:
+            return
+        if delivery.status == DeliveryStatus.DELIVERED:
+            self.stats.delivered += 1
+        elif delivery.status == DeliveryStatus.FAILED:
+            self.stats.failed += 1
+            last = delivery.attempts[-1] if delivery.attempts else None
+            log.warning("webhook delivery failed for good", delivery_id=delivery.id,
+                        webhook_id=delivery.webhook_id, attempts=len(delivery.attempts),
+                        error=last.error if last else None)  # fmt: skip
+
+    async def _post(
+        self, client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, str | None]:
+        """(status code, error): error is None only for a 2xx."""
+        timeout_s = self.settings.webhook_timeout_s
+        timed_out = f"timed out after {timeout_s:g} s"
+        with trio.move_on_after(timeout_s):  # the whole exchange, not each read
+            try:
+                async with client.stream("POST", url, content=body, headers=headers) as reply:
+                    code = reply.status_code
+                    if _small_body(reply):
+                        await reply.aread()  # so the connection can be reused
+            except httpx.TimeoutException:
+                return None, timed_out
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if 200 <= code < 300:
+                return code, None
+            return code, f"HTTP {code} {reply.reason_phrase}".rstrip()
+        return None, timed_out
+
+    # -- retention ---------------------------------------------------------------------------
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune(self.clock.now() - self.settings.webhook_retention_s)
+            except Unavailable as exc:
+                log.warning("webhook history not pruned", error=exc.message)
+            await trio.sleep(_PRUNE_EVERY_S)
+
+    async def prune(self, before: float) -> int:
+        """Drop finished deliveries created before `before` (epoch s); returns how many."""
+        dropped = 0
+        for hook_id in list(self.outbox.hooks):
+            prefix = webhook_key(hook_id)
+            while True:
+                old: list[bytes] = []
+                reached_newer = False
+                for key, raw in self.store.scan_raw(DELIVERIES, prefix, limit=_CHUNK):
+                    if delivery_created_at(key) >= before:
+                        reached_newer = True
+                        break
+                    if decode_delivery(raw).status != DeliveryStatus.PENDING:
+                        old.append(key)
+                if old:
+                    dropped += await self.writer.write(partial(drop_deliveries, dkeys=old))
+                if reached_newer or len(old) < _CHUNK // 2:
+                    break  # the rest is newer, or mostly still owed (the head moves on soon)
+        return dropped

@@ -1,0 +1,112 @@
+"""/openapi.json describes the API the app actually serves, and is a valid OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from openapi_spec_validator import validate
+from quart_trio import QuartTrio
+
+from dtq import __version__
+
+from .helpers import Client
+
+_PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
+
+
+def openapi_path(rule: str) -> str:
+    return _PARAM.sub(r"{\1}", rule)
+
+
+async def fetch(client: Client) -> dict[str, Any]:
+    reply = await client.get("/openapi.json")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("application/json")
+    doc: dict[str, Any] = reply.json
+    return doc
+
+
+def served(app: QuartTrio, prefix: str) -> set[tuple[str, str]]:
+    out = set()
+    for rule in app.url_map.iter_rules():
+        if rule.websocket or not rule.rule.startswith(prefix):
+            continue
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            out.add((method.lower(), openapi_path(rule.rule)))
+    return out
+
+
+def documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (method, path)
+        for path, ops in doc["paths"].items()
+        for method in ops
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+
+
+async def test_openapi_is_valid(client: Client) -> None:
+    doc = await fetch(client)
+    validate(doc)
+    assert doc["openapi"].startswith("3.")
+    assert doc["info"]["title"] == "Distributed Task Queue System"
+    assert doc["info"]["version"] == __version__
+
+
+async def test_every_api_route_is_documented_and_nothing_else(
+    client: Client, app: QuartTrio
+) -> None:
+    doc = await fetch(client)
+    api = served(app, "/api/v1/")
+    assert len(api) >= 20
+    assert api - documented(doc) == set(), "routes the app serves but the document lacks"
+    ghosts = {(m, p) for m, p in documented(doc) if p.startswith("/api/v1/")} - api
+    assert ghosts == set(), "documented routes the app does not serve"
+
+
+async def test_the_guides_endpoints_are_documented(client: Client) -> None:
+    paths = (await fetch(client))["paths"]
+    for path in (
+        "/api/v1/tasks",
+        "/api/v1/tasks/{task_id}",
+        "/api/v1/workers",
+        "/api/v1/workers/{worker_id}",
+        "/api/v1/workers/heartbeat",
+        "/api/v1/workers/status",
+        "/api/v1/analytics/dashboard",
+        "/api/v1/analytics/trends",
+        "/api/v1/analytics/export",
+        "/api/v1/auth/login",
+    ):
+        assert path in paths, path
+    assert set(paths["/api/v1/tasks"]) >= {"get", "post"}
+    assert set(paths["/api/v1/tasks/{task_id}"]) >= {"get", "put", "delete"}
+
+
+async def test_documented_query_parameters_are_the_guides(client: Client) -> None:
+    op = (await fetch(client))["paths"]["/api/v1/tasks"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert set(params) == {"skip", "limit", "status", "priority", "worker_id", "sort", "order"}
+    assert params["limit"]["schema"]["maximum"] == 100
+    assert params["limit"]["schema"]["default"] == 50
+    trends = (await fetch(client))["paths"]["/api/v1/analytics/trends"]["get"]
+    assert {p["name"] for p in trends["parameters"]} >= {"days", "metric"}
+
+
+async def test_security_is_documented(client: Client) -> None:
+    doc = await fetch(client)
+    schemes = doc["components"]["securitySchemes"]
+    assert any(s.get("scheme") == "bearer" for s in schemes.values())
+    assert any(s.get("name") == "X-API-Key" for s in schemes.values())
+    login = doc["paths"]["/api/v1/auth/login"]["post"]
+    assert login.get("security") in ([], None) or login["security"] == [{}]
+    assert doc["paths"]["/api/v1/tasks"]["get"].get("security") or doc.get("security")
+
+
+async def test_docs_pages(client: Client) -> None:
+    for path in ("/docs", "/redoc"):
+        reply = await client.get(path)
+        assert reply.status == 200
+        assert reply.headers["Content-Type"].startswith("text/html")
+        assert b"/openapi.json" in reply.body

@@ -1,0 +1,303 @@
+"""Pure webhook logic and the outbox against real LMDB, without sockets.
+
+Signature, backoff, event kinds from task changes, and the outbox's one promise: a delivery
+record is written in the same transaction as the task change that owes it, or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from dtq import lifecycle, ops
+from dtq.errors import InvalidRequest
+from dtq.models import Task, TaskCreate, TaskError, TaskUpdate
+from dtq.retry import RetryPolicy
+from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
+from dtq.webhook_delivery import check_url
+from dtq.webhooks import (
+    DELIVERIES,
+    DUE,
+    EVENT_KINDS,
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Outbox,
+    Webhook,
+    after_attempt,
+    decode_delivery,
+    drop_deliveries,
+    record_attempt,
+    sign,
+    split_due_key,
+    task_event_kind,
+    verify,
+)
+
+NOW = 1_700_000_000.0
+POLICY = RetryPolicy(base_s=1.0, cap_s=30.0)
+
+
+# --- signature -----------------------------------------------------------------------------------
+
+
+def test_signature_is_hmac_sha256_of_the_exact_body() -> None:
+    # RFC-style known answer: HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog")
+    body = b"The quick brown fox jumps over the lazy dog"
+    assert sign("key", body) == (
+        "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+    )
+    body = b'{"event":"task.created","delivery_id":"x"}'
+    expected = hmac.new(b"s3cret-s3cret-s3cret", body, hashlib.sha256).hexdigest()
+    assert sign("s3cret-s3cret-s3cret", body) == f"sha256={expected}"
+
+
+def test_verify_rejects_another_body_or_secret() -> None:
+    body = b'{"a": 1}'
+    signature = sign("secret-one-secret", body)
+    assert verify("secret-one-secret", body, signature)
+    assert not verify("secret-one-secret", b'{"a": 2}', signature)
+    assert not verify("secret-two-secret", body, signature)
+    assert not verify("secret-one-secret", body, signature.replace("sha256=", "sha1="))
+
+
+# --- backoff and the end of a delivery -------------------------------------------------------
+
+
+def _delivery(attempts: int = 0) -> Delivery:
+    task = lifecycle.new_task(TaskCreate(name="t"), task_id=str(uuid.uuid4()), seq=1, now=NOW)
+    failed = Attempt(started_at=NOW, finished_at=NOW, status_code=500, error="HTTP 500")
+    return Delivery(id=str(uuid.uuid4()), webhook_id=str(uuid.uuid4()), event="task.created",
+                    task=task, created_at=NOW, next_attempt_at=NOW,
+                    attempts=[failed] * attempts)  # fmt: skip
+
+
+def _attempt(status_code: int | None, error: str | None = None) -> Attempt:
+    return Attempt(started_at=NOW, finished_at=NOW + 0.1, status_code=status_code, error=error)
+
+
+@pytest.mark.parametrize("code", [200, 201, 202, 204, 299])
+def test_a_2xx_delivers(code: int) -> None:
+    done = after_attempt(_delivery(2), _attempt(code), max_attempts=8, policy=POLICY, rand=0.5,
+                         now=NOW + 1)  # fmt: skip
+    assert done.status is DeliveryStatus.DELIVERED
+    assert done.next_attempt_at is None and done.completed_at == NOW + 1
+    assert len(done.attempts) == 3
+
+
+@pytest.mark.parametrize("code", [None, 199, 301, 400, 404, 500, 503])
+def test_anything_else_is_retried_with_exponential_backoff(code: int | None) -> None:
+    # rand=0.5 is the middle of the jitter band: exactly base * 2**(n-1)
+    for failures_before, expected_delay in [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 30.0)]:
+        d = after_attempt(_delivery(failures_before), _attempt(code, "boom"), max_attempts=8,
+                          policy=POLICY, rand=0.5, now=NOW)  # fmt: skip
+        assert d.status is DeliveryStatus.PENDING
+        assert d.next_attempt_at == pytest.approx(NOW + expected_delay)
+
+
+def test_backoff_is_jittered_within_a_quarter() -> None:
+    delays = [
+        after_attempt(_delivery(2), _attempt(500), max_attempts=8, policy=POLICY, rand=r,
+                      now=NOW).next_attempt_at - NOW  # type: ignore[operator]
+        for r in (0.0, 0.25, 0.5, 0.75, 0.999)
+    ]  # fmt: skip
+    assert delays == sorted(delays)
+    assert 3.0 <= delays[0] < delays[-1] <= 5.0
+
+
+def test_given_up_after_the_last_allowed_attempt() -> None:
+    d = after_attempt(_delivery(7), _attempt(None, "ConnectError"), max_attempts=8,
+                      policy=POLICY, rand=0.5, now=NOW + 5)  # fmt: skip
+    assert d.status is DeliveryStatus.FAILED
+    assert d.next_attempt_at is None and d.completed_at == NOW + 5
+    assert len(d.attempts) == 8 and d.attempts[-1].error == "ConnectError"
+
+
+# --- event kinds --------------------------------------------------------------------------------
+
+
+def _lifecycle() -> Iterator[tuple[Task | None, Task | None, str | None]]:
+    """(old, new, expected kind) for every kind of change the core makes."""
+    body = TaskCreate(name="t", retry_count=5)
+    t0 = lifecycle.new_task(body, task_id=str(uuid.uuid4()), seq=1, now=NOW)
+    yield None, t0, "task.created"
+    t1 = lifecycle.grant_lease(t0, worker_id="w", lease_s=60, now=NOW + 1)
+    yield t0, t1, "task.leased"
+    t2 = lifecycle.extend_lease(t1, lease_id=t1.lease.id, lease_s=120, now=NOW + 2)  # type: ignore[union-attr]
+    yield t1, t2, None  # a lease extension is no event
+    t3 = lifecycle.fail(t2, lease_id=t2.lease.id, error=TaskError("x"), retry=None,  # type: ignore[union-attr]
+                        now=NOW + 3, policy=POLICY, rand=0.5)  # fmt: skip
+    yield t2, t3, "task.retried"
+    t4 = lifecycle.grant_lease(t3, worker_id="w", lease_s=60, now=NOW + 10)
+    t5 = lifecycle.release(t4, lease_id=t4.lease.id, now=NOW + 11)  # type: ignore[union-attr]
+    yield t4, t5, "task.released"
+    t6 = lifecycle.grant_lease(t5, worker_id="w", lease_s=1, now=NOW + 12)
+    t7 = lifecycle.expire(t6, now=NOW + 14, policy=POLICY, rand=0.5)
+    yield t6, t7, "task.retried"  # an expired lease counts as a failed attempt
+    t8 = lifecycle.apply_update(t7, TaskUpdate(description="edited"), now=NOW + 15)
+    yield t7, t8, "task.updated"
+    t9 = lifecycle.grant_lease(t8, worker_id="w", lease_s=60, now=NOW + 16)
+    yield t9, lifecycle.complete(t9, lease_id=t9.lease.id, result=1, now=NOW + 17), "task.completed"  # type: ignore[union-attr]
+    yield t9, lifecycle.fail(t9, lease_id=t9.lease.id, error=TaskError("x"), retry=False,  # type: ignore[union-attr]
+                             now=NOW + 17, policy=POLICY, rand=0.5), "task.failed"  # fmt: skip
+    yield t9, lifecycle.cancel(t9, now=NOW + 17), "task.cancelled"
+    yield t8, lifecycle.cancel(t8, now=NOW + 17), "task.cancelled"
+    yield t8, None, "task.deleted"
+
+
+@pytest.mark.parametrize(("old", "new", "kind"), list(_lifecycle()))
+def test_event_kind_from_the_change(old: Task | None, new: Task | None, kind: str | None) -> None:
+    assert task_event_kind(old, new) == kind
+
+
+def test_every_kind_is_reachable() -> None:
+    assert {kind for _, _, kind in _lifecycle()} - {None} == set(EVENT_KINDS)
+
+
+# --- url checks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.com/hook", "http://127.0.0.1:8080/x?y=1", "http://[::1]:9/h"]
+)
+def test_good_urls(url: str) -> None:
+    assert check_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://example.com/", "example.com/hook", "http://", "http:///path", " http://a.b/",
+     "http://a.b/\n", "http://a.b:99999/", "javascript:alert(1)", "http://exa mple.com/"],
+)  # fmt: skip
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        check_url(url)
+    assert info.value.details["field"] == "url"
+
+
+# --- the outbox, on real LMDB --------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LmdbStore]:
+    s = LmdbStore(str(tmp_path / "data"), fsync=False)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _hook(events: list[str]) -> Webhook:
+    return Webhook(id=str(uuid.uuid4()), url="http://127.0.0.1:9/h", events=events,
+                   secret="x" * 20, created_at=NOW)  # fmt: skip
+
+
+def _create(tx: LmdbTxn) -> Task:
+    task, _ = ops.create(tx, TaskCreate(name="t"))
+    return task
+
+
+def _create_then_fail(tx: LmdbTxn) -> Task:
+    _create(tx)
+    raise InvalidRequest("changed my mind")
+
+
+def test_no_webhooks_no_sink(store: LmdbStore) -> None:
+    outbox = Outbox()
+    outbox.install(store)
+    assert store.event_sink is None  # the hot path pays one attribute check
+    hook = _hook(["*"])
+    outbox.set_hooks([hook])
+    assert store.event_sink is not None
+    outbox.set_hooks([])
+    assert store.event_sink is None
+
+
+def test_delivery_written_in_the_same_transaction_as_the_change(store: LmdbStore) -> None:
+    outbox = Outbox()
+    outbox.install(store)
+    all_events, completed_only = _hook(["*"]), _hook(["task.completed"])
+    outbox.set_hooks([all_events, completed_only])
+
+    outcomes = store.run_batch([_create, _create_then_fail], NOW)
+    assert [ok for ok, _ in outcomes] == [True, False]
+    created: Task = outcomes[0][1]
+
+    rows = store.scan_raw(DELIVERIES)
+    assert len(rows) == 1  # the rolled-back op left neither a task nor a delivery
+    delivery = decode_delivery(rows[0][1])
+    assert delivery.webhook_id == all_events.id
+    assert (delivery.event, delivery.task.id) == ("task.created", created.id)
+    assert delivery.status is DeliveryStatus.PENDING and delivery.next_attempt_at == NOW
+    assert rows[0][0] == delivery.key
+    assert [split_due_key(k) for k, _ in store.scan_raw(DUE)] == [(NOW, delivery.key)]
+    assert outbox.wrote
+
+
+def test_a_failed_batch_leaves_nothing(store: LmdbStore) -> None:
+    outbox = Outbox()
+    outbox.install(store)
+    outbox.set_hooks([_hook(["*"])])
+
+    def crash(tx: LmdbTxn) -> None:
+        _create(tx)
+        raise lmdb.Error("disk trouble")  # storage failure: the whole batch is rolled back
+
+    with pytest.raises(lmdb.Error):
+        store.run_batch([_create, crash], NOW)  # type: ignore[list-item]
+    assert store.scan_raw(DELIVERIES) == [] and store.scan_raw(DUE) == []
+
+
+def test_installed_webhooks_are_loaded_from_storage(store: LmdbStore) -> None:
+    from dtq.webhooks import put_webhook
+
+    hook = _hook(["task.created"])
+    store.run_batch([lambda tx: put_webhook(tx, hook)], NOW)
+    outbox = Outbox()
+    outbox.install(store)
+    assert list(outbox.hooks) == [hook.id]
+    store.run_batch([_create], NOW)
+    assert len(store.scan_raw(DELIVERIES)) == 1
+
+
+def test_record_attempt_moves_the_due_entry_then_removes_it(store: LmdbStore) -> None:
+    outbox = Outbox()
+    outbox.install(store)
+    outbox.set_hooks([_hook(["*"])])
+    store.run_batch([_create], NOW)
+    (dkey, _), = store.scan_raw(DELIVERIES)  # fmt: skip
+
+    def record(code: int) -> Delivery | None:
+        [(ok, result)] = store.run_batch(
+            [lambda tx: record_attempt(tx, dkey, _attempt(code), max_attempts=8, policy=POLICY,
+                                       rand=0.5)], NOW + 1,
+        )  # fmt: skip
+        assert ok, result
+        return result  # type: ignore[no-any-return]
+
+    retry = record(500)
+    assert retry is not None and retry.next_attempt_at == pytest.approx(NOW + 2)
+    assert [split_due_key(k) for k, _ in store.scan_raw(DUE)] == [(pytest.approx(NOW + 2), dkey)]
+    done = record(200)
+    assert done is not None and done.status is DeliveryStatus.DELIVERED
+    assert store.scan_raw(DUE) == []
+    stored = decode_delivery(store.scan_raw(DELIVERIES)[0][1])
+    assert [a.status_code for a in stored.attempts] == [500, 200]
+
+    [(_, dropped)] = store.run_batch([lambda tx: drop_deliveries(tx, [dkey])], NOW + 2)
+    assert dropped == 1 and store.scan_raw(DELIVERIES) == []
+
+
+def test_scan_raw_prefix_order_and_limit(store: LmdbStore) -> None:
+    keys = [b"a1", b"a2", b"a3", b"b1"]
+    store.run_batch([lambda tx: [tx.put_raw("kv", k, k.upper()) for k in keys]], NOW)
+    assert store.scan_raw("kv", b"a") == [(b"a1", b"A1"), (b"a2", b"A2"), (b"a3", b"A3")]
+    assert [k for k, _ in store.scan_raw("kv", b"a", reverse=True, limit=2)] == [b"a3", b"a2"]
+    assert [k for k, _ in store.scan_raw("kv", limit=1)] == [b"a1"]
+    assert [k for k, _ in store.scan_raw("kv", reverse=True)] == keys[::-1]
