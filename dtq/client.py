@@ -63,6 +63,10 @@ class _Req(Generic[T]):
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class _WebSocketTrouble(Exception):
+    """The WebSocket could not be used; callers fall back to polling."""
+
+
 def api_error(response: httpx.Response) -> DtqError:
     """The server's error envelope as the matching `dtq.errors` exception."""
     try:
@@ -312,15 +316,48 @@ class AsyncClient(_Base):
         await self._send(self._req_delete(task_id))
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskOut:
-        """Until the task is completed, failed or cancelled; `TimeoutError` after `timeout` s."""
-        delay = 0.02
+        """Until the task is completed, failed or cancelled; `TimeoutError` after `timeout` s.
+
+        Listens on `/ws/tasks` for the task's events; polls if the WebSocket is unavailable.
+        """
         with anyio.fail_after(timeout):
+            try:
+                return await self._wait_ws(task_id)
+            except (httpx.HTTPError, OSError, _WebSocketTrouble):
+                pass
+            delay = 0.02
             while True:
                 task = await self.get(task_id)
                 if task.status in FINAL_STATUSES:
                     return task
                 await anyio.sleep(delay)
                 delay = min(delay * 1.5, 1.0)
+
+    async def _wait_ws(self, task_id: str) -> TaskOut:
+        from httpx_ws import HTTPXWSException, WebSocketDisconnect, aconnect_ws
+
+        try:
+            connect: Any = aconnect_ws(
+                f"/ws/tasks?task_id={task_id}",
+                self._http,
+                headers=self._auth_headers(),
+                keepalive_ping_interval_seconds=None,
+                max_message_size_bytes=16 << 20,
+            )
+            async with connect as ws:
+                # Subscribed first, then read: a change in between is not missed.
+                task = await self.get(task_id)
+                while task.status not in FINAL_STATUSES:
+                    message = msgspec.json.decode(await ws.receive_text())
+                    events = message.get("events", [message])
+                    for event in events:
+                        if "task" in event and event["task"]["id"] == task.id:
+                            task = msgspec.convert(event["task"], TaskOut)
+                        elif event.get("event") == "lagged":
+                            task = await self.get(task_id)
+                return task
+        except (HTTPXWSException, WebSocketDisconnect) as exc:
+            raise _WebSocketTrouble(str(exc)) from exc
 
     async def dashboard(self) -> dict[str, Any]:
         return await self._send(self._req_analytics("dashboard", {}))

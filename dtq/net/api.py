@@ -7,6 +7,7 @@ them into the guide's JSON error.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,13 @@ class Api:
 
         def decorator(handler: Handler) -> Handler:
             self.registry.add(spec)
+            for i, alias in enumerate(aliases, 1):  # documented too (paths without parameters)
+                self.registry.add(
+                    dataclasses.replace(
+                        spec, path=alias, operation_id=f"{spec.operation_id}_alias{i}",
+                        description=f"Same as `{spec.path}`.",
+                    )
+                )  # fmt: skip
             self._routes.append((spec, handler, permission, aliases))
             return handler
 

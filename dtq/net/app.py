@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import structlog
+from msgspec import Struct
 from quart import g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -17,6 +18,7 @@ from dtq.net.api import Api, Services, respond
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
 from dtq.net.metrics import metrics_route_spec, register_metrics_route
+from dtq.net.openapi import RouteSpec
 from dtq.net.routes import admin, analytics, tasks, webhooks, workers
 from dtq.net.ws import register_websockets
 from dtq.settings import Settings
@@ -26,11 +28,39 @@ API_PREFIX = "/api/v1"
 APP_NAME = "Distributed Task Queue System"
 
 
+class Health(Struct):
+    status: str
+    version: str
+    timestamp: str
+
+
+class Info(Struct):
+    name: str
+    version: str
+    environment: str
+    debug: bool
+
+
+def _system_specs() -> list[RouteSpec]:
+    """The open endpoints served by `create_app` itself (documented, not routed, here)."""
+    return [
+        RouteSpec("GET", "/health", "Liveness", "System", "health", response=Health,
+                  auth=False, envelope=False),
+        RouteSpec("GET", "/ready", "Readiness (503 while storage or services are not ready)",
+                  "System", "ready", response=Health, auth=False, envelope=False,
+                  errors=(503,)),
+        RouteSpec("GET", "/info", "Application information", "System", "info", response=Info,
+                  auth=False, envelope=False),
+    ]  # fmt: skip
+
+
 def build_api(services: Services) -> Api:
     api = Api(services)
     for group in (tasks, workers, analytics, admin, webhooks):
         group.register(api)
     api.registry.add(metrics_route_spec(services.settings))  # served by register_metrics_route
+    for spec in _system_specs():
+        api.registry.add(spec)
     return api
 
 

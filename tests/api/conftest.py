@@ -2,8 +2,9 @@
 driven through Quart's test client, as `tests/api` users of the guide would see it.
 
 Rate limits are off by default here so tests can make many requests; the rate-limit tests set
-their own. Use `settings_overrides` (e.g. via `@pytest.mark.parametrize(..., indirect=True)` or a
-module-level fixture override) to change settings for a test.
+their own. A test changes settings with `@pytest.mark.parametrize("settings_overrides", [{...}])`.
+Times: tests that need exact durations or expiries take pytest-trio's `mock_clock` (the core's
+clock follows trio's, so time moves only when the test jumps it).
 """
 
 from __future__ import annotations
@@ -107,9 +108,3 @@ async def keys(services: Services) -> dict[Role, str]:
 async def admin(client: Client) -> Client:
     """Logged in as the bootstrap admin."""
     return client.bearer(await login(client, "admin", ADMIN_PASSWORD))
-
-
-@pytest.fixture
-def as_role(client: Client, tokens: dict[Role, str]) -> Any:
-    """`as_role(Role.VIEWER)` -> a client with that role's bearer token."""
-    return lambda role: client.bearer(tokens[role])

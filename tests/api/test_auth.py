@@ -57,12 +57,9 @@ async def test_every_api_route_needs_credentials(client: Client, app: QuartTrio)
     for method, rule in rules:
         if rule == "/api/v1/auth/login":
             continue
-        body = {} if method in ("POST", "PUT") else None
-        reply = (
-            await client.request(method, fill(rule), json=body)
-            if body is not None
-            else (await client.request(method, fill(rule)))
-        )
+        kw: dict[str, Any] = {"json": {}} if method in ("POST", "PUT") else {}
+        reply = await client.request(method, fill(rule), **kw)
+        assert reply.status == 401, (method, rule, reply)
         error_of(reply, 401, "UNAUTHORIZED")
     error_of(await client.get("/workers/status"), 401, "UNAUTHORIZED")
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from dtq import __version__
+from dtq.net.api import Services
 
 from .helpers import TIMESTAMP, Client, create_task, error_of, success_body
 
@@ -58,6 +59,16 @@ async def test_ready(client: Client) -> None:
     assert body["status"] == "ready"
     assert body["version"] == __version__
     assert TIMESTAMP.match(body["timestamp"])
+
+
+async def test_not_ready_while_shutting_down(client: Client, services: Services) -> None:
+    services.queue.begin_shutdown()
+    reply = await client.get("/ready")
+    assert reply.status == 503
+    body = reply.json
+    assert body["status"] == "not_ready"
+    assert body["reason"]
+    assert (await client.get("/health")).status == 200  # alive, just not taking work
 
 
 async def test_info(client: Client) -> None:
