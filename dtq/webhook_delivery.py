@@ -128,6 +128,7 @@ class WebhookService:
         self.outbox = outbox
         self.policy = RetryPolicy(settings.webhook_backoff_base_s, settings.webhook_backoff_max_s)
         self.stats = WebhookStats()
+        self.outcome_listeners: list[Callable[[str], None]] = []  # e.g. the /metrics counter
         self._concurrency = max(1, settings.webhook_concurrency)
         self._max_attempts = max(1, settings.webhook_max_attempts)
         self._render = render
@@ -303,6 +304,11 @@ class WebhookService:
     def _recorded(self, delivery: Delivery | None) -> None:
         if delivery is None:
             return
+        outcome = {DeliveryStatus.DELIVERED: "delivered", DeliveryStatus.FAILED: "failed"}.get(
+            delivery.status, "retrying"
+        )
+        for listener in self.outcome_listeners:
+            listener(outcome)
         if delivery.status == DeliveryStatus.DELIVERED:
             self.stats.delivered += 1
         elif delivery.status == DeliveryStatus.FAILED:

@@ -47,6 +47,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         queue.writer.commit_hooks.append(metrics.on_commit)
         webhooks = WebhookService(queue.store, queue.writer, queue.clock, settings, outbox,
                                   render=delivery_body)  # fmt: skip
+        webhooks.outcome_listeners.append(metrics.webhook_delivery)
         async with trio.open_nursery() as nursery:
             await nursery.start(webhooks.run)
             try:
