@@ -54,6 +54,18 @@ class WorkerTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _Running:
+    """A task this worker is running."""
+
+    __slots__ = ("extended_at", "lease_id", "lost", "scope")
+
+    def __init__(self, lease_id: str, now: float) -> None:
+        self.lease_id = lease_id
+        self.extended_at = now  # trio time of the grant or the last extension
+        self.lost = False
+        self.scope = trio.CancelScope()
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -88,8 +100,7 @@ class Worker:
         self.poll_wait_s = poll_wait_s
         self.only_known_names = only_known_names
         self.handlers: dict[str, Handler] = {}
-        self._running: dict[str, trio.CancelScope] = {}
-        self._leases: dict[str, str] = {}  # task id -> lease id, while running
+        self._running: dict[str, _Running] = {}
         self._slot_freed = trio.Event()
         self._acks: list[AckItem] = []
         self._acks_ready = trio.Event()
@@ -149,6 +160,7 @@ class Worker:
             async with trio.open_nursery() as background:
                 background.start_soon(self._ack_loop, client)
                 background.start_soon(self._heartbeat_loop, client)
+                background.start_soon(self._lease_keeper, client)
                 async with trio.open_nursery() as tasks:
                     task_status.started()
                     with trio.CancelScope() as lease_scope:
@@ -196,11 +208,10 @@ class Worker:
                 await trio.sleep(delay)
                 continue
             for task in leased:
-                scope = trio.CancelScope()
-                self._running[task.id] = scope
                 assert task.lease is not None
-                self._leases[task.id] = task.lease.id
-                tasks.start_soon(self._run_task, client, task, scope)
+                running = _Running(task.lease.id, trio.current_time())
+                self._running[task.id] = running
+                tasks.start_soon(self._run_task, task, running)
 
     async def _drain(self, client: WorkerTransport, tasks: trio.Nursery) -> None:
         """Stop leasing; give running tasks the grace period, then hand them back."""
@@ -212,9 +223,9 @@ class Worker:
             while self._running:
                 self._slot_freed = trio.Event()
                 await self._slot_freed.wait()
-        leftovers = dict(self._leases)
-        for scope in self._running.values():
-            scope.cancel()
+        leftovers = {tid: r.lease_id for tid, r in self._running.items() if not r.lost}
+        for running in self._running.values():
+            running.scope.cancel()
         for task_id, lease_id in leftovers.items():
             with trio.move_on_after(5):
                 try:
@@ -225,27 +236,18 @@ class Worker:
                                 error=str(exc))  # fmt: skip
 
     # -- one task --------------------------------------------------------------------------
-    async def _run_task(
-        self, client: WorkerTransport, task: TaskOut, scope: trio.CancelScope
-    ) -> None:
-        assert task.lease is not None
-        lease_id = task.lease.id
-        lost = trio.Event()
+    async def _run_task(self, task: TaskOut, running: _Running) -> None:
         outcome: AckItem | None = None
         try:
-            async with trio.open_nursery() as keeper:
-                keeper.start_soon(self._keep_lease, client, task.id, lease_id, scope, lost)
-                with scope:
-                    outcome = await self._execute(task, lease_id)
-                keeper.cancel_scope.cancel()
+            with running.scope:
+                outcome = await self._execute(task, running.lease_id)
         finally:
             del self._running[task.id]
             self._slot_freed.set()
-        if lost.is_set() or outcome is None:
-            if lost.is_set():
+        if running.lost or outcome is None:
+            if running.lost:
                 log.info("result dropped: lease lost or task cancelled", task_id=task.id)
             return
-        self._leases.pop(task.id, None)
         self._acks.append(outcome)
         self._acks_ready.set()
 
@@ -282,26 +284,31 @@ class Worker:
                             traceback=tb[-100_000:] if tb else None)  # fmt: skip
         return AckItem(id=task.id, lease_id=lease_id, status="failed", error=error)
 
-    async def _keep_lease(
-        self,
-        client: WorkerTransport,
-        task_id: str,
-        lease_id: str,
-        scope: trio.CancelScope,
-        lost: trio.Event,
-    ) -> None:
-        """Extend at a third of the lease; stop the handler if the server says it is gone."""
+    async def _lease_keeper(self, client: WorkerTransport) -> None:
+        """One loop for all running tasks: extend each lease once a third of it has passed;
+        stop a handler whose lease the server says is gone (expired, cancelled, deleted)."""
+        every_s = self.lease_seconds / 3
         while True:
-            await trio.sleep(self.lease_seconds / 3)
-            try:
-                await client.extend(task_id, lease_id, self.lease_seconds)
-            except (Conflict, NotFound):
-                lost.set()
-                self._leases.pop(task_id, None)
-                scope.cancel()
-                return
-            except _TRANSIENT as exc:
-                log.warning("lease extension failed; will retry", task_id=task_id, error=str(exc))
+            await trio.sleep(every_s / 2)
+            now = trio.current_time()
+            due = [
+                (tid, r) for tid, r in self._running.items()
+                if not r.lost and now - r.extended_at >= every_s
+            ]  # fmt: skip
+            if due:
+                async with trio.open_nursery() as nursery:
+                    for task_id, running in due:
+                        nursery.start_soon(self._extend, client, task_id, running)
+
+    async def _extend(self, client: WorkerTransport, task_id: str, running: _Running) -> None:
+        try:
+            await client.extend(task_id, running.lease_id, self.lease_seconds)
+            running.extended_at = trio.current_time()
+        except (Conflict, NotFound):
+            running.lost = True
+            running.scope.cancel()
+        except _TRANSIENT as exc:
+            log.warning("lease extension failed; will retry", task_id=task_id, error=str(exc))
 
     # -- results and heartbeats ----------------------------------------------------------
     async def _ack_loop(self, client: WorkerTransport) -> None:
