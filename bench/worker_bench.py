@@ -38,7 +38,7 @@ WORKER_MODULE = textwrap.dedent(
                     heartbeat_interval_s=5, poll_wait_s=20)
 
     @worker.task("noop")
-    def noop(payload):
+    async def noop(payload):  # async: measures the queue, not a thread pool
         return None
 
     @worker.task("stamp")

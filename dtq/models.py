@@ -134,7 +134,7 @@ class TaskCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     description: Annotated[str, Meta(max_length=2000)] | None = None
     priority: Priority = Priority.MEDIUM
     retry_count: Annotated[int, Meta(ge=0, le=100)] = 0
-    timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] = 3600
+    timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] = 3600.0
     payload: Any = msgspec.field(default_factory=dict)
     queue: QueueName = "default"
     run_at: datetime | None = None
