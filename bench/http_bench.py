@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -356,7 +356,13 @@ def _py_load_proc(
 
 
 def run_python_load(
-    port: int, method: str, path: str, key: str | None, body: Any, sizes: Sizes
+    port: int,
+    method: str,
+    path: str,
+    key: str | None,
+    body: Any,
+    sizes: Sizes,
+    server_cpu: Callable[[], float],
 ) -> dict[str, Any]:
     procs_n = max(1, min(4, (os.cpu_count() or 2) - 1))
     request = http_request(method, path, port, key, body)
@@ -368,11 +374,20 @@ def run_python_load(
         ctx.Process(target=_py_load_proc, args=(port, request, n, sizes.seconds, out, start_at))
         for n in per
     ]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=sizes.seconds + 60) for _ in procs]
-    for p in procs:
-        p.join(timeout=10)
+    try:
+        for p in procs:
+            p.start()
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu0 = server_cpu()
+        results = [out.get(timeout=sizes.seconds + 60) for _ in procs]
+        window_cpu = server_cpu() - cpu0
+        for p in procs:
+            p.join(timeout=10)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
     done = sum(r[0] for r in results)
     lat = latency_summary_ms([x for r in results for x in r[2]])
     return {
@@ -385,6 +400,7 @@ def run_python_load(
         "p50_ms": lat["p50_ms"],
         "p99_ms": lat["p99_ms"],
         "max_ms": lat["max_ms"],
+        "window_server_cpu_percent": round(100 * window_cpu / sizes.seconds, 1),
     }
 
 
@@ -443,12 +459,15 @@ class LoadRunner:
             url = f"http://{HOST}:{srv.port}{path}"
             r = run_wrk(url, method, srv.key, body, self.sizes, self.workdir)
         else:
-            r = run_python_load(srv.port, method, path, srv.key, body, self.sizes)
+            r = run_python_load(srv.port, method, path, srv.key, body, self.sizes, srv.cpu_seconds)
         wall = time.perf_counter() - t0
         server_cpu = srv.cpu_seconds() - cpu0
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         load_cpu = kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime
-        r["server_cpu_percent"] = round(100 * server_cpu / wall, 1)
+        # over the measured window when the load generator reports it (wrk: the whole run)
+        r["server_cpu_percent"] = r.pop(
+            "window_server_cpu_percent", round(100 * server_cpu / wall, 1)
+        )
         r["load_generator_cpu_percent"] = round(100 * load_cpu / wall, 1)
         r.update(contention(sys_cpu, server_cpu + load_cpu, wall))
         r["waited_for_quiet"] = quiet
@@ -457,6 +476,11 @@ class LoadRunner:
 
 
 # -- lease wake-up latency --------------------------------------------------------------------
+
+
+async def _read_timed(conn: TrioConn, into: dict[str, Any], name: str) -> None:
+    into[name] = await conn.read_response()
+    into[name + "_t"] = time.perf_counter()
 
 
 async def wakeup_latency(port: int, key: str, samples: int, warmup: int = 20) -> dict[str, Any]:
@@ -472,12 +496,14 @@ async def wakeup_latency(port: int, key: str, samples: int, warmup: int = 20) ->
     for i in range(warmup + samples):
         await worker.send(lease)
         await trio.sleep(0.02)  # the server parks the long poll meanwhile
+        got: dict[str, Any] = {}
         t0 = time.perf_counter()
         await producer.send(create)
-        status, raw = await worker.read_response()
-        t1 = time.perf_counter()
-        cstatus, _ = await producer.read_response()
-        t2 = time.perf_counter()
+        async with trio.open_nursery() as nursery:  # both answers, each timed on arrival
+            nursery.start_soon(_read_timed, worker, got, "lease")
+            nursery.start_soon(_read_timed, producer, got, "create")
+        (status, raw), (cstatus, _) = got["lease"], got["create"]
+        t1, t2 = got["lease_t"], got["create_t"]
         leased = json.loads(raw)["data"] if status == 200 else []
         if status != 200 or cstatus != 201 or len(leased) != 1:
             raise RuntimeError(
@@ -609,8 +635,10 @@ def _readline(stream: IO[str], timeout: float) -> str:
         sel.close()
 
 
-def wait_parked(server: Server, min_fds: int, timeout: float) -> float:
-    """Until the server holds min_fds descriptors and its CPU calms down (polls parked)."""
+def wait_parked(server: Server, min_fds: int, timeout: float) -> tuple[float, float]:
+    """Until the server holds min_fds descriptors and its CPU calms down (polls parked).
+
+    Returns (seconds until it held them, seconds waited in all)."""
     t0 = time.perf_counter()
     reached: float | None = None
     last = server.cpu_seconds()
@@ -623,7 +651,8 @@ def wait_parked(server: Server, min_fds: int, timeout: float) -> float:
             reached = time.perf_counter()
         if reached is not None and (busy < 0.025 or time.perf_counter() - reached > 3):
             break
-    return time.perf_counter() - t0
+    end = time.perf_counter()
+    return (end if reached is None else reached) - t0, end - t0
 
 
 def idle_long_polls(server: Server, n: int) -> dict[str, Any]:
@@ -643,6 +672,7 @@ def idle_long_polls(server: Server, n: int) -> dict[str, Any]:
         cwd=REPO_DIR,
     )  # fmt: skip
     assert child.stdin is not None and child.stdout is not None
+    started = time.perf_counter()
     try:
         line = _readline(child.stdout, 150)
         if not line.startswith("SENT"):
@@ -650,7 +680,8 @@ def idle_long_polls(server: Server, n: int) -> dict[str, Any]:
                 f"long-poll client: {line!r} {child.stderr.read() if child.stderr else ''}"
             )
         _, opened, connect_s, failed = line.split()
-        settle_s = wait_parked(server, base_fds + int(opened), 90)
+        held_s, settle_s = wait_parked(server, base_fds + int(opened), 90)
+        held_s += time.perf_counter() - started - settle_s
         mem = server.memory()
         fds = proc_fd_count(server.pid)
         cpu_idle0 = server.cpu_seconds()
@@ -677,7 +708,8 @@ def idle_long_polls(server: Server, n: int) -> dict[str, Any]:
     return {
         "long_polls": int(opened),
         "connect_failures": int(failed),
-        "connect_seconds": float(connect_s),
+        "connect_seconds": float(connect_s),  # client: all requests written
+        "all_held_after_seconds": round(held_s, 2),  # server: all sockets open (from client start)
         "settle_seconds": round(settle_s, 2),
         "server_fds": fds,
         "rss_before_mb": round(base_mem["VmRSS"] / 1024, 1),
@@ -791,7 +823,7 @@ def main() -> int:
                     f"{r['rss_mb']:,.0f}",
                     "MB",
                     f"before {r['rss_before_mb']:,.0f} MB, {r['per_poll_kib']} KiB/poll, "
-                    f"connect {r['connect_seconds']} s, idle cpu {r['idle_cpu_percent']}%",
+                    f"all held after {r['all_held_after_seconds']} s, idle cpu {r['idle_cpu_percent']}%",
                     r,
                 )
                 hp, hb = r["health_while_parked"], r["health_before"]
@@ -859,39 +891,49 @@ def rate_runs(runner: LoadRunner, server: Server, sizes: Sizes, add: Any) -> Non
         )
         return (
             f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, server cpu "
-            f"{r['server_cpu_percent']}%, wrk cpu {r['load_generator_cpu_percent']}%, "
+            f"{r['server_cpu_percent']}%, load gen cpu {r['load_generator_cpu_percent']}%, "
             f"others {r['other_cores']} cores{errs}{extra}"
         )
 
-    r = runner.run("health", "GET", "/health")
-    add("health", "GET /health (bare route)", fmt_rate(r["rate"]), "req/s", note(r), r)
-    bare = r["rate"]
-
+    # health and create run twice, interleaved (health, get, create, batch, health, create),
+    # so the create/bare ratio compares like with like on a noisy machine.
+    h1 = runner.run("health", "GET", "/health")
     task_id = create_task_id(server)
-    r = runner.run("get", "GET", f"/api/v1/tasks/{task_id}")
-    add("get_task", "GET /api/v1/tasks/{id}", fmt_rate(r["rate"]), "req/s", note(r), r)
+    g = runner.run("get", "GET", f"/api/v1/tasks/{task_id}")
+    c1 = runner.run("create", "POST", "/api/v1/tasks", TASK_BODY)
+    batch = {"tasks": [{**TASK_BODY, "payload": {"i": i, "data": "x" * 32}} for i in range(100)]}
+    b = runner.run("batch", "POST", "/api/v1/tasks/batch", batch)
+    h2 = runner.run("health-2", "GET", "/health")
+    c2 = runner.run("create-2", "POST", "/api/v1/tasks", TASK_BODY)
 
-    r = runner.run("create", "POST", "/api/v1/tasks", TASK_BODY)
-    r["vs_bare"] = round(r["rate"] / bare, 3)
+    bare = (h1["rate"] + h2["rate"]) / 2
+    create = (c1["rate"] + c2["rate"]) / 2
+    add(
+        "health",
+        "GET /health (bare route)",
+        fmt_rate(bare),
+        "req/s",
+        f"runs {h1['rate']:,.0f} / {h2['rate']:,.0f}; " + note(h1),
+        {"rate": round(bare, 1), "runs": [h1, h2]},
+    )
+    add("get_task", "GET /api/v1/tasks/{id}", fmt_rate(g["rate"]), "req/s", note(g), g)
+    ratio = round(create / bare, 3)
     add(
         "create",
         "POST /api/v1/tasks (single, fsync)",
-        fmt_rate(r["rate"]),
+        fmt_rate(create),
         "req/s",
-        note(r, f", {100 * r['vs_bare']:.0f}% of bare"),
-        r,
+        f"{100 * ratio:.0f}% of bare; runs {c1['rate']:,.0f} / {c2['rate']:,.0f}; " + note(c1),
+        {"rate": round(create, 1), "vs_bare": ratio, "runs": [c1, c2]},
     )
-
-    batch = {"tasks": [{**TASK_BODY, "payload": {"i": i, "data": "x" * 32}} for i in range(100)]}
-    r = runner.run("batch", "POST", "/api/v1/tasks/batch", batch)
-    r["tasks_per_s"] = round(r["rate"] * 100, 1)
+    b["tasks_per_s"] = round(b["rate"] * 100, 1)
     add(
         "batch",
         "POST /api/v1/tasks/batch (100/request, fsync)",
-        fmt_rate(r["tasks_per_s"]),
+        fmt_rate(b["tasks_per_s"]),
         "tasks/s",
-        note(r, f", {r['rate']:,.0f} req/s"),
-        r,
+        note(b, f", {b['rate']:,.0f} req/s"),
+        b,
     )
 
 
@@ -928,9 +970,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         lp = results["long_polls"]
         out.append(
             {
-                "target": f"{lp['long_polls']:,} idle long polls < 500 MB server RSS",
+                "target": f"{lp['long_polls']:,} idle long polls < 500 MB server RSS"
+                + ("" if lp["long_polls"] >= 10_000 else " (quick: the target is for 10,000)"),
                 "measured": lp["rss_mb"],
-                "ok": lp["rss_mb"] < TARGET_LONGPOLL_RSS_MB and lp["long_polls"] >= 10_000,
+                "ok": lp["rss_mb"] < TARGET_LONGPOLL_RSS_MB,
             }
         )
     return out
