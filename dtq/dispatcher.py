@@ -45,6 +45,10 @@ class Entry:
         return f"<Entry {self.task_id} {self.queue}/{self.rank}@{self.order} {self.name!r}>"
 
 
+def _order(entry: Entry) -> tuple[float, int]:
+    return entry.order
+
+
 class Waiter:
     __slots__ = ("claimed", "event", "max_tasks", "names", "queues")
 
@@ -101,6 +105,18 @@ class Dispatcher:
                 waiter.event.set()
                 return
         self._enqueue(entry)
+
+    def load(self, ready: list[Entry], scheduled: list[tuple[float, Entry]]) -> None:
+        """Start-up: fill an empty dispatcher in bulk (one sort per queue, one heapify)."""
+        ready.sort(key=_order)
+        for entry in ready:
+            self._deques(entry.queue)[entry.rank].append(entry)
+        self._ready.update((e.task_id, e) for e in ready)
+        for run_at, entry in scheduled:
+            self._scheduled_live[entry.task_id] = entry
+            self._scheduled.append((run_at, entry.seq, next(self._tiebreak), entry))
+        heapq.heapify(self._scheduled)
+        self.schedule_changed.set()
 
     def give_back(self, entries: Iterable[Entry]) -> None:
         """Claimed tasks that were not leased: to a waiting worker, else back in line."""

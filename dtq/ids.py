@@ -1,19 +1,30 @@
-"""Identifiers. `random` rather than os.urandom: task and lease ids need uniqueness, not
-secrecy (callers are authenticated; a lease id is a fencing token, not a credential), and a
-getrandom syscall per id was measurable on the hot path."""
+"""Identifiers.
+
+Task ids are UUIDv7 (RFC 9562): a millisecond timestamp then random bits. Time-ordered keys keep
+each group commit's new tasks on a few B-tree pages instead of one page per task, which made
+fsync'd commits several times cheaper (random UUID4 keys touched a page per task).
+`random` rather than os.urandom: ids need uniqueness, not secrecy (callers are authenticated;
+a lease id is a fencing token, not a credential), and a syscall per id was measurable."""
 
 from __future__ import annotations
 
 import random
+import time
 import uuid
-
-_V4_MASK = ~(0xF000 << 64) & ~(0xC000 << 48) & ((1 << 128) - 1)
-_V4_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_task_id() -> str:
-    """A random version-4 UUID."""
-    return str(uuid.UUID(int=random.getrandbits(128) & _V4_MASK | _V4_BITS))
+    """A version-7 UUID: 48-bit Unix milliseconds, version, 12 + 62 random bits, variant."""
+    ms = time.time_ns() // 1_000_000
+    rand = random.getrandbits(74)
+    value = (
+        (ms & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (rand >> 62) << 64
+        | 0b10 << 62
+        | (rand & ((1 << 62) - 1))
+    )
+    return str(uuid.UUID(int=value))
 
 
 def new_lease_id() -> str:

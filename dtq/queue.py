@@ -6,6 +6,7 @@ commit, in commit order, the in-memory dispatcher and lease/worker deadlines fol
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from collections.abc import Callable, Sequence
@@ -73,17 +74,25 @@ class TaskQueue:
         """Rebuild the in-memory structures from storage; running tasks keep their expiry."""
         now = self.clock.now()
         count = 0
-        pending: list[tuple[Entry, float | None]] = []
-        for row in self.store.iter_pending():
-            entry = Entry(row.task_id, row.queue, row.rank, row.seq, row.name, row.ready_at)
-            pending.append((entry, row.run_at))
-            count += 1
-        pending.sort(key=lambda item: item[0].order)  # the order they were live in
-        for entry, run_at in pending:
-            if run_at is not None and run_at > now:
-                self.dispatcher.schedule(entry, run_at)
-            else:
-                self.dispatcher.push(entry)
+        ready: list[Entry] = []
+        scheduled: list[tuple[float, Entry]] = []
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a million new objects would trigger many useless collections
+        try:
+            for row in self.store.iter_pending():
+                entry = Entry(row.task_id, row.queue, row.rank, row.seq, row.name, row.ready_at)
+                if row.run_at is not None and row.run_at > now:
+                    scheduled.append((row.run_at, entry))
+                else:
+                    ready.append(entry)
+            count = len(ready) + len(scheduled)
+            self.dispatcher.load(ready, scheduled)  # in the order they were live
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if count > 100_000:
+            # Long-lived: keep the cyclic collector from rescanning them (long pauses at 1M).
+            gc.freeze()
         for lease in self.store.iter_leases():
             self._leases.append(lease)
             count += 1

@@ -6,6 +6,7 @@ Times in keys are integer microseconds since the epoch.
 from __future__ import annotations
 
 import math
+import struct
 
 from dtq.models import Priority, TaskStatus
 
@@ -17,8 +18,12 @@ PRIORITY_BYTE = {p: p.rank.to_bytes(1, "big") for p in Priority}
 PRIORITY_FROM_RANK = {p.rank: p for p in Priority}
 
 
+_pack_u64 = struct.Struct(">Q").pack
+_pack_u64x2 = struct.Struct(">QQ").pack
+
+
 def u64(n: int) -> bytes:
-    return n.to_bytes(_U64, "big")
+    return _pack_u64(n)
 
 
 def from_u64(b: bytes) -> int:
@@ -56,7 +61,7 @@ def ready_key(queue: str, priority: Priority, seq: int) -> bytes:
 def time_id_key(t: float, seq: int, tkey: bytes) -> bytes:
     """when (8) | seq (8) | task key (16): the created/updated listing indexes. The enqueue
     seq breaks ties between tasks of one group commit (they share a timestamp)."""
-    return u64(micros(t)) + u64(seq) + tkey
+    return _pack_u64x2(int(t * 1_000_000), seq) + tkey
 
 
 def status_key(status: TaskStatus, created_at: float, seq: int, tkey: bytes) -> bytes:

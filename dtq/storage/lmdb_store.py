@@ -25,6 +25,7 @@ until due, so promotion costs no write.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
@@ -46,6 +47,10 @@ TABLES = (
 _COUNTERS = b"counters"
 _SEQ = b"seq"
 _SECONDS_PER_DAY = 86400
+
+
+_PENDING_VALUE = struct.Struct(">QQ")  # run_at_us, ready_at_us (after the 16-byte task key)
+_SEQ_UNPACK = struct.Struct(">Q").unpack_from
 
 
 class PendingRow(NamedTuple):
@@ -396,21 +401,32 @@ class LmdbStore:
         return matched[skip : skip + limit], len(matched)
 
     def iter_pending(self) -> Iterator[PendingRow]:
-        """Every pending task, in index order (queue, priority, seq)."""
+        """Every pending task, in index order (queue, priority, seq).
+
+        Start-up reads a million of these: fields are unpacked with one struct call, and
+        queue and task names are shared strings rather than a copy per task.
+        """
+        names: dict[bytes, str] = {}
+        queues: dict[bytes, str] = {}
+        unpack = _PENDING_VALUE.unpack_from
         with self.env.begin(db=self.db["pending"]) as txn:
             for key, val in txn.cursor():
                 key = bytes(key)
-                val = bytes(val)
                 sep = key.index(K.SEP)
-                run_at_us = K.from_u64(val[16:24])
+                qraw = key[:sep]
+                queue = queues.get(qraw) or queues.setdefault(qraw, qraw.decode())
+                nraw = bytes(val[32:])
+                name = names.get(nraw) or names.setdefault(nraw, nraw.decode())
+                h = bytes(val[:16]).hex()
+                run_at_us, ready_us = unpack(val, 16)
                 yield PendingRow(
-                    queue=key[:sep].decode(),
-                    rank=key[sep + 1],
-                    seq=K.from_u64(key[sep + 2 :]),
-                    task_id=K.task_id_from_key(val[:16]),
-                    name=val[32:].decode(),
-                    run_at=run_at_us / 1_000_000 if run_at_us else None,
-                    ready_at=K.from_u64(val[24:32]) / 1_000_000,
+                    queue,
+                    key[sep + 1],
+                    _SEQ_UNPACK(key, sep + 2)[0],
+                    f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
+                    name,
+                    run_at_us / 1_000_000 if run_at_us else None,
+                    ready_us / 1_000_000,
                 )
 
     def iter_leases(self) -> Iterator[tuple[float, str, str]]:
