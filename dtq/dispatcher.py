@@ -10,7 +10,6 @@ Waiters are served in arrival order, and a ready task wakes exactly one waiter.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 from collections import deque
@@ -50,7 +49,7 @@ def _order(entry: Entry) -> tuple[float, int]:
 
 
 class Waiter:
-    __slots__ = ("claimed", "event", "max_tasks", "names", "queues")
+    __slots__ = ("active", "arrival", "claimed", "event", "max_tasks", "names", "queues")
 
     def __init__(
         self, queues: frozenset[str] | None, names: frozenset[str] | None, max_tasks: int
@@ -60,6 +59,8 @@ class Waiter:
         self.max_tasks = max_tasks
         self.claimed: list[Entry] = []
         self.event = trio.Event()
+        self.arrival = 0  # set by the dispatcher: serving order
+        self.active = False  # still waiting (removal is lazy: it only clears this)
 
     def wants(self, entry: Entry) -> bool:
         return (self.queues is None or entry.queue in self.queues) and (
@@ -76,7 +77,12 @@ class Dispatcher:
         self._scheduled: list[tuple[float, int, int, Entry]] = []
         self._tiebreak = itertools.count()  # heap entries never compare Entry objects
         self._scheduled_live: dict[str, Entry] = {}
-        self._waiters: deque[Waiter] = deque()
+        # Waiters are indexed by the queues they asked for (plus one line for "any queue"),
+        # so a new task looks only at waiters that could take it, even with 10,000 parked.
+        self._waiters_any: deque[Waiter] = deque()
+        self._waiters_by_queue: dict[str, deque[Waiter]] = {}
+        self._arrivals = itertools.count()
+        self._waiting = 0
         self.schedule_changed = trio.Event()  # the reaper re-plans when this fires
 
     # -- statistics -------------------------------------------------------------------
@@ -87,7 +93,7 @@ class Dispatcher:
         return len(self._scheduled_live)
 
     def waiting_count(self) -> int:
-        return len(self._waiters)
+        return self._waiting
 
     def ready_by_queue(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -99,12 +105,27 @@ class Dispatcher:
     def push(self, entry: Entry) -> None:
         """A task became ready: hand it to the oldest matching waiter, else queue it."""
         self.discard(entry.task_id)
-        for waiter in self._waiters:
-            if len(waiter.claimed) < waiter.max_tasks and waiter.wants(entry):
-                waiter.claimed.append(entry)
-                waiter.event.set()
-                return
-        self._enqueue(entry)
+        chosen = self._first_taker(self._waiters_any, entry)
+        by_queue = self._waiters_by_queue.get(entry.queue)
+        if by_queue is not None:
+            other = self._first_taker(by_queue, entry)
+            if other is not None and (chosen is None or other.arrival < chosen.arrival):
+                chosen = other
+        if chosen is None:
+            self._enqueue(entry)
+            return
+        chosen.claimed.append(entry)
+        chosen.event.set()
+
+    @staticmethod
+    def _first_taker(line: deque[Waiter], entry: Entry) -> Waiter | None:
+        """The longest-waiting waiter in `line` with room that wants `entry`."""
+        while line and not line[0].active:
+            line.popleft()  # left already
+        for waiter in line:
+            if waiter.active and len(waiter.claimed) < waiter.max_tasks and waiter.wants(entry):
+                return waiter
+        return None
 
     def load(self, ready: list[Entry], scheduled: list[tuple[float, Entry]]) -> None:
         """Start-up: fill an empty dispatcher in bulk (one sort per queue, one heapify)."""
@@ -222,13 +243,39 @@ class Dispatcher:
         return None
 
     def add_waiter(self, waiter: Waiter) -> None:
-        self._waiters.append(waiter)
+        waiter.arrival = next(self._arrivals)
+        waiter.active = True
+        self._waiting += 1
+        if waiter.queues is None:
+            self._append(self._waiters_any, waiter)
+        else:
+            for queue in waiter.queues:
+                line = self._waiters_by_queue.get(queue)
+                if line is None:
+                    line = self._waiters_by_queue[queue] = deque()
+                self._append(line, waiter)
+
+    def _append(self, line: deque[Waiter], waiter: Waiter) -> None:
+        if len(line) > 2 * self._waiting + 64:  # departed waiters pile up behind a long one
+            kept = [w for w in line if w.active]
+            line.clear()
+            line.extend(kept)
+        line.append(waiter)
 
     def remove_waiter(self, waiter: Waiter) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+        if waiter.active:
+            waiter.active = False
+            self._waiting -= 1
+            if waiter.queues is not None:  # drop lines that only hold departed waiters
+                for queue in waiter.queues:
+                    line = self._waiters_by_queue.get(queue)
+                    while line and not line[0].active:
+                        line.popleft()
+                    if line is not None and not line:
+                        del self._waiters_by_queue[queue]
 
     def wake_all_waiters(self) -> None:
         """Shutdown: every long-poll returns now (with whatever it has claimed)."""
-        for waiter in self._waiters:
-            waiter.event.set()
+        for line in (self._waiters_any, *self._waiters_by_queue.values()):
+            for waiter in line:
+                waiter.event.set()
