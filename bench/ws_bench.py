@@ -109,6 +109,12 @@ async def drain(base: str, token: str, tasks: int) -> float:
         return done / (time.perf_counter() - started)
 
 
+def server_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(tasks: int, subscribers: int) -> float:
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
@@ -120,11 +126,19 @@ def run(tasks: int, subscribers: int) -> float:
                                json={"username": "admin", "password": "password"}).json()["token"]  # fmt: skip
             if subscribers:
                 url = f"ws://127.0.0.1:{port}/ws/tasks?token={token}"
+                # Niced: on this 2-core machine the 99 readers would otherwise take CPU from the
+                # drain's own client, which is not what is being measured (the server's cost).
                 sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER_SCRIPT, url,
-                                        str(subscribers)], stdout=subprocess.PIPE)  # fmt: skip
+                                        str(subscribers)], stdout=subprocess.PIPE,
+                                       preexec_fn=lambda: os.nice(19))  # fmt: skip
                 assert sub.stdout is not None
                 assert sub.stdout.readline().strip() == b"ready"
-            return trio.run(drain, base, token, tasks)
+            cpu_before = server_cpu_s(server.pid)
+            rate = trio.run(drain, base, token, tasks)
+            cpu_per_task_us = (server_cpu_s(server.pid) - cpu_before) / tasks * 1e6
+            print(f"  {subscribers:3d} subscribers: {rate:8.0f} tasks/s, "
+                  f"server cpu {cpu_per_task_us:.0f} us/task")  # fmt: skip
+            return rate
         finally:
             if sub is not None:
                 sub.kill()

@@ -78,6 +78,10 @@ def batch_json(items: list[Event | Lagged]) -> bytes:
     )
 
 
+def message_text(items: list[Event | Lagged]) -> str:
+    return (items[0].json if len(items) == 1 else batch_json(items)).decode()
+
+
 EventFilter = Callable[[Event], bool]
 
 
@@ -112,6 +116,23 @@ class Subscription:
                 return None
             await bus.wait_published()
 
+    async def next_message(self, limit: int = 500) -> str | None:
+        """The next WebSocket message (one event, a batch, or a lagged notice), or None once
+        the bus is closed. Unfiltered readers at the same position share one encoded message:
+        with many dashboards open, a batch is built once, not once per reader."""
+        if self._accept is None:
+            start = self._pos
+            items = await self.next_batch(limit)
+            if items is None:
+                return None
+            if isinstance(items[0], Lagged):
+                return items[0].json.decode()
+            return self._bus.shared_message(start, self._pos, items)
+        items = await self.next_batch(limit)
+        if items is None:
+            return None
+        return message_text(items)
+
     def __enter__(self) -> Subscription:
         return self
 
@@ -129,6 +150,7 @@ class EventBus:
         self.next_seq = 0  # the sequence number the next event gets
         self._published = trio.Event()
         self._subscribers = 0
+        self._messages: dict[tuple[int, int], str] = {}
         self.closed = False
 
     def subscribe(self, accept: EventFilter | None = None) -> Subscription:
@@ -145,6 +167,16 @@ class EventBus:
     def read(self, start: int, end: int) -> list[Event]:
         ring, size = self._ring, len(self._ring)
         return [ring[seq % size] for seq in range(start, end)]  # type: ignore[misc]
+
+    def shared_message(self, start: int, end: int, items: list[Event | Lagged]) -> str:
+        """The message for the unfiltered range [start, end), built once per range."""
+        key = (start, end)
+        cached = self._messages.get(key)
+        if cached is None:
+            if len(self._messages) >= 64:
+                self._messages.clear()
+            cached = self._messages[key] = message_text(items)
+        return cached
 
     async def wait_published(self) -> None:
         await self._published.wait()

@@ -23,7 +23,7 @@ from dtq.auth import Permission, Principal
 from dtq.errors import DtqError, InvalidRequest, Unauthorized
 from dtq.net.api import Services, respond
 from dtq.net.envelope import encode, error_body, now_iso
-from dtq.net.events import Event, EventBus, Lagged, batch_json
+from dtq.net.events import Event, EventBus
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -109,20 +109,18 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
                 nursery.start_soon(_drain_incoming, nursery.cancel_scope)
                 idle_ping_s = svc.settings.ws_idle_ping_s or math.inf
                 while True:
-                    items: list[Event | Lagged] | bytes | None = _IDLE
+                    message: str | bytes | None = _IDLE
                     with trio.move_on_after(idle_ping_s):
-                        items = await sub.next_batch(_MAX_BATCH)
-                    if items is _IDLE:  # keep-alive for proxies that drop quiet connections
+                        message = await sub.next_message(_MAX_BATCH)
+                    if message is _IDLE:  # keep-alive for proxies that drop quiet connections
                         await websocket.send(
                             encode({"event": "ping", "timestamp": now_iso()}).decode()
                         )
                         continue
-                    if items is None:  # server shutting down
+                    if message is None:  # server shutting down
                         await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                         break
-                    assert isinstance(items, list)
-                    payload = items[0].json if len(items) == 1 else batch_json(items)
-                    await websocket.send(payload.decode())
+                    await websocket.send(message)
                 nursery.cancel_scope.cancel()
         return None
 
