@@ -62,6 +62,9 @@ class TaskQueue:
         self.policy = RetryPolicy(settings.retry_backoff_base_s, settings.retry_backoff_max_s)
         self.dispatcher = Dispatcher()
         self._leases: list[tuple[float, str, str]] = []  # (expires_at, task id, lease id), lazy
+        # The live lease of each running task: heap entries that no longer match it (completed,
+        # extended, cancelled...) are dropped by the reaper without a storage read.
+        self._live_leases: dict[str, tuple[float, str]] = {}
         self._worker_deadlines: list[tuple[float, str]] = []  # (silent-by, worker id), lazy
         self.task_listeners: list[EventListener] = []
         self.worker_listeners: list[WorkerListener] = []
@@ -93,8 +96,9 @@ class TaskQueue:
         if count > 100_000:
             # Long-lived: keep the cyclic collector from rescanning them (long pauses at 1M).
             gc.freeze()
-        for lease in self.store.iter_leases():
-            self._leases.append(lease)
+        for expires_at, task_id, lease_id in self.store.iter_leases():
+            self._leases.append((expires_at, task_id, lease_id))
+            self._live_leases[task_id] = (expires_at, lease_id)
             count += 1
         heapq.heapify(self._leases)
         workers, _ = self.store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
@@ -108,6 +112,8 @@ class TaskQueue:
 
     # -- events -------------------------------------------------------------------------
     def _emit(self, event: str, task: Task) -> None:
+        if task.status != S.RUNNING or event == "task.deleted":
+            self._live_leases.pop(task.id, None)
         for listener in self.task_listeners:
             listener(event, task)
 
@@ -120,6 +126,7 @@ class TaskQueue:
     def _track_lease(self, task: Task) -> None:
         assert task.lease is not None
         item = (task.lease.expires_at, task.id, task.lease.id)
+        self._live_leases[task.id] = (task.lease.expires_at, task.lease.id)
         if not self._leases or item < self._leases[0]:
             self.dispatcher.schedule_changed.set()
         heapq.heappush(self._leases, item)
@@ -336,8 +343,9 @@ class TaskQueue:
         self.dispatcher.promote_due(now)
         due: list[tuple[str, str]] = []
         while self._leases and self._leases[0][0] <= now:
-            _, task_id, lease_id = heapq.heappop(self._leases)
-            due.append((task_id, lease_id))
+            expires_at, task_id, lease_id = heapq.heappop(self._leases)
+            if self._live_leases.get(task_id) == (expires_at, lease_id):
+                due.append((task_id, lease_id))
         if due:
 
             def on_expired(changed: list[Task]) -> None:

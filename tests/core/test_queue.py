@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from dtq import ops
 from dtq.clock import TrioClock
 from dtq.errors import Conflict, InvalidRequest, InvalidTransition, LeaseLost, NotFound
 from dtq.models import (
@@ -1111,3 +1112,28 @@ async def test_lease_request_defaults(q: TaskQueue) -> None:
     [t] = await q.lease(LeaseRequest(worker_id="w", wait=0))
     assert t.lease is not None
     assert t.lease.expires_at - t.lease.granted_at == q.settings.lease_default_s
+
+
+async def test_finished_leases_cost_the_reaper_no_storage_work(
+    q: TaskQueue, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease that ended (completed, extended) is dropped from the reaper's plan in memory:
+    when its old expiry passes, nothing is written."""
+    await create(q)
+    await create(q)
+    done = await lease_one(q, lease_seconds=10)
+    assert done.lease is not None
+    await q.complete(done.id, done.lease.id)
+    kept = await lease_one(q, lease_seconds=10)
+    assert kept.lease is not None
+    await q.extend(kept.id, kept.lease.id, 60)
+    expire_calls: list[object] = []
+    real_expire = ops.expire
+    monkeypatch.setattr(
+        ops,
+        "expire",
+        lambda tx, due, policy: expire_calls.append(due) or real_expire(tx, due, policy),
+    )
+    await advance(mock_clock, q, 30)
+    assert expire_calls == []
+    assert q.get(kept.id).status == TaskStatus.RUNNING
