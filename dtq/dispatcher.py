@@ -10,6 +10,7 @@ Waiters are served in arrival order, and a ready task wakes exactly one waiter.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 from collections import deque
@@ -74,6 +75,7 @@ class Dispatcher:
         # their task id to that very Entry object (lazy deletion).
         self._queues: dict[str, tuple[deque[Entry], deque[Entry], deque[Entry]]] = {}
         self._ready: dict[str, Entry] = {}
+        self._ready_per_queue: collections.Counter[str] = collections.Counter()
         self._scheduled: list[tuple[float, int, int, Entry]] = []
         self._tiebreak = itertools.count()  # heap entries never compare Entry objects
         self._scheduled_live: dict[str, Entry] = {}
@@ -96,10 +98,8 @@ class Dispatcher:
         return self._waiting
 
     def ready_by_queue(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for entry in self._ready.values():
-            counts[entry.queue] = counts.get(entry.queue, 0) + 1
-        return counts
+        """Ready tasks per queue (kept as counts: /metrics reads this on every scrape)."""
+        return {queue: n for queue, n in self._ready_per_queue.items() if n}
 
     # -- making tasks ready -----------------------------------------------------------
     def push(self, entry: Entry) -> None:
@@ -133,6 +133,8 @@ class Dispatcher:
         for entry in ready:
             self._deques(entry.queue)[entry.rank].append(entry)
         self._ready.update((e.task_id, e) for e in ready)
+        for entry in ready:
+            self._ready_per_queue[entry.queue] += 1
         for run_at, entry in scheduled:
             self._scheduled_live[entry.task_id] = entry
             self._scheduled.append((run_at, entry.seq, next(self._tiebreak), entry))
@@ -147,6 +149,8 @@ class Dispatcher:
     def _enqueue(self, entry: Entry) -> None:
         """Insert keeping each deque sorted by `order`: an append, except for the rare task
         that is older than the tail (given back, re-prioritised)."""
+        if self._ready.get(entry.task_id) is None:
+            self._ready_per_queue[entry.queue] += 1
         self._ready[entry.task_id] = entry
         dq = self._deques(entry.queue)[entry.rank]
         if not dq or dq[-1].order <= entry.order:
@@ -191,7 +195,9 @@ class Dispatcher:
 
     def discard(self, task_id: str) -> None:
         """Forget a task (leased elsewhere, cancelled, deleted, re-prioritised)."""
-        self._ready.pop(task_id, None)
+        gone = self._ready.pop(task_id, None)
+        if gone is not None:
+            self._ready_per_queue[gone.queue] -= 1
         self._scheduled_live.pop(task_id, None)
 
     # -- taking tasks -----------------------------------------------------------------
@@ -228,6 +234,7 @@ class Dispatcher:
                 else:
                     best.remove(best_entry)
                 del self._ready[best_entry.task_id]
+                self._ready_per_queue[best_entry.queue] -= 1
                 return best_entry
         return None
 

@@ -453,6 +453,11 @@ class QueueMachine(RuleBasedStateMachine):
         )
         assert d.ready_count() == ready
         assert d.scheduled_count() == scheduled
+        by_queue: dict[str, int] = {}
+        for m in self.model.values():
+            if m.ready(self.now):
+                by_queue[m.queue] = by_queue.get(m.queue, 0) + 1
+        assert d.ready_by_queue() == by_queue
 
 
 TestQueueMachine = QueueMachine.TestCase
