@@ -125,7 +125,11 @@ class DayStats(Struct, array_like=True):
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 QueueName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
-WorkerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:@\-]{1,128}$")]
+WorkerId = Annotated[
+    str,
+    # "status" is taken: GET /api/v1/workers/status is the health summary.
+    Meta(pattern=r"^(?!status$)[A-Za-z0-9_.:@\-]{1,128}$"),
+]
 Tag = Annotated[str, Meta(min_length=1, max_length=64)]
 
 

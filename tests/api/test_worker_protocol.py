@@ -396,6 +396,11 @@ async def test_heartbeat_the_guides_example(admin: Client) -> None:
     assert ok(await admin.get("/api/v1/workers/worker-001")) == worker
 
 
+async def test_worker_id_status_is_refused_as_it_names_the_health_route(admin: Client) -> None:
+    reply = await admin.post("/api/v1/workers/heartbeat", {**HEARTBEAT, "worker_id": "status"})
+    error_of(reply, 400, "INVALID_REQUEST", field="worker_id")
+
+
 async def test_workers_list_get_and_status(
     admin: Client, services: Services, mock_clock: trio.testing.MockClock
 ) -> None:
