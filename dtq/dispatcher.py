@@ -15,6 +15,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -50,14 +51,40 @@ def _order(entry: Entry) -> tuple[float, int]:
 
 
 class Waiter:
-    __slots__ = ("active", "arrival", "claimed", "event", "max_tasks", "names", "queues")
+    """A parked long poll. It is woken with `claimed` entries (still to be leased) or, when a
+    create reserved it, with `granted` tasks that the create's own commit already leased."""
+
+    __slots__ = (
+        "active",
+        "arrival",
+        "claimed",
+        "event",
+        "gone",
+        "granted",
+        "lease_s",
+        "max_tasks",
+        "names",
+        "queues",
+        "reserved",
+        "worker_id",
+    )  # fmt: skip
 
     def __init__(
-        self, queues: frozenset[str] | None, names: frozenset[str] | None, max_tasks: int
+        self,
+        queues: frozenset[str] | None,
+        names: frozenset[str] | None,
+        max_tasks: int,
+        worker_id: str = "",
+        lease_s: float = 60.0,
     ) -> None:
         self.queues = queues
         self.names = names
         self.max_tasks = max_tasks
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.reserved = False
+        self.gone = False  # the long poll ended (cancelled) while a create was reserving it
+        self.granted: list[Any] = []  # Task objects (the dispatcher does not look inside)
         self.claimed: list[Entry] = []
         self.event = trio.Event()
         self.arrival = 0  # set by the dispatcher: serving order
@@ -116,6 +143,23 @@ class Dispatcher:
             return
         chosen.claimed.append(entry)
         chosen.event.set()
+
+    def reserve(self, queue: str, name: str) -> Waiter | None:
+        """The waiter a new task for (queue, name) would go to, taken out of line so that a
+        create can lease the task to it in its own commit. Only idle waiters (nothing
+        claimed yet) are reserved; None when there is none."""
+        probe = Entry("", queue, 0, 0, name)
+        chosen = self._first_taker(self._waiters_any, probe)
+        by_queue = self._waiters_by_queue.get(queue)
+        if by_queue is not None:
+            other = self._first_taker(by_queue, probe)
+            if other is not None and (chosen is None or other.arrival < chosen.arrival):
+                chosen = other
+        if chosen is None or chosen.claimed or chosen.event.is_set():
+            return None
+        self.remove_waiter(chosen)
+        chosen.reserved = True
+        return chosen
 
     @staticmethod
     def _first_taker(line: deque[Waiter], entry: Entry) -> Waiter | None:

@@ -78,6 +78,19 @@ def create(tx: StoreTxn, body: TaskCreate) -> tuple[Task, bool]:
     return task, True
 
 
+def create_leased(
+    tx: StoreTxn, body: TaskCreate, worker_id: str, lease_s: float
+) -> tuple[Task, Task | None, bool]:
+    """Create and, when it is due at once, lease it to a worker that is already waiting for
+    it: one commit instead of two on the wake-up path. Returns (as created, leased, created)."""
+    task, created = create(tx, body)
+    if not created or not lifecycle.is_due(task, tx.now):
+        return task, None, created
+    leased = lifecycle.grant_lease(task, worker_id=worker_id, lease_s=lease_s, now=tx.now)
+    tx.replace_task(task, leased)
+    return task, leased, True
+
+
 def create_many(tx: StoreTxn, bodies: Sequence[TaskCreate]) -> list[tuple[Task, bool]]:
     return [create(tx, body) for body in bodies]
 
@@ -178,6 +191,19 @@ def release(tx: StoreTxn, task_id: str, lease_id: str) -> Task:
     new = lifecycle.release(old, lease_id=lease_id, now=tx.now)
     tx.replace_task(old, new)
     return new
+
+
+def release_orphans(tx: StoreTxn, leases: Sequence[tuple[str, str]]) -> list[Task]:
+    """Hand back tasks leased to long polls that were gone before the grant landed."""
+    released = []
+    for task_id, lease_id in leases:
+        task = tx.get_task(task_id)
+        if task is None or task.lease is None or task.lease.id != lease_id:
+            continue
+        new = lifecycle.release(task, lease_id=lease_id, now=tx.now)
+        tx.replace_task(task, new)
+        released.append(new)
+    return released
 
 
 def extend(tx: StoreTxn, task_id: str, lease_id: str, lease_s: float) -> Task:

@@ -65,6 +65,7 @@ class TaskQueue:
         # The live lease of each running task: heap entries that no longer match it (completed,
         # extended, cancelled...) are dropped by the reaper without a storage read.
         self._live_leases: dict[str, tuple[float, str]] = {}
+        self._orphaned: list[tuple[str, str]] = []  # (task id, lease id) granted to no one
         self._worker_deadlines: list[tuple[float, str]] = []  # (silent-by, worker id), lazy
         self.task_listeners: list[EventListener] = []
         self.worker_listeners: list[WorkerListener] = []
@@ -140,13 +141,49 @@ class TaskQueue:
 
     # -- producers ----------------------------------------------------------------------
     async def create(self, body: TaskCreate) -> tuple[Task, bool]:
-        def on_commit(res: tuple[Task, bool]) -> None:
-            task, created = res
-            if created:
-                self._became_pending(task)
-                self._emit("task.created", task)
+        waiter = None
+        if body.run_at is None and body.delay is None and not self.closing:
+            waiter = self.dispatcher.reserve(body.queue, body.name)
+        if waiter is None:
 
-        return await self.writer.write(lambda tx: ops.create(tx, body), on_commit)
+            def on_commit(res: tuple[Task, bool]) -> None:
+                task, created = res
+                if created:
+                    self._became_pending(task)
+                    self._emit("task.created", task)
+
+            return await self.writer.write(lambda tx: ops.create(tx, body), on_commit)
+
+        # A worker is parked waiting for exactly this: lease the task to it in the same
+        # commit (one fsync on the wake-up path instead of two).
+        parked = waiter
+
+        def on_leased(res: tuple[Task, Task | None, bool]) -> None:
+            task, leased, created = res
+            if created:
+                self._emit("task.created", task)
+            if leased is not None:
+                self._track_lease(leased)
+                self._emit("task.leased", leased)
+                if parked.gone:  # its long poll was cancelled meanwhile: hand it back
+                    self._orphan([leased])
+                else:
+                    parked.granted.append(leased)
+            elif created:
+                self._became_pending(task)
+            parked.event.set()  # with the task, or with nothing: it goes back to waiting
+
+        try:
+            # Shielded: the parked worker waits for this commit's outcome either way.
+            with trio.CancelScope(shield=True):
+                task, _, created = await self.writer.write(
+                    lambda tx: ops.create_leased(tx, body, parked.worker_id, parked.lease_s),
+                    on_leased,
+                )
+        except DtqError:
+            parked.event.set()  # nothing was leased to it: it goes back to waiting
+            raise
+        return task, created
 
     async def create_many(self, bodies: Sequence[TaskCreate]) -> list[tuple[Task, bool]]:
         def on_commit(rows: list[tuple[Task, bool]]) -> None:
@@ -204,7 +241,11 @@ class TaskQueue:
         lease_s = req.lease_seconds or self.settings.lease_default_s
         claimed = self.dispatcher.take(queues, names, req.max_tasks)
         if not claimed and req.wait > 0 and not self.closing:
-            claimed = await self._wait_for_tasks(queues, names, req.max_tasks, req.wait)
+            claimed, granted = await self._wait_for_tasks(
+                queues, names, req.max_tasks, req.wait, req.worker_id, lease_s
+            )
+            if granted:
+                return granted  # leased by the create that woke us
         if not claimed:
             return []
         ids = [e.task_id for e in claimed]
@@ -230,27 +271,53 @@ class TaskQueue:
             raise
         return granted
 
+    def _orphan(self, tasks: list[Task]) -> None:
+        """Tasks leased to a long poll that ended before it could return them: the reaper
+        hands them back at once instead of letting the lease run out."""
+        for task in tasks:
+            assert task.lease is not None
+            self._orphaned.append((task.id, task.lease.id))
+        if tasks:
+            self.dispatcher.schedule_changed.set()
+
     async def _wait_for_tasks(
         self,
         queues: frozenset[str] | None,
         names: frozenset[str] | None,
         max_tasks: int,
         wait_s: float,
-    ) -> list[Entry]:
-        waiter = Waiter(queues, names, max_tasks)
-        self.dispatcher.add_waiter(waiter)
-        try:
-            with trio.move_on_after(wait_s):
-                await waiter.event.wait()
-        except BaseException:
+        worker_id: str,
+        lease_s: float,
+    ) -> tuple[list[Entry], list[Task]]:
+        """(entries handed over, still to be leased) or (none, tasks already leased to us)."""
+        deadline = trio.current_time() + wait_s
+        while True:
+            waiter = Waiter(queues, names, max_tasks, worker_id, lease_s)
+            self.dispatcher.add_waiter(waiter)
+            try:
+                with trio.move_on_at(deadline):
+                    await waiter.event.wait()
+                if waiter.reserved and not waiter.event.is_set():
+                    # A create is committing a task leased to us: its outcome decides.
+                    with trio.CancelScope(shield=True):
+                        await waiter.event.wait()
+            except BaseException:
+                waiter.gone = True
+                self.dispatcher.remove_waiter(waiter)
+                self.dispatcher.give_back(waiter.claimed)  # to the next waiter, or back in line
+                self._orphan(waiter.granted)  # leased to us, but we are not there to say so
+                raise
             self.dispatcher.remove_waiter(waiter)
-            self.dispatcher.give_back(waiter.claimed)  # to the next waiter, or back in line
-            raise
-        self.dispatcher.remove_waiter(waiter)
-        claimed = waiter.claimed
-        if claimed and len(claimed) < max_tasks:
-            claimed.extend(self.dispatcher.take(queues, names, max_tasks - len(claimed)))
-        return claimed
+            if waiter.granted:
+                return [], waiter.granted
+            claimed = waiter.claimed
+            if claimed:
+                if len(claimed) < max_tasks:
+                    claimed.extend(self.dispatcher.take(queues, names, max_tasks - len(claimed)))
+                return claimed, []
+            if not waiter.reserved or self.closing or trio.current_time() >= deadline:
+                return [], []
+            # A reservation fell through (replayed idempotency key, not due): wait again.
 
     async def complete(self, task_id: str, lease_id: str, result: Any = None) -> Task:
         task_id = ops.parse_task_id(task_id)
@@ -338,9 +405,23 @@ class TaskQueue:
         return min(times) if times else None
 
     async def reap(self) -> None:
-        """Promote due tasks, expire due leases, mark silent workers inactive."""
+        """Promote due tasks, expire due leases, mark silent workers inactive, hand back
+        tasks granted to long polls that had gone."""
         now = self.clock.now()
         self.dispatcher.promote_due(now)
+        if self._orphaned:
+            orphans, self._orphaned = self._orphaned, []
+
+            def on_released(released: list[Task]) -> None:
+                for task in released:
+                    self._became_pending(task)
+                    self._emit("task.released", task)
+
+            try:
+                await self.writer.write(lambda tx: ops.release_orphans(tx, orphans), on_released)
+            except BaseException:
+                self._orphaned.extend(orphans)
+                raise
         due: list[tuple[str, str]] = []
         while self._leases and self._leases[0][0] <= now:
             expires_at, task_id, lease_id = heapq.heappop(self._leases)

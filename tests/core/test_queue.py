@@ -1137,3 +1137,45 @@ async def test_finished_leases_cost_the_reaper_no_storage_work(
     await advance(mock_clock, q, 30)
     assert expire_calls == []
     assert q.get(kept.id).status == TaskStatus.RUNNING
+
+
+async def test_a_parked_worker_gets_a_new_task_in_the_creates_own_commit(q: TaskQueue) -> None:
+    """Wake-up path: the create and the lease to the waiting worker are one durable commit."""
+    got: list[Task] = []
+
+    async def worker() -> None:
+        got.extend(await lease(q, "w1", wait=30))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        await settle(q)
+        commits = q.writer.stats.commits
+        task = await create(q, "x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert q.writer.stats.commits == commits + 1
+    assert [t.id for t in got] == [task.id]
+    assert got[0].status == TaskStatus.RUNNING and got[0].worker_id == "w1"
+    assert q.get(task.id).lease == got[0].lease
+    assert recount(q)[TaskStatus.RUNNING] == 1
+
+
+async def test_a_replayed_create_does_not_strand_the_parked_worker(q: TaskQueue) -> None:
+    """An idempotent replay creates nothing: the reserved worker goes back to waiting and
+    still gets the next task."""
+    first = await create(q, "x", idempotency_key="k")
+    await lease_one(q, "w0")  # nothing is ready now
+    got: list[Task] = []
+
+    async def worker() -> None:
+        got.extend(await lease(q, "w1", wait=30))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        await settle(q)
+        replay, created = await q.create(TaskCreate(name="x", idempotency_key="k"))
+        assert (replay.id, created) == (first.id, False)
+        await settle(q)
+        assert got == []  # nothing new: still waiting
+        fresh = await create(q, "y")
+        await settle(q)
+    assert [t.id for t in got] == [fresh.id]
