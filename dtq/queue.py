@@ -131,6 +131,10 @@ class TaskQueue:
         if not self._leases or item < self._leases[0]:
             self.dispatcher.schedule_changed.set()
         heapq.heappush(self._leases, item)
+        if len(self._leases) > 4 * len(self._live_leases) + 10_000:
+            # Finished leases linger in the heap until their old expiry: compact (amortised).
+            self._leases = [(exp, tid, lid) for tid, (exp, lid) in self._live_leases.items()]
+            heapq.heapify(self._leases)
 
     def _after_attempt(self, task: Task) -> None:
         if task.status == S.PENDING:

@@ -1179,3 +1179,16 @@ async def test_a_replayed_create_does_not_strand_the_parked_worker(q: TaskQueue)
         fresh = await create(q, "y")
         await settle(q)
     assert [t.id for t in got] == [fresh.id]
+
+
+async def test_the_lease_plan_stays_small_when_leases_finish(q: TaskQueue) -> None:
+    """Each grant plans an expiry; finished ones are compacted away, not kept for a minute."""
+    for _ in range(30):
+        await q.create_many([TaskCreate(name="x")] * 1000)
+        leased = await lease(q, max_tasks=100)
+        while leased:
+            await q.ack(
+                [AckItem(id=t.id, lease_id=t.lease.id, status="completed") for t in leased]  # type: ignore[union-attr]
+            )
+            leased = await lease(q, max_tasks=100)
+    assert len(q._leases) <= 10_000 + 1
