@@ -235,9 +235,7 @@ class _Base(_Requests):
             return None
         if isinstance(exc, RateLimited):
             return float(exc.retry_after_s)
-        if isinstance(exc, Unavailable):
-            return min(0.25 * 2**attempt, 5.0) * (0.5 + random.random())
-        return min(0.25 * 2**attempt, 5.0) * (0.5 + random.random())
+        return min(0.25 * 2**attempt, 5.0) * (0.5 + random.random())  # jittered backoff
 
     def _retryable(self, req: _Req[Any], exc: Exception) -> bool:
         if isinstance(exc, RateLimited | Unavailable):
