@@ -29,3 +29,8 @@ def new_task_id() -> str:
 
 def new_lease_id() -> str:
     return f"{random.getrandbits(96):024x}"
+
+
+def new_request_id() -> str:
+    """For X-Request-ID when the client sent none (log correlation only)."""
+    return f"{random.getrandbits(128):032x}"
