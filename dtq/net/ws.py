@@ -108,7 +108,15 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain_incoming, nursery.cancel_scope)
                 idle_ping_s = svc.settings.ws_idle_ping_s or math.inf
+                min_gap_s = svc.settings.ws_min_send_interval_s
+                last_sent = -math.inf
                 while True:
+                    # At most one message per `min_gap_s` per socket: under load events pile up
+                    # into fewer, larger messages (a send costs far more than its bytes); when
+                    # quiet, the first event still goes out at once.
+                    pause = last_sent + min_gap_s - trio.current_time()
+                    if pause > 0:
+                        await trio.sleep(pause)
                     message: str | bytes | None = _IDLE
                     with trio.move_on_after(idle_ping_s):
                         message = await sub.next_message(_MAX_BATCH)
@@ -121,6 +129,7 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
                         await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                         break
                     await websocket.send(message)
+                    last_sent = trio.current_time()
                 nursery.cancel_scope.cancel()
         return None
 
