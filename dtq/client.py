@@ -170,7 +170,7 @@ class _Requests:
         return _Req("POST", "/api/v1/tasks/lease", body, None, False, list[TaskOut])
 
     def _req_ack(self, acks: Sequence[AckItem]) -> _Req[dict[str, Any]]:
-        body = {"acks": [msgspec.to_builtins(a) for a in acks]}
+        body = {"acks": list(acks)}  # msgspec encodes the structs directly
         # A resent ack is safe: a result is recorded at most once (the lease fences it).
         return _Req("POST", "/api/v1/tasks/ack", body, None, True, dict[str, Any])
 
@@ -210,6 +210,15 @@ class _Base(_Requests):
         self.token = token or os.environ.get("DTQ_TOKEN")
         self.timeout_s = timeout_s  # > the longest long poll (60 s)
         self.max_retries = max_retries
+
+    @staticmethod
+    def _body(req: _Req[Any]) -> bytes | None:
+        # msgspec, not httpx's stdlib json: a 500-result ack batch encodes ~10x faster.
+        return None if req.json is None else msgspec.json.encode(req.json)
+
+    @staticmethod
+    def _content_type(req: _Req[Any]) -> dict[str, str]:
+        return {} if req.json is None else {"Content-Type": "application/json"}
 
     def _auth_headers(self) -> dict[str, str]:
         if self.api_key:
@@ -266,8 +275,8 @@ class AsyncClient(_Base):
         while True:
             try:
                 response = await self._http.request(
-                    req.method, req.path, json=req.json, params=req.params,
-                    headers={**self._auth_headers(), **req.headers},
+                    req.method, req.path, content=self._body(req), params=req.params,
+                    headers={**self._auth_headers(), **self._content_type(req), **req.headers},
                 )  # fmt: skip
                 return self._result(req, response)
             except (httpx.TransportError, RateLimited, Unavailable) as exc:
@@ -421,8 +430,8 @@ class Client(_Base):
         while True:
             try:
                 response = self._http.request(
-                    req.method, req.path, json=req.json, params=req.params,
-                    headers={**self._auth_headers(), **req.headers},
+                    req.method, req.path, content=self._body(req), params=req.params,
+                    headers={**self._auth_headers(), **self._content_type(req), **req.headers},
                 )  # fmt: skip
                 return self._result(req, response)
             except (httpx.TransportError, RateLimited, Unavailable) as exc:
