@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import httpx
@@ -55,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings)
     try:
-        trio.run(serve, settings)
+        trio.run(partial(serve, settings, freeze_gc=True))
     except KeyboardInterrupt:  # a second Ctrl+C: stop now
         return 130
     return 0

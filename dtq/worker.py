@@ -16,6 +16,7 @@ the public HTTP API, through `WorkerTransport` (a WebSocket transport can slot i
 
 from __future__ import annotations
 
+import gc
 import inspect
 import math
 import os
@@ -123,6 +124,8 @@ class Worker:
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (drains); a second signal stops at once."""
+        gc.collect()
+        gc.freeze()  # this process's start-up objects live on: no rescans (latency pauses)
         trio.run(self._run_with_signals)
 
     async def _run_with_signals(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -63,6 +64,7 @@ async def serve(
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    freeze_gc: bool = False,
 ) -> None:
     """Run until `shutdown_trigger` returns (default: SIGTERM/SIGINT), then shut down cleanly.
 
@@ -78,4 +80,10 @@ async def serve(
             services.bus.close()  # WebSockets close with 1001
 
         app = create_app(services)
+        if freeze_gc:
+            # Everything made so far (modules, app, the rebuilt queues) lives as long as the
+            # process: keep the cyclic collector from rescanning it, which otherwise shows up
+            # as pauses of tens of milliseconds in request latency.
+            gc.collect()
+            gc.freeze()
         await serve_app(app, settings, task_status=task_status, shutdown_trigger=shutdown)
