@@ -153,7 +153,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from dtq.storage.backup import backup
 
     settings = _settings(args)
-    size = backup(settings.data_dir, args.dest)
+    size = backup(settings.data_dir, args.dest, progress=_progress_bytes)
     print(f"backup of {settings.data_dir} written to {args.dest} ({size / 1e6:.1f} MB)")
     return 0
 
@@ -235,15 +235,21 @@ def _submit_file(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(done: int, total: int) -> None:
+def _progress(done: int, total: int, *, megabytes: bool = False) -> None:
+    """A one-line progress bar on stderr, only on a terminal."""
     if not sys.stderr.isatty():
         return
     width = 40
     filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    amount = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if megabytes else f"{done}/{total}"
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {amount}")
     if done >= total:
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+def _progress_bytes(done: int, total: int) -> None:
+    _progress(done, total, megabytes=True)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
