@@ -10,6 +10,7 @@ exact float, so deadlines round-trip between wall and trio time without rounding
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from dtq.clock import TrioClock
@@ -29,6 +31,11 @@ WALL0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z, exactly representable
 
 # Hypothesis caches (even with database=None) next to these tests, not in the repository root.
 set_hypothesis_home_dir(Path(__file__).with_name(".hypothesis"))
+# In CI the property tests replay the same examples every run (a landing must not hinge on
+# luck); on a developer's machine they explore new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 async def settle(q: TaskQueue, rounds: int = 3) -> None:
