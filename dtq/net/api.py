@@ -80,6 +80,31 @@ def principal_of(accounts: Accounts) -> Principal:
     return principal or Principal.anonymous(request.remote_addr or "unknown")
 
 
+def charge(svc: Services, principal: Principal) -> None:
+    """Count one request against the caller's rate limits (the after-request hook adds the
+    X-RateLimit-* headers); RateLimited when over."""
+    per_minute, per_hour = principal.rate_limits(
+        svc.settings.rate_limit_per_minute, svc.settings.rate_limit_per_hour
+    )
+    decision = svc.limiter.hit(principal.identity, time.time(), per_minute, per_hour)
+    g.rate_decision = decision
+    if not decision.allowed:
+        raise decision.error()
+
+
+def identify_and_charge(svc: Services) -> Principal:
+    """The caller, charged to its rate limits. Bad credentials count against the client
+    address, as none would: guessing keys or tokens is rate-limited too, and the 401 carries
+    the headers."""
+    try:
+        principal = principal_of(svc.accounts)
+    except Unauthorized:
+        charge(svc, Principal.anonymous(request.remote_addr or "unknown"))
+        raise
+    charge(svc, principal)
+    return principal
+
+
 class Api:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -123,24 +148,8 @@ class Api:
         body_model = spec.body
         query_model = spec.query
 
-        def count(principal: Principal) -> None:
-            per_minute, per_hour = principal.rate_limits(
-                svc.settings.rate_limit_per_minute, svc.settings.rate_limit_per_hour
-            )
-            decision = svc.limiter.hit(principal.identity, time.time(), per_minute, per_hour)
-            g.rate_decision = decision
-            if not decision.allowed:
-                raise decision.error()
-
         async def view(**params: str) -> Any:
-            try:
-                principal = principal_of(svc.accounts)
-            except Unauthorized:
-                # Bad credentials count against the client address, as none would: guessing
-                # keys or tokens is rate-limited too, and the 401 carries the headers.
-                count(Principal.anonymous(request.remote_addr or "unknown"))
-                raise
-            count(principal)
+            principal = identify_and_charge(svc)
             if permission is not None:
                 principal.require(permission)
             g.principal = principal

@@ -12,9 +12,16 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dtq import __version__
-from dtq.errors import DtqError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from dtq.errors import (
+    DtqError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+)
 from dtq.ids import new_request_id
-from dtq.net.api import Api, Services, respond
+from dtq.net.api import Api, Services, identify_and_charge, respond
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
 from dtq.net.metrics import metrics_route_spec, register_metrics_route
@@ -179,6 +186,14 @@ def create_app(services: Services) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Any:
         code = exc.code or 500
+        if request.path.startswith(API_PREFIX + "/") and g.get("rate_decision") is None:
+            # No route ran, so nothing charged the caller: every /api/v1 answer is counted
+            # and carries the X-RateLimit-* headers (DESIGN.md).
+            try:
+                identify_and_charge(services)
+            except DtqError as charged:
+                if isinstance(charged, RateLimited):
+                    return await dtq_error(charged)
         mapped: DtqError
         if code == 404:
             mapped = NotFound(f"No route for {request.method} {request.path}", field="path",

@@ -195,3 +195,20 @@ async def test_bad_credentials_are_limited_like_none(client: Client) -> None:
     error_of(reply, 429, "RATE_LIMITED")
     assert reply.headers["Retry-After"] == "30"
     error_of(await client.get("/api/v1/tasks"), 429, "RATE_LIMITED")  # same address
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"rate_limit_per_minute": 3, "rate_limit_per_hour": 0}]
+)
+async def test_unknown_api_routes_are_counted_and_carry_the_headers(
+    client: Client, tokens: dict[Role, str]
+) -> None:
+    admin = client.bearer(tokens[Role.ADMIN])
+    ok(await admin.get("/api/v1/tasks"))
+    missing = await admin.get("/api/v1/no-such-thing")
+    error_of(missing, 404, "NOT_FOUND")
+    assert limits(missing)[:2] == (3, 1)  # charged to the same caller as its other requests
+    wrong_method = await admin.request("PATCH", "/api/v1/tasks")
+    error_of(wrong_method, 405, "INVALID_REQUEST")
+    assert limits(wrong_method)[:2] == (3, 0)
+    error_of(await admin.get("/api/v1/no-such-thing"), 429, "RATE_LIMITED")
