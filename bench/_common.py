@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -16,6 +17,13 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind 0, read, close)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:

@@ -40,6 +40,7 @@ from _common import (
     contention,
     fmt_rate,
     format_table,
+    free_port,
     latency_summary_ms,
     machine_facts,
     proc_cpu_seconds,
@@ -81,12 +82,6 @@ def raise_nofile(want: int = 1 << 20) -> int:
         except (ValueError, OSError):
             continue
     return soft
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # -- a minimal HTTP/1.1 client on raw sockets (trio) ---------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import format_table, latency_summary_ms, machine_facts, write_json
+from _common import format_table, free_port, latency_summary_ms, machine_facts, write_json
 
 WORKER_MODULE = textwrap.dedent(
     """
@@ -46,12 +45,6 @@ WORKER_MODULE = textwrap.dedent(
         return {"started": time.time()}
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Dtq:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,11 @@ from typing import Any
 import httpx
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, proc_cpu_seconds
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(data_dir: str, port: int) -> subprocess.Popen[bytes]:
@@ -109,12 +105,6 @@ async def drain(base: str, token: str, tasks: int) -> float:
         return done / (time.perf_counter() - started)
 
 
-def server_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(tasks: int, subscribers: int) -> float:
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
@@ -133,9 +123,9 @@ def run(tasks: int, subscribers: int) -> float:
                                        preexec_fn=lambda: os.nice(19))  # fmt: skip
                 assert sub.stdout is not None
                 assert sub.stdout.readline().strip() == b"ready"
-            cpu_before = server_cpu_s(server.pid)
+            cpu_before = proc_cpu_seconds(server.pid)
             rate = trio.run(drain, base, token, tasks)
-            cpu_per_task_us = (server_cpu_s(server.pid) - cpu_before) / tasks * 1e6
+            cpu_per_task_us = (proc_cpu_seconds(server.pid) - cpu_before) / tasks * 1e6
             print(f"  {subscribers:3d} subscribers: {rate:8.0f} tasks/s, "
                   f"server cpu {cpu_per_task_us:.0f} us/task")  # fmt: skip
             return rate

@@ -22,11 +22,10 @@ from quart import websocket
 from dtq.auth import Permission, Principal
 from dtq.errors import DtqError, InvalidRequest, Unauthorized
 from dtq.net.api import Services, respond
-from dtq.net.envelope import encode, error_body, now_iso
+from dtq.net.envelope import decode_query, encode, error_body, now_iso
 from dtq.net.events import Event, EventBus
 
 CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
 _MAX_BATCH = 500  # events per WebSocket message when a subscriber has a backlog
 _IDLE = b""  # sentinel: nothing happened within the idle-ping interval
 
@@ -79,8 +78,6 @@ class MetricsQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _query(model: Any) -> Any:
-    from dtq.net.envelope import decode_query
-
     return decode_query(websocket.args, model)
 
 
