@@ -25,7 +25,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import trio
@@ -41,6 +41,7 @@ from dtq.settings import Settings
 
 __all__ = [
     "BoundAddress",
+    "FinishRequestBody",
     "ForwardedForMiddleware",
     "apply_hypercorn_patch",
     "hypercorn_config",
@@ -52,6 +53,10 @@ __all__ = [
 log = get_logger(__name__)
 
 ShutdownTrigger = Callable[[], Awaitable[None]]
+
+# How long an early answer waits for the rest of its request's body (FinishRequestBody) before
+# it gives up on the connection and says `Connection: close`.
+_BODY_WAIT_S = 5.0
 
 
 class BoundAddress(NamedTuple):
@@ -100,6 +105,7 @@ async def serve_app(
     config = hypercorn_config(settings)
     if settings.forwarded_allow_ips:
         app = ForwardedForMiddleware(app, settings.forwarded_allow_ips)
+    app = FinishRequestBody(app, settings.max_body_bytes)
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
             partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger, mode="asgi")
@@ -177,6 +183,99 @@ class ForwardedForMiddleware:
             if not self._is_trusted(hop):
                 return hop
         return hops[0]
+
+
+class FinishRequestBody:
+    """An answer never leaves a request body unread on a keep-alive connection (issue 8, #5).
+
+    hypercorn (`H11Protocol._maybe_recycle`) keeps an HTTP/1.1 connection for the next request
+    only if, when the response ends, the request has been received to its end; otherwise it
+    closes the connection, though the response did not say `Connection: close`. The client,
+    told nothing, sends its next request on it and gets no answer. That is the fate of any
+    answer decided from the request head alone (401, 403, 404, 405, 429, ...) whenever the body
+    arrives in a later read than the head: the app's reader (Quart reads the body in a task of
+    its own, whether the handler wants it or not) has not seen the end of it yet.
+
+    So when a response starts before the request body has been received to its end, it waits
+    for the end: up to `max_body_bytes` of body and `wait_s` seconds. Then the connection stays
+    usable. A body that is larger (the 413 case) or slower gets `Connection: close` on the
+    response instead, so the client knows the connection ends with it.
+    """
+
+    def __init__(
+        self, app: ASGIFramework, max_body_bytes: int, *, wait_s: float = _BODY_WAIT_S
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.wait_s = wait_s
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = _RequestBody(self.max_body_bytes, _content_length(scope["headers"]))
+
+        async def receive_and_track() -> Any:
+            message = await receive()
+            body.saw(message)
+            return message
+
+        async def send_once_read(message: Any) -> None:
+            if message["type"] == "http.response.start" and not body.complete:
+                message = await self._finish_or_close(body, message)
+            await send(message)
+
+        await self.app(scope, receive_and_track, send_once_read)
+
+    async def _finish_or_close(self, body: _RequestBody, start: Any) -> Any:
+        if not body.too_large:
+            with trio.move_on_after(self.wait_s):
+                await body.settled.wait()
+        if body.complete:
+            return start
+        headers = list(start.get("headers", ()))
+        if not any(
+            name.lower() == b"connection" and b"close" in value.lower() for name, value in headers
+        ):
+            headers.append((b"connection", b"close"))
+        return {**start, "headers": headers}
+
+
+class _RequestBody:
+    """What the app has received of one request's body (through its ASGI `receive`)."""
+
+    __slots__ = ("complete", "limit", "received", "settled", "too_large")
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        self.limit = limit
+        self.received = 0
+        self.complete = False  # the end of the body has been received
+        self.too_large = declared is not None and declared > limit
+        self.settled = trio.Event()  # complete, too large, or the peer has gone
+
+    def saw(self, message: Any) -> None:
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.complete = True
+                self.settled.set()
+            elif self.received > self.limit:
+                self.too_large = True
+                self.settled.set()
+        elif message["type"] == "http.disconnect":
+            self.settled.set()
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # h11 refuses such a request before any app sees it
+    return None
 
 
 def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[str]:

@@ -22,6 +22,7 @@ from quart_trio import QuartTrio
 
 from dtq.net.serving import (
     BoundAddress,
+    FinishRequestBody,
     ForwardedForMiddleware,
     apply_hypercorn_patch,
     hypercorn_config,
@@ -323,3 +324,68 @@ async def test_forwarded_proto_only_from_trusted_peer() -> None:
     trusted = await forwarded_scope(("10.0.0.1",), "10.0.0.1", x_forwarded_proto="https")
     untrusted = await forwarded_scope(("10.0.0.1",), "10.0.0.2", x_forwarded_proto="https")
     assert (trusted["scheme"], untrusted["scheme"]) == ("https", "http")
+
+
+# --- FinishRequestBody, without sockets --------------------------------------------------------
+
+
+async def answer_early(body_messages: list[dict[str, Any]], **headers: str) -> list[Any]:
+    """Run an app that answers without reading the body, while the 'client' delivers
+    `body_messages` (then nothing); returns the response start's headers."""
+    sent: list[Any] = []
+    send_body, receive_body = trio.open_memory_channel[dict[str, Any]](len(body_messages) or 1)
+    for message in body_messages:
+        send_body.send_nowait(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def read_all() -> None:  # Quart reads the body in a task of its own, too
+                while (await receive())["type"] == "http.request":
+                    pass
+
+            nursery.start_soon(read_all)
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"no", "more_body": False})
+            nursery.cancel_scope.cancel()
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(k.replace("_", "-").encode(), v.encode())
+                                         for k, v in headers.items()]}  # fmt: skip
+    await FinishRequestBody(app, max_body_bytes=100, wait_s=5.0)(
+        scope,  # type: ignore[arg-type]
+        receive_body.receive,
+        send,
+    )
+    return list(sent[0]["headers"])
+
+
+async def test_early_answer_waits_for_the_body_and_keeps_the_connection() -> None:
+    headers = await answer_early(
+        [{"type": "http.request", "body": b"x" * 60, "more_body": True},
+         {"type": "http.request", "body": b"x" * 40, "more_body": False}],
+        content_length="100",
+    )  # fmt: skip
+    assert headers == []
+
+
+async def test_early_answer_to_a_body_too_large_says_connection_close() -> None:
+    declared = await answer_early([], content_length="101")
+    counted = await answer_early(
+        [{"type": "http.request", "body": b"x" * 101, "more_body": True}],
+        transfer_encoding="chunked",
+    )
+    assert declared == counted == [(b"connection", b"close")]
+
+
+async def test_early_answer_to_a_body_that_stalls_says_connection_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    headers = await answer_early(
+        [{"type": "http.request", "body": b"x", "more_body": True}], content_length="100"
+    )
+    assert headers == [(b"connection", b"close")]
+    assert trio.current_time() - start == pytest.approx(5.0)
