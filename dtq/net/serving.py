@@ -11,15 +11,13 @@ Graceful shutdown on SIGTERM / SIGINT (for `dtq serve`):
 On shutdown hypercorn stops accepting, closes idle keep-alive connections at once, lets requests
 in flight finish for up to `graceful_timeout_s`, then cancels what is left.
 
-Importing this module patches hypercorn (see "Trap 1" below); the patch is checked against the
-exact hypercorn source it was written for and refuses to load on any other.
+Importing this module patches hypercorn (`dtq.net.hypercorn_patch`: stack-findings trap 1, and
+hypercorn's own error responses in the guide's format); the patch is checked against the exact
+hypercorn source it was written for and refuses to load on any other.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import inspect
 import ipaddress
 import logging
 import signal
@@ -30,13 +28,11 @@ from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Event, Updated
 from hypercorn.trio import serve as hypercorn_serve
-from hypercorn.trio import tcp_server
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from dtq.logs import get_logger
+from dtq.net.hypercorn_patch import apply_hypercorn_patch, remove_hypercorn_patch
 from dtq.settings import Settings
 
 __all__ = [
@@ -301,101 +297,3 @@ def _scheme_for(scope_type: str, proto: str) -> str:
     if scope_type == "websocket":
         return "wss" if secure else "ws"
     return "https" if secure else "http"
-
-
-# --- Trap 1: hypercorn (trio worker) + quart-trio connection life cycle ------------------------
-#
-# quart-trio runs each request in a nursery that it cancels as soon as the ASGI `http.disconnect`
-# (or `websocket.disconnect`) arrives. hypercorn delivers that message from inside the app's last
-# `send()`, i.e. in the app's task, and that same task then goes on with hypercorn's connection
-# bookkeeping in `TCPServer.protocol_send`: re-arming the keep-alive idle timer, `send_eof`,
-# `aclose`. Now cancelled, that bookkeeping is cut short: the idle timer is never armed, so
-# `keep_alive_timeout` never fires and every shutdown with an idle keep-alive connection open
-# waits the whole `graceful_timeout`; a socket can stay open.
-#
-# The fix, two small wrappers around hypercorn 0.18.0's `TCPServer` methods:
-#  1. `protocol_send` runs shielded from the caller's cancellation, so the bookkeeping always
-#     completes. It is short work: restart/stop a timer, shut down and close the socket, queue
-#     `http.disconnect` for the app. The one slow part, the socket write, hypercorn shields itself
-#     already (a peer that stops reading mid-response blocks it, patched or not). No deadline on
-#     the shield: one that fired would silently drop bytes from the connection's stream.
-#  2. Once the read loop has ended (the peer closed its side, or the read failed), the idle timer
-#     is stopped and never re-armed: the connection then closes at once instead of sitting in
-#     CLOSE_WAIT for `keep_alive_timeout` (it did in hypercorn even without quart-trio; the
-#     shield of 1. makes it happen on every request, as the timer now does get re-armed).
-#
-# Guard: the wrappers rely on hypercorn internals, so the patch refuses to load unless the
-# installed hypercorn is the version, and `hypercorn/trio/tcp_server.py` the exact source, it was
-# checked against. After upgrading hypercorn: run tests/net/test_serving.py (its canary test
-# shows whether hypercorn still needs the patch), then update the two constants below.
-
-_VERIFIED_HYPERCORN_VERSIONS = frozenset({"0.18.0"})
-_VERIFIED_TCP_SERVER_SHA256 = "fbec50b5df48e46d28e1a594c47931e1395d1dded14044945203f7840d0cba20"
-_PEER_GONE = "_dtq_peer_gone"  # attribute set on a TCPServer once its read loop has ended
-
-# inspect.unwrap: hypercorn's own methods even if this module is imported a second time.
-_original_protocol_send: Callable[[TCPServer, Event], Awaitable[None]] = inspect.unwrap(
-    TCPServer.protocol_send
-)
-_original_read_data: Callable[[TCPServer], Awaitable[None]] = inspect.unwrap(TCPServer._read_data)
-
-
-async def _protocol_send(self: TCPServer, event: Event) -> None:
-    with trio.CancelScope(shield=True):
-        if isinstance(event, Updated) and event.idle and getattr(self, _PEER_GONE, False):
-            return  # nobody is left to send another request: don't re-arm the idle timer
-        await _original_protocol_send(self, event)
-
-
-async def _read_data(self: TCPServer) -> None:
-    try:
-        await _original_read_data(self)
-    finally:
-        setattr(self, _PEER_GONE, True)
-        with trio.CancelScope(shield=True):
-            await self.idle_task.stop()
-
-
-_protocol_send.__wrapped__ = _original_protocol_send  # type: ignore[attr-defined]
-_read_data.__wrapped__ = _original_read_data  # type: ignore[attr-defined]
-
-
-def _check_hypercorn_is_verified() -> None:
-    version = importlib.metadata.version("hypercorn")
-    try:
-        source: str | None = inspect.getsource(tcp_server)
-    except OSError:  # no source installed (.pyc only): the version must do
-        source = None
-    digest = None if source is None else hashlib.sha256(source.encode()).hexdigest()
-    if version not in _VERIFIED_HYPERCORN_VERSIONS or (
-        digest is not None and digest != _VERIFIED_TCP_SERVER_SHA256
-    ):
-        raise RuntimeError(
-            f"dtq.net.serving patches hypercorn's TCPServer (keep-alive/shutdown fix, see the "
-            f"comment in {__name__}), verified for hypercorn "
-            f"{sorted(_VERIFIED_HYPERCORN_VERSIONS)} only; installed: hypercorn {version} with "
-            f"tcp_server.py sha256 {digest}. Re-check the patch against the new hypercorn, run "
-            f"tests/net/test_serving.py, then update the verified version and hash."
-        )
-
-
-_PATCHES = (
-    ("protocol_send", _protocol_send, _original_protocol_send),
-    ("_read_data", _read_data, _original_read_data),
-)
-
-
-def apply_hypercorn_patch() -> None:
-    """Install the fix (done at import; installing it twice is harmless)."""
-    for name, patched, _ in _PATCHES:
-        setattr(TCPServer, name, patched)
-
-
-def remove_hypercorn_patch() -> None:
-    """Restore hypercorn's own methods. For tests that show the trap without the fix."""
-    for name, _, original in _PATCHES:
-        setattr(TCPServer, name, original)
-
-
-_check_hypercorn_is_verified()
-apply_hypercorn_patch()

@@ -7,6 +7,7 @@ without it, and will tell us once a new hypercorn no longer needs it.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -389,3 +390,76 @@ async def test_early_answer_to_a_body_that_stalls_says_connection_close(
     )
     assert headers == [(b"connection", b"close")]
     assert trio.current_time() - start == pytest.approx(5.0)
+
+
+# --- hypercorn's own refusals in the guide's error format ----------------------------------------
+
+
+async def raw_exchange(address: BoundAddress, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send raw bytes, read one response (h11 as client parses it), check the JSON error body."""
+    async with await trio.open_tcp_stream(address.host, address.port) as stream:
+        await stream.send_all(request)
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="GET", target="/", headers=[("Host", "test")]))
+        client.send(h11.EndOfMessage())  # h11 wants to have sent a request before a response
+        response: h11.Response | None = None
+        body = b""
+        with trio.fail_after(BOUND_S):
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    response = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+        assert response is not None
+        headers = dict(response.headers)
+        assert headers[b"content-type"] == b"application/json"
+        assert headers[b"connection"] == b"close"
+        error = json.loads(body)
+        assert error["status"] == "error"
+        assert error["timestamp"].endswith("Z")
+        assert set(error["error"]) == {"code", "message", "details"}
+        return response.status_code, error["error"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 431,
+         "INVALID_REQUEST", "too large"),
+        (b"GET / HTTP/1.1\r\nHost: test\r\nno colon here\r\n\r\n", 400, "INVALID_REQUEST",
+         "malformed request"),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "INVALID_REQUEST", "malformed request"),
+        (b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+         "INVALID_REQUEST", "not supported"),
+    ],
+    ids=["431-huge-header", "400-bad-header", "400-bad-request-line", "501-transfer-encoding"],
+)  # fmt: skip
+async def test_protocol_refusals_carry_the_guides_error(
+    request_bytes: bytes, status: int, code: str, reason: str
+) -> None:
+    async with running(make_app(Gates())) as server:
+        got, error = await raw_exchange(server.address, request_bytes)
+        assert got == status
+        assert error["code"] == code
+        assert error["details"]["reason"] == reason
+        await server.shut_down()
+
+
+async def test_app_that_ends_without_answering_gets_the_guides_500() -> None:
+    async def silent_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    async with running(silent_app) as server:  # type: ignore[arg-type]
+        status, error = await raw_exchange(server.address, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 500
+        assert error["code"] == "INTERNAL_ERROR"
+        await server.shut_down()
