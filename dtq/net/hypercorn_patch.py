@@ -176,8 +176,10 @@ _PATCHES: tuple[tuple[type, str, Any, Any], ...] = (
     (H11Protocol, "_send_error_response", _h11_error_response, _original_h11_error_response),
     (HTTPStream, "_send_error_response", _stream_error_response, _original_stream_error_response),
 )
-for _, _name, _patched, _original in _PATCHES:
-    _patched.__wrapped__ = _original
+_protocol_send.__wrapped__ = _original_protocol_send  # type: ignore[attr-defined]
+_read_data.__wrapped__ = _original_read_data  # type: ignore[attr-defined]
+_h11_error_response.__wrapped__ = _original_h11_error_response  # type: ignore[attr-defined]
+_stream_error_response.__wrapped__ = _original_stream_error_response  # type: ignore[attr-defined]
 
 
 def _check_hypercorn_is_verified() -> None:

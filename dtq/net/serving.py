@@ -194,7 +194,8 @@ class FinishRequestBody:
 
     So when a response starts before the request body has been received to its end, it waits
     for the end: up to `max_body_bytes` of body and `wait_s` seconds. Then the connection stays
-    usable. A body that is larger (the 413 case) or slower gets `Connection: close` on the
+    usable (hypercorn hands the app the end of the body only once h11 has parsed it, so h11 is
+    done with the request by then). A body that is larger (the 413 case) or slower gets `Connection: close` on the
     response instead, so the client knows the connection ends with it.
     """
 
