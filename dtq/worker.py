@@ -9,7 +9,8 @@
 
     worker.run()                           # or: dtq worker mymodule:worker
 
-Leases as many tasks as it has free slots (one long poll), extends each lease at a third of its
+Leases as many tasks as it has free slots (one long poll), of the names it has handlers for
+(`any_name=True` for every name), extends each lease at a third of its
 length, reports results in batches, and hands unfinished tasks back on shutdown. It only uses
 the public HTTP API, through `WorkerTransport` (a WebSocket transport can slot in later).
 """
