@@ -109,7 +109,7 @@ def bad_tokens(settings: Settings, services: Services, good: str) -> dict[str, s
 
     def mine(role: str = "admin", **kw: Any) -> dict[str, Any]:
         """Claims as the server's own tokens have them, so each case fails for its own reason."""
-        return claims(role, uid=uid, gen=0, **kw)
+        return claims(role, **{"uid": uid, "gen": 0, **kw})
 
     secret = server_secret(settings)
     header, payload, signature = good.split(".")
