@@ -8,7 +8,7 @@ tell which usernames exist):
   again, so concurrent guesses still in the password hash are counted too;
 - the first `free_failures - 1` (9) failures cost nothing; from the 10th on, each failure locks
   the username for a window that doubles, from `base_lock_s` (1 s) up to `max_lock_s` (15
-  minutes, reached at the 20th);
+  minutes, reached at the 21st);
 - while locked, attempts are refused before any password is checked and change nothing, so a
   refused attempt reveals nothing and cannot extend the lock;
 - failures are forgotten after `decay_s` (15 minutes) without one once the lock has ended, and
@@ -30,7 +30,7 @@ FREE_FAILURES = 10
 BASE_LOCK_S = 1.0
 MAX_LOCK_S = 15 * 60.0
 DECAY_S = 15 * 60.0
-MAX_ENTRIES = 100_000
+MAX_ENTRIES = 20_000  # ~8 MB at worst (64-character names); flushing one takes 20,000 failures
 
 
 class _Failures:

@@ -61,7 +61,12 @@ def register(api: Api) -> None:
                   body=LoginRequest, response=TokenOut, auth=False, errors=(401,),
                   extra_fields=(("token", str),),
                   description="The JWT is at the top level (`.token`, as the guide's example "
-                  "reads it) and in `data`."),
+                  "reads it) and in `data`. Failed logins are throttled per username (known or "
+                  "not), beside the per-address rate limit: from the 10th failure within 15 "
+                  "minutes each one locks the username for twice as long, from 1 s up to 15 "
+                  "minutes; while locked, a login gets 429 `RATE_LIMITED` (`details.reason: "
+                  "login_throttled`) with `Retry-After`, without the password being checked. "
+                  "A correct password after the lock always works and clears the count."),
         None,
     )  # fmt: skip
     async def login(call: Call) -> Any:
