@@ -84,6 +84,11 @@ class UserCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     role: Role = Role.VIEWER
 
 
+class UserUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    password: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    role: Role | None = None
+
+
 class ApiKeyCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=100)]
     role: Role = Role.WORKER
@@ -172,17 +177,32 @@ class Accounts:
         raw = self._store.get_raw("users", username.encode())
         return _dec_user.decode(raw) if raw else None
 
+    async def update_user(self, username: str, body: UserUpdate) -> User:
+        """Change a user's password and/or role at once; every token issued before stops
+        working (one generation bump, one write)."""
+        if body.password is None and body.role is None:
+            raise InvalidRequest("Give a new password or role", field="body", reason="empty")
+        hashed = None
+        if body.password is not None:
+            check_password_strength(body.password)
+            hashed = await trio.to_thread.run_sync(hash_password, body.password)
+
+        def change(user: User) -> User:
+            return msgspec.structs.replace(
+                user,
+                password_hash=user.password_hash if hashed is None else hashed,
+                role=user.role if body.role is None else body.role,
+            )
+
+        return await self._update_user(username, change)
+
     async def set_password(self, username: str, password: str) -> User:
         """Change a user's password; every token issued before stops working."""
-        check_password_strength(password)
-        hashed = await trio.to_thread.run_sync(hash_password, password)
-        return await self._update_user(
-            username, lambda u: msgspec.structs.replace(u, password_hash=hashed)
-        )
+        return await self.update_user(username, UserUpdate(password=password))
 
     async def set_role(self, username: str, role: Role) -> User:
         """Change a user's role; every token issued before stops working."""
-        return await self._update_user(username, lambda u: msgspec.structs.replace(u, role=role))
+        return await self.update_user(username, UserUpdate(role=role))
 
     async def _update_user(
         self, username: str, change: Callable[[User], User], *, bump: bool = True

@@ -337,6 +337,7 @@ CASES = [
         201,
         {"username": "carol", "password": "long-enough", "role": "viewer"},
     ),
+    Case("PATCH", "/api/v1/users/{user}", Permission.ADMIN, body={"role": "worker"}, needs="user"),
     Case("DELETE", "/api/v1/users/{user}", Permission.ADMIN, 204, needs="user"),
     Case("GET", "/api/v1/api-keys", Permission.ADMIN),
     Case("POST", "/api/v1/api-keys", Permission.ADMIN, 201, {"name": "k", "role": "worker"}),

@@ -76,6 +76,49 @@ async def test_a_role_change_ends_older_tokens(services: Services, client: Clien
     ok(await new.get("/api/v1/workers"))
 
 
+async def test_patch_user_changes_password_and_role_and_ends_tokens(
+    admin: Client, services: Services, client: Client
+) -> None:
+    await services.accounts.create_user(UserCreate(username="dan", password=PASSWORD))
+    old = await log_in(client, "dan")
+    reply = await admin.request("PATCH", "/api/v1/users/dan", json={"role": "operator"})
+    user = ok(reply)
+    assert (user["username"], user["role"]) == ("dan", "operator")
+    assert "password" not in reply.body.decode() and "hash" not in reply.body.decode()
+    await revoked(old)
+    mid = await log_in(client, "dan")
+    ok(await mid.get("/api/v1/workers"))  # the new role
+    body = {"password": "another-password", "role": "viewer"}
+    ok(await admin.request("PATCH", "/api/v1/users/dan", json=body))
+    await revoked(mid)
+    error_of(
+        await client.post("/api/v1/auth/login", {"username": "dan", "password": PASSWORD}),
+        401,
+        "UNAUTHORIZED",
+    )
+    new = await log_in(client, "dan", "another-password")
+    error_of(await new.post("/api/v1/tasks", {"name": "x"}), 403, "FORBIDDEN")  # a viewer now
+    ok(await admin.get("/api/v1/users"))  # the admin's own token is untouched
+
+
+async def test_patch_user_refusals(admin: Client, tokens: dict[Role, str], client: Client) -> None:
+    patch = admin.request
+    error_of(await patch("PATCH", "/api/v1/users/nobody", json={"role": "viewer"}), 404,
+             "NOT_FOUND")  # fmt: skip
+    for body, field in (
+        ({}, "body"),
+        ({"password": "short"}, "password"),
+        ({"role": "root"}, "role"),
+        ({"disabled": True}, "disabled"),
+    ):
+        reply = await patch("PATCH", "/api/v1/users/admin", json=body)
+        error_of(reply, 400, "INVALID_REQUEST", field=field)
+    operator = client.bearer(tokens[Role.OPERATOR])
+    reply = await operator.request("PATCH", "/api/v1/users/admin", json={"password": "x" * 12})
+    error_of(reply, 403, "FORBIDDEN")
+    ok(await client.post("/api/v1/auth/login", {"username": "admin", "password": ADMIN_PASSWORD}))
+
+
 async def test_other_users_tokens_are_unaffected(
     admin: Client, services: Services, client: Client
 ) -> None:

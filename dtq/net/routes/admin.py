@@ -6,7 +6,15 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.accounts import ApiKey, ApiKeyCreate, LoginRequest, User, UserCreate, validate_username
+from dtq.accounts import (
+    ApiKey,
+    ApiKeyCreate,
+    LoginRequest,
+    User,
+    UserCreate,
+    UserUpdate,
+    validate_username,
+)
 from dtq.auth import Permission
 from dtq.net.api import Api, Call, no_content, respond
 from dtq.net.envelope import iso, success
@@ -89,6 +97,18 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def create_user(call: Call) -> Any:
         return respond(success(user_out(await accounts.create_user(call.body))), 201)
+
+    @api.route(
+        RouteSpec("PATCH", "/api/v1/users/{username}", "Change a user's password or role",
+                  ADMIN_TAG, "update_user", body=UserUpdate, response=UserOut, errors=(404,),
+                  roles=("admin",),
+                  description="Every token issued to the user before the change stops working "
+                  "(401); the user logs in again."),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def update_user(call: Call) -> Any:
+        username = validate_username(call.params["username"])
+        return respond(success(user_out(await accounts.update_user(username, call.body))))
 
     @api.route(
         RouteSpec("DELETE", "/api/v1/users/{username}", "Delete a user", ADMIN_TAG,
