@@ -32,6 +32,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     outbox = Outbox()  # installed before the first write, so it sees every task change
     async with open_queue(settings, on_open=lambda q: outbox.install(q.store)) as queue:
         accounts = Accounts(queue.store, queue.writer, queue.clock, settings)
+        upgraded = await accounts.upgrade_records()
+        if upgraded:
+            log.info("gave user records from an older version an account id", users=upgraded)
         generated = await accounts.bootstrap_admin(settings.admin_password)
         if generated is not None:
             # DESIGN.md: without DTQ_ADMIN_PASSWORD a random one is shown once, at first start.

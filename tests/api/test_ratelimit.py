@@ -43,7 +43,6 @@ async def services(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Async
 @pytest.fixture
 async def tokens(services: Services) -> dict[Role, str]:
     """Tokens made without logging in: a login is a rate-limited request itself."""
-    now = services.queue.clock.now()
     out = {}
     for role in Role:
         name = "admin" if role is Role.ADMIN else f"{role.value}-user"
@@ -51,7 +50,9 @@ async def tokens(services: Services) -> dict[Role, str]:
             await services.accounts.create_user(
                 UserCreate(username=name, password="role-password", role=role)
             )
-        out[role] = services.accounts.tokens.issue(name, role, now)
+        user = services.accounts.get_user(name)
+        assert user is not None
+        out[role] = services.accounts.issue_token(user)
     return out
 
 
