@@ -69,6 +69,10 @@ class UserCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     role: Role = Role.VIEWER
 
 
+class PasswordChange(Struct, forbid_unknown_fields=True, kw_only=True):
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
 class ApiKeyCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=100)]
     role: Role = Role.WORKER
@@ -147,6 +151,21 @@ class Accounts:
                 raise NotFound(f"user {username!r} not found", field="username")
 
         await self._writer.write(op)
+
+    async def set_password(self, username: str, password: str) -> User:
+        """A new password for an existing user (an admin's reset, or `dtq users set-password`)."""
+        check_password_strength(password)
+        hashed = await trio.to_thread.run_sync(hash_password, password)
+
+        def op(tx: LmdbTxn) -> User:
+            raw = tx.get_raw("users", username.encode())
+            if raw is None:
+                raise NotFound(f"user {username!r} not found", field="username")
+            user = msgspec.structs.replace(_dec_user.decode(raw), password_hash=hashed)
+            tx.put_raw("users", username.encode(), _enc.encode(user))
+            return user
+
+        return await self._writer.write(op)
 
     async def login(self, body: LoginRequest) -> tuple[str, User]:
         raw = self._store.get_raw("users", body.username.encode())

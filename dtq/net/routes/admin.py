@@ -6,7 +6,15 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.accounts import ApiKey, ApiKeyCreate, LoginRequest, User, UserCreate, validate_username
+from dtq.accounts import (
+    ApiKey,
+    ApiKeyCreate,
+    LoginRequest,
+    PasswordChange,
+    User,
+    UserCreate,
+    validate_username,
+)
 from dtq.auth import Permission
 from dtq.net.api import Api, Call, no_content, respond
 from dtq.net.envelope import iso, success
@@ -84,6 +92,18 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def create_user(call: Call) -> Any:
         return respond(success(user_out(await accounts.create_user(call.body))), 201)
+
+    @api.route(
+        RouteSpec("PUT", "/api/v1/users/{username}", "Set a user's password", ADMIN_TAG,
+                  "set_user_password", body=PasswordChange, response=UserOut, errors=(404,),
+                  roles=("admin",),
+                  description="Resets the password of an existing user (`dtq users "
+                  "set-password`)."),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def set_user_password(call: Call) -> Any:
+        username = validate_username(call.params["username"])
+        return respond(success(user_out(await accounts.set_password(username, call.body.password))))
 
     @api.route(
         RouteSpec("DELETE", "/api/v1/users/{username}", "Delete a user", ADMIN_TAG,
