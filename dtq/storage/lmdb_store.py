@@ -324,7 +324,7 @@ class LmdbStore:
         """
         meta = self.db["meta"]
         raw = txn.get(_INDEX_VERSION_KEY, db=meta)
-        if raw is not None and K.from_u64(raw) >= _INDEX_VERSION:
+        if raw is not None and K.from_u64(bytes(raw)) >= _INDEX_VERSION:
             return
         by_queue, by_name = self.db["by_queue"], self.db["by_name"]
         txn.drop(by_queue, delete=False)
@@ -332,7 +332,9 @@ class LmdbStore:
         for key, value in txn.cursor(db=self.db["tasks"]):
             tkey = bytes(key)
             task = codec.decode_task(value)
-            txn.put(K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=by_queue)
+            txn.put(
+                K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=by_queue
+            )
             txn.put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=by_name)
         txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
 

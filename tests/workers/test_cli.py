@@ -148,7 +148,7 @@ def test_submit_and_wait_with_a_running_worker(
     shared_server: SharedServer, cli_worker: Proc
 ) -> None:
     done = run_cli("submit", "add", "--payload", '{"a": 2, "b": 40}', "--queue", "cli",
-                   "--priority", "high", "--wait", "--timeout", str(BOUND_S), "--json",
+                   "--priority", "high", "--wait", "--wait-timeout", str(BOUND_S), "--json",
                    *remote(shared_server))  # fmt: skip
     assert done.returncode == 0, done.stderr
     task = json.loads(done.stdout)
@@ -158,7 +158,7 @@ def test_submit_and_wait_with_a_running_worker(
     # Credentials and URL from the environment; a failed task is exit code 2.
     env = clean_env(DTQ_URL=shared_server.url, DTQ_API_KEY=shared_server.admin_key)
     done = run_cli("submit", "boom", "--payload", '{"message": "bad input"}', "--queue", "cli",
-                   "--wait", "--timeout", str(BOUND_S), "--json", env=env)  # fmt: skip
+                   "--wait", "--wait-timeout", str(BOUND_S), "--json", env=env)  # fmt: skip
     assert done.returncode == 2, done.stderr
     task = json.loads(done.stdout)
     assert task["status"] == "failed"
@@ -174,10 +174,21 @@ def test_submit_without_wait_and_with_a_timeout(dtq: InProcessCli, client: Clien
                     "--delay", "3600", "--idempotency-key", "cli-once")["id"] == task["id"]  # fmt: skip
 
     rc, _, err = dtq("submit", "Nobody Runs This", "--queue", "cli-idle", "--wait",
-                       "--timeout", "0.2")  # fmt: skip
+                       "--wait-timeout", "0.2")  # fmt: skip
     assert rc == 1
     assert "still pending" in one_line_error(err)
-    client.delete(task["id"])
+    # --timeout was the wait: it still is, with a warning that it is now --wait-timeout.
+    rc, _, err = dtq("submit", "Nobody Runs This", "--queue", "cli-idle", "--wait",
+                       "--timeout", "0.2")  # fmt: skip
+    assert rc == 1
+    warning, error = err.strip().splitlines()
+    assert "--wait-timeout" in warning and "still pending" in error
+
+    # --task-timeout is the task's own timeout.
+    timed = dtq.json("submit", "Nobody Runs This", "--queue", "cli-idle", "--task-timeout", "12")
+    assert timed["timeout"] == 12
+    for made in client.list(queue="cli-idle", name="Nobody Runs This"):
+        client.delete(made.id)
 
 
 def test_tasks_list_get_cancel_delete(dtq: InProcessCli, client: Client) -> None:
@@ -251,12 +262,16 @@ def test_errors_are_one_line_with_a_non_zero_exit(
         (("tasks", "cancel", unknown), "not found"),
         (("tasks", "delete", unknown), "not found"),
         (("tasks", "get", "not-a-uuid"), "Invalid task ID"),
-        (("submit", "x", "--payload", "{not json"), "Expecting property name"),
         (("submit", "x", "--queue", "no spaces allowed"), "queue"),
     ]:
         rc, out, err = dtq(*args)
         assert rc == 1, (args, out, err)
         assert expected in one_line_error(err), (args, err)
+
+    # A bad flag value: one line naming the flag, exit code 2 (a usage error, as argparse's).
+    rc, out, err = dtq("submit", "x", "--payload", "{not json")
+    assert rc == 2, err
+    assert one_line_error(err).startswith("dtq: error: --payload: invalid JSON: Expecting")
 
     rc, out, err = dtq("tasks", "list", "--url", shared_server.url, "--api-key", "dtq_wrong",
                        remote=False)  # fmt: skip
@@ -297,7 +312,7 @@ def test_bulk_submit_from_a_file(dtq: InProcessCli, client: Client, tmp_path: Pa
         ('{"name": "ok"}\n[1, 2]\n', "line 2: expected a JSON object with a name"),
         ('{"payload": {}}\n', "line 1: expected a JSON object with a name"),
         ('{"name": "x", "colour": "red"}\n', "line 1: unknown field(s): colour"),
-        ("{not json\n", "Expecting property name"),
+        ("{not json\n", "line 1: invalid JSON: Expecting property name"),
     ]:
         path.write_text(content)
         rc, _, err = dtq("submit", "--file", str(path))
