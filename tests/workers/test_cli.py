@@ -141,6 +141,33 @@ def test_every_command_has_help(
     assert out.startswith(f"usage: dtq {' '.join(command)}")
 
 
+def _parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple]:
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*prefix, name))
+
+
+def test_every_flag_has_help_text() -> None:
+    missing = [
+        (" ".join(command), action.dest)
+        for command, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+
+
+def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["tasks", "list", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "print at most N tasks (default: 50)" in out
+    assert "--queue QUEUE only tasks of this queue" in out
+    assert "(default: None)" not in out
+
+
 # --- submit, tasks, workers -------------------------------------------------------------------------
 
 
@@ -214,6 +241,23 @@ def test_tasks_list_get_cancel_delete(dtq: InProcessCli, client: Client) -> None
     assert f"task {ids[2]} not found" in one_line_error(err)
     client.delete(ids[0])
     client.delete(ids[1])
+
+
+def test_tasks_list_by_queue_and_name_with_skip(dtq: InProcessCli, client: Client) -> None:
+    made = [client.submit(name, queue=queue).id
+            for name, queue in [("Sort", "cli-filter-a"), ("Sort", "cli-filter-b"),
+                                ("Mail", "cli-filter-b"), ("Sort", "cli-filter-b")]]  # fmt: skip
+    in_b = dtq.json("tasks", "list", "--queue", "cli-filter-b", "--order", "asc")
+    assert [t["id"] for t in in_b] == made[1:]
+    sorts = dtq.json("tasks", "list", "--queue", "cli-filter-b", "--name", "Sort", "--order", "asc")
+    assert [t["id"] for t in sorts] == [made[1], made[3]]
+    page = dtq.json("tasks", "list", "--queue", "cli-filter-b", "--order", "asc", "--skip", "1",
+                    "--limit", "1")  # fmt: skip
+    assert [t["id"] for t in page] == [made[2]]
+    rc, _, err = dtq("tasks", "list", "--limit", "0")
+    assert rc == 2 and one_line_error(err) == "dtq: error: --limit: must be at least 1"
+    for task_id in made:
+        client.delete(task_id)
 
 
 def test_workers_list(dtq: InProcessCli, cli_worker: Proc) -> None:
