@@ -175,11 +175,12 @@ def _create_key(args: argparse.Namespace, settings: Settings | None) -> int:
         return 0
     print(f"API key {key_id} ({role}) created. It is shown only this once:\n")
     print(f"    {full}\n")
-    print("Use it from the shell, a worker or the Python client:\n")
+    print("Use it from the shell (dtq worker, dtq submit and dtq.Client read these):\n")
     if url:
         print(f"    export DTQ_URL={url}")
-    print(f"    export DTQ_API_KEY={full}")
-    print(f"    dtq worker jobs:worker        # or any request with the header X-API-Key: {full}")
+    print(f"    export DTQ_API_KEY={full}\n")
+    print("or send it with any request:\n")
+    print(f'    curl -H "X-API-Key: {full}" {url or DEFAULT_URL}/api/v1/tasks')
     return 0
 
 
