@@ -56,6 +56,12 @@ def cli_worker(
         procs.kill_all()
 
 
+@pytest.fixture(autouse=True)
+def no_saved_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process commands never see the login of whoever runs the tests."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
 @pytest.fixture
 def client(shared_server: SharedServer) -> Iterator[Client]:
     with Client(shared_server.url, api_key=shared_server.admin_key) as c:
