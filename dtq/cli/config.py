@@ -120,6 +120,8 @@ def resolve_remote(args: argparse.Namespace, environ: Mapping[str, str] | None =
         and saved is not None
         and (url is None or _same_server(url, saved.url))
     ):
+        if saved.expired:
+            raise ValueError(f"the saved login to {saved.url} has expired: run `dtq login`")
         token, from_login = saved.token, True
     return Remote(
         url=(url or DEFAULT_URL).rstrip("/"),

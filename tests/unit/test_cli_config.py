@@ -82,3 +82,10 @@ def test_flags_then_environment_then_the_saved_login(
     assert (r.url, r.token) == ("http://10.0.0.2:5000", None)  # never sent to another server
     r = resolve_remote(args(url="http://10.0.0.1:5000/"))
     assert (r.url, r.token) == ("http://10.0.0.1:5000", "saved")
+
+
+def test_an_expired_login_says_so(config_home: Path) -> None:
+    save_login(SavedLogin("http://10.0.0.1:5000", "old", "admin", expires_at=1.0))
+    with pytest.raises(ValueError, match="has expired: run `dtq login`"):
+        resolve_remote(args())
+    assert resolve_remote(args(api_key="dtq_k")).api_key == "dtq_k"  # other credentials: fine
