@@ -30,6 +30,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     jwt_ttl_s: int = 3600
     rate_limit_per_hour: int = 1000
     rate_limit_per_minute: int = 100
+    # Principals with the worker role poll and heartbeat all day: limits meant for API clients
+    # would throttle them, so they have their own defaults (0 = no limit).
+    worker_rate_limit_per_hour: int = 0
+    worker_rate_limit_per_minute: int = 0
     cors_origins: tuple[str, ...] = ()
     certfile: str | None = None
     keyfile: str | None = None

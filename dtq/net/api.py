@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from quart import current_app, g, request
 
 from dtq.accounts import Accounts
-from dtq.auth import Permission, Principal
+from dtq.auth import Permission, Principal, Role
 from dtq.errors import Unauthorized
 from dtq.net.envelope import JSON, decode_body, decode_query
 from dtq.net.events import EventBus
@@ -83,9 +83,15 @@ def principal_of(accounts: Accounts) -> Principal:
 def charge(svc: Services, principal: Principal) -> None:
     """Count one request against the caller's rate limits (the after-request hook adds the
     X-RateLimit-* headers); RateLimited when over."""
-    per_minute, per_hour = principal.rate_limits(
-        svc.settings.rate_limit_per_minute, svc.settings.rate_limit_per_hour
-    )
+    settings = svc.settings
+    if principal.role is Role.WORKER:
+        per_minute, per_hour = principal.rate_limits(
+            settings.worker_rate_limit_per_minute, settings.worker_rate_limit_per_hour
+        )
+    else:
+        per_minute, per_hour = principal.rate_limits(
+            settings.rate_limit_per_minute, settings.rate_limit_per_hour
+        )
     decision = svc.limiter.hit(principal.identity, time.time(), per_minute, per_hour)
     g.rate_decision = decision
     if not decision.allowed:
