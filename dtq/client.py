@@ -187,6 +187,27 @@ class _Requests:
     def _req_analytics(self, what: str, params: dict[str, Any]) -> _Req[dict[str, Any]]:
         return _Req("GET", f"/api/v1/analytics/{what}", None, _clean(params), True, dict[str, Any])
 
+    # -- users and API keys (admin) --------------------------------------------------------
+    def _req_api_keys(self) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/api-keys", None, None, True, list[dict[str, Any]])
+
+    def _req_create_api_key(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Not resent: a second try after a lost answer would make a second key.
+        return _Req("POST", "/api/v1/api-keys", _clean(body), None, False, dict[str, Any])
+
+    def _req_revoke_api_key(self, key_id: str) -> _Req[None]:
+        return _Req("DELETE", f"/api/v1/api-keys/{key_id}", None, None, True, None)
+
+    def _req_users(self) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/users", None, None, True, list[dict[str, Any]])
+
+    def _req_create_user(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        return _Req("POST", "/api/v1/users", body, None, False, dict[str, Any])
+
+    def _req_set_password(self, username: str, password: str) -> _Req[dict[str, Any]]:
+        body = {"password": password}
+        return _Req("PATCH", f"/api/v1/users/{username}", body, None, True, dict[str, Any])
+
     def _req_export(self, fmt: str, days: int) -> _Req[Any]:
         accept = "text/csv" if fmt == "csv" else "application/json"
         return _Req(
@@ -304,10 +325,11 @@ class AsyncClient(_Base):
     async def get(self, task_id: str) -> TaskOut:
         return await self._send(self._req_get(task_id))
 
-    async def list(self, *, page_size: int = 100, **filters: Any) -> AsyncIterator[TaskOut]:
-        """Every matching task, fetching page after page (`status`, `priority`, `worker_id`,
-        `sort`, `order` as in the guide)."""
-        skip = 0
+    async def list(
+        self, *, page_size: int = 100, skip: int = 0, **filters: Any
+    ) -> AsyncIterator[TaskOut]:
+        """Every matching task after the first `skip`, fetching page after page (`status`,
+        `priority`, `worker_id`, `sort`, `order` as in the guide; `queue`, `name`)."""
         while True:
             page = await self._send(self._req_list({**filters, "skip": skip, "limit": page_size}))
             for task in page:
@@ -378,6 +400,26 @@ class AsyncClient(_Base):
     async def workers(self, status: str | None = None) -> builtins.list[WorkerOut]:
         return await self._send(self._req_workers({"status": status, "limit": 100}))
 
+    async def api_keys(self) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_api_keys())
+
+    async def create_api_key(self, name: str, role: str, **limits: int | None) -> dict[str, Any]:
+        """`data` of the reply: the key itself is in `["key"]`, shown only this once."""
+        return await self._send(self._req_create_api_key({"name": name, "role": role, **limits}))
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        await self._send(self._req_revoke_api_key(key_id))
+
+    async def users(self) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_users())
+
+    async def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        body = {"username": username, "password": password, "role": role}
+        return await self._send(self._req_create_user(body))
+
+    async def set_password(self, username: str, password: str) -> dict[str, Any]:
+        return await self._send(self._req_set_password(username, password))
+
     # -- worker transport ---------------------------------------------------------------
     async def lease(self, worker_id: str, **kw: Any) -> builtins.list[TaskOut]:
         return await self._send(self._req_lease(worker_id, **kw))
@@ -442,12 +484,17 @@ class Client(_Base):
                 time.sleep(delay)
 
     def login(self, username: str, password: str) -> str:
+        return str(self.sign_in(username, password)["token"])
+
+    def sign_in(self, username: str, password: str) -> dict[str, Any]:
+        """Log in and use the token from now on; returns `token`, `expires_in` (s), `role`."""
         req: _Req[dict[str, Any]] = _Req(
             "POST", "/api/v1/auth/login", {"username": username, "password": password},
             data_type=dict[str, Any],
         )  # fmt: skip
-        self.token = str(self._send(req)["token"])
-        return self.token
+        data = self._send(req)
+        self.token = str(data["token"])
+        return data
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> TaskOut:
         return self._send(self._req_submit(self._submit(name, payload, **options)))
@@ -458,8 +505,7 @@ class Client(_Base):
     def get(self, task_id: str) -> TaskOut:
         return self._send(self._req_get(task_id))
 
-    def list(self, *, page_size: int = 100, **filters: Any) -> Iterator[TaskOut]:
-        skip = 0
+    def list(self, *, page_size: int = 100, skip: int = 0, **filters: Any) -> Iterator[TaskOut]:
         while True:
             page = self._send(self._req_list({**filters, "skip": skip, "limit": page_size}))
             yield from page
@@ -498,3 +544,23 @@ class Client(_Base):
 
     def workers(self, status: str | None = None) -> builtins.list[WorkerOut]:
         return self._send(self._req_workers({"status": status, "limit": 100}))
+
+    def api_keys(self) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_api_keys())
+
+    def create_api_key(self, name: str, role: str, **limits: int | None) -> dict[str, Any]:
+        """`data` of the reply: the key itself is in `["key"]`, shown only this once."""
+        return self._send(self._req_create_api_key({"name": name, "role": role, **limits}))
+
+    def revoke_api_key(self, key_id: str) -> None:
+        self._send(self._req_revoke_api_key(key_id))
+
+    def users(self) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_users())
+
+    def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        body = {"username": username, "password": password, "role": role}
+        return self._send(self._req_create_user(body))
+
+    def set_password(self, username: str, password: str) -> dict[str, Any]:
+        return self._send(self._req_set_password(username, password))
