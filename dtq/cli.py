@@ -70,10 +70,9 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_postman(args: argparse.Namespace) -> int:
-    from dtq.net.app import build_openapi
-    from dtq.net.postman import build_postman_collection
+    from dtq.net.postman_walkthrough import postman_collection
 
-    collection = build_postman_collection(build_openapi())
+    collection = postman_collection()
     text = json.dumps(collection, indent=2) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
