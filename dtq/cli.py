@@ -51,15 +51,29 @@ def _print(obj: Any, as_json: bool) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dtq.logs import configure_logging
+    from dtq.net.banner import StartupReport, check_can_listen, listen_failure
     from dtq.net.server import serve
 
     settings = _settings(args)
     configure_logging(settings)
+    report = StartupReport(settings, terminal=sys.stderr if sys.stderr.isatty() else None)
     try:
-        trio.run(partial(serve, settings, freeze_gc=True))
+        check_can_listen(settings)
+        trio.run(partial(serve, settings, freeze_gc=True, report=report))
     except KeyboardInterrupt:  # a second Ctrl+C: stop now
         return 130
+    except (OSError, BaseExceptionGroup) as exc:
+        if (message := listen_failure(exc, settings)) is None:
+            raise
+        print(message, file=sys.stderr)  # a busy port is a usage error: one line, exit 2
+        return 2
     return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from dtq.healthcheck import check_health
+
+    return check_health(_settings(args), timeout_s=args.timeout)
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -315,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["auto", "json", "console"], help="DTQ_LOG_FORMAT")
     p.add_argument("--config", help="TOML settings file (DTQ_CONFIG)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "healthcheck", help="exit 0 if the server (same settings as serve) answers /health"
+    )
+    p.add_argument("--host", help="the server's --host (DTQ_HOST); 0.0.0.0 checks 127.0.0.1")
+    p.add_argument("--port", type=int, help="the server's --port (DTQ_PORT, default 5000)")
+    p.add_argument("--certfile", help="the server's TLS certificate: check over https")
+    p.add_argument("--config", help="TOML settings file (DTQ_CONFIG)")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    p.set_defaults(func=cmd_healthcheck)
 
     p = sub.add_parser("openapi", help="print the OpenAPI document")
     p.set_defaults(func=cmd_openapi)
