@@ -83,10 +83,14 @@ class StartupReport:
     def __init__(self, settings: Settings, *, terminal: TextIO | None) -> None:
         self._settings = settings
         self._terminal = terminal
-        self._sign_in = (
-            "POST /api/v1/auth/login as admin (the password set at first start, "
-            "DTQ_ADMIN_PASSWORD), or use an API key (X-API-Key)"
-        )
+        kept = settings.data_path.resolve() / ADMIN_PASSWORD_FILE
+        if kept.exists():  # generated at an earlier start, and not yet deleted
+            self._sign_in = f"admin, with the generated password in {kept}"
+        else:
+            self._sign_in = (
+                "POST /api/v1/auth/login as admin (the password set at first start, "
+                "DTQ_ADMIN_PASSWORD), or use an API key (X-API-Key)"
+            )
 
     def admin_password_generated(self, password: str) -> None:
         """The first start made the `admin` user with a random `password`."""

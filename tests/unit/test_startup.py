@@ -120,3 +120,11 @@ def test_secret_file_mode_is_0600_even_when_it_existed(tmp_path: Path) -> None:
     write_secret_file(path, "new")
     assert path.read_text() == "new\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_kept_password_file_is_named_at_the_next_start(tmp_path: Path) -> None:
+    write_secret_file(tmp_path / "admin-password.txt", "pw-kept")
+    terminal = io.StringIO()
+    StartupReport(Settings(data_dir=str(tmp_path)), terminal=terminal).started(5000)
+    assert f"admin, with the generated password in {tmp_path.resolve()}" in terminal.getvalue()
+    assert "pw-kept" not in terminal.getvalue()
