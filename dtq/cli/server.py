@@ -1,4 +1,4 @@
-"""Server-side commands: serve, openapi, postman, backup."""
+"""Server-side commands: serve, healthcheck, openapi, postman, backup."""
 
 from __future__ import annotations
 
@@ -16,15 +16,29 @@ from dtq.cli.output import progress_bytes
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dtq.logs import configure_logging
+    from dtq.net.banner import StartupReport, check_can_listen, listen_failure
     from dtq.net.server import serve
 
     settings = settings_from(args)
     configure_logging(settings)
+    report = StartupReport(settings, terminal=sys.stderr if sys.stderr.isatty() else None)
     try:
-        trio.run(partial(serve, settings, freeze_gc=True))
+        check_can_listen(settings)
+        trio.run(partial(serve, settings, freeze_gc=True, report=report))
     except KeyboardInterrupt:  # a second Ctrl+C: stop now
         return 130
+    except (OSError, BaseExceptionGroup) as exc:
+        if (message := listen_failure(exc, settings)) is None:
+            raise
+        print(message, file=sys.stderr)  # a busy port is a usage error: one line, exit 2
+        return 2
     return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from dtq.healthcheck import check_health
+
+    return check_health(settings_from(args), timeout_s=args.timeout)
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -35,10 +49,9 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_postman(args: argparse.Namespace) -> int:
-    from dtq.net.app import build_openapi
-    from dtq.net.postman import build_postman_collection
+    from dtq.net.postman_walkthrough import postman_collection
 
-    collection = build_postman_collection(build_openapi())
+    collection = postman_collection()
     text = json.dumps(collection, indent=2) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
@@ -82,6 +95,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", help="TOML settings file (else DTQ_CONFIG)")
     p.set_defaults(func=cmd_serve)
+
+    p = add_parser(
+        sub, "healthcheck", "exit 0 if the server (same settings as serve) answers /health"
+    )
+    p.add_argument("--host", help="the server's --host (DTQ_HOST); 0.0.0.0 checks 127.0.0.1")
+    p.add_argument("--port", type=int, help="the server's --port (DTQ_PORT, else 5000)")
+    p.add_argument("--certfile", help="the server's TLS certificate: check over https")
+    p.add_argument("--config", help="TOML settings file (DTQ_CONFIG)")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for an answer")
+    p.set_defaults(func=cmd_healthcheck)
 
     p = add_parser(sub, "openapi", "print the OpenAPI document")
     p.set_defaults(func=cmd_openapi)
