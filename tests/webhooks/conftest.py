@@ -42,6 +42,9 @@ FAST = {
     "webhook_max_attempts": 3,
     "webhook_timeout_s": 2.0,
 }
+# The receivers run on 127.0.0.1, which the target policy refuses by default: these tests opt
+# in as a local setup does. Tests of the policy itself pass `webhook_allow_private_networks=False`.
+LOCAL_RECEIVERS = {"webhook_allow_private_networks": True}
 
 
 @pytest.fixture(autouse=True)
@@ -231,6 +234,7 @@ def server_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_per_minute": 0,
         "rate_limit_per_hour": 0,
         **FAST,
+        **LOCAL_RECEIVERS,
         **overrides,
     }
     return Settings(**values)
@@ -280,7 +284,8 @@ async def spawn_server(data_dir: Path, env: Mapping[str, str]) -> AsyncIterator[
         marker = f"webhooks-{secrets.token_hex(6)}"  # /info tells our server from another
         environ.update({"PYTHONUNBUFFERED": "1", "DTQ_ADMIN_PASSWORD": ADMIN_PASSWORD,
                         "DTQ_ENV": marker, "DTQ_RATE_LIMIT_PER_MINUTE": "0",
-                        "DTQ_RATE_LIMIT_PER_HOUR": "0", **env})  # fmt: skip
+                        "DTQ_RATE_LIMIT_PER_HOUR": "0",
+                        "DTQ_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true", **env})  # fmt: skip
         args = [sys.executable, "-m", "dtq.cli", "serve", "--host", "127.0.0.1",
                 "--port", str(port), "--data-dir", str(data_dir)]  # fmt: skip
         with open(log_path, "wb") as log_file:
