@@ -8,6 +8,7 @@ import httpcore
 import pytest
 
 from dtq.errors import InvalidRequest
+from dtq.settings import load_settings
 from dtq.webhook_net import GuardedBackend, PolicyRefused, checked_addresses
 from dtq.webhook_targets import (
     IPAddress,
@@ -204,3 +205,9 @@ async def test_checked_addresses_of_a_literal_need_no_resolver() -> None:
     assert asked == []
     with pytest.raises(TargetRefused):
         await checked_addresses("0x7f000001", 80, resolve)
+
+
+def test_the_opt_out_is_off_by_default_and_read_from_the_environment() -> None:
+    assert load_settings(environ={}).webhook_allow_private_networks is False
+    on = load_settings(environ={"DTQ_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true"})
+    assert on.webhook_allow_private_networks is True
