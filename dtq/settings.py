@@ -62,6 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_backoff_base_s: float = 1.0  # wait after the first failed attempt; doubles, jittered
     webhook_backoff_max_s: float = 300.0
     webhook_retention_s: float = 7 * 86400.0  # finished deliveries are kept this long
+    webhook_allow_private_networks: bool = False  # true: loopback/private targets (local setups)
 
     @property
     def data_path(self) -> Path:

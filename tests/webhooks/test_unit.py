@@ -20,7 +20,7 @@ from dtq.errors import InvalidRequest
 from dtq.models import Task, TaskCreate, TaskError, TaskUpdate
 from dtq.retry import RetryPolicy
 from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
-from dtq.webhook_delivery import check_url
+from dtq.webhook_targets import check_url
 from dtq.webhooks import (
     DELIVERIES,
     DUE,
