@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -273,6 +274,39 @@ async def test_pending_task_has_no_lease_to_act_on(admin: Client) -> None:
     task = await create_task(admin)
     error_of(await admin.post(action(task, "complete"), {"lease_id": "x"}), 409, "CONFLICT")
     assert (await get_task(admin, task["id"]))["status"] == "pending"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_deliveries": 3}])
+async def test_lost_leases_use_no_retry_until_max_deliveries(
+    admin: Client, services: Services, mock_clock: trio.testing.MockClock
+) -> None:
+    """retry_count 0 (the default): a worker that vanishes costs the task nothing but a
+    delivery; only DTQ_MAX_DELIVERIES lost leases fail it, with `lease_expired`."""
+    task = await create_task(admin)
+    assert task["deliveries"] == 0
+    for n in (1, 2, 3):
+        leased = await lease_one(admin, f"w{n}", lease_seconds=10)
+        assert leased["deliveries"] == n
+        mock_clock.jump(11)
+        await settle(services)
+        after = await get_task(admin, task["id"])
+        assert after["error"]["type"] == "lease_expired"
+        assert after["status"] == ("pending" if n < 3 else "failed"), n
+    assert after["deliveries"] == 3
+    assert await lease(admin) == []
+
+
+async def test_a_reported_failure_after_lost_leases_still_gets_its_retries(
+    admin: Client, services: Services, mock_clock: trio.testing.MockClock
+) -> None:
+    task = await create_task(admin, retry_count=1)
+    await lease_one(admin, "w1", lease_seconds=10)
+    mock_clock.jump(11)
+    await settle(services)
+    leased = await lease_one(admin, "w2")
+    failed = ok(await admin.post(action(task, "fail"), {"lease_id": leased["lease"]["id"]}))
+    assert failed["status"] == "pending"  # the one retry was still there
+    assert failed["attempts"] == 2 and failed["deliveries"] == 2
 
 
 async def test_unknown_task_is_404(admin: Client) -> None:
