@@ -140,6 +140,12 @@ async def all_tasks(client: httpx.AsyncClient, headers: dict[str, str]) -> list[
         tasks += page
 
 
+# httpx leaves its request-body generator unclosed when the server dies mid-request; trio's
+# finalizer then warns about it. That is the client's loose end, not a finding about dtq.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <async_generator object ByteStream"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 async def test_kill_9_during_batch_acks(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     ledger = Ledger()
