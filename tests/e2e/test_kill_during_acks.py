@@ -5,9 +5,13 @@ A real `dtq serve` process; workers (one API key, so one holder) lease tasks and
 batches (`POST /api/v1/tasks/ack`). A few times, once enough acks got a 2xx in the current run,
 the server is SIGKILLed with acks in flight and restarted on the same data directory. A worker
 whose ack got no answer keeps its batch and sends it again to the restarted server with the
-same lease ids: the restart gave those leases a grace of their own length, so a worker that
-kept running can still report. Leases whose grant never reached a worker run out and put their
-task back without using a retry (the tasks have `retry_count` 0).
+same lease ids.
+
+Just before each kill two more leases are taken: a *survivor* keeps working through the
+downtime, which lasts until its lease has run out, and reports after the restart (the restart
+gives live leases their own length again, so it must succeed); a *vanished* worker never
+reports (its tasks must come back without using a retry: they have `retry_count` 0, and
+before issue 8 they failed for good with `lease_expired`).
 
 At the end: every item acked with a 2xx is completed with the result it carried, no task got
 two 2xx acks, every task is completed (none lost, none failed by the crash).
@@ -15,7 +19,9 @@ two 2xx acks, every task is completed (none lost, none failed by the crash).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ WORKERS = 4
 KILLS = 4
 ACKS_PER_RUN = 60  # 2xx-acked items in one run before the kill
 LEASE_S = 5.0  # short: leases granted to no one (response lost in the crash) come back soon
+STRANDED_LEASE_S = 2.0  # the survivor's and the vanished worker's: the downtime outlasts it
 ENV = {"DTQ_RATE_LIMIT_PER_MINUTE": "0", "DTQ_RATE_LIMIT_PER_HOUR": "0"}
 
 
@@ -54,17 +61,39 @@ class Ledger:
 class Worker:
     name: str
     unanswered: list[dict[str, Any]] = field(default_factory=list)  # acks sent, no answer
+    must_succeed: bool = False  # never sent before: no answer was lost, so each item must be ok
+    lease_expires_at: float = 0.0  # epoch seconds, of its stranded leases
 
 
 async def run_workers(
     server: ServerProcess, headers: dict[str, str], admin: dict[str, str], workers: list[Worker],
     ledger: Ledger, run: int, kill_after: int | None,
-) -> None:  # fmt: skip
+) -> Worker | None:  # fmt: skip
     """Until the server dies (SIGKILLed here once `kill_after` items were acked in this run)
-    or, with `kill_after=None`, until every task is completed."""
+    or, with `kill_after=None`, until every task is completed. Returns the survivor of the
+    kill, if it got tasks."""
     ledger.acked_this_run = 0
     killed = trio.Event()
     all_done = trio.Event()
+    survivor: list[Worker] = []
+
+    async def strand(client: httpx.AsyncClient) -> None:
+        """Leases that the crash will find live: a survivor's and a vanished worker's."""
+        for name in (f"survivor-{run}", f"vanished-{run}"):
+            reply = await client.post(
+                "/api/v1/tasks/lease",
+                json={"worker_id": name, "max_tasks": 5, "wait": 0,
+                      "lease_seconds": STRANDED_LEASE_S},
+                headers=headers,
+            )  # fmt: skip
+            assert reply.status_code == 200, reply.text
+            leased = reply.json()["data"]
+            if name.startswith("survivor") and leased:
+                acks = [{"id": t["id"], "lease_id": t["lease"]["id"], "status": "completed",
+                         "result": {"by": name, "run": run, "task": t["id"]}}
+                        for t in leased]  # fmt: skip
+                expiry = max(parse_ts(t["lease"]["expires_at"]) for t in leased)
+                survivor.append(Worker(name, acks, must_succeed=True, lease_expires_at=expiry))
 
     async def send_acks(client: httpx.AsyncClient, worker: Worker) -> bool:
         """False when the server is gone (the batch stays unanswered, for the next run)."""
@@ -77,14 +106,16 @@ async def run_workers(
         assert reply.status_code == 200, reply.text
         sent = {a["id"]: a for a in worker.unanswered}
         for outcome in reply.json()["data"]["results"]:
+            assert outcome["ok"] or not worker.must_succeed, (worker.name, outcome)
             if outcome["ok"]:
                 assert outcome["status"] == "completed", outcome
                 ledger.ok(outcome["id"], sent[outcome["id"]]["result"])
             else:  # reported before the crash (its answer lost) or the lease ran out meanwhile
                 assert outcome["error"]["code"] == "CONFLICT", outcome
-        worker.unanswered = []
+        worker.unanswered, worker.must_succeed = [], False
         if kill_after is not None and ledger.acked_this_run >= kill_after and not killed.is_set():
             killed.set()
+            await strand(client)
             assert await server.kill_9() == -9  # other workers' acks are in flight now
         return True
 
@@ -119,6 +150,18 @@ async def run_workers(
     async with trio.open_nursery() as nursery:
         for worker in workers:
             nursery.start_soon(work, worker)
+    return survivor[0] if survivor else None
+
+
+def parse_ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+async def stay_down_past(survivor: Worker | None) -> None:
+    """The server stays down until the stranded leases have run out by their own expiry (a
+    wall-clock instant: there is no event to wait for while no server runs)."""
+    if survivor is not None:
+        await trio.sleep(max(0.0, survivor.lease_expires_at - time.time()) + 0.2)
 
 
 async def everything_completed(client: httpx.AsyncClient, headers: dict[str, str]) -> bool:
@@ -162,19 +205,26 @@ async def test_kill_9_during_batch_acks(tmp_path: Path) -> None:
             reply = await setup.post("/api/v1/tasks/batch", json={"tasks": batch}, headers=admin)
             assert reply.status_code == 201, reply.text
         with trio.fail_after(BOUND_S * 4):
-            await run_workers(server, headers, admin, workers, ledger, 0, ACKS_PER_RUN)
+            survivor = await run_workers(server, headers, admin, workers, ledger, 0,
+                                         ACKS_PER_RUN)  # fmt: skip
     assert len(ledger.recorded) >= ACKS_PER_RUN
+    survivors = 0
 
     for run in range(1, KILLS + 1):
         last = run == KILLS
+        await stay_down_past(survivor)
+        if survivor is not None:
+            workers.append(survivor)  # it kept working; it reports to the restarted server
+            survivors += 1
         async with spawn_server(data_dir, ENV) as server:
             with trio.fail_after(START_S + (30 if last else BOUND_S * 4)):
-                await run_workers(server, headers, admin, workers, ledger, run,
-                                  None if last else ACKS_PER_RUN)  # fmt: skip
+                survivor = await run_workers(server, headers, admin, workers, ledger, run,
+                                             None if last else ACKS_PER_RUN)  # fmt: skip
             if not last:
                 continue
             async with server.client() as client:
                 tasks = await all_tasks(client, admin)
+    assert survivors >= KILLS - 1, "the crashes found too few live leases to test the grace"
 
     assert not ledger.doubles, f"tasks acked twice with a 2xx: {ledger.doubles[:5]}"
     assert len(tasks) == TASKS, "a task was lost"
