@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 import pytest
+import trio
+import trio.testing
 
 from dtq.accounts import ApiKeyCreate
 from dtq.auth import Role
@@ -196,3 +198,28 @@ def test_the_openapi_document_says_so() -> None:
            if isinstance(op, dict) and "operationId" in op}  # fmt: skip
     for op_id in ("complete_task", "fail_task", "extend_lease", "release_task", "ack_tasks"):
         assert "admin" in ops[op_id]["description"], op_id
+
+
+async def test_a_lease_granted_on_wake_up_is_the_long_pollers_alone(
+    admin: Client, worker_a: Client, worker_b: Client, services: Services
+) -> None:
+    """The wake-up path: a create leases the task to the parked long poll in its own commit."""
+    got: dict[str, Any] = {}
+
+    async def long_poll() -> None:
+        got["tasks"] = ok(await worker_a.post("/api/v1/tasks/lease", {"worker_id": "wa",
+                                                                       "wait": 10}))  # fmt: skip
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(long_poll)
+        with trio.fail_after(5):
+            while services.queue.dispatcher.waiting_count() == 0:
+                await trio.testing.wait_all_tasks_blocked()
+        task = await create_task(admin)
+    [leased] = got["tasks"]
+    assert leased["id"] == task["id"] and leased["lease"]["id"]
+    assert_no_lease_id(await get_task(worker_b, task["id"]))
+    body = {"lease_id": leased["lease"]["id"], "result": "forged"}
+    error_of(await worker_b.post(action(task["id"], "complete"), body), 409, "CONFLICT")
+    done = ok(await worker_a.post(action(task["id"], "complete"), {**body, "result": "honest"}))
+    assert done["result"] == "honest"
