@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     forwarded_allow_ips: tuple[str, ...] = ()
     worker_timeout_s: float = 30.0
     lease_default_s: float = 60.0
+    # A lease that runs out without a result puts the task back without using a retry; after
+    # this many such deliveries the task fails with `lease_expired` (a poison-task guard).
+    max_deliveries: int = 10
     retry_backoff_base_s: float = 1.0
     retry_backoff_max_s: float = 3600.0
     max_body_bytes: int = 10 * 1024 * 1024
