@@ -27,6 +27,7 @@ from dtq.auth import (
     verify_api_key_secret,
     verify_password,
 )
+from dtq.auth.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
 from dtq.clock import Clock
 from dtq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from dtq.settings import Settings
@@ -37,6 +38,7 @@ log = structlog.get_logger("dtq.accounts")
 
 Username = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@\-]{1,64}$")]
 RateLimit = Annotated[int, Meta(ge=0, le=10_000_000)]
+KeyId = Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]  # as dtq.auth.apikeys makes them
 
 
 class User(Struct, array_like=True, kw_only=True):
@@ -65,7 +67,8 @@ class LoginRequest(Struct, forbid_unknown_fields=True):
 
 class UserCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     username: Username
-    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    # the rule check_password_strength applies, so the OpenAPI document says it
+    password: Annotated[str, Meta(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)]
     role: Role = Role.VIEWER
 
 

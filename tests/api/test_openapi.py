@@ -9,6 +9,7 @@ from openapi_spec_validator import validate
 from quart_trio import QuartTrio
 
 from dtq import __version__
+from dtq.net.api import plain_rule
 
 from .helpers import Client
 
@@ -33,7 +34,7 @@ def served(app: QuartTrio, prefix: str) -> set[tuple[str, str]]:
         if rule.websocket or not rule.rule.startswith(prefix):
             continue
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
-            out.add((method.lower(), openapi_path(rule.rule)))
+            out.add((method.lower(), openapi_path(plain_rule(rule.rule))))
     return out
 
 

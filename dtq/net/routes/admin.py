@@ -6,7 +6,16 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.accounts import ApiKey, ApiKeyCreate, LoginRequest, User, UserCreate, validate_username
+from dtq.accounts import (
+    ApiKey,
+    ApiKeyCreate,
+    KeyId,
+    LoginRequest,
+    User,
+    UserCreate,
+    Username,
+    validate_username,
+)
 from dtq.auth import Permission
 from dtq.net.api import Api, Call, no_content, respond
 from dtq.net.envelope import iso, success
@@ -87,7 +96,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("DELETE", "/api/v1/users/{username}", "Delete a user", ADMIN_TAG,
-                  "delete_user", status=204, errors=(404,), roles=("admin",)),
+                  "delete_user", status=204, errors=(404,), roles=("admin",),
+                  path_types=(("username", Username),)),
         Permission.ADMIN,
     )  # fmt: skip
     async def delete_user(call: Call) -> Any:
@@ -114,7 +124,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("DELETE", "/api/v1/api-keys/{key_id}", "Revoke an API key", ADMIN_TAG,
-                  "revoke_api_key", status=204, errors=(404,), roles=("admin",)),
+                  "revoke_api_key", status=204, errors=(404,), roles=("admin",),
+                  path_types=(("key_id", KeyId),)),
         Permission.ADMIN,
     )  # fmt: skip
     async def revoke_api_key(call: Call) -> Any:
