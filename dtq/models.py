@@ -143,6 +143,13 @@ PAYLOAD_RULES = (
     "(-2^63 .. 2^64-1) and it may nest up to about 900 levels; anything else is a 400."
 )
 Payload = Annotated[dict[str, Any], Meta(description=PAYLOAD_RULES)]
+Result = Annotated[
+    Any,
+    Meta(
+        description="Any JSON value, stored as sent. Integers in it must fit in 64 bits "
+        "(-2^63 .. 2^64-1) and it may nest up to about 900 levels; anything else is a 400."
+    ),
+]
 
 RUN_AT_WINDOW_S = 10 * 365.25 * 86400
 RunAt = Annotated[
@@ -244,7 +251,7 @@ class LeaseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class CompleteRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    result: Any = None
+    result: Result = None
 
 
 class FailRequest(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -266,7 +273,7 @@ class AckItem(Struct, forbid_unknown_fields=True, kw_only=True):
     id: str
     lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
     status: Annotated[str, Meta(pattern="^(completed|failed)$")]
-    result: Any = None
+    result: Result = None
     error: TaskErrorIn | Annotated[str, Meta(max_length=10_000)] | None = None
     retry: bool | None = None
 

@@ -110,7 +110,7 @@ class Delivery(Struct, array_like=True, kw_only=True):
 
 
 # What check_url accepts, as far as a pattern can say it (the document shows it).
-WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#][!-~]*)?$"
+WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(:[0-9]{1,4})?([/?#][!-~]*)?$"
 
 
 class WebhookCreate(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -78,7 +78,7 @@ _AT_PATH = re.compile(r" - at `\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])+)`$")
 # ("field `run_at` must be ..."), name the field in backquotes.
 _NAMED = re.compile(r"(?:missing required field|unknown field|field) `([^`]+)`")
 _PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
-_FLOAT_FOR_INT = "Expected `int`, got `float`"
+_FLOAT_FOR_INT = re.compile(r"^Expected `int(?: \| null)?`, got `float`")
 _MAX_WHOLE_FLOAT_FIXES = 64  # more integer fields than any body has
 
 
@@ -200,7 +200,7 @@ def _whole_floats_as_ints(raw: bytes, model: type[T], exc: msgspec.ValidationErr
     for _ in range(_MAX_WHOLE_FLOAT_FIXES):
         text = str(exc)
         at = _AT_PATH.search(text)
-        if not text.startswith(_FLOAT_FOR_INT) or at is None:
+        if not _FLOAT_FOR_INT.match(text) or at is None:
             break
         if tree is None:
             tree = _decode_untyped(raw)
