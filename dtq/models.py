@@ -156,7 +156,9 @@ RunAt = Annotated[
     datetime,
     Meta(
         description="When to run it (RFC 3339; without an offset, UTC). A time in the past "
-        "means now; more than 10 years from now, either way, is a 400."
+        "means now; more than 10 years from now, either way, is a 400.",
+        # msgspec leaves `format` out for datetimes that may be naive; these are date-times
+        extra_json_schema={"format": "date-time"},
     ),
 ]
 
