@@ -27,7 +27,7 @@ from .conftest import ADMIN_PASSWORD, REPO_ROOT, START_S, clean_environ, free_po
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES_PER_OPERATION = 25  # the whole run takes about a minute on a 2-core machine
+EXAMPLES_PER_OPERATION = 20  # the whole test takes 60-90 s on a 2-core machine
 RUN_BOUND_S = 240  # a bound for a slow machine, far above the usual minute
 REQUEST_TIMEOUT_S = 10.0
 
