@@ -29,6 +29,7 @@ from dtq.auth import (
     verify_password,
 )
 from dtq.auth.credentials import ambiguous_credentials
+from dtq.auth.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
 from dtq.auth.throttle import LoginThrottle
 from dtq.clock import Clock
 from dtq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
@@ -40,6 +41,7 @@ log = structlog.get_logger("dtq.accounts")
 
 Username = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@\-]{1,64}$")]
 RateLimit = Annotated[int, Meta(ge=0, le=10_000_000)]
+KeyId = Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]  # as dtq.auth.apikeys makes them
 
 
 class User(Struct, array_like=True, kw_only=True):
@@ -78,14 +80,18 @@ class LoginRequest(Struct, forbid_unknown_fields=True):
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
+# the rule check_password_strength applies, so the OpenAPI document says it
+Password = Annotated[str, Meta(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)]
+
+
 class UserCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     username: Username
-    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    password: Password
     role: Role = Role.VIEWER
 
 
 class UserUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
-    password: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    password: Password | None = None
     role: Role | None = None
 
 
@@ -179,9 +185,13 @@ class Accounts:
 
     async def update_user(self, username: str, body: UserUpdate) -> User:
         """Change a user's password and/or role at once; every token issued before stops
-        working (one generation bump, one write)."""
+        working (one generation bump, one write). A body that changes nothing changes nothing:
+        the user as it is, its tokens still valid."""
         if body.password is None and body.role is None:
-            raise InvalidRequest("Give a new password or role", field="body", reason="empty")
+            user = self.get_user(username)
+            if user is None:
+                raise NotFound(f"user {username!r} not found", field="username")
+            return user
         hashed = None
         if body.password is not None:
             check_password_strength(body.password)

@@ -93,6 +93,13 @@ class PayloadTooLarge(DtqError):
     code = "INVALID_REQUEST"
 
 
+class UnsupportedMediaType(DtqError):
+    """Request bodies must be JSON (Content-Type: application/json)."""
+
+    status = 415
+    code = "INVALID_REQUEST"  # the guide's codes name no media-type error; 405/413 do the same
+
+
 class RateLimited(DtqError):
     """Too many requests."""
 

@@ -8,7 +8,8 @@ renders them as ISO 8601 UTC strings.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -132,41 +133,88 @@ class DayStats(Struct, array_like=True):
 
 # --- input (validated at the boundary; unknown fields are errors) -------------------------
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
+# Text that names things is shown in logs, terminals and the dashboard: no NUL characters
+# (payloads, results and tracebacks are the client's data and stay as sent).
+_NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=_NO_NUL)]
+Description = Annotated[str, Meta(max_length=2000, pattern=_NO_NUL)]
 QueueName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
 WorkerId = Annotated[
     str,
-    # "status" is taken: GET /api/v1/workers/status is the health summary.
-    Meta(pattern=r"^(?!status$)[A-Za-z0-9_.:@\-]{1,128}$"),
+    # "status" and "heartbeat" are taken: /api/v1/workers/status and /heartbeat are routes.
+    Meta(pattern=r"^(?!(?:status|heartbeat)$)[A-Za-z0-9_.:@\-]{1,128}$"),
 ]
-Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+Tag = Annotated[str, Meta(min_length=1, max_length=64, pattern=_NO_NUL)]
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=_NO_NUL)]
+
+PAYLOAD_RULES = (
+    "A JSON object, stored and handed to the worker as sent. Integers in it must fit in 64 bits "
+    "(-2^63 .. 2^64-1) and it may nest up to about 900 levels; anything else is a 400."
+)
+Payload = Annotated[dict[str, Any], Meta(description=PAYLOAD_RULES)]
+Result = Annotated[
+    Any,
+    Meta(
+        description="Any JSON value, stored as sent. Integers in it must fit in 64 bits "
+        "(-2^63 .. 2^64-1) and it may nest up to about 900 levels; anything else is a 400."
+    ),
+]
+
+RUN_AT_WINDOW_S = 10 * 365.25 * 86400
+RunAt = Annotated[
+    datetime,
+    Meta(
+        description="When to run it (RFC 3339; without an offset, UTC). A time in the past "
+        "means now; more than 10 years from now, either way, is a 400.",
+        # msgspec leaves `format` out for datetimes that may be naive; these are date-times
+        extra_json_schema={"format": "date-time"},
+    ),
+]
+
+# Large enough for any page a person or a script asks for, small enough that it stays an
+# ordinary integer everywhere (2^31 - 1).
+MAX_SKIP = 2**31 - 1
+Skip = Annotated[int, Meta(ge=0, le=MAX_SKIP, description="Records to skip (at most 2^31 - 1).")]
+
+
+def _check_run_at(run_at: datetime | None) -> None:
+    if run_at is None:
+        return
+    given = run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)
+    if abs(given.timestamp() - time.time()) > RUN_AT_WINDOW_S:
+        # "field `x`" is how dtq.net.envelope finds the field a __post_init__ error is about
+        raise ValueError("field `run_at` must be within 10 years of now")
 
 
 class TaskCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     name: Name
-    description: Annotated[str, Meta(max_length=2000)] | None = None
+    description: Description | None = None
     priority: Priority = Priority.MEDIUM
     retry_count: Annotated[int, Meta(ge=0, le=100)] = 0
     timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] = 3600.0
-    payload: Any = msgspec.field(default_factory=dict)
+    payload: Payload = msgspec.field(default_factory=dict)
     queue: QueueName = "default"
-    run_at: datetime | None = None
+    run_at: RunAt | None = None
     delay: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None
-    idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    idempotency_key: IdempotencyKey | None = None
     tags: Annotated[list[Tag], Meta(max_length=20)] = msgspec.field(default_factory=list)
     retry_backoff_s: Annotated[float, Meta(gt=0, le=86400)] | None = None
     retry_backoff_max_s: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
+
+    def __post_init__(self) -> None:
+        _check_run_at(self.run_at)
 
 
 class TaskUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     """PUT /tasks/{id}: `status` may only be `cancelled`; the rest only while pending."""
 
-    status: TaskStatus | None = None
-    description: Annotated[str, Meta(max_length=2000)] | None = None
+    # Any status decodes (so the refusal can say why); the document lists the one accepted.
+    status: Annotated[TaskStatus, Meta(extra_json_schema={"enum": ["cancelled"]})] | None = None
+    description: Description | None = None
     priority: Priority | None = None
     retry_count: Annotated[int, Meta(ge=0, le=100)] | None = None
     timeout: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
-    payload: Any = msgspec.UNSET
+    payload: Payload | msgspec.UnsetType = msgspec.UNSET
     tags: Annotated[list[Tag], Meta(max_length=20)] | None = None
 
 
@@ -214,7 +262,7 @@ class LeaseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class CompleteRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    result: Any = None
+    result: Result = None
 
 
 class FailRequest(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -236,7 +284,7 @@ class AckItem(Struct, forbid_unknown_fields=True, kw_only=True):
     id: str
     lease_id: Annotated[str, Meta(min_length=1, max_length=64)]
     status: Annotated[str, Meta(pattern="^(completed|failed)$")]
-    result: Any = None
+    result: Result = None
     error: TaskErrorIn | Annotated[str, Meta(max_length=10_000)] | None = None
     retry: bool | None = None
 
@@ -257,7 +305,7 @@ class BatchCreate(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ListTasksQuery(Struct, forbid_unknown_fields=True, kw_only=True):
-    skip: Annotated[int, Meta(ge=0)] = 0
+    skip: Skip = 0
     limit: Annotated[int, Meta(ge=1, le=100)] = 50
     status: TaskStatus | None = None
     priority: Priority | None = None
@@ -270,7 +318,7 @@ class ListTasksQuery(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ListWorkersQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     status: WorkerStatus | None = None
-    skip: Annotated[int, Meta(ge=0)] = 0
+    skip: Skip = 0
     limit: Annotated[int, Meta(ge=1, le=100)] = 50
 
 

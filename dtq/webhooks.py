@@ -109,8 +109,22 @@ class Delivery(Struct, array_like=True, kw_only=True):
         return delivery_key(self.webhook_id, self.created_at, self.id)
 
 
+# What check_url accepts, as far as a pattern can say it (the document shows it).
+WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(:[0-9]{1,4})?([/?#][!-~]*)?$"
+
+
 class WebhookCreate(Struct, forbid_unknown_fields=True, kw_only=True):
-    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    url: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=2048,
+            # documented, not enforced here: check_url is the rule and says what is wrong
+            extra_json_schema={"pattern": WEBHOOK_URL_PATTERN},
+            description="An absolute http or https URL with a host; no spaces or control "
+            "characters.",
+        ),
+    ]
     events: Annotated[list[EventKind], Meta(min_length=1, max_length=len(EVENT_KINDS) + 1)]
     secret: Annotated[str, Meta(min_length=16, max_length=256)] | None = None
     description: Annotated[str, Meta(max_length=500)] | None = None

@@ -8,17 +8,20 @@ them into the guide's JSON error.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from quart import current_app, g, request
+from werkzeug.routing import BaseConverter
 
 from dtq.accounts import Accounts
 from dtq.auth import Permission, Principal, Role, bearer_of, single_credential
 from dtq.errors import Unauthorized
-from dtq.net.envelope import JSON, decode_body, decode_query
+from dtq.net.envelope import JSON, decode_body, decode_query, require_json_media_type
 from dtq.net.events import EventBus
 from dtq.net.openapi import OpenApiRegistry, RouteSpec
 from dtq.queue import TaskQueue
@@ -107,6 +110,66 @@ def identify_and_charge(svc: Services) -> Principal:
     return principal
 
 
+_SEGMENT_CONVERTER = "segment_except"
+
+
+class SegmentExcept(BaseConverter):
+    """One path segment other than the given words. `/api/v1/tasks/{task_id}` must not also
+    claim `/api/v1/tasks/lease`: werkzeug would then list GET, PUT and DELETE in that path's
+    `Allow` (OPTIONS, 405) and route `GET .../lease` to "get a task"."""
+
+    def __init__(self, url_map: Any, *excluded: str) -> None:
+        super().__init__(url_map)
+        words = "|".join(re.escape(word) for word in sorted(excluded))
+        self.regex = f"(?!(?:{words})(?:/|$))[^/]+"
+
+
+_CONVERTER = re.compile(r"<[^<>:]+:([^<>]+)>")
+
+
+@functools.lru_cache(maxsize=1024)
+def plain_rule(rule: str) -> str:
+    """A werkzeug rule without its converters, as metrics and logs name a route:
+    ``/tasks/<segment_except('ack'):task_id>`` -> ``/tasks/<task_id>``."""
+    return _CONVERTER.sub(r"<\1>", rule)
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    """`/a/{x}/b` -> ("a", "*", "b"): parameters are wildcards."""
+    return tuple("*" if part.startswith("{") else part for part in path.strip("/").split("/"))
+
+
+def _literal_segments(groups: list[tuple[str, ...]]) -> dict[tuple[str, ...], set[str]]:
+    """Prefix (as `_segments`) -> the fixed segments some declared path has right after it."""
+    literal: dict[tuple[str, ...], set[str]] = {}
+    for paths in groups:
+        for path in paths:
+            parts = _segments(path)
+            for i, part in enumerate(parts):
+                if part != "*":
+                    literal.setdefault(parts[:i], set()).add(part)
+    return literal
+
+
+def _rule(path: str, literal: dict[tuple[str, ...], set[str]]) -> str:
+    """The werkzeug rule for an OpenAPI path: `{name}` -> `<name>`, or a `segment_except`
+    converter when a sibling route has a fixed segment in that place."""
+    parts = _segments(path)
+    out = []
+    for i, part in enumerate(path.strip("/").split("/")):
+        if not part.startswith("{"):
+            out.append(part)
+            continue
+        name = part[1:-1]
+        siblings = literal.get(parts[:i])
+        if siblings:
+            words = ", ".join(f"'{word}'" for word in sorted(siblings))
+            out.append(f"<{_SEGMENT_CONVERTER}({words}):{name}>")
+        else:
+            out.append(f"<{name}>")
+    return "/" + "/".join(out)
+
+
 class Api:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -133,9 +196,11 @@ class Api:
         return decorator
 
     def install(self, app: Any) -> None:
+        app.url_map.converters[_SEGMENT_CONVERTER] = SegmentExcept
+        literal = _literal_segments([(spec.path, *aliases) for spec, *_, aliases in self._routes])
         for spec, handler, permission, aliases in self._routes:
             view = self._view(spec, handler, permission)
-            for i, path in enumerate((spec.rule, *aliases)):
+            for i, path in enumerate((_rule(spec.path, literal), *aliases)):
                 app.add_url_rule(
                     path,
                     endpoint=f"{spec.operation_id}_{i}",
@@ -159,6 +224,8 @@ class Api:
             body: Any = None
             if body_model is not None:
                 raw = await request.get_data(cache=False, as_text=False)
+                if raw:  # an empty body is "no body", whatever its Content-Type says
+                    require_json_media_type(request.headers.get("Content-Type"))
                 if raw or spec.body_required:
                     body = decode_body(raw if isinstance(raw, bytes) else raw.encode(), body_model)
             return await handler(Call(principal, body, query, params))

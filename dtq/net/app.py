@@ -21,7 +21,7 @@ from dtq.errors import (
     RateLimited,
 )
 from dtq.ids import new_request_id
-from dtq.net.api import Api, Services, identify_and_charge, respond
+from dtq.net.api import Api, Services, identify_and_charge, plain_rule, respond
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
 from dtq.net.metrics import metrics_route_spec, register_metrics_route
@@ -160,7 +160,7 @@ def create_app(services: Services) -> QuartTrio:
         if metrics is not None and started is not None:
             rule = req.url_rule
             metrics.observe_request(
-                rule.rule if rule is not None else None,
+                plain_rule(rule.rule) if rule is not None else None,
                 req.method,
                 response.status_code,
                 time.perf_counter() - started,

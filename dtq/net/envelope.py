@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from dtq.errors import DtqError, InvalidRequest
+from dtq.errors import DtqError, InvalidRequest, UnsupportedMediaType
 
 T = TypeVar("T")
 
@@ -74,7 +74,12 @@ def error_body(exc: DtqError) -> bytes:
 # -- decoding ----------------------------------------------------------------------------
 
 _AT_PATH = re.compile(r" - at `\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])+)`$")
-_NAMED = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+# msgspec's own messages, and the convention of the models' `__post_init__` checks
+# ("field `run_at` must be ..."), name the field in backquotes.
+_NAMED = re.compile(r"(?:missing required field|unknown field|field) `([^`]+)`")
+_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+_FLOAT_FOR_INT = re.compile(r"^Expected `int(?: \| null)?`, got `float`")
+_MAX_WHOLE_FLOAT_FIXES = 64  # more integer fields than any body has
 
 
 def _field_of(message: str) -> str | None:
@@ -119,6 +124,8 @@ def _check_storable(value: Any) -> None:
         raise InvalidRequest(
             "Integers must fit in 64 bits", field="body", reason="integer out of range"
         ) from None
+    except UnicodeEncodeError:  # a lone surrogate that came in through a path we do not parse
+        raise _not_utf8() from None
     except RecursionError:
         raise _too_deep() from None
 
@@ -129,21 +136,93 @@ def _too_deep() -> InvalidRequest:
     )
 
 
+def _not_utf8() -> InvalidRequest:
+    return InvalidRequest(
+        "JSON body is not valid UTF-8 (invalid bytes, overlong forms or surrogates)",
+        field="body",
+        reason="invalid UTF-8",
+    )
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/<anything>+json`, with any parameters."""
+    if not content_type:
+        return False
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base == JSON or (base.startswith("application/") and base.endswith("+json"))
+
+
+def require_json_media_type(content_type: str | None) -> None:
+    if not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            "Request bodies must be JSON: send Content-Type: application/json",
+            field="Content-Type",
+            reason=f"unsupported media type {content_type!r}" if content_type else "missing",
+        )
+
+
 def decode_body(raw: bytes, model: type[T]) -> T:
+    """One typed decode; the rare refusals that are only a whole-number float given for an
+    integer (`116.0`) are retried off the hot path."""
     if not raw.strip():
         raise InvalidRequest("A JSON body is required", field="body", reason="empty body")
     try:
         value = msgspec.json.decode(raw, type=model)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
+        value = _whole_floats_as_ints(raw, model, exc)
+    except msgspec.DecodeError as exc:
         raise validation_error(exc) from None
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
     except RecursionError:
         raise _too_deep() from None
     _check_storable(value)
     return value
 
 
+def _decode_untyped(raw: bytes) -> Any:
+    # The typed decode may have stopped before the end: the rest can still be malformed.
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise validation_error(exc) from None
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _whole_floats_as_ints(raw: bytes, model: type[T], exc: msgspec.ValidationError) -> T:
+    """JSON has one number type, so `116.0` is the integer 116 (what a client that keeps every
+    number as a double sends); `116.5` stays an error. Only the integer fields msgspec names
+    are changed: a payload's `1.0` stays a float."""
+    tree: Any = None
+    for _ in range(_MAX_WHOLE_FLOAT_FIXES):
+        text = str(exc)
+        at = _AT_PATH.search(text)
+        if not _FLOAT_FOR_INT.match(text) or at is None:
+            break
+        if tree is None:
+            tree = _decode_untyped(raw)
+        steps = [name or int(index) for name, index in _PATH_STEP.findall(at.group(1))]
+        parent = tree
+        for step in steps[:-1]:
+            parent = parent[step]
+        number = parent[steps[-1]]
+        if not (isinstance(number, float) and number.is_integer()):
+            break
+        parent[steps[-1]] = int(number)
+        try:
+            converted: T = msgspec.convert(tree, model)
+            return converted
+        except msgspec.ValidationError as again:
+            exc = again
+    raise validation_error(exc) from None
+
+
 def decode_query(args: Any, model: type[T]) -> T:
-    """Query-string values (all strings) into a typed struct; repeated keys are errors."""
+    """Query-string values (all strings) into a typed struct; repeated keys are errors, and so
+    is `null` (msgspec's lax mode reads it as "absent"; a parameter left out is absent)."""
     values: dict[str, Any] = {}
     for key in args:
         got = args.getlist(key)
@@ -151,7 +230,7 @@ def decode_query(args: Any, model: type[T]) -> T:
             raise InvalidRequest(f"Query parameter {key} given twice", field=key)
         values[key] = got[0]
     try:
-        return msgspec.convert(values, model, strict=False)
+        query = msgspec.convert(values, model, strict=False)
     except msgspec.ValidationError as exc:
         text = str(exc)
         field = _field_of(text) or "query"
@@ -159,3 +238,11 @@ def decode_query(args: Any, model: type[T]) -> T:
         raise InvalidRequest(
             f"Invalid query parameter {field}: {reason}", field=field, reason=reason
         ) from None
+    for key in values:
+        if getattr(query, key) is None:
+            raise InvalidRequest(
+                f"Invalid query parameter {key}: leave it out rather than sending {values[key]!r}",
+                field=key,
+                reason="not a value",
+            )
+    return query

@@ -176,6 +176,9 @@ class RouteSpec:
     schema) overrides both, for bodies no msgspec type describes. `extra_fields` are more
     top-level envelope members, e.g. ``(("token", str),)``. `content_types` lists the media
     types the success response comes in; non-JSON ones are documented as strings.
+    `path_types` gives path parameters a type (``(("task_id", uuid.UUID),)``): its schema is
+    documented, and so is the 400 a value of another shape gets. A body documents the 415 a
+    body that is not JSON (by its Content-Type) gets.
     """
 
     method: str
@@ -195,6 +198,7 @@ class RouteSpec:
     raw_response_schema: Mapping[str, Any] | None = None
     content_types: tuple[str, ...] = ("application/json",)
     extra_fields: tuple[tuple[str, Any], ...] = ()
+    path_types: tuple[tuple[str, Any], ...] = ()
     body_required: bool = True
     description: str | None = None
     deprecated: bool = False
@@ -212,6 +216,9 @@ class RouteSpec:
             raise ValueError("paginated responses are enveloped")
         if not self.content_types:
             raise ValueError("content_types must not be empty")
+        unknown = {name for name, _ in self.path_types} - set(self.path_params)
+        if unknown:
+            raise ValueError(f"path_types names no path parameter: {sorted(unknown)}")
         if self.query is not None and not (
             isinstance(self.query, type) and issubclass(self.query, msgspec.Struct)
         ):
@@ -279,7 +286,13 @@ class OpenApiRegistry:
         """The OpenAPI 3.1 document, as plain JSON-ready data (a new object on every call)."""
         types: list[Any] = []
         for spec in self._specs:
-            wanted = [spec.body, spec.query, spec.response, *(tp for _, tp in spec.extra_fields)]
+            wanted = [
+                spec.body,
+                spec.query,
+                spec.response,
+                *(tp for _, tp in spec.extra_fields),
+                *(tp for _, tp in spec.path_types),
+            ]
             for tp in wanted:
                 if tp is not None and tp not in types:
                     types.append(tp)
@@ -380,8 +393,14 @@ class _Builder:
             op["description"] = description
         if spec.deprecated:
             op["deprecated"] = True
+        typed = dict(spec.path_types)
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": self._schema(typed[name]) if name in typed else {"type": "string"},
+            }
             for name in spec.path_params
         ]
         if spec.query is not None:
@@ -436,8 +455,10 @@ class _Builder:
 
     def _error_statuses(self, spec: RouteSpec) -> set[int]:
         statuses = set(spec.errors)
-        if spec.body is not None or spec.query is not None:
+        if spec.body is not None or spec.query is not None or spec.path_types:
             statuses.add(400)
+        if spec.body is not None:
+            statuses.add(415)
         if spec.auth:
             statuses.add(401)
         if spec.roles:

@@ -76,15 +76,17 @@ class Client:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         content_length: bool = True,
+        content_type: str | None = "application/json",
     ) -> Reply:
         """One request. The response body is read while the app writes it: Quart's `open()`
         reads it only after the app is done, and a response streamed in more chunks than its
-        channel holds (10) would deadlock."""
+        channel holds (10) would deadlock. A body goes with `content_type` unless `headers`
+        names one; `content_type=None` sends none."""
         sent = Headers({**self.headers, **(headers or {})})
         if json is not _NO_JSON:
             body = _json.dumps(json).encode()
-        if body is not None:
-            sent.setdefault("Content-Type", "application/json")
+        if body is not None and content_type is not None:
+            sent.setdefault("Content-Type", content_type)
             if content_length:
                 sent["Content-Length"] = str(len(body))
         chunks: list[bytes] = []

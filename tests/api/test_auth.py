@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 
 from dtq.accounts import UserCreate
 from dtq.auth import ROLE_PERMISSIONS, Permission, Role
-from dtq.net.api import Services
+from dtq.net.api import Services, plain_rule
 from dtq.settings import Settings
 
 from .conftest import ADMIN_PASSWORD, ROLES
@@ -32,7 +32,7 @@ def api_rules(app: QuartTrio) -> list[tuple[str, str]]:
         if rule.websocket or not rule.rule.startswith("/api/v1/"):
             continue
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
-            out.append((method, rule.rule))
+            out.append((method, plain_rule(rule.rule)))
     return sorted(out)
 
 

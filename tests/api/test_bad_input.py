@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from quart_trio import QuartTrio
 
+from dtq.net.api import plain_rule
+
 from .helpers import (
     Client,
     as_others_see,
@@ -27,7 +29,7 @@ def body_routes(app: QuartTrio) -> list[tuple[str, str]]:
     out = []
     for rule in app.url_map.iter_rules():
         for method in sorted((rule.methods or set()) & {"POST", "PUT"}):
-            path = rule.rule.replace("<task_id>", TASK_ID)
+            path = plain_rule(rule.rule).replace("<task_id>", TASK_ID)
             path = path.replace("<worker_id>", "w1").replace("<username>", "bob")
             out.append((method, path.replace("<key_id>", "0123456789abcdef")))
     return sorted(out)
@@ -124,7 +126,12 @@ async def test_create_task_rejects(admin: Client) -> None:
 
 async def test_unstorable_payload_is_400(admin: Client) -> None:
     # integers beyond 64 bits cannot be stored
-    for payload in (10**30, -(10**30), {"amount": 2**64}, [1, 2, {"deep": [-(2**63) - 1]}]):
+    for payload in (
+        {"n": 10**30},
+        {"n": -(10**30)},
+        {"amount": 2**64},
+        {"l": [1, {"d": [-(2**63) - 1]}]},
+    ):
         reply = await admin.post("/api/v1/tasks", {"name": "x", "payload": payload})
         assert reply.status == 400, (payload, reply)
         error_of(reply, 400, "INVALID_REQUEST", field="body")
@@ -140,7 +147,7 @@ async def test_64_bit_integers_are_fine(admin: Client) -> None:
 async def test_deeply_nested_payload_never_500(admin: Client) -> None:
     created = 0
     for depth in (50, 200, 900, 990, 995, 1000, 1100, 100_000):
-        raw = b'{"name": "deep", "payload": ' + b"[" * depth + b"]" * depth + b"}"
+        raw = b'{"name": "deep", "payload": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
         reply = await admin.post("/api/v1/tasks", body=raw)
         if reply.status == 201:
             created += 1
@@ -260,11 +267,15 @@ async def test_bad_query(admin: Client) -> None:
         error_of(reply, 400, "INVALID_REQUEST", field=field)
 
 
-async def test_huge_skip_is_just_an_empty_page(admin: Client) -> None:
+async def test_skip_is_bounded_and_a_far_page_is_empty(admin: Client) -> None:
     await create_task(admin)
-    body = success_body(await admin.get("/api/v1/tasks?skip=99999999999999999999"))
+    body = success_body(await admin.get(f"/api/v1/tasks?skip={2**31 - 1}"))
     assert body["data"] == []
     assert body["pagination"]["total"] == 1
+    deliveries = f"/api/v1/webhooks/{TASK_ID}/deliveries"  # the query is checked before the id
+    for path in ("/api/v1/tasks", "/api/v1/workers", deliveries):
+        for skip in (2**31, 2**63, 2**70):
+            error_of(await admin.get(f"{path}?skip={skip}"), 400, "INVALID_REQUEST", field="skip")
 
 
 # -- body size ----------------------------------------------------------------------------------
@@ -273,9 +284,9 @@ async def test_huge_skip_is_just_an_empty_page(admin: Client) -> None:
 @pytest.mark.parametrize("settings_overrides", [{"max_body_bytes": 1024}])
 @pytest.mark.parametrize("content_length", [True, False])
 async def test_body_over_max_body_bytes_is_413(admin: Client, content_length: bool) -> None:
-    small = {"name": "fits", "payload": "x" * 900}
+    small = {"name": "fits", "payload": {"x": "x" * 900}}
     ok(await admin.post("/api/v1/tasks", small, content_length=content_length), 201)
-    big = {"name": "too big", "payload": "x" * 2000}
+    big = {"name": "too big", "payload": {"x": "x" * 2000}}
     reply = await admin.post("/api/v1/tasks", big, content_length=content_length)
     error_of(reply, 413, "INVALID_REQUEST", field="body")
     batch = {"tasks": [{"name": f"t{i}"} for i in range(100)]}
@@ -289,10 +300,3 @@ async def test_body_over_max_body_bytes_is_413(admin: Client, content_length: bo
 async def test_big_login_body_is_413(client: Client) -> None:
     body = {"username": "admin", "password": "p" * 2000}
     error_of(await client.post("/api/v1/auth/login", body), 413, "INVALID_REQUEST")
-
-
-async def test_content_type_is_not_required(admin: Client) -> None:
-    reply = await admin.post(
-        "/api/v1/tasks", body=b'{"name": "x"}', headers={"Content-Type": "text/plain"}
-    )
-    assert ok(reply, 201)["name"] == "x"

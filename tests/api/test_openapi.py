@@ -9,6 +9,7 @@ from openapi_spec_validator import validate
 from quart_trio import QuartTrio
 
 from dtq import __version__
+from dtq.net.api import plain_rule
 
 from .helpers import Client
 
@@ -33,7 +34,7 @@ def served(app: QuartTrio, prefix: str) -> set[tuple[str, str]]:
         if rule.websocket or not rule.rule.startswith(prefix):
             continue
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
-            out.add((method.lower(), openapi_path(rule.rule)))
+            out.add((method.lower(), openapi_path(plain_rule(rule.rule))))
     return out
 
 
@@ -111,3 +112,61 @@ async def test_docs_pages(client: Client) -> None:
         assert reply.status == 200
         assert reply.headers["Content-Type"].startswith("text/html")
         assert b"/openapi.json" in reply.body
+
+
+def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema and len(schema) == 1:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def _body_schema(doc: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    content = doc["paths"][path][method]["requestBody"]["content"]["application/json"]
+    return _resolve(doc, content["schema"])
+
+
+async def test_the_document_says_what_the_server_refuses(client: Client) -> None:
+    """Issue 8, finding 9: what schemathesis found undocumented."""
+    doc = await fetch(client)
+    paths = doc["paths"]
+    # typed path ids, and the 400 a malformed one gets
+    for path, name in [
+        ("/api/v1/tasks/{task_id}", "task_id"),
+        ("/api/v1/tasks/{task_id}/complete", "task_id"),
+        ("/api/v1/webhooks/{webhook_id}", "webhook_id"),
+    ]:
+        for method, op in paths[path].items():
+            param = next(p for p in op["parameters"] if p["name"] == name)
+            assert param["schema"] == {"type": "string", "format": "uuid"}, (method, path)
+            assert "400" in op["responses"], (method, path)
+    worker = paths["/api/v1/workers/{worker_id}"]["get"]["parameters"][0]["schema"]
+    assert "pattern" in _resolve(doc, worker)
+    # every body route documents the 415 of a non-JSON body
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if "requestBody" in op:
+                assert "415" in op["responses"], (method, path)
+    # export's JSON has data, not `data: null`
+    export = paths["/api/v1/analytics/export"]["get"]["responses"]["200"]["content"]
+    data = _resolve(doc, export["application/json"]["schema"]["properties"]["data"])
+    assert set(data["properties"]) == {"generated_at", "days", "dashboard", "daily"}
+    # PUT status: only "cancelled"
+    update = _body_schema(doc, "put", "/api/v1/tasks/{task_id}")
+    status = next(s for s in update["properties"]["status"]["anyOf"] if s != {"type": "null"})
+    assert status["enum"] == ["cancelled"]
+    # payload an object, run_at rule and payload integer rules in words
+    create = _body_schema(doc, "post", "/api/v1/tasks")
+    assert create["properties"]["payload"]["type"] == "object"
+    assert "64 bits" in create["properties"]["payload"]["description"]
+    run_at = next(s for s in create["properties"]["run_at"]["anyOf"] if s != {"type": "null"})
+    assert run_at["format"] == "date-time" and "10 years" in run_at["description"]
+    assert "\\x00" in create["properties"]["name"]["pattern"]
+    # password length, webhook URL shape
+    user = _body_schema(doc, "post", "/api/v1/users")
+    assert user["properties"]["password"]["minLength"] == 8
+    hook = _body_schema(doc, "post", "/api/v1/webhooks")
+    assert hook["properties"]["url"]["pattern"].startswith("^[Hh][Tt][Tt][Pp][Ss]?://")
+    # bounded skip on every list
+    for path in ("/api/v1/tasks", "/api/v1/workers", "/api/v1/webhooks/{webhook_id}/deliveries"):
+        skip = next(p for p in paths[path]["get"]["parameters"] if p["name"] == "skip")
+        assert skip["schema"]["maximum"] == 2**31 - 1, path

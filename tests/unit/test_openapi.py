@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -192,6 +193,19 @@ def test_path_parameters_from_braces(doc: dict[str, Any]) -> None:
     ]
 
 
+def test_typed_path_parameters_document_their_schema_and_400() -> None:
+    registry = OpenApiRegistry()
+    registry.add(
+        RouteSpec("GET", "/api/v1/things/{thing_id}", "Get", "things", "getThing",
+                  path_types=(("thing_id", uuid.UUID),), errors=(404,))
+    )  # fmt: skip
+    op = registry.build("t", "1")["paths"]["/api/v1/things/{thing_id}"]["get"]
+    assert op["parameters"][0]["schema"] == {"type": "string", "format": "uuid"}
+    assert list(op["responses"]) == ["200", "400", "401", "404", "429"]
+    with pytest.raises(ValueError, match="no path parameter"):
+        RouteSpec("GET", "/x/{a}", "x", "x", "x", path_types=(("b", str),))
+
+
 def test_query_parameters_from_struct_fields(doc: dict[str, Any]) -> None:
     params = {p["name"]: p for p in doc["paths"]["/api/v1/widgets"]["get"]["parameters"]}
     assert list(params) == ["skip", "limit", "color", "sort", "owner"]
@@ -248,8 +262,9 @@ def test_request_body_and_created_status(doc: dict[str, Any]) -> None:
 
 def test_error_responses_listed_and_implied(doc: dict[str, Any]) -> None:
     op = doc["paths"]["/api/v1/widgets"]["post"]
-    # 409 listed; 400 (has a body), 401 (auth), 403 (roles), 429 (under /api/v1) implied.
-    assert list(op["responses"]) == ["201", "400", "401", "403", "409", "429"]
+    # 409 listed; 400 and 415 (has a body), 401 (auth), 403 (roles), 429 (under /api/v1) implied.
+    assert list(op["responses"]) == ["201", "400", "401", "403", "409", "415", "429"]
+    assert "415" not in doc["paths"]["/api/v1/widgets"]["get"]["responses"]  # no body
     conflict = op["responses"]["409"]
     assert conflict["description"] == "Conflict"
     content = conflict["content"]["application/json"]

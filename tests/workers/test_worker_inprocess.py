@@ -115,8 +115,8 @@ async def test_batch_leases_bounded_concurrency_sync_and_async_handlers(
         return {"i": payload["i"]}
 
     @worker.task()
-    def double(payload: int) -> int:  # registered under its function name
-        return payload * 2
+    def double(payload: dict[str, int]) -> int:  # registered under its function name
+        return payload["n"] * 2
 
     tasks = await admin.submit_many([{"name": "Gated", "payload": {"i": i}} for i in range(5)])
     transport = recorder(admin)
@@ -132,7 +132,9 @@ async def test_batch_leases_bounded_concurrency_sync_and_async_handlers(
             for task in tasks:
                 done = await admin.wait(task.id, timeout=BOUND_S)
                 assert (done.status, done.result) == ("completed", task.payload)
-            doubled = await admin.wait((await admin.submit("double", 21)).id, timeout=BOUND_S)
+            doubled = await admin.wait(
+                (await admin.submit("double", {"n": 21})).id, timeout=BOUND_S
+            )
             assert doubled.result == 42
             stop.set()
     assert peak == 3

@@ -9,9 +9,11 @@ from msgspec import Struct
 from dtq.accounts import (
     ApiKey,
     ApiKeyCreate,
+    KeyId,
     LoginRequest,
     User,
     UserCreate,
+    Username,
     UserUpdate,
     validate_username,
 )
@@ -101,7 +103,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("PATCH", "/api/v1/users/{username}", "Change a user's password or role",
                   ADMIN_TAG, "update_user", body=UserUpdate, response=UserOut, errors=(404,),
-                  roles=("admin",),
+                  roles=("admin",), path_types=(("username", Username),),
                   description="Every token issued to the user before the change stops working "
                   "(401); the user logs in again."),
         Permission.ADMIN,
@@ -112,7 +114,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("DELETE", "/api/v1/users/{username}", "Delete a user", ADMIN_TAG,
-                  "delete_user", status=204, errors=(404,), roles=("admin",)),
+                  "delete_user", status=204, errors=(404,), roles=("admin",),
+                  path_types=(("username", Username),)),
         Permission.ADMIN,
     )  # fmt: skip
     async def delete_user(call: Call) -> Any:
@@ -139,7 +142,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("DELETE", "/api/v1/api-keys/{key_id}", "Revoke an API key", ADMIN_TAG,
-                  "revoke_api_key", status=204, errors=(404,), roles=("admin",)),
+                  "revoke_api_key", status=204, errors=(404,), roles=("admin",),
+                  path_types=(("key_id", KeyId),)),
         Permission.ADMIN,
     )  # fmt: skip
     async def revoke_api_key(call: Call) -> Any:

@@ -42,6 +42,27 @@ class TrendPoint(Struct):
     error_rate: float | None = None
 
 
+class DailyRow(Struct):
+    """One UTC day (the CSV has the same columns)."""
+
+    date: str
+    created: int
+    completed: int
+    failed: int
+    retried: int
+    cancelled: int
+    completion_rate: float
+    error_rate: float
+    avg_duration: float
+
+
+class Export(Struct):
+    generated_at: str
+    days: int
+    dashboard: Dashboard
+    daily: list[DailyRow]
+
+
 class Trends(Struct):
     days: int
     metric: str | None
@@ -74,7 +95,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("GET", f"{P}/export", "Export daily analytics", TAG, "export",
-                  query=ExportQuery, content_types=("application/json", "text/csv"),
+                  query=ExportQuery, response=Export,
+                  content_types=("application/json", "text/csv"),
                   description="`Accept: text/csv` (or `format=csv`) streams CSV rows, one per "
                   "day; otherwise JSON with the dashboard and the daily rows."),
         Permission.ANALYTICS_READ,

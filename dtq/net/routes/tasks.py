@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from msgspec import Struct
@@ -29,6 +30,7 @@ from dtq.net.views import TaskOut, task_out
 TAG = "Tasks"
 WORK_TAG = "Worker protocol"
 P = "/api/v1/tasks"
+TASK_ID = (("task_id", uuid.UUID),)
 
 
 FENCING = (
@@ -85,8 +87,8 @@ def register(api: Api) -> None:
         return respond(success([task_out(t) for t, _ in rows]), 201)
 
     @api.route(
-        RouteSpec("GET", f"{P}/{{task_id}}", "Get a task", TAG, "get_task", response=TaskOut,
-                  errors=(404,)),
+        RouteSpec("GET", f"{P}/{{task_id}}", "Get a task", TAG, "get_task", path_types=TASK_ID,
+                  response=TaskOut, errors=(404,)),
         Permission.TASKS_READ,
     )  # fmt: skip
     async def get_task(call: Call) -> Any:
@@ -94,7 +96,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("PUT", f"{P}/{{task_id}}", "Update or cancel a task", TAG, "update_task",
-                  body=TaskUpdate, response=TaskOut, errors=(404, 409),
+                  path_types=TASK_ID, body=TaskUpdate, response=TaskOut, errors=(404, 409),
                   description='`{"status": "cancelled"}` cancels a pending or running task; '
                   "other fields can be changed while the task is pending."),
         Permission.TASKS_WRITE,
@@ -104,7 +106,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("DELETE", f"{P}/{{task_id}}", "Delete a task", TAG, "delete_task",
-                  status=204, errors=(404,)),
+                  path_types=TASK_ID, status=204, errors=(404,)),
         Permission.TASKS_WRITE,
     )  # fmt: skip
     async def delete_task(call: Call) -> Any:
@@ -139,7 +141,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/complete", "Report a result", WORK_TAG,
-                  "complete_task", body=CompleteRequest, response=TaskOut, errors=(404, 409),
+                  "complete_task", path_types=TASK_ID, body=CompleteRequest, response=TaskOut,
+                  errors=(404, 409),
                   description="A result is recorded at most once." + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
@@ -152,7 +155,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/fail", "Report a failed attempt", WORK_TAG,
-                  "fail_task", body=FailRequest, response=TaskOut, errors=(404, 409),
+                  "fail_task", path_types=TASK_ID, body=FailRequest, response=TaskOut,
+                  errors=(404, 409),
                   description="Uses a retry while `retry_count` allows (unless `retry` is "
                   "false)." + FENCING),
         Permission.TASKS_WORK,
@@ -167,7 +171,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/extend", "Extend a lease", WORK_TAG, "extend_lease",
-                  body=ExtendRequest, response=TaskOut, errors=(404, 409),
+                  path_types=TASK_ID, body=ExtendRequest, response=TaskOut, errors=(404, 409),
                   description="Never past the attempt's start + `timeout`." + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
@@ -180,7 +184,8 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/release", "Hand a leased task back", WORK_TAG,
-                  "release_task", body=ReleaseRequest, response=TaskOut, errors=(404, 409),
+                  "release_task", path_types=TASK_ID, body=ReleaseRequest, response=TaskOut,
+                  errors=(404, 409),
                   description="The task is ready again at once and the attempt is not counted "
                   "(a worker shutting down hands back what it has not started)." + FENCING),
         Permission.TASKS_WORK,

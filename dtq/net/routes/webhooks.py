@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct
 
 from dtq.auth import Permission
+from dtq.models import Skip
 from dtq.net.api import Api, Call, Services, no_content, respond
 from dtq.net.envelope import iso, pagination, success
 from dtq.net.events import Event
@@ -18,6 +20,7 @@ from dtq.webhooks import Delivery, DeliveryStatus, Webhook, WebhookCreate
 TAG = "Webhooks"
 P = "/api/v1/webhooks"
 ROLES = ("admin", "operator")
+WEBHOOK_ID = (("webhook_id", uuid.UUID),)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -58,7 +61,7 @@ class DeliveryOut(Struct):
 
 class DeliveriesQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     status: DeliveryStatus | None = None
-    skip: Annotated[int, Meta(ge=0)] = 0
+    skip: Skip = 0
     limit: Annotated[int, Meta(ge=1, le=100)] = 50
 
 
@@ -141,7 +144,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("GET", f"{P}/{{webhook_id}}", "Get a webhook", TAG, "get_webhook",
-                  response=WebhookOut, errors=(404,), roles=ROLES),
+                  response=WebhookOut, errors=(404,), roles=ROLES, path_types=WEBHOOK_ID),
         Permission.WEBHOOKS,
     )  # fmt: skip
     async def get_webhook(call: Call) -> Any:
@@ -149,7 +152,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("DELETE", f"{P}/{{webhook_id}}", "Delete a webhook", TAG, "delete_webhook",
-                  status=204, errors=(404,), roles=ROLES,
+                  status=204, errors=(404,), roles=ROLES, path_types=WEBHOOK_ID,
                   description="No delivery is sent for it any more; its delivery history goes."),
         Permission.WEBHOOKS,
     )  # fmt: skip
@@ -160,7 +163,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("GET", f"{P}/{{webhook_id}}/deliveries", "List a webhook's deliveries", TAG,
                   "list_webhook_deliveries", query=DeliveriesQuery, response=list[DeliveryOut],
-                  paginated=True, errors=(404,), roles=ROLES,
+                  paginated=True, errors=(404,), roles=ROLES, path_types=WEBHOOK_ID,
                   description="Newest first, each with every attempt (time, status code or "
                   "error). `pending` ones are owed and will be tried again at "
                   "`next_attempt_at`."),

@@ -7,7 +7,7 @@ from typing import Any
 from msgspec import Struct
 
 from dtq.auth import Permission
-from dtq.models import Heartbeat, ListWorkersQuery, WorkerStatus
+from dtq.models import Heartbeat, ListWorkersQuery, WorkerId, WorkerStatus
 from dtq.net.api import Api, Call, respond
 from dtq.net.envelope import iso, pagination, success
 from dtq.net.openapi import RouteSpec
@@ -97,7 +97,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("GET", f"{P}/{{worker_id}}", "Get a worker", TAG, "get_worker",
-                  response=WorkerOut, errors=(404,)),
+                  response=WorkerOut, errors=(404,), path_types=(("worker_id", WorkerId),)),
         Permission.WORKERS_READ,
     )  # fmt: skip
     async def get_worker(call: Call) -> Any:
