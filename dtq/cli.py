@@ -185,6 +185,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.concurrency = args.concurrency
     if args.worker_id:
         worker.worker_id = args.worker_id
+    if args.any_name:
+        worker.any_name = True
     try:
         worker.run()
     except KeyboardInterrupt:
@@ -360,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", help="comma-separated queues (default: all)")
     p.add_argument("--concurrency", type=int, help="tasks at once")
     p.add_argument("--worker-id", help="worker id (default host-pid-random)")
+    p.add_argument(
+        "--any-name", action="store_true",
+        help="lease tasks of any name, also those without a handler (they fail as UnknownTask); "
+        "by default a worker leases only the names it has handlers for",
+    )  # fmt: skip
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     _remote(p)
     p.set_defaults(func=cmd_worker)

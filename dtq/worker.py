@@ -9,7 +9,8 @@
 
     worker.run()                           # or: dtq worker mymodule:worker
 
-Leases as many tasks as it has free slots (one long poll), extends each lease at a third of its
+Leases as many tasks as it has free slots (one long poll), of the names it has handlers for
+(`any_name=True` for every name), extends each lease at a third of its
 length, reports results in batches, and hands unfinished tasks back on shutdown. It only uses
 the public HTTP API, through `WorkerTransport` (a WebSocket transport can slot in later).
 """
@@ -41,6 +42,7 @@ from dtq.schemas import TaskOut, WorkerOut
 log = structlog.get_logger("dtq.worker")
 Handler = Callable[[Any], Any]
 _TRANSIENT = (httpx.TransportError, Unavailable, RateLimited)
+MAX_LEASE_NAMES = 100  # LeaseRequest.names accepts at most this many
 _json_check = msgspec.json.Encoder().encode
 
 
@@ -85,7 +87,7 @@ class Worker:
         heartbeat_interval_s: float = 10.0,
         grace_period_s: float = 30.0,
         poll_wait_s: float = 20.0,
-        only_known_names: bool = False,
+        any_name: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -99,7 +101,9 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.grace_period_s = grace_period_s
         self.poll_wait_s = poll_wait_s
-        self.only_known_names = only_known_names
+        # By default a worker leases only the task names it has handlers for, so a misrouted
+        # worker leaves other tasks pending instead of failing them as UnknownTask.
+        self.any_name = any_name
         self.handlers: dict[str, Handler] = {}
         self._running: dict[str, _Running] = {}
         self._slot_freed = trio.Event()
@@ -121,9 +125,26 @@ class Worker:
 
         return decorator
 
+    def lease_names(self) -> list[str] | None:
+        """The `names` filter of this worker's lease requests (None: any name)."""
+        if self.any_name:
+            return None
+        if not self.handlers:
+            raise ValueError(
+                "this worker has no handlers: register one with @worker.task(...), "
+                "or pass any_name=True (dtq worker --any-name) to lease every task name"
+            )
+        if len(self.handlers) > MAX_LEASE_NAMES:
+            raise ValueError(
+                f"a lease request names at most {MAX_LEASE_NAMES} task names and this worker "
+                f"has {len(self.handlers)} handlers: split it, or pass any_name=True"
+            )
+        return sorted(self.handlers)
+
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (drains); a second signal stops at once."""
+        self.lease_names()  # ValueError here, before trio, if this worker could lease nothing
         gc.collect()
         gc.freeze()  # this process's start-up objects live on: no rescans (latency pauses)
         trio.run(self._run_with_signals)
@@ -156,9 +177,11 @@ class Worker:
     ) -> None:
         """Work until `stop` is set, then drain: finish running tasks within the grace period,
         hand the rest back, flush results."""
+        names = self.lease_names()  # a worker that could lease nothing fails here, in one line
         client = transport or AsyncClient(self.url, api_key=self.api_key, token=self.token)
         log.info("worker started", worker_id=self.worker_id, handlers=sorted(self.handlers),
-                 concurrency=self.concurrency, queues=self.queues)  # fmt: skip
+                 concurrency=self.concurrency, queues=self.queues,
+                 leases="any name" if names is None else "handled names only")  # fmt: skip
         try:
             async with trio.open_nursery() as background:
                 background.start_soon(self._ack_loop, client)
@@ -190,7 +213,7 @@ class Worker:
 
     async def _lease_loop(self, client: WorkerTransport, tasks: trio.Nursery) -> None:
         failures = 0
-        names = sorted(self.handlers) if self.only_known_names else None
+        names = self.lease_names()
         while True:
             free = self.concurrency - len(self._running)
             if free <= 0:

@@ -41,11 +41,13 @@ def spawn_worker(
     queue: str,
     worker_id: str,
     concurrency: int = 2,
+    extra_args: tuple[str, ...] = (),
     **env: str,
 ) -> Proc:
     """`dtq worker tw_handlers:worker ...`, started (it has logged "worker started")."""
     args = ["worker", WORKER_TARGET, "--url", url, "--api-key", api_key, "--queues", queue,
-            "--concurrency", str(concurrency), "--worker-id", worker_id, "--log-format", "json"]  # fmt: skip
+            "--concurrency", str(concurrency), "--worker-id", worker_id, "--log-format", "json",
+            *extra_args]  # fmt: skip
     proc = procs.spawn(args, worker_id, env=clean_env(**env), cwd=worker_dir)
     proc.wait_for_event("worker started", worker_id=worker_id)
     return proc
@@ -139,21 +141,36 @@ def test_a_handler_that_raises_fails_the_attempt_and_is_retried(
     assert task.error is not None and task.error.type == "ValueError"
 
 
-def test_unknown_task_names_and_unencodable_results_fail_clearly(
+def test_a_worker_leaves_tasks_it_has_no_handler_for_pending(
     basic_worker: Proc, client: Client
 ) -> None:
     unknown = client.submit("Resize Image", {"w": 10}, queue="basic")
-    bad = client.submit("bad result", queue="basic")
-
-    task = client.wait(unknown.id, timeout=BOUND_S)
-    assert task.status == "failed"
-    assert task.error is not None
-    assert task.error.type == "UnknownTask"
-    assert "'Resize Image'" in task.error.message and "basic-w1" in task.error.message
+    bad = client.submit("bad result", queue="basic")  # submitted after it, on the same queue
 
     task = client.wait(bad.id, timeout=BOUND_S)
     assert task.status == "failed"
     assert task.error is not None and task.error.type == "TypeError"
+    # The worker leased past it: "Resize Image" was never handed to a worker that cannot run it.
+    left = client.get(unknown.id)
+    assert (left.status, left.attempts, left.worker_id) == ("pending", 0, None)
+    client.delete(unknown.id)
+
+
+def test_any_name_leases_everything_and_unknown_names_fail_clearly(
+    shared_server: SharedServer, worker_dir: Path, client: Client, tmp_path: Path
+) -> None:
+    procs = Processes(tmp_path / "procs")
+    try:
+        spawn_worker(procs, shared_server.url, shared_server.worker_key, worker_dir,
+                     queue="any-name", worker_id="any-w1", extra_args=("--any-name",))  # fmt: skip
+        unknown = client.submit("Resize Image", {"w": 10}, queue="any-name")
+        task = client.wait(unknown.id, timeout=BOUND_S)
+    finally:
+        procs.kill_all()
+    assert task.status == "failed"
+    assert task.error is not None
+    assert task.error.type == "UnknownTask"
+    assert "'Resize Image'" in task.error.message and "any-w1" in task.error.message
 
 
 def test_a_handler_past_the_task_timeout_is_reported_as_timed_out(

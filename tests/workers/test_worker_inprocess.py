@@ -365,3 +365,18 @@ def test_worker_arguments_and_loading(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(ValueError, match="No module named 'tw_not_there'"):
         load_worker("tw_not_there:worker")
     monkeypatch.delitem(sys.modules, "tw_loadme")
+
+
+def test_a_worker_leases_only_the_names_it_handles_unless_told_otherwise() -> None:
+    worker = Worker()
+    with pytest.raises(ValueError, match="no handlers"):
+        worker.lease_names()
+
+    @worker.task("Process Data")
+    def process(payload: dict[str, Any]) -> None: ...
+
+    @worker.task()
+    def cleanup(payload: dict[str, Any]) -> None: ...
+
+    assert worker.lease_names() == ["Process Data", "cleanup"]
+    assert Worker(any_name=True).lease_names() is None
