@@ -62,13 +62,14 @@ class WorkerConfig:
     heartbeat_interval_s: float = 10.0
     grace_period_s: float = 30.0  # on shutdown, for running tasks to finish
     poll_wait_s: float = 20.0  # the lease long poll
-    any_name: bool = False  # lease every task name, not only those with a handler
+    # By default a worker leases only the task names it has handlers for, so a misrouted
+    # worker leaves other tasks pending instead of failing them as UnknownTask.
+    any_name: bool = False
     retry: RetryPolicy = WORKER_RETRY  # after a failed lease or ack call
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        object.__setattr__(self, "queues", list(self.queues) if self.queues else None)
 
 
 class _Tunable(Generic[T]):
@@ -114,6 +115,9 @@ def _default_worker_id() -> str:
 
 
 class Worker:
+    """Runs registered handlers for leased tasks. Its tunables are in `config` (a frozen
+    `WorkerConfig`); each is also an attribute (`worker.concurrency = 8` replaces `config`)."""
+
     queues: _Tunable[list[str] | None] = _Tunable()
     concurrency: _Tunable[int] = _Tunable()
     lease_seconds: _Tunable[float] = _Tunable()
@@ -141,8 +145,6 @@ class Worker:
         self.api_key = api_key
         self.token = token
         self.worker_id = worker_id or _default_worker_id()
-        # By default a worker leases only the task names it has handlers for, so a misrouted
-        # worker leaves other tasks pending instead of failing them as UnknownTask.
         self.config = WorkerConfig(
             queues=list(queues) if queues else None,
             concurrency=concurrency,
