@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,8 @@ from dtq.auth import (
     verify_api_key_secret,
     verify_password,
 )
+from dtq.auth.credentials import ambiguous_credentials
+from dtq.auth.throttle import LoginThrottle
 from dtq.clock import Clock
 from dtq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from dtq.settings import Settings
@@ -40,11 +43,23 @@ RateLimit = Annotated[int, Meta(ge=0, le=10_000_000)]
 
 
 class User(Struct, array_like=True, kw_only=True):
+    """A stored user. Fields are only ever added at the end, with defaults, so records written
+    by an older version still decode (`array_like`: a record is a list, not a map).
+
+    `account_id` is random per record, so a user deleted and created again under the same name
+    is a different account; `generation` goes up whenever the password or role changes. Tokens
+    carry both, and only match while both are unchanged. Records from before the id existed
+    have `account_id == ""`: they get one at start (`upgrade_records`), and a token never
+    matches an empty id.
+    """
+
     username: str
     role: Role
     password_hash: str
     created_at: float
     disabled: bool = False
+    account_id: str = ""
+    generation: int = 0
 
 
 class ApiKey(Struct, array_like=True, kw_only=True):
@@ -67,6 +82,11 @@ class UserCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     username: Username
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
     role: Role = Role.VIEWER
+
+
+class UserUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    password: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    role: Role | None = None
 
 
 class ApiKeyCreate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -104,6 +124,7 @@ class Accounts:
         self._writer = writer
         self._clock = clock
         self.tokens = TokenIssuer(_load_or_create_secret(settings), settings.jwt_ttl_s)
+        self.login_throttle = LoginThrottle()
         self._verified: dict[str, Principal] = {}
 
     # -- bootstrap ---------------------------------------------------------------------
@@ -117,6 +138,16 @@ class Accounts:
         await self.create_user(UserCreate(username="admin", password=password, role=Role.ADMIN))
         return generated
 
+    async def upgrade_records(self) -> int:
+        """Give every user record written before account ids existed one; returns how many.
+
+        Such a user's old tokens (which name no account) stop working; logging in again works.
+        """
+        missing = [u.username for u in self.list_users() if not u.account_id]
+        for username in missing:
+            await self._update_user(username, lambda u: u, bump=False)
+        return len(missing)
+
     # -- users -------------------------------------------------------------------------
     async def create_user(self, body: UserCreate) -> User:
         check_password_strength(body.password)
@@ -126,6 +157,7 @@ class Accounts:
             role=body.role,
             password_hash=hashed,
             created_at=self._clock.now(),
+            account_id=new_account_id(),
         )
 
         def op(tx: LmdbTxn) -> User:
@@ -141,6 +173,58 @@ class Accounts:
     def list_users(self) -> list[User]:
         return [_dec_user.decode(v) for _, v in self._store.iter_raw("users")]
 
+    def get_user(self, username: str) -> User | None:
+        raw = self._store.get_raw("users", username.encode())
+        return _dec_user.decode(raw) if raw else None
+
+    async def update_user(self, username: str, body: UserUpdate) -> User:
+        """Change a user's password and/or role at once; every token issued before stops
+        working (one generation bump, one write)."""
+        if body.password is None and body.role is None:
+            raise InvalidRequest("Give a new password or role", field="body", reason="empty")
+        hashed = None
+        if body.password is not None:
+            check_password_strength(body.password)
+            hashed = await trio.to_thread.run_sync(hash_password, body.password)
+
+        def change(user: User) -> User:
+            return msgspec.structs.replace(
+                user,
+                password_hash=user.password_hash if hashed is None else hashed,
+                role=user.role if body.role is None else body.role,
+            )
+
+        return await self._update_user(username, change)
+
+    async def set_password(self, username: str, password: str) -> User:
+        """Change a user's password; every token issued before stops working."""
+        return await self.update_user(username, UserUpdate(password=password))
+
+    async def set_role(self, username: str, role: Role) -> User:
+        """Change a user's role; every token issued before stops working."""
+        return await self.update_user(username, UserUpdate(role=role))
+
+    async def _update_user(
+        self, username: str, change: Callable[[User], User], *, bump: bool = True
+    ) -> User:
+        """Read, change and write one user record in one write transaction. `bump` raises the
+        generation (ending the user's tokens); a record without an account id gets one."""
+
+        def op(tx: LmdbTxn) -> User:
+            raw = tx.get_raw("users", username.encode())
+            if raw is None:
+                raise NotFound(f"user {username!r} not found", field="username")
+            user = change(_dec_user.decode(raw))
+            user = msgspec.structs.replace(
+                user,
+                account_id=user.account_id or new_account_id(),
+                generation=user.generation + 1 if bump else user.generation,
+            )
+            tx.put_raw("users", username.encode(), _enc.encode(user))
+            return user
+
+        return await self._writer.write(op)
+
     async def delete_user(self, username: str) -> None:
         def op(tx: LmdbTxn) -> None:
             if not tx.delete_raw("users", username.encode()):
@@ -149,14 +233,29 @@ class Accounts:
         await self._writer.write(op)
 
     async def login(self, body: LoginRequest) -> tuple[str, User]:
-        raw = self._store.get_raw("users", body.username.encode())
-        user = _dec_user.decode(raw) if raw else None
+        # Throttled per username before the password is looked at: a 429 says nothing about
+        # whether the password (or the user) was right. Unknown names are throttled the same.
+        self.login_throttle.begin(body.username, self._clock.now())
+        user = self.get_user(body.username)
         ok = await trio.to_thread.run_sync(
             verify_password, body.password, user.password_hash if user else None
         )
         if not ok or user is None or user.disabled:
             raise Unauthorized("Invalid username or password", reason="bad_credentials")
-        return self.tokens.issue(user.username, user.role, self._clock.now()), user
+        self.login_throttle.succeeded(body.username)
+        if not user.account_id:  # a record from before account ids, not yet upgraded
+            user = await self._update_user(user.username, lambda u: u, bump=False)
+        return self.issue_token(user), user
+
+    def issue_token(self, user: User) -> str:
+        """A bearer token for `user`'s account as it is now."""
+        return self.tokens.issue(
+            user.username,
+            user.role,
+            self._clock.now(),
+            account_id=user.account_id,
+            generation=user.generation,
+        )
 
     # -- api keys ----------------------------------------------------------------------
     async def create_api_key(
@@ -194,7 +293,13 @@ class Accounts:
 
     # -- request authentication (hot path) ---------------------------------------------
     def authenticate(self, api_key: str | None, bearer: str | None) -> Principal | None:
-        """The caller's principal, or None when no credentials were sent."""
+        """The caller's principal, or None when no credentials were sent.
+
+        Both at once is refused (401), even when both are valid: they may name different
+        principals, and whichever we picked, the other would be silently ignored.
+        """
+        if api_key is not None and bearer is not None:
+            raise ambiguous_credentials()
         if api_key is not None:
             key_id, secret = parse_api_key(api_key)
             # One LMDB read (~2 us); no cache, so a key created or revoked by `dtq keys`
@@ -220,16 +325,27 @@ class Accounts:
                 if len(self._verified) >= 10_000:
                     self._verified.clear()
                 self._verified[bearer] = principal
-            # One LMDB read, as for keys: a deleted or disabled user's tokens stop working at
-            # once, and a token never carries more than the user's current role.
-            raw = self._store.get_raw("users", principal.subject.encode())
-            user = _dec_user.decode(raw) if raw else None
+            # One LMDB read by key, as for API keys (no cache: `dtq users` in another process
+            # takes effect at once). The token must name this very account at its current
+            # generation: a user deleted and created again has another id, and a password or
+            # role change bumps the generation, so every older token ends.
+            user = self.get_user(principal.subject)
             if user is None or user.disabled:
                 raise Unauthorized("Invalid token", reason="unknown_user")
-            if user.role != principal.role:
-                return Principal.for_user(user.username, user.role, expires_at=principal.expires_at)
+            if (
+                not user.account_id
+                or user.account_id != principal.account_id
+                or user.generation != principal.generation
+                or user.role != principal.role
+            ):
+                raise Unauthorized("Token revoked; log in again", reason="token_revoked")
             return principal
         return None
+
+
+def new_account_id() -> str:
+    """A random id for a new user record (128 bits, hex)."""
+    return secrets.token_hex(16)
 
 
 def validate_username(name: str) -> str:

@@ -112,6 +112,14 @@ class Unavailable(DtqError):
 
     status = 503
     code = "SERVICE_UNAVAILABLE"
+    retry_after_s: int | None = None  # sent as Retry-After when set
+
+    def __init__(
+        self, message: str | None = None, *, retry_after_s: int | None = None, **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class StorageError(Unavailable):

@@ -253,6 +253,8 @@ class ListTasksQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     status: TaskStatus | None = None
     priority: Priority | None = None
     worker_id: WorkerId | None = None
+    queue: Annotated[QueueName, Meta(description="Only tasks of this queue")] | None = None
+    name: Annotated[Name, Meta(description="Only tasks of this name")] | None = None
     sort: Annotated[str, Meta(pattern="^(created_at|updated_at|duration)$")] = "created_at"
     order: Annotated[str, Meta(pattern="^(asc|desc)$")] = "desc"
 

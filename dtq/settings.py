@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     jwt_ttl_s: int = 3600
     rate_limit_per_hour: int = 1000
     rate_limit_per_minute: int = 100
+    # Principals with the worker role poll and heartbeat all day: limits meant for API clients
+    # would throttle them, so they have their own defaults (0 = no limit).
+    worker_rate_limit_per_hour: int = 0
+    worker_rate_limit_per_minute: int = 0
     cors_origins: tuple[str, ...] = ()
     certfile: str | None = None
     keyfile: str | None = None
@@ -64,6 +69,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 _TUPLE_FIELDS = {"cors_origins", "forwarded_allow_ips"}
+# Secrets that can also come from a file named by DTQ_<NAME>_FILE (Docker/Kubernetes secrets).
+_SECRET_FILE_FIELDS = ("admin_password", "jwt_secret")
 
 
 def _from_env_value(name: str, raw: str) -> Any:
@@ -78,7 +85,12 @@ def load_settings(
     environ: dict[str, str] | None = None,
     config_file: str | None = None,
 ) -> Settings:
-    """Defaults < TOML file (`DTQ_CONFIG` or `config_file`) < `DTQ_<NAME>` env < overrides."""
+    """Defaults < TOML file (`DTQ_CONFIG` or `config_file`) < `DTQ_<NAME>` env < overrides.
+
+    `DTQ_ADMIN_PASSWORD_FILE` / `DTQ_JWT_SECRET_FILE` name a file holding the secret (one
+    trailing newline is dropped); setting both the variable and its `_FILE` is an error, since
+    which one was meant is a guess.
+    """
     env = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     path = config_file or env.get("DTQ_CONFIG")
@@ -89,6 +101,32 @@ def load_settings(
         raw = env.get(f"DTQ_{name.upper()}")
         if raw is not None and raw != "":
             merged[name] = _from_env_value(name, raw)
+    for name in _SECRET_FILE_FIELDS:
+        secret = _secret_from_file(name, env)
+        if secret is not None:
+            merged[name] = secret
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     # strict=False lets "5000" and "true" from the environment become int and bool.
     return msgspec.convert(merged, Settings, strict=False)
+
+
+def _secret_from_file(name: str, env: Mapping[str, str]) -> str | None:
+    variable = f"DTQ_{name.upper()}"
+    path = env.get(f"{variable}_FILE")
+    if not path:
+        return None
+    if env.get(variable):
+        raise ValueError(f"{variable} and {variable}_FILE are both set; set only one of them")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ValueError(f"{variable}_FILE: cannot read {path}: {exc.strerror}") from None
+    # `echo secret > file` and most editors end the file with a newline that is not the secret.
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        raise ValueError(f"{variable}_FILE: {path} is empty")
+    return text

@@ -10,6 +10,7 @@ from dtq.auth.apikeys import (
     parse_api_key,
     verify_api_key_secret,
 )
+from dtq.auth.credentials import ambiguous_credentials, bearer_of, single_credential
 from dtq.auth.passwords import (
     check_password_strength,
     hash_password,
@@ -24,15 +25,19 @@ from dtq.auth.roles import (
     permissions_for,
     require,
 )
+from dtq.auth.throttle import LoginThrottle
 from dtq.auth.tokens import Principal, PrincipalKind, TokenIssuer, new_jwt_secret
 
 __all__ = [
     "ROLE_PERMISSIONS",
+    "LoginThrottle",
     "Permission",
     "Principal",
     "PrincipalKind",
     "Role",
     "TokenIssuer",
+    "ambiguous_credentials",
+    "bearer_of",
     "check_password_strength",
     "generate_api_key",
     "has_permission",
@@ -43,6 +48,7 @@ __all__ = [
     "password_needs_rehash",
     "permissions_for",
     "require",
+    "single_credential",
     "verify_api_key_secret",
     "verify_password",
 ]

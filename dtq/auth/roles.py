@@ -70,9 +70,13 @@ def has_permission(role: Role, permission: Permission) -> bool:
 def require(role: Role, permission: Permission) -> None:
     """Raise `Forbidden` unless `role` grants `permission`."""
     if permission not in ROLE_PERMISSIONS[role]:
+        # Name the roles that would do, so the caller knows what key or user to ask for.
+        allowed = [str(r) for r in Role if permission in ROLE_PERMISSIONS[r]]
         raise Forbidden(
-            f"Role '{role}' does not have permission '{permission}'",
+            f"Role '{role}' does not have permission '{permission}'"
+            f" (roles that do: {', '.join(allowed)})",
             reason="insufficient_role",
             role=str(role),
             required_permission=str(permission),
+            allowed_roles=allowed,
         )

@@ -24,7 +24,10 @@ ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32  # HS256 wants a key at least as long as its 32-byte output
 _MAX_TOKEN_CHARS = 4096  # ours are ~250; refuse to parse anything huge
 _IAT_SKEW_S = 60  # tolerate this much clock disagreement on "issued at"
-_REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti", "iss")
+# `uid` is the account id and `gen` its generation when the token was issued: a token names an
+# account, not a name, so deleting a user, changing its password or its role (which re-creates
+# the id or bumps the generation) ends every token issued before (`dtq.accounts`).
+_REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti", "iss", "uid", "gen")
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +35,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
 
     `subject` is the username (user), the key's name (api_key) or the client address
     (anonymous). `rate_limit_per_*` are per-key overrides; None means "use the global setting".
+    `account_id` and `generation` (users only) are what the token was issued for; the account
+    store compares them with the user's record on every request.
     """
 
     kind: PrincipalKind
@@ -41,10 +46,27 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_per_minute: int | None = None
     rate_limit_per_hour: int | None = None
     expires_at: int | None = None  # user tokens: the JWT's exp (e.g. to close a WebSocket)
+    account_id: str | None = None  # user tokens: the account the token was issued to
+    generation: int | None = None  # user tokens: that account's generation at issue
 
     @classmethod
-    def for_user(cls, username: str, role: Role, *, expires_at: int | None = None) -> Principal:
-        return cls(kind="user", subject=username, role=role, expires_at=expires_at)
+    def for_user(
+        cls,
+        username: str,
+        role: Role,
+        *,
+        expires_at: int | None = None,
+        account_id: str | None = None,
+        generation: int | None = None,
+    ) -> Principal:
+        return cls(
+            kind="user",
+            subject=username,
+            role=role,
+            expires_at=expires_at,
+            account_id=account_id,
+            generation=generation,
+        )
 
     @classmethod
     def for_api_key(
@@ -122,11 +144,16 @@ class TokenIssuer:
     def ttl_s(self) -> int:
         return self._ttl_s
 
-    def issue(self, subject: str, role: Role, now: float) -> str:
+    def issue(
+        self, subject: str, role: Role, now: float, *, account_id: str, generation: int
+    ) -> str:
+        """A token for the account `account_id` (user `subject`) at `generation`."""
         iat = math.floor(now)
         claims = {
             "iss": ISSUER,
             "sub": subject,
+            "uid": account_id,
+            "gen": generation,
             "role": str(role),
             "iat": iat,
             "exp": iat + self._ttl_s,
@@ -163,6 +190,9 @@ class TokenIssuer:
             raise Unauthorized("Invalid token", reason="malformed_token")
         if not isinstance(claims["jti"], str) or not isinstance(role_s, str):
             raise Unauthorized("Invalid token", reason="malformed_token")
+        uid, gen = claims["uid"], claims["gen"]
+        if not (isinstance(uid, str) and uid and _is_int(gen)):
+            raise Unauthorized("Invalid token", reason="malformed_token")
         try:
             role = Role(role_s)
         except ValueError:
@@ -171,7 +201,7 @@ class TokenIssuer:
             raise Unauthorized("Token expired", reason="token_expired")
         if iat > now + _IAT_SKEW_S:
             raise Unauthorized("Invalid token", reason="issued_in_future")
-        return Principal.for_user(sub, role, expires_at=exp)
+        return Principal.for_user(sub, role, expires_at=exp, account_id=uid, generation=gen)
 
 
 def _is_int(value: object) -> bool:

@@ -58,9 +58,13 @@ class AsyncClient(_Base):
                 await _io.sleep(delay)
 
     async def login(self, username: str, password: str) -> str:
+        return str((await self.sign_in(username, password))["token"])
+
+    async def sign_in(self, username: str, password: str) -> dict[str, Any]:
+        """Log in and use the token from now on; returns `token`, `expires_in` (s), `role`."""
         data = await self._send(self._req_login(username, password))
         self.token = str(data["token"])
-        return self.token
+        return data
 
     async def submit(self, name: str, payload: Any = None, **options: Any) -> TaskOut:
         return await self._send(self._req_submit(self._submit(name, payload, **options)))
@@ -72,10 +76,11 @@ class AsyncClient(_Base):
     async def get(self, task_id: str) -> TaskOut:
         return await self._send(self._req_get(task_id))
 
-    async def list(self, *, page_size: int = 100, **filters: Any) -> AsyncIterator[TaskOut]:
-        """Every matching task, fetching page after page (`status`, `priority`, `worker_id`,
-        `sort`, `order` as in the guide)."""
-        skip = 0
+    async def list(
+        self, *, page_size: int = 100, skip: int = 0, **filters: Any
+    ) -> AsyncIterator[TaskOut]:
+        """Every matching task after the first `skip`, fetching page after page (`status`,
+        `priority`, `worker_id`, `sort`, `order` as in the guide; `queue`, `name`)."""
         while True:
             page = await self._send(self._req_list({**filters, "skip": skip, "limit": page_size}))
             for task in page:
@@ -120,6 +125,26 @@ class AsyncClient(_Base):
 
     async def workers(self, status: str | None = None) -> builtins.list[WorkerOut]:
         return await self._send(self._req_workers({"status": status, "limit": 100}))
+
+    async def api_keys(self) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_api_keys())
+
+    async def create_api_key(self, name: str, role: str, **limits: int | None) -> dict[str, Any]:
+        """`data` of the reply: the key itself is in `["key"]`, shown only this once."""
+        return await self._send(self._req_create_api_key({"name": name, "role": role, **limits}))
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        await self._send(self._req_revoke_api_key(key_id))
+
+    async def users(self) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_users())
+
+    async def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        body = {"username": username, "password": password, "role": role}
+        return await self._send(self._req_create_user(body))
+
+    async def set_password(self, username: str, password: str) -> dict[str, Any]:
+        return await self._send(self._req_set_password(username, password))
 
     # -- worker transport ---------------------------------------------------------------
     async def lease(self, worker_id: str, **kw: Any) -> builtins.list[TaskOut]:

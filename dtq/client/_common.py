@@ -195,6 +195,27 @@ class _Requests:
     def _req_analytics(self, what: str, params: dict[str, Any]) -> _Req[dict[str, Any]]:
         return _Req("GET", f"/api/v1/analytics/{what}", None, _clean(params), True, dict[str, Any])
 
+    # -- users and API keys (admin) --------------------------------------------------------
+    def _req_api_keys(self) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/api-keys", None, None, True, list[dict[str, Any]])
+
+    def _req_create_api_key(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Not resent: a second try after a lost answer would make a second key.
+        return _Req("POST", "/api/v1/api-keys", _clean(body), None, False, dict[str, Any])
+
+    def _req_revoke_api_key(self, key_id: str) -> _Req[None]:
+        return _Req("DELETE", f"/api/v1/api-keys/{key_id}", None, None, True, None)
+
+    def _req_users(self) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/users", None, None, True, list[dict[str, Any]])
+
+    def _req_create_user(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        return _Req("POST", "/api/v1/users", body, None, False, dict[str, Any])
+
+    def _req_set_password(self, username: str, password: str) -> _Req[dict[str, Any]]:
+        body = {"password": password}
+        return _Req("PATCH", f"/api/v1/users/{username}", body, None, True, dict[str, Any])
+
     def _req_export(self, fmt: str, days: int) -> _Req[Any]:
         accept = "text/csv" if fmt == "csv" else "application/json"
         return _Req(

@@ -59,9 +59,13 @@ class Client(_Base):
                 _io.sleep(delay)
 
     def login(self, username: str, password: str) -> str:
+        return str((self.sign_in(username, password))["token"])
+
+    def sign_in(self, username: str, password: str) -> dict[str, Any]:
+        """Log in and use the token from now on; returns `token`, `expires_in` (s), `role`."""
         data = self._send(self._req_login(username, password))
         self.token = str(data["token"])
-        return self.token
+        return data
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> TaskOut:
         return self._send(self._req_submit(self._submit(name, payload, **options)))
@@ -73,10 +77,9 @@ class Client(_Base):
     def get(self, task_id: str) -> TaskOut:
         return self._send(self._req_get(task_id))
 
-    def list(self, *, page_size: int = 100, **filters: Any) -> Iterator[TaskOut]:
-        """Every matching task, fetching page after page (`status`, `priority`, `worker_id`,
-        `sort`, `order` as in the guide)."""
-        skip = 0
+    def list(self, *, page_size: int = 100, skip: int = 0, **filters: Any) -> Iterator[TaskOut]:
+        """Every matching task after the first `skip`, fetching page after page (`status`,
+        `priority`, `worker_id`, `sort`, `order` as in the guide; `queue`, `name`)."""
         while True:
             page = self._send(self._req_list({**filters, "skip": skip, "limit": page_size}))
             yield from page
@@ -120,6 +123,26 @@ class Client(_Base):
 
     def workers(self, status: str | None = None) -> builtins.list[WorkerOut]:
         return self._send(self._req_workers({"status": status, "limit": 100}))
+
+    def api_keys(self) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_api_keys())
+
+    def create_api_key(self, name: str, role: str, **limits: int | None) -> dict[str, Any]:
+        """`data` of the reply: the key itself is in `["key"]`, shown only this once."""
+        return self._send(self._req_create_api_key({"name": name, "role": role, **limits}))
+
+    def revoke_api_key(self, key_id: str) -> None:
+        self._send(self._req_revoke_api_key(key_id))
+
+    def users(self) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_users())
+
+    def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        body = {"username": username, "password": password, "role": role}
+        return self._send(self._req_create_user(body))
+
+    def set_password(self, username: str, password: str) -> dict[str, Any]:
+        return self._send(self._req_set_password(username, password))
 
     # -- worker transport ---------------------------------------------------------------
     def lease(self, worker_id: str, **kw: Any) -> builtins.list[TaskOut]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from quart import current_app, g, request
 
 from dtq.accounts import Accounts
-from dtq.auth import Permission, Principal
+from dtq.auth import Permission, Principal, Role, bearer_of, single_credential
 from dtq.errors import Unauthorized
 from dtq.net.envelope import JSON, decode_body, decode_query
 from dtq.net.events import EventBus
@@ -64,18 +64,14 @@ def no_content() -> Any:
 
 
 def principal_of(accounts: Accounts) -> Principal:
-    """Credentials from `X-API-Key` or `Authorization: Bearer`; anonymous when none."""
+    """Credentials from `X-API-Key` or `Authorization: Bearer`; anonymous when none.
+
+    Exactly one credential, or 401: a second one (another header, or the same header twice)
+    is never silently ignored (`dtq.auth.credentials`)."""
     headers = request.headers
-    api_key = headers.get("X-API-Key")
-    bearer = None
-    authorization = headers.get("Authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized(
-                "Authorization header must be 'Bearer <token>'", reason="malformed_authorization"
-            )
-        bearer = token.strip()
+    api_key, bearer = single_credential(
+        headers.getlist("X-API-Key"), [bearer_of(a) for a in headers.getlist("Authorization")]
+    )
     principal = accounts.authenticate(api_key, bearer)
     return principal or Principal.anonymous(request.remote_addr or "unknown")
 
@@ -83,9 +79,15 @@ def principal_of(accounts: Accounts) -> Principal:
 def charge(svc: Services, principal: Principal) -> None:
     """Count one request against the caller's rate limits (the after-request hook adds the
     X-RateLimit-* headers); RateLimited when over."""
-    per_minute, per_hour = principal.rate_limits(
-        svc.settings.rate_limit_per_minute, svc.settings.rate_limit_per_hour
-    )
+    settings = svc.settings
+    if principal.role is Role.WORKER:
+        per_minute, per_hour = principal.rate_limits(
+            settings.worker_rate_limit_per_minute, settings.worker_rate_limit_per_hour
+        )
+    else:
+        per_minute, per_hour = principal.rate_limits(
+            settings.rate_limit_per_minute, settings.rate_limit_per_hour
+        )
     decision = svc.limiter.hit(principal.identity, time.time(), per_minute, per_hour)
     g.rate_decision = decision
     if not decision.allowed:

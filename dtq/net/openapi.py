@@ -138,13 +138,17 @@ _SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
-        "description": "A JWT from `POST /api/v1/auth/login`.",
+        "description": "A JWT from `POST /api/v1/auth/login`. Send one credential: a request "
+        "with both a bearer token and `X-API-Key` (or either twice) is refused with 401 "
+        "(`details.reason: ambiguous_credentials`), even when both are valid. A token ends "
+        "when its user is deleted or its password or role changes.",
     },
     "ApiKeyAuth": {
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "An API key (created by an admin; shown once).",
+        "description": "An API key (created by an admin; shown once). Send one credential: "
+        "with a bearer token as well, the request is refused with 401.",
     },
 }
 

@@ -12,19 +12,34 @@ variables, as the API guide's "Using Postman" section names them:
 - ``api_key``: an alternative to the token; each authenticated request carries a disabled
   ``X-API-Key: {{api_key}}`` header to switch on instead.
 
-Example bodies and query values are made from the schemas: an explicit example, else the default,
-const or first enum value, else a placeholder of the schema's type.
+Every request has a test script asserting the operation's documented success status.
+
+With a `Walkthrough` (dtq's is `dtq.net.postman_walkthrough.WALKTHROUGH`), the collection runs top
+to bottom as a user would: one folder per stage, each step one operation with a realistic body,
+path variables filled from collection variables that earlier steps stored from their responses
+(`store`), extra checks, and clean-up at the end. Operations no step covers follow in one folder
+per tag, with bodies and query values made from the schemas: an explicit example, else the
+default, const or first enum value, else a placeholder of the schema's type.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-__all__ = ["POSTMAN_SCHEMA", "build_postman_collection", "example_from_schema"]
+__all__ = [
+    "POSTMAN_SCHEMA",
+    "Stage",
+    "Step",
+    "Walkthrough",
+    "build_postman_collection",
+    "example_from_schema",
+]
 
 POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 DEFAULT_SERVER_URL = "http://localhost:5000"
@@ -49,17 +64,103 @@ _TOKEN_SCRIPT = [
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One request of a walkthrough: the operation `operation` (its operationId) as it is called.
+
+    `body` (JSON data; strings may hold ``{{variables}}``) replaces the schema's example; `path`
+    and `query` give path and (enabled) query parameter values. `store` maps a collection variable
+    to a JavaScript expression over the parsed response `body` whose value later steps use.
+    `checks` maps a test title to JavaScript assertions over `body`. `media_type` picks one
+    response type when the operation has several. `prerequest` runs before the request is sent.
+    """
+
+    operation: str
+    name: str | None = None
+    body: Any = None
+    path: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    media_type: str | None = None
+    store: Mapping[str, str] = field(default_factory=dict)
+    checks: Mapping[str, str] = field(default_factory=dict)
+    prerequest: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """A folder of steps, run in order."""
+
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Walkthrough:
+    """The collection's order: stages of steps, and the collection variables they use
+    (key, default value, description) beyond ``base_url``, ``server_url``, ``token``, ``api_key``."""
+
+    description: str
+    stages: tuple[Stage, ...]
+    variables: tuple[tuple[str, str, str], ...] = ()
+
+
+class _Operation:
+    """One operation of the OpenAPI document, located by its path and method."""
+
+    def __init__(self, path: str, method: str, op: Mapping[str, Any], shared: list[Any]) -> None:
+        self.path = path
+        self.method = method
+        self.op = op
+        self.shared_params = shared
+
+    @property
+    def tag(self) -> str | None:
+        tags = self.op.get("tags") or []
+        return str(tags[0]) if tags else None
+
+
+def _operations(openapi: Mapping[str, Any]) -> dict[str, _Operation]:
+    """Every operation, keyed by operationId (or "METHOD path" when it has none), in order."""
+    out: dict[str, _Operation] = {}
+    for path, path_item in openapi.get("paths", {}).items():
+        shared_params = path_item.get("parameters", [])
+        for method in _METHODS:
+            op = path_item.get(method)
+            if op is not None:
+                key = str(op.get("operationId") or f"{method.upper()} {path}")
+                out[key] = _Operation(path, method, op, shared_params)
+    return out
+
+
 def build_postman_collection(
     openapi: Mapping[str, Any],
     *,
+    walkthrough: Walkthrough | None = None,
     server_url: str = DEFAULT_SERVER_URL,
     api_prefix: str = DEFAULT_API_PREFIX,
 ) -> dict[str, Any]:
-    """The Postman v2.1 collection for `openapi` (an OpenAPI 3.x document as plain data)."""
+    """The Postman v2.1 collection for `openapi` (an OpenAPI 3.x document as plain data).
+
+    With `walkthrough`, its stages come first; a step naming an operation the document does not
+    have is an error (the walkthrough is stale).
+    """
     server_url = server_url.rstrip("/")
     api_prefix = "/" + api_prefix.strip("/")
     info = openapi.get("info", {})
     title = str(info.get("title", "API"))
+    operations = _operations(openapi)
+
+    item: list[dict[str, Any]] = []
+    covered: set[str] = set()
+    for stage in walkthrough.stages if walkthrough else ():
+        requests: list[dict[str, Any]] = []
+        for step in stage.steps:
+            if step.operation not in operations:
+                raise ValueError(f"walkthrough step {step.operation!r}: no such operation")
+            covered.add(step.operation)
+            requests.extend(_items(openapi, operations[step.operation], api_prefix, step))
+        item.append({"name": stage.name, "description": stage.description, "item": requests})
 
     folders: dict[str, list[dict[str, Any]]] = {}
     tag_descriptions: dict[str, str] = {}
@@ -68,21 +169,14 @@ def build_postman_collection(
         if tag.get("description"):
             tag_descriptions[tag["name"]] = tag["description"]
     loose: list[dict[str, Any]] = []
-
-    for path, path_item in openapi.get("paths", {}).items():
-        shared_params = path_item.get("parameters", [])
-        for method in _METHODS:
-            op = path_item.get(method)
-            if op is None:
-                continue
-            items = _items(openapi, path, method, op, shared_params, api_prefix)
-            tags = op.get("tags") or []
-            if tags:
-                folders.setdefault(tags[0], []).extend(items)
-            else:
-                loose.extend(items)
-
-    item: list[dict[str, Any]] = []
+    for key, operation in operations.items():
+        if key in covered:
+            continue
+        items = _items(openapi, operation, api_prefix, None)
+        if operation.tag is not None:
+            folders.setdefault(operation.tag, []).extend(items)
+        else:
+            loose.extend(items)
     for name, requests in folders.items():
         if not requests:
             continue
@@ -100,6 +194,16 @@ def build_postman_collection(
         "paths outside the API prefix), `token` (a JWT, set by the login request), `api_key` "
         "(an API key, for the disabled X-API-Key headers)."
     )
+    variables = [
+        {"key": "base_url", "value": f"{server_url}{api_prefix}", "type": "string"},
+        {"key": "server_url", "value": server_url, "type": "string"},
+        {"key": "token", "value": "", "type": "string"},
+        {"key": "api_key", "value": "", "type": "string"},
+    ]
+    if walkthrough is not None:
+        description = f"{description}\n\n{walkthrough.description.strip()}".strip()
+        for key, value, about in walkthrough.variables:
+            variables.append({"key": key, "value": value, "type": "string", "description": about})
     return {
         "info": {
             "_postman_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"dtq:{title}")),
@@ -109,53 +213,63 @@ def build_postman_collection(
             "schema": POSTMAN_SCHEMA,
         },
         "item": item,
-        "variable": [
-            {"key": "base_url", "value": f"{server_url}{api_prefix}", "type": "string"},
-            {"key": "server_url", "value": server_url, "type": "string"},
-            {"key": "token", "value": "", "type": "string"},
-            {"key": "api_key", "value": "", "type": "string"},
-        ],
+        "variable": variables,
     }
 
 
 def _items(
-    doc: Mapping[str, Any],
-    path: str,
-    method: str,
-    op: Mapping[str, Any],
-    shared_params: list[Any],
-    api_prefix: str,
+    doc: Mapping[str, Any], operation: _Operation, api_prefix: str, step: Step | None
 ) -> list[dict[str, Any]]:
     """The request item(s) for one operation: one per response media type when there are several."""
-    params = [_resolve(doc, p) for p in [*shared_params, *op.get("parameters", [])]]
-    url = _url(doc, path, params, api_prefix)
+    op = operation.op
+    params = [_resolve(doc, p) for p in [*operation.shared_params, *op.get("parameters", [])]]
+    url = _url(doc, operation.path, params, api_prefix, step)
     headers: list[dict[str, Any]] = []
     if _needs_auth(doc, op):
         headers.append({"key": "Authorization", "value": "Bearer {{token}}", "type": "text"})
         headers.append(
             {"key": "X-API-Key", "value": "{{api_key}}", "type": "text", "disabled": True}
         )
-    request: dict[str, Any] = {"method": method.upper(), "header": headers, "url": url}
+    request: dict[str, Any] = {"method": operation.method.upper(), "header": headers, "url": url}
 
     body = _resolve(doc, op.get("requestBody", {})).get("content", {})
     json_type = next((ct for ct in body if _is_json(ct)), None)
     if json_type is not None:
         headers.append({"key": "Content-Type", "value": "application/json", "type": "text"})
-        example = example_from_schema(body[json_type].get("schema", {}), doc)
+        if step is not None and step.body is not None:
+            example = step.body
+        else:
+            example = example_from_schema(body[json_type].get("schema", {}), doc)
         request["body"] = {
             "mode": "raw",
             "raw": msgspec.json.format(msgspec.json.encode(example), indent=2).decode(),
             "options": {"raw": {"language": "json"}},
         }
 
-    name = str(op.get("summary") or op.get("operationId") or f"{method.upper()} {path}")
+    summary = op.get("summary") or op.get("operationId")
+    name = str((step and step.name) or summary or f"{operation.method.upper()} {operation.path}")
     description = str(op.get("description") or op.get("summary") or "")
     if description:
         request["description"] = description
 
-    success = _success_content(doc, op)
-    events = _token_events(doc, success)
+    status, reason, success = _success(doc, op)
+    tests = _status_test(status, reason) if status is not None else []
+    tests += _token_script(doc, success)
+    if step is not None:
+        tests += _store_script(step.store) + _check_script(step.checks)
+    events = []
+    if step is not None and step.prerequest:
+        events.append(_event("prerequest", list(step.prerequest)))
+    if tests:
+        events.append(_event("test", tests))
+
     media_types = list(success)
+    if step is not None and step.media_type is not None:
+        if step.media_type not in media_types:
+            raise ValueError(f"walkthrough step {step.operation!r}: no {step.media_type} response")
+        media_types = [step.media_type]
+        if len(success) > 1:
+            request = {**request, "header": [*headers, _accept(step.media_type)]}
     if len(media_types) < 2:
         return [_item(name, request, events)]
     out = []
@@ -163,6 +277,47 @@ def _items(
         variant = {**request, "header": [*headers, _accept(media_type)]}
         out.append(_item(f"{name} ({media_type})", variant, events))
     return out
+
+
+def _event(listen: str, lines: list[str]) -> dict[str, Any]:
+    return {"listen": listen, "script": {"type": "text/javascript", "exec": lines}}
+
+
+def _js(value: str) -> str:
+    """A JavaScript string literal (JSON's is one)."""
+    return json.dumps(value)
+
+
+def _status_test(status: int, reason: str) -> list[str]:
+    title = f"status is {status} {reason}".strip()
+    return [f"pm.test({_js(title)}, function () {{ pm.response.to.have.status({status}); }});"]
+
+
+def _store_script(store: Mapping[str, str]) -> list[str]:
+    """Keep values of the response in collection variables, failing a test when one is missing."""
+    lines: list[str] = []
+    for variable, expression in store.items():
+        lines += [
+            f"pm.test({_js(f'response gives {variable}')}, function () {{",
+            "    const body = pm.response.json();",
+            f"    const value = {expression};",
+            f"    pm.expect(value, {_js(variable)}).to.be.a('string').and.not.empty;",
+            f"    pm.collectionVariables.set({_js(variable)}, value);",
+            "});",
+        ]
+    return lines
+
+
+def _check_script(checks: Mapping[str, str]) -> list[str]:
+    lines: list[str] = []
+    for title, assertions in checks.items():
+        lines += [
+            f"pm.test({_js(title)}, function () {{",
+            "    const body = pm.response.json();",
+            *(f"    {line}" for line in assertions.splitlines() if line.strip()),
+            "});",
+        ]
+    return lines
 
 
 def _item(name: str, request: dict[str, Any], events: list[Any]) -> dict[str, Any]:
@@ -177,8 +332,14 @@ def _accept(media_type: str) -> dict[str, Any]:
 
 
 def _url(
-    doc: Mapping[str, Any], path: str, params: list[Mapping[str, Any]], api_prefix: str
+    doc: Mapping[str, Any],
+    path: str,
+    params: list[Mapping[str, Any]],
+    api_prefix: str,
+    step: Step | None,
 ) -> dict[str, Any]:
+    path_values = step.path if step else {}
+    query_values = step.query if step else {}
     if path == api_prefix or path.startswith(api_prefix + "/"):
         host, rest = "{{base_url}}", path[len(api_prefix) :]
     else:
@@ -189,18 +350,18 @@ def _url(
     for param in params:
         where = param.get("in")
         schema = param.get("schema", {})
+        name = param["name"]
         if where == "query":
-            entry: dict[str, Any] = {
-                "key": param["name"],
-                "value": _query_value(example_from_schema(schema, doc)),
-            }
+            given = query_values.get(name)
+            value = given if given is not None else _query_value(example_from_schema(schema, doc))
+            entry: dict[str, Any] = {"key": name, "value": value}
             if param.get("description"):
                 entry["description"] = param["description"]
-            if not param.get("required", False):
+            if given is None and not param.get("required", False):
                 entry["disabled"] = True
             query.append(entry)
         elif where == "path":
-            variable: dict[str, Any] = {"key": param["name"], "value": ""}
+            variable: dict[str, Any] = {"key": name, "value": path_values.get(name, "")}
             if param.get("description"):
                 variable["description"] = param["description"]
             variables.append(variable)
@@ -241,26 +402,25 @@ def _needs_auth(doc: Mapping[str, Any], op: Mapping[str, Any]) -> bool:
     return bool(security) and all(requirement for requirement in security)
 
 
-def _success_content(doc: Mapping[str, Any], op: Mapping[str, Any]) -> dict[str, Any]:
+def _success(
+    doc: Mapping[str, Any], op: Mapping[str, Any]
+) -> tuple[int | None, str, dict[str, Any]]:
+    """The first documented 2xx: its status code, description and content by media type."""
     for status, response in op.get("responses", {}).items():
-        if str(status).startswith("2"):
-            content: dict[str, Any] = _resolve(doc, response).get("content", {})
-            return content
-    return {}
+        if str(status).startswith("2") and str(status).isdigit():
+            resolved = _resolve(doc, response)
+            content: dict[str, Any] = resolved.get("content", {})
+            return int(status), str(resolved.get("description", "")), content
+    return None, "", {}
 
 
-def _token_events(doc: Mapping[str, Any], content: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A test script storing `token` when the success body has a top-level `token` field."""
+def _token_script(doc: Mapping[str, Any], content: Mapping[str, Any]) -> list[str]:
+    """Lines storing `token` when the success body has a top-level `token` field."""
     for media_type, media in content.items():
         if _is_json(media_type):
             schema = _resolve(doc, media.get("schema", {}))
             if "token" in schema.get("properties", {}):
-                return [
-                    {
-                        "listen": "test",
-                        "script": {"type": "text/javascript", "exec": list(_TOKEN_SCRIPT)},
-                    }
-                ]
+                return list(_TOKEN_SCRIPT)
     return []
 
 

@@ -11,36 +11,33 @@ Graceful shutdown on SIGTERM / SIGINT (for `dtq serve`):
 On shutdown hypercorn stops accepting, closes idle keep-alive connections at once, lets requests
 in flight finish for up to `graceful_timeout_s`, then cancels what is left.
 
-Importing this module patches hypercorn (see "Trap 1" below); the patch is checked against the
-exact hypercorn source it was written for and refuses to load on any other.
+Importing this module patches hypercorn (`dtq.net.hypercorn_patch`: stack-findings trap 1, and
+hypercorn's own error responses in the guide's format); the patch is checked against the exact
+hypercorn source it was written for and refuses to load on any other.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import inspect
 import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Event, Updated
 from hypercorn.trio import serve as hypercorn_serve
-from hypercorn.trio import tcp_server
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from dtq.logs import get_logger
+from dtq.net.hypercorn_patch import apply_hypercorn_patch, remove_hypercorn_patch
 from dtq.settings import Settings
 
 __all__ = [
     "BoundAddress",
+    "FinishRequestBody",
     "ForwardedForMiddleware",
     "apply_hypercorn_patch",
     "hypercorn_config",
@@ -52,6 +49,10 @@ __all__ = [
 log = get_logger(__name__)
 
 ShutdownTrigger = Callable[[], Awaitable[None]]
+
+# How long an early answer waits for the rest of its request's body (FinishRequestBody) before
+# it gives up on the connection and says `Connection: close`.
+_BODY_WAIT_S = 5.0
 
 
 class BoundAddress(NamedTuple):
@@ -100,6 +101,7 @@ async def serve_app(
     config = hypercorn_config(settings)
     if settings.forwarded_allow_ips:
         app = ForwardedForMiddleware(app, settings.forwarded_allow_ips)
+    app = FinishRequestBody(app, settings.max_body_bytes)
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
             partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger, mode="asgi")
@@ -179,6 +181,100 @@ class ForwardedForMiddleware:
         return hops[0]
 
 
+class FinishRequestBody:
+    """An answer never leaves a request body unread on a keep-alive connection (issue 8, #5).
+
+    hypercorn (`H11Protocol._maybe_recycle`) keeps an HTTP/1.1 connection for the next request
+    only if, when the response ends, the request has been received to its end; otherwise it
+    closes the connection, though the response did not say `Connection: close`. The client,
+    told nothing, sends its next request on it and gets no answer. That is the fate of any
+    answer decided from the request head alone (401, 403, 404, 405, 429, ...) whenever the body
+    arrives in a later read than the head: the app's reader (Quart reads the body in a task of
+    its own, whether the handler wants it or not) has not seen the end of it yet.
+
+    So when a response starts before the request body has been received to its end, it waits
+    for the end: up to `max_body_bytes` of body and `wait_s` seconds. Then the connection stays
+    usable (hypercorn hands the app the end of the body only once h11 has parsed it, so h11 is
+    done with the request by then). A body that is larger (the 413 case) or slower gets `Connection: close` on the
+    response instead, so the client knows the connection ends with it.
+    """
+
+    def __init__(
+        self, app: ASGIFramework, max_body_bytes: int, *, wait_s: float = _BODY_WAIT_S
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.wait_s = wait_s
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = _RequestBody(self.max_body_bytes, _content_length(scope["headers"]))
+
+        async def receive_and_track() -> Any:
+            message = await receive()
+            body.saw(message)
+            return message
+
+        async def send_once_read(message: Any) -> None:
+            if message["type"] == "http.response.start" and not body.complete:
+                message = await self._finish_or_close(body, message)
+            await send(message)
+
+        await self.app(scope, receive_and_track, send_once_read)
+
+    async def _finish_or_close(self, body: _RequestBody, start: Any) -> Any:
+        if not body.too_large:
+            with trio.move_on_after(self.wait_s):
+                await body.settled.wait()
+        if body.complete:
+            return start
+        headers = list(start.get("headers", ()))
+        if not any(
+            name.lower() == b"connection" and b"close" in value.lower() for name, value in headers
+        ):
+            headers.append((b"connection", b"close"))
+        return {**start, "headers": headers}
+
+
+class _RequestBody:
+    """What the app has received of one request's body (through its ASGI `receive`)."""
+
+    __slots__ = ("complete", "limit", "received", "settled", "too_large")
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        self.limit = limit
+        self.received = 0
+        self.complete = False  # the end of the body has been received
+        self.too_large = declared is not None and declared > limit
+        self.settled = trio.Event()  # complete, too large, or the peer has gone
+
+    def saw(self, message: Any) -> None:
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.complete = True
+                self.settled.set()
+            elif self.received > self.limit:
+                self.too_large = True
+                self.settled.set()
+        elif message["type"] == "http.disconnect":
+            self.settled.set()
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # h11 refuses such a request before any app sees it
+    return None
+
+
 def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[str]:
     values: list[str] = []
     for key, value in headers:
@@ -202,101 +298,3 @@ def _scheme_for(scope_type: str, proto: str) -> str:
     if scope_type == "websocket":
         return "wss" if secure else "ws"
     return "https" if secure else "http"
-
-
-# --- Trap 1: hypercorn (trio worker) + quart-trio connection life cycle ------------------------
-#
-# quart-trio runs each request in a nursery that it cancels as soon as the ASGI `http.disconnect`
-# (or `websocket.disconnect`) arrives. hypercorn delivers that message from inside the app's last
-# `send()`, i.e. in the app's task, and that same task then goes on with hypercorn's connection
-# bookkeeping in `TCPServer.protocol_send`: re-arming the keep-alive idle timer, `send_eof`,
-# `aclose`. Now cancelled, that bookkeeping is cut short: the idle timer is never armed, so
-# `keep_alive_timeout` never fires and every shutdown with an idle keep-alive connection open
-# waits the whole `graceful_timeout`; a socket can stay open.
-#
-# The fix, two small wrappers around hypercorn 0.18.0's `TCPServer` methods:
-#  1. `protocol_send` runs shielded from the caller's cancellation, so the bookkeeping always
-#     completes. It is short work: restart/stop a timer, shut down and close the socket, queue
-#     `http.disconnect` for the app. The one slow part, the socket write, hypercorn shields itself
-#     already (a peer that stops reading mid-response blocks it, patched or not). No deadline on
-#     the shield: one that fired would silently drop bytes from the connection's stream.
-#  2. Once the read loop has ended (the peer closed its side, or the read failed), the idle timer
-#     is stopped and never re-armed: the connection then closes at once instead of sitting in
-#     CLOSE_WAIT for `keep_alive_timeout` (it did in hypercorn even without quart-trio; the
-#     shield of 1. makes it happen on every request, as the timer now does get re-armed).
-#
-# Guard: the wrappers rely on hypercorn internals, so the patch refuses to load unless the
-# installed hypercorn is the version, and `hypercorn/trio/tcp_server.py` the exact source, it was
-# checked against. After upgrading hypercorn: run tests/net/test_serving.py (its canary test
-# shows whether hypercorn still needs the patch), then update the two constants below.
-
-_VERIFIED_HYPERCORN_VERSIONS = frozenset({"0.18.0"})
-_VERIFIED_TCP_SERVER_SHA256 = "fbec50b5df48e46d28e1a594c47931e1395d1dded14044945203f7840d0cba20"
-_PEER_GONE = "_dtq_peer_gone"  # attribute set on a TCPServer once its read loop has ended
-
-# inspect.unwrap: hypercorn's own methods even if this module is imported a second time.
-_original_protocol_send: Callable[[TCPServer, Event], Awaitable[None]] = inspect.unwrap(
-    TCPServer.protocol_send
-)
-_original_read_data: Callable[[TCPServer], Awaitable[None]] = inspect.unwrap(TCPServer._read_data)
-
-
-async def _protocol_send(self: TCPServer, event: Event) -> None:
-    with trio.CancelScope(shield=True):
-        if isinstance(event, Updated) and event.idle and getattr(self, _PEER_GONE, False):
-            return  # nobody is left to send another request: don't re-arm the idle timer
-        await _original_protocol_send(self, event)
-
-
-async def _read_data(self: TCPServer) -> None:
-    try:
-        await _original_read_data(self)
-    finally:
-        setattr(self, _PEER_GONE, True)
-        with trio.CancelScope(shield=True):
-            await self.idle_task.stop()
-
-
-_protocol_send.__wrapped__ = _original_protocol_send  # type: ignore[attr-defined]
-_read_data.__wrapped__ = _original_read_data  # type: ignore[attr-defined]
-
-
-def _check_hypercorn_is_verified() -> None:
-    version = importlib.metadata.version("hypercorn")
-    try:
-        source: str | None = inspect.getsource(tcp_server)
-    except OSError:  # no source installed (.pyc only): the version must do
-        source = None
-    digest = None if source is None else hashlib.sha256(source.encode()).hexdigest()
-    if version not in _VERIFIED_HYPERCORN_VERSIONS or (
-        digest is not None and digest != _VERIFIED_TCP_SERVER_SHA256
-    ):
-        raise RuntimeError(
-            f"dtq.net.serving patches hypercorn's TCPServer (keep-alive/shutdown fix, see the "
-            f"comment in {__name__}), verified for hypercorn "
-            f"{sorted(_VERIFIED_HYPERCORN_VERSIONS)} only; installed: hypercorn {version} with "
-            f"tcp_server.py sha256 {digest}. Re-check the patch against the new hypercorn, run "
-            f"tests/net/test_serving.py, then update the verified version and hash."
-        )
-
-
-_PATCHES = (
-    ("protocol_send", _protocol_send, _original_protocol_send),
-    ("_read_data", _read_data, _original_read_data),
-)
-
-
-def apply_hypercorn_patch() -> None:
-    """Install the fix (done at import; installing it twice is harmless)."""
-    for name, patched, _ in _PATCHES:
-        setattr(TCPServer, name, patched)
-
-
-def remove_hypercorn_patch() -> None:
-    """Restore hypercorn's own methods. For tests that show the trap without the fix."""
-    for name, _, original in _PATCHES:
-        setattr(TCPServer, name, original)
-
-
-_check_hypercorn_is_verified()
-apply_hypercorn_patch()

@@ -6,8 +6,8 @@ when several are waiting, `{"event": "batch", "count": n, "events": [<event>, ..
 on idle connections.
 
 Credentials: `Authorization: Bearer`, `X-API-Key`, or for browsers (which cannot set headers)
-`?token=` or the subprotocols `["bearer", "<token>"]`. Refused before the upgrade with 401/403
-in the guide's error format.
+`?token=`, `?api_key=` or the subprotocols `["bearer", "<token>"]`; exactly one of them (more
+is 401, as for HTTP). Refused before the upgrade with 401/403 in the guide's error format.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import msgspec
 import trio
 from quart import websocket
 
-from dtq.auth import Permission, Principal
+from dtq.auth import Permission, Principal, bearer_of, single_credential
 from dtq.errors import DtqError, InvalidRequest, Unauthorized
 from dtq.net.api import Services, respond
 from dtq.net.envelope import decode_query, encode, error_body, now_iso
@@ -31,24 +31,25 @@ _IDLE = b""  # sentinel: nothing happened within the idle-ping interval
 
 
 def _credentials() -> tuple[str | None, str | None, str | None]:
-    """(api key, bearer token, chosen subprotocol)."""
-    headers = websocket.headers
-    api_key = headers.get("X-API-Key") or websocket.args.get("api_key")
-    bearer = None
+    """(api key, bearer token, chosen subprotocol). As for HTTP, exactly one credential may be
+    sent, wherever it is (header, query or subprotocol); more than one is 401, even if valid."""
+    headers, args = websocket.headers, websocket.args
+    api_keys = [*headers.getlist("X-API-Key"), *args.getlist("api_key")]
+    bearers = [bearer_of(a) for a in headers.getlist("Authorization")]
     subprotocol = None
-    authorization = headers.get("Authorization")
-    if authorization:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Authorization header must be 'Bearer <token>'")
-        bearer = token.strip()
     protocols = [p.strip() for p in websocket.requested_subprotocols]
-    if bearer is None and "bearer" in protocols:
-        i = protocols.index("bearer")
-        if i + 1 < len(protocols):
-            bearer, subprotocol = protocols[i + 1], "bearer"
-    if bearer is None:
-        bearer = websocket.args.get("token")
+    for i, protocol in enumerate(protocols):
+        if protocol != "bearer":
+            continue
+        if i + 1 >= len(protocols):
+            raise Unauthorized(
+                "The 'bearer' subprotocol must be followed by the token",
+                reason="malformed_subprotocol",
+            )
+        bearers.append(protocols[i + 1])
+        subprotocol = "bearer"
+    bearers.extend(args.getlist("token"))
+    api_key, bearer = single_credential(api_keys, bearers)
     return api_key, bearer, subprotocol
 
 

@@ -5,6 +5,7 @@ Times in keys are integer microseconds since the epoch.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 
@@ -74,6 +75,24 @@ def priority_key(priority: Priority, created_at: float, seq: int, tkey: bytes) -
 
 def worker_index_key(worker_id: str, created_at: float, seq: int, tkey: bytes) -> bytes:
     return worker_id.encode() + SEP + time_id_key(created_at, seq, tkey)
+
+
+def queue_prefix(queue: str) -> bytes:
+    return queue.encode() + SEP
+
+
+def queue_index_key(queue: str, created_at: float, seq: int, tkey: bytes) -> bytes:
+    return queue_prefix(queue) + time_id_key(created_at, seq, tkey)
+
+
+def name_prefix(name: str) -> bytes:
+    """A task name may hold any character (NUL too) and be longer than LMDB's 511-byte keys
+    allow, so the index is keyed by a 16-byte hash of it (collisions: about 2**-64)."""
+    return hashlib.blake2b(name.encode(), digest_size=16).digest()
+
+
+def name_index_key(name: str, created_at: float, seq: int, tkey: bytes) -> bytes:
+    return name_prefix(name) + time_id_key(created_at, seq, tkey)
 
 
 def day_key(day_number: int) -> bytes:

@@ -9,6 +9,8 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     by_status   status | created_us | seq | task key   -> b""
     by_priority priority | created_us | seq | task key -> b""
     by_worker   worker NUL | created_us | seq | task key -> b""
+    by_queue    queue NUL | created_us | seq | task key  -> b""
+    by_name     name hash (16) | created_us | seq | task key -> b""
     idem        idempotency key                        -> task key + body fingerprint
     workers     worker id                              -> Worker
     days        day number                             -> DayStats
@@ -41,10 +43,14 @@ T = TypeVar("T")
 
 TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
-    "by_worker", "idem", "workers", "days", "meta", "users", "api_keys", "kv",
+    "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta", "users", "api_keys", "kv",
     "webhooks", "deliveries", "delivery_due",
 )  # fmt: skip
 _COUNTERS = b"counters"
+# Which listing indexes this data directory has: stores written before by_queue/by_name
+# existed get them built from the tasks at open.
+_INDEX_VERSION_KEY = b"index_version"
+_INDEX_VERSION = 1
 _SEQ = b"seq"
 _SECONDS_PER_DAY = 86400
 
@@ -122,6 +128,8 @@ class LmdbTxn:
             b"",
             db=db["by_priority"],
         )
+        put(K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=db["by_queue"])
+        put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=db["by_name"])
         self._index_state(task, tkey, add=True)
         self.deltas.add("total")
         self.deltas.add(task.status)
@@ -166,6 +174,18 @@ class LmdbTxn:
                     b"",
                     db=db["by_worker"],
                 )
+        if old.queue != new.queue:
+            txn.delete(
+                K.queue_index_key(old.queue, old.created_at, old.seq, tkey), db=db["by_queue"]
+            )
+            txn.put(
+                K.queue_index_key(new.queue, new.created_at, new.seq, tkey), b"", db=db["by_queue"]
+            )
+        if old.name != new.name:
+            txn.delete(K.name_index_key(old.name, old.created_at, old.seq, tkey), db=db["by_name"])
+            txn.put(
+                K.name_index_key(new.name, new.created_at, new.seq, tkey), b"", db=db["by_name"]
+            )
         self._index_state(old, tkey, add=False)
         self._index_state(new, tkey, add=True)
         if (sink := self._s.event_sink) is not None:
@@ -187,6 +207,10 @@ class LmdbTxn:
                 K.worker_index_key(task.worker_id, task.created_at, task.seq, tkey),
                 db=db["by_worker"],
             )
+        txn.delete(
+            K.queue_index_key(task.queue, task.created_at, task.seq, tkey), db=db["by_queue"]
+        )
+        txn.delete(K.name_index_key(task.name, task.created_at, task.seq, tkey), db=db["by_name"])
         self._index_state(task, tkey, add=False)
         if task.idempotency_key:
             txn.delete(task.idempotency_key.encode(), db=db["idem"])
@@ -281,8 +305,9 @@ class LmdbStore:
                     for name in TABLES:
                         self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
                     raw = txn.get(_SEQ, db=self.db["meta"])
+                    self._build_missing_indexes(txn)
                 break
-            except lmdb.MapFullError:  # a map too small even for the tables: grow it
+            except lmdb.MapFullError:  # a map too small for the tables or indexes: grow it
                 self.grow()
         self._seq = K.from_u64(raw) if raw else 1
         self._seq_dirty = False
@@ -291,6 +316,27 @@ class LmdbStore:
 
     def close(self) -> None:
         self.env.close()
+
+    def _build_missing_indexes(self, txn: lmdb.Transaction) -> None:
+        """Build by_queue and by_name from the tasks when this store predates them.
+
+        Runs in the open transaction, so an interrupted build leaves no half index behind.
+        """
+        meta = self.db["meta"]
+        raw = txn.get(_INDEX_VERSION_KEY, db=meta)
+        if raw is not None and K.from_u64(bytes(raw)) >= _INDEX_VERSION:
+            return
+        by_queue, by_name = self.db["by_queue"], self.db["by_name"]
+        txn.drop(by_queue, delete=False)
+        txn.drop(by_name, delete=False)
+        for key, value in txn.cursor(db=self.db["tasks"]):
+            tkey = bytes(key)
+            task = codec.decode_task(value)
+            txn.put(
+                K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=by_queue
+            )
+            txn.put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=by_name)
+        txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
 
     # -- used by the writer thread ----------------------------------------------------------
     def take_seq(self) -> int:
@@ -482,6 +528,10 @@ class LmdbStore:
             filters.append(("priority", q.priority))
         if q.worker_id is not None:
             filters.append(("worker_id", q.worker_id))
+        if q.queue is not None:
+            filters.append(("queue", q.queue))
+        if q.name is not None:
+            filters.append(("name", q.name))
         with self.env.begin() as txn:
             if q.sort == "created_at":
                 db, prefix = self._created_index(q)
@@ -496,8 +546,13 @@ class LmdbStore:
         raise InvalidRequest(f"cannot sort by {q.sort!r}", field="sort")
 
     def _created_index(self, q: TaskQuery) -> tuple[Any, bytes]:
+        # The index most likely to be narrowest first; the other filters check each task.
         if q.worker_id is not None:
             return self.db["by_worker"], q.worker_id.encode() + K.SEP
+        if q.name is not None:
+            return self.db["by_name"], K.name_prefix(q.name)
+        if q.queue is not None:
+            return self.db["by_queue"], K.queue_prefix(q.queue)
         if q.status is not None:
             return self.db["by_status"], K.STATUS_BYTE[q.status]
         if q.priority is not None:
@@ -569,12 +624,19 @@ class LmdbStore:
             raw = txn.get(key[-16:], db=tasks_db)
             if raw is not None:
                 page.append(codec.decode_task(raw))
-        return page, self._exact_total(txn, db, prefix, q)
+        return page, self._exact_total(txn, db, prefix, q, filters)
 
-    def _exact_total(self, txn: lmdb.Transaction, db: Any, prefix: bytes, q: TaskQuery) -> int:
+    def _exact_total(
+        self,
+        txn: lmdb.Transaction,
+        db: Any,
+        prefix: bytes,
+        q: TaskQuery,
+        filters: list[tuple[str, Any]],
+    ) -> int:
         if not prefix:
             return int(txn.stat(self.db["tasks"])["entries"])
-        if q.status is not None and q.priority is None and q.worker_id is None:
+        if q.status is not None and len(filters) == 1:
             raw = txn.get(_COUNTERS, db=self.db["meta"])
             return int((codec.decode_counters(raw) if raw else {}).get(q.status.value, 0))
         return sum(1 for _ in self._iter_keys(txn, db, prefix, False))

@@ -19,6 +19,8 @@ class TaskQuery(Protocol):
     status: TaskStatus | None
     priority: Any
     worker_id: str | None
+    queue: str | None
+    name: str | None
     sort: str
     order: str
     skip: int

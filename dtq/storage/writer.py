@@ -18,6 +18,7 @@ import trio
 
 from dtq.clock import Clock
 from dtq.errors import StorageError, Unavailable
+from dtq.storage.faults import write_failure
 from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
 
 T = TypeVar("T")
@@ -58,6 +59,9 @@ class GroupCommitWriter:
         self._stopped = trio.Event()
         self._one_thread = trio.CapacityLimiter(1)
         self.stats = WriterStats()
+        self._failing: str | None = (
+            None  # details.reason of the last failed commit, until one works
+        )
         self.commit_hooks: list[Callable[[int, float], None]] = []  # (batch size, seconds)
 
     async def write(
@@ -111,17 +115,23 @@ class GroupCommitWriter:
                 )
             except lmdb.MapFullError:
                 # No transaction is open now (reads never span an await), so growing is safe.
-                size = self._store.grow()
+                try:
+                    size = self._store.grow()
+                except lmdb.Error as exc:  # no memory or address space for a larger map
+                    self._fail(batch, write_failure(exc, self._store.path, growing=True))
+                    return
                 log.info("storage map grown", map_size_bytes=size)
                 continue
             except lmdb.Error as exc:
-                log.error("write transaction failed", error=str(exc), batch=len(batch))
-                err = StorageError(f"storage write failed: {exc}", reason=_reason(exc))
-                for p in batch:
-                    p.result = err
-                    p.done.set()
+                # The transaction was aborted: nothing of it is stored, nothing before it is
+                # touched (LMDB never overwrites committed pages), and the next batch gets a
+                # fresh transaction, so writes work again as soon as the disk does.
+                self._fail(batch, write_failure(exc, self._store.path))
                 return
             break
+        if self._failing is not None:
+            log.warning("storage writes work again", after=self._failing)
+            self._failing = None
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.ops += len(batch)
@@ -138,9 +148,11 @@ class GroupCommitWriter:
         for p in batch:
             p.done.set()
 
-
-def _reason(exc: lmdb.Error) -> str:
-    text = str(exc).lower()
-    if "no space" in text or "disk" in text:
-        return "disk full"
-    return type(exc).__name__
+    def _fail(self, batch: list[_Pending[Any]], err: StorageError) -> None:
+        reason = err.details.get("reason")
+        if reason != self._failing:  # once per outage, not once per batch
+            log.error("storage writes fail", error=err.message, reason=reason, batch=len(batch))
+            self._failing = str(reason)
+        for p in batch:
+            p.result = err
+            p.done.set()

@@ -108,6 +108,9 @@ class Client:
     async def put(self, path: str, json: Any = _NO_JSON, **kw: Any) -> Reply:
         return await self.request("PUT", path, json=json, **kw)
 
+    async def patch(self, path: str, json: Any = _NO_JSON, **kw: Any) -> Reply:
+        return await self.request("PATCH", path, json=json, **kw)
+
     async def delete(self, path: str, **kw: Any) -> Reply:
         return await self.request("DELETE", path, **kw)
 

@@ -93,12 +93,24 @@ def claims(role: str = "admin", **kw: Any) -> dict[str, Any]:
     }
 
 
+def admin_id(services: Services) -> str:
+    admin = services.accounts.get_user("admin")
+    assert admin is not None and admin.account_id
+    return admin.account_id
+
+
 def server_secret(settings: Settings) -> bytes:
     assert settings.jwt_secret
     return settings.jwt_secret.encode()
 
 
 def bad_tokens(settings: Settings, services: Services, good: str) -> dict[str, str]:
+    uid = admin_id(services)
+
+    def mine(role: str = "admin", **kw: Any) -> dict[str, Any]:
+        """Claims as the server's own tokens have them, so each case fails for its own reason."""
+        return claims(role, **{"uid": uid, "gen": 0, **kw})
+
     secret = server_secret(settings)
     header, payload, signature = good.split(".")
     viewer_payload = json.loads(base64.urlsafe_b64decode(payload + "=="))
@@ -110,21 +122,27 @@ def bad_tokens(settings: Settings, services: Services, good: str) -> dict[str, s
         "truncated": f"{header}.{payload}",
         "bad signature": f"{header}.{payload}.{signature[:-4]}AAAA",
         "tampered claims": f"{header}.{b64(viewer_payload)}.{signature}",
-        "other secret": jwt.encode(claims(), "x" * 64, algorithm="HS256"),
-        "alg none": f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims())}.",
-        "alg none (pyjwt)": jwt.encode(claims(), None, algorithm="none"),
-        "alg HS512": jwt.encode(claims(), secret, algorithm="HS512"),
-        "expired": services.accounts.tokens.issue("admin", Role.ADMIN, now - 7200),
-        "expired (hand made)": jwt.encode(claims(exp=int(now) - 1), secret, algorithm="HS256"),
-        "wrong issuer": jwt.encode(claims(iss="someone"), secret, algorithm="HS256"),
-        "unknown role": jwt.encode(claims(role="root"), secret, algorithm="HS256"),
+        "other secret": jwt.encode(mine(), "x" * 64, algorithm="HS256"),
+        "alg none": f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(mine())}.",
+        "alg none (pyjwt)": jwt.encode(mine(), None, algorithm="none"),
+        "alg HS512": jwt.encode(mine(), secret, algorithm="HS512"),
+        "expired": services.accounts.tokens.issue(
+            "admin", Role.ADMIN, now - 7200, account_id=admin_id(services), generation=0
+        ),
+        "expired (hand made)": jwt.encode(mine(exp=int(now) - 1), secret, algorithm="HS256"),
+        "wrong issuer": jwt.encode(mine(iss="someone"), secret, algorithm="HS256"),
+        "unknown role": jwt.encode(mine(role="root"), secret, algorithm="HS256"),
         "no exp": jwt.encode(
-            {k: v for k, v in claims().items() if k != "exp"}, secret, algorithm="HS256"
+            {k: v for k, v in mine().items() if k != "exp"}, secret, algorithm="HS256"
         ),
         "issued in the future": jwt.encode(
-            claims(iat=int(now) + 3600, exp=int(now) + 7200), secret, algorithm="HS256"
+            mine(iat=int(now) + 3600, exp=int(now) + 7200), secret, algorithm="HS256"
         ),
         "huge": "a" * 10_000,
+        # a token names an account at a generation, not just a username
+        "no account (older format)": jwt.encode(claims(), secret, algorithm="HS256"),
+        "another account": jwt.encode(mine(uid="0" * 32), secret, algorithm="HS256"),
+        "other generation": jwt.encode(mine(gen=1), secret, algorithm="HS256"),
     }
 
 
@@ -133,7 +151,7 @@ async def test_bad_bearer_tokens(
 ) -> None:
     # A token made with the server's own secret and claims is accepted (the test is fair) ...
     secret = server_secret(settings)
-    good = jwt.encode(claims(), secret, algorithm="HS256")
+    good = jwt.encode(claims(uid=admin_id(services), gen=0), secret, algorithm="HS256")
     ok(await client.bearer(good).get("/api/v1/tasks"))
     # ... and every broken one is refused.
     for name, token in bad_tokens(settings, services, tokens[Role.VIEWER]).items():
@@ -319,6 +337,7 @@ CASES = [
         201,
         {"username": "carol", "password": "long-enough", "role": "viewer"},
     ),
+    Case("PATCH", "/api/v1/users/{user}", Permission.ADMIN, body={"role": "worker"}, needs="user"),
     Case("DELETE", "/api/v1/users/{user}", Permission.ADMIN, 204, needs="user"),
     Case("GET", "/api/v1/api-keys", Permission.ADMIN),
     Case("POST", "/api/v1/api-keys", Permission.ADMIN, 201, {"name": "k", "role": "worker"}),
@@ -501,14 +520,18 @@ async def test_a_deleted_users_token_stops_working(admin: Client, client: Client
     assert [u["username"] for u in ok(await admin.get("/api/v1/users"))] == ["admin"]
 
 
-async def test_a_token_carries_the_users_current_role(client: Client, services: Services) -> None:
-    await services.accounts.create_user(
+async def test_a_token_never_carries_another_role(client: Client, services: Services) -> None:
+    vic = await services.accounts.create_user(
         UserCreate(username="vic", password="long-enough", role=Role.VIEWER)
     )
-    # a token claiming more than the user has (e.g. from before a demotion) gets the stored role
-    token = services.accounts.tokens.issue("vic", Role.ADMIN, services.queue.clock.now())
-    error_of(await client.bearer(token).get("/api/v1/users"), 403, "FORBIDDEN")
-    ok(await client.bearer(token).get("/api/v1/tasks"))
+    # a token claiming another role than the account has (it could only come from before a
+    # role change, which also bumps the generation) is refused outright
+    token = services.accounts.tokens.issue(
+        "vic", Role.ADMIN, services.queue.clock.now(), account_id=vic.account_id, generation=0
+    )
+    for path in ("/api/v1/users", "/api/v1/tasks"):
+        error_of(await client.bearer(token).get(path), 401, "UNAUTHORIZED", reason="token_revoked")
+    ok(await client.bearer(services.accounts.issue_token(vic)).get("/api/v1/tasks"))
 
 
 async def test_bad_user_body(admin: Client) -> None:

@@ -43,7 +43,6 @@ async def services(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Async
 @pytest.fixture
 async def tokens(services: Services) -> dict[Role, str]:
     """Tokens made without logging in: a login is a rate-limited request itself."""
-    now = services.queue.clock.now()
     out = {}
     for role in Role:
         name = "admin" if role is Role.ADMIN else f"{role.value}-user"
@@ -51,7 +50,9 @@ async def tokens(services: Services) -> dict[Role, str]:
             await services.accounts.create_user(
                 UserCreate(username=name, password="role-password", role=role)
             )
-        out[role] = services.accounts.tokens.issue(name, role, now)
+        user = services.accounts.get_user(name)
+        assert user is not None
+        out[role] = services.accounts.issue_token(user)
     return out
 
 
@@ -212,3 +213,44 @@ async def test_unknown_api_routes_are_counted_and_carry_the_headers(
     error_of(wrong_method, 405, "INVALID_REQUEST")
     assert limits(wrong_method)[:2] == (3, 0)
     error_of(await admin.get("/api/v1/no-such-thing"), 429, "RATE_LIMITED")
+
+
+GUIDE_LIMITS = {"rate_limit_per_minute": 100, "rate_limit_per_hour": 1000}
+
+
+@pytest.mark.parametrize("settings_overrides", [GUIDE_LIMITS])
+async def test_worker_keys_are_not_throttled_by_the_limits_for_api_clients(
+    client: Client, keys: dict[Role, str]
+) -> None:
+    """An idle worker polls and heartbeats all day: 2,000 requests, not one 429."""
+    worker = client.api_key(keys[Role.WORKER])
+    for i in range(2000):
+        if i % 2:
+            reply = await worker.post("/api/v1/workers/heartbeat", {"worker_id": "w1"})
+        else:
+            reply = await worker.post("/api/v1/tasks/lease", {"worker_id": "w1", "wait": 0})
+        assert reply.status == 200, (i, reply.status)
+    # every other key keeps the guide's 100 a minute
+    operator = client.api_key(keys[Role.OPERATOR])
+    for _ in range(100):
+        ok(await operator.get("/api/v1/tasks"))
+    error_of(await operator.get("/api/v1/tasks"), 429, "RATE_LIMITED")
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{**GUIDE_LIMITS, "worker_rate_limit_per_minute": 5}]
+)
+async def test_worker_limits_have_their_own_settings(client: Client, keys: dict[Role, str]) -> None:
+    worker = client.api_key(keys[Role.WORKER])
+    for expected in (4, 3, 2, 1, 0):
+        reply = await worker.post("/api/v1/workers/heartbeat", {"worker_id": "w1"})
+        assert reply.status == 200
+        assert limits(reply) == (5, expected, MINUTE_RESET)
+    error_of(
+        await worker.post("/api/v1/workers/heartbeat", {"worker_id": "w1"}), 429, "RATE_LIMITED"
+    )
+
+
+async def test_worker_limit_defaults_are_off() -> None:
+    settings = Settings()
+    assert (settings.worker_rate_limit_per_minute, settings.worker_rate_limit_per_hour) == (0, 0)

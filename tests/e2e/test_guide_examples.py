@@ -1,4 +1,4 @@
-"""The API guide's examples (shared/spec/api-guide.md), run as written against a real server.
+"""The API guide's examples (docs/api-guide.md), run as written against a real server.
 
 The curl/jq commands run in bash, the Python example in a fresh interpreter with `requests`.
 The snippets below are copied verbatim from the guide; the only changes made before running
@@ -35,7 +35,7 @@ EXAMPLE_TASK_ID = "123e4567-e89b-12d3-a456-426614174000"
 def guide_path() -> Path | None:
     candidates = [
         os.environ.get("DTQ_API_GUIDE"),
-        str(REPO_ROOT.parent / "shared" / "spec" / "api-guide.md"),
+        str(REPO_ROOT / "docs" / "api-guide.md"),  # the project's copy of the guide
     ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
@@ -263,7 +263,7 @@ def needs_curl_and_jq() -> None:
 def test_snippets_are_verbatim_from_the_guide() -> None:
     path = guide_path()
     if path is None:
-        pytest.skip("api-guide.md not found next to the repository (set DTQ_API_GUIDE)")
+        pytest.skip("docs/api-guide.md not found (set DTQ_API_GUIDE)")
     guide = path.read_text()
     for name, snippet in [*SCRIPT_STEPS, ("python", PYTHON_EXAMPLE)]:
         assert snippet in guide, f"the {name!r} snippet is no longer in {path} as written"

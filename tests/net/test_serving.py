@@ -7,6 +7,7 @@ without it, and will tell us once a new hypercorn no longer needs it.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,6 +23,7 @@ from quart_trio import QuartTrio
 
 from dtq.net.serving import (
     BoundAddress,
+    FinishRequestBody,
     ForwardedForMiddleware,
     apply_hypercorn_patch,
     hypercorn_config,
@@ -323,3 +325,141 @@ async def test_forwarded_proto_only_from_trusted_peer() -> None:
     trusted = await forwarded_scope(("10.0.0.1",), "10.0.0.1", x_forwarded_proto="https")
     untrusted = await forwarded_scope(("10.0.0.1",), "10.0.0.2", x_forwarded_proto="https")
     assert (trusted["scheme"], untrusted["scheme"]) == ("https", "http")
+
+
+# --- FinishRequestBody, without sockets --------------------------------------------------------
+
+
+async def answer_early(body_messages: list[dict[str, Any]], **headers: str) -> list[Any]:
+    """Run an app that answers without reading the body, while the 'client' delivers
+    `body_messages` (then nothing); returns the response start's headers."""
+    sent: list[Any] = []
+    send_body, receive_body = trio.open_memory_channel[dict[str, Any]](len(body_messages) or 1)
+    for message in body_messages:
+        send_body.send_nowait(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def read_all() -> None:  # Quart reads the body in a task of its own, too
+                while (await receive())["type"] == "http.request":
+                    pass
+
+            nursery.start_soon(read_all)
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"no", "more_body": False})
+            nursery.cancel_scope.cancel()
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(k.replace("_", "-").encode(), v.encode())
+                                         for k, v in headers.items()]}  # fmt: skip
+    await FinishRequestBody(app, max_body_bytes=100, wait_s=5.0)(
+        scope,  # type: ignore[arg-type]
+        receive_body.receive,
+        send,
+    )
+    return list(sent[0]["headers"])
+
+
+async def test_early_answer_waits_for_the_body_and_keeps_the_connection() -> None:
+    headers = await answer_early(
+        [{"type": "http.request", "body": b"x" * 60, "more_body": True},
+         {"type": "http.request", "body": b"x" * 40, "more_body": False}],
+        content_length="100",
+    )  # fmt: skip
+    assert headers == []
+
+
+async def test_early_answer_to_a_body_too_large_says_connection_close() -> None:
+    declared = await answer_early([], content_length="101")
+    counted = await answer_early(
+        [{"type": "http.request", "body": b"x" * 101, "more_body": True}],
+        transfer_encoding="chunked",
+    )
+    assert declared == counted == [(b"connection", b"close")]
+
+
+async def test_early_answer_to_a_body_that_stalls_says_connection_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    headers = await answer_early(
+        [{"type": "http.request", "body": b"x", "more_body": True}], content_length="100"
+    )
+    assert headers == [(b"connection", b"close")]
+    assert trio.current_time() - start == pytest.approx(5.0)
+
+
+# --- hypercorn's own refusals in the guide's error format ----------------------------------------
+
+
+async def raw_exchange(address: BoundAddress, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send raw bytes, read one response (h11 as client parses it), check the JSON error body."""
+    async with await trio.open_tcp_stream(address.host, address.port) as stream:
+        await stream.send_all(request)
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="GET", target="/", headers=[("Host", "test")]))
+        client.send(h11.EndOfMessage())  # h11 wants to have sent a request before a response
+        response: h11.Response | None = None
+        body = b""
+        with trio.fail_after(BOUND_S):
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    response = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+        assert response is not None
+        headers = dict(response.headers)
+        assert headers[b"content-type"] == b"application/json"
+        assert headers[b"connection"] == b"close"
+        error = json.loads(body)
+        assert error["status"] == "error"
+        assert error["timestamp"].endswith("Z")
+        assert set(error["error"]) == {"code", "message", "details"}
+        return response.status_code, error["error"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 431,
+         "INVALID_REQUEST", "too large"),
+        (b"GET / HTTP/1.1\r\nHost: test\r\nno colon here\r\n\r\n", 400, "INVALID_REQUEST",
+         "malformed request"),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "INVALID_REQUEST", "malformed request"),
+        (b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+         "INVALID_REQUEST", "not supported"),
+    ],
+    ids=["431-huge-header", "400-bad-header", "400-bad-request-line", "501-transfer-encoding"],
+)  # fmt: skip
+async def test_protocol_refusals_carry_the_guides_error(
+    request_bytes: bytes, status: int, code: str, reason: str
+) -> None:
+    async with running(make_app(Gates())) as server:
+        got, error = await raw_exchange(server.address, request_bytes)
+        assert got == status
+        assert error["code"] == code
+        assert error["details"]["reason"] == reason
+        await server.shut_down()
+
+
+async def test_app_that_ends_without_answering_gets_the_guides_500() -> None:
+    async def silent_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    async with running(silent_app) as server:  # type: ignore[arg-type]
+        status, error = await raw_exchange(server.address, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 500
+        assert error["code"] == "INTERNAL_ERROR"
+        await server.shut_down()

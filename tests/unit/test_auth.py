@@ -35,6 +35,7 @@ from dtq.errors import Forbidden, InvalidRequest, Unauthorized
 
 NOW = 1_700_000_000.0
 SECRET = "s" * 40
+ACCOUNT = "0123456789abcdef0123456789abcdef"
 P = Permission
 
 # --------------------------------------------------------------------------- roles
@@ -234,6 +235,8 @@ def _claims(**overrides: Any) -> dict[str, Any]:
         "iat": int(NOW),
         "exp": int(NOW) + 3600,
         "jti": "abc",
+        "uid": ACCOUNT,
+        "gen": 0,
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
@@ -257,23 +260,32 @@ def _reason(issuer: TokenIssuer, token: str, now: float = NOW) -> str:
 
 
 def test_token_round_trip(issuer: TokenIssuer) -> None:
-    token = issuer.issue("alice", Role.OPERATOR, NOW)
+    token = issuer.issue("alice", Role.OPERATOR, NOW, account_id=ACCOUNT, generation=0)
     principal = issuer.verify(token, NOW + 10)
     assert principal == Principal(
-        kind="user", subject="alice", role=Role.OPERATOR, expires_at=int(NOW) + 3600
+        kind="user",
+        subject="alice",
+        role=Role.OPERATOR,
+        expires_at=int(NOW) + 3600,
+        account_id=ACCOUNT,
+        generation=0,
     )
     assert principal.identity == "user:alice"
 
 
 def test_token_claims(issuer: TokenIssuer) -> None:
-    token = issuer.issue("bob", Role.VIEWER, NOW + 0.9)
+    token = issuer.issue("bob", Role.VIEWER, NOW + 0.9, account_id=ACCOUNT, generation=0)
     header = jwt.get_unverified_header(token)
     claims = jwt.decode(token, options={"verify_signature": False})
     assert header["alg"] == "HS256"
-    assert set(claims) == {"iss", "sub", "role", "iat", "exp", "jti"}
+    assert set(claims) == {"iss", "sub", "role", "iat", "exp", "jti", "uid", "gen"}
+    assert (claims["uid"], claims["gen"]) == (ACCOUNT, 0)
     assert (claims["iss"], claims["sub"], claims["role"]) == ("dtq", "bob", "viewer")
     assert (claims["iat"], claims["exp"]) == (int(NOW), int(NOW) + 3600)
-    other = jwt.decode(issuer.issue("bob", Role.VIEWER, NOW), options={"verify_signature": False})
+    other = jwt.decode(
+        issuer.issue("bob", Role.VIEWER, NOW, account_id=ACCOUNT, generation=0),
+        options={"verify_signature": False},
+    )
     assert other["jti"] != claims["jti"]
 
 
@@ -283,25 +295,30 @@ def test_hand_signed_token_verifies(issuer: TokenIssuer) -> None:
 
 
 def test_token_expiry_uses_given_now(issuer: TokenIssuer) -> None:
-    token = issuer.issue("alice", Role.ADMIN, NOW)
+    token = issuer.issue("alice", Role.ADMIN, NOW, account_id=ACCOUNT, generation=0)
     assert issuer.verify(token, NOW + 3599.999).role is Role.ADMIN
     assert _reason(issuer, token, NOW + 3600) == "token_expired"
     assert _reason(issuer, token, NOW + 10**6) == "token_expired"
 
 
 def test_token_from_the_future(issuer: TokenIssuer) -> None:
-    token = issuer.issue("alice", Role.ADMIN, NOW + 3600)
+    token = issuer.issue("alice", Role.ADMIN, NOW + 3600, account_id=ACCOUNT, generation=0)
     assert issuer.verify(token, NOW + 3600 - 60).subject == "alice"  # small skew tolerated
     assert _reason(issuer, token, NOW) == "issued_in_future"
 
 
 def test_wrong_secret(issuer: TokenIssuer) -> None:
     other = TokenIssuer("t" * 40, ttl_s=3600)
-    assert _reason(issuer, other.issue("alice", Role.ADMIN, NOW)) == "bad_signature"
+    assert (
+        _reason(issuer, other.issue("alice", Role.ADMIN, NOW, account_id=ACCOUNT, generation=0))
+        == "bad_signature"
+    )
 
 
 def test_forged_signature(issuer: TokenIssuer) -> None:
-    header, payload, signature = issuer.issue("alice", Role.VIEWER, NOW).split(".")
+    header, payload, signature = issuer.issue(
+        "alice", Role.VIEWER, NOW, account_id=ACCOUNT, generation=0
+    ).split(".")
     forged_payload = _segment(_claims(role="admin"))
     assert _reason(issuer, f"{header}.{forged_payload}.{signature}") == "bad_signature"
     flipped = _flip_char(signature, 5)
@@ -344,6 +361,13 @@ def test_unknown_algorithm_is_rejected(issuer: TokenIssuer) -> None:
         (_claims(iat=None), "malformed_token"),
         (_claims(jti=None), "malformed_token"),
         (_claims(jti=7), "malformed_token"),
+        # a token names an account: from before account ids (no uid/gen), it is refused
+        (_claims(uid=None), "malformed_token"),
+        (_claims(uid=""), "malformed_token"),
+        (_claims(uid=7), "malformed_token"),
+        (_claims(gen=None), "malformed_token"),
+        (_claims(gen="0"), "malformed_token"),
+        (_claims(gen=False), "malformed_token"),
     ],
 )
 def test_bad_claims(issuer: TokenIssuer, claims: dict[str, Any], reason: str) -> None:
@@ -383,7 +407,12 @@ def test_new_jwt_secret() -> None:
     a, b = new_jwt_secret(), new_jwt_secret()
     assert a != b and len(a) == 64
     issuer = TokenIssuer(a, ttl_s=60)
-    assert issuer.verify(issuer.issue("x", Role.WORKER, NOW), NOW).role is Role.WORKER
+    assert (
+        issuer.verify(
+            issuer.issue("x", Role.WORKER, NOW, account_id=ACCOUNT, generation=0), NOW
+        ).role
+        is Role.WORKER
+    )
 
 
 # --------------------------------------------------------------------------- API keys

@@ -43,6 +43,12 @@ CALLS: list[tuple[str, Callable[[Any], Any]]] = [
     ("heartbeat", lambda c: c.heartbeat("w", current_load=0)),
     ("workers", lambda c: c.workers()),
     ("dashboard", lambda c: c.dashboard()),
+    ("api_keys", lambda c: c.api_keys()),
+    ("create_api_key", lambda c: c.create_api_key("k", "worker", rate_limit_per_minute=None)),
+    ("revoke_api_key", lambda c: c.revoke_api_key("key-1")),
+    ("users", lambda c: c.users()),
+    ("create_user", lambda c: c.create_user("u", "password1", "viewer")),
+    ("set_password", lambda c: c.set_password("u", "password2")),
 ]
 
 
@@ -59,6 +65,10 @@ def respond(request: httpx.Request) -> httpx.Response:
     if path.startswith("/api/v1/workers"):
         return httpx.Response(200, json={"data": WORKER if request.method == "POST" else []})
     if path.startswith("/api/v1/analytics"):
+        return httpx.Response(200, json={"data": {}})
+    if path in ("/api/v1/api-keys", "/api/v1/users") and request.method == "GET":
+        return httpx.Response(200, json={"data": []})
+    if path.startswith(("/api/v1/api-keys", "/api/v1/users")):
         return httpx.Response(200, json={"data": {}})
     return httpx.Response(200, json={"data": TASK})
 
@@ -97,7 +107,7 @@ async def test_every_body_is_sent_as_json_by_both_clients() -> None:
         for method, path, content_type, body in recorder.requests:
             if body is not None:
                 assert content_type == "application/json", (method, path)
-        assert sum(body is not None for *_, body in recorder.requests) == 11
+        assert sum(body is not None for *_, body in recorder.requests) == 14
         seen[flavour] = recorder.requests
     assert seen["sync"] == seen["async"]
 

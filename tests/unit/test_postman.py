@@ -10,7 +10,14 @@ import pytest
 from msgspec import Meta, Struct
 
 from dtq.net.openapi import OpenApiRegistry, RouteSpec
-from dtq.net.postman import POSTMAN_SCHEMA, build_postman_collection, example_from_schema
+from dtq.net.postman import (
+    POSTMAN_SCHEMA,
+    Stage,
+    Step,
+    Walkthrough,
+    build_postman_collection,
+    example_from_schema,
+)
 
 
 class Level(enum.StrEnum):
@@ -204,7 +211,15 @@ def test_login_stores_the_token(collection: dict[str, Any]) -> None:
     (event,) = by_name["Log in"]["event"]
     assert event["listen"] == "test"
     assert any("pm.collectionVariables.set('token'" in line for line in event["script"]["exec"])
-    assert "event" not in by_name["List items"]
+    (listed,) = by_name["List items"]["event"]
+    assert not any("token" in line for line in listed["script"]["exec"])
+
+
+def test_every_request_tests_its_success_status(collection: dict[str, Any]) -> None:
+    by_name = requests_by_name(collection)
+    for name, status in [("Create item", 201), ("List items", 200), ("Log in", 200)]:
+        (event,) = by_name[name]["event"]
+        assert f"pm.response.to.have.status({status});" in event["script"]["exec"][0], name
 
 
 def test_one_request_per_media_type(collection: dict[str, Any]) -> None:
@@ -273,3 +288,91 @@ def test_example_from_recursive_schema_terminates() -> None:
         "name": "string",
         "child": None,
     }
+
+
+WALK = Walkthrough(
+    description="Sign in, then create and update one item.",
+    stages=(
+        Stage(
+            name="1. Sign in",
+            description="",
+            steps=(Step(operation="login", body={"username": "{{username}}", "password": "pw"}),),
+        ),
+        Stage(
+            name="2. Items",
+            description="",
+            steps=(
+                Step(
+                    operation="createItem",
+                    body={"name": "Widget"},
+                    store={"item_id": "body.data.id"},
+                ),
+                Step(
+                    operation="updateItem",
+                    name="Make it high",
+                    body={"level": "high"},
+                    path={"item_id": "{{item_id}}"},
+                    checks={"is high": "pm.expect(body.data.level).to.eql('high');"},
+                ),
+                Step(operation="listItems", query={"owner": "me", "limit": "5"}),
+                Step(operation="exportItems", media_type="text/csv"),
+            ),
+        ),
+    ),
+    variables=(("username", "admin", "who signs in"), ("item_id", "", "the created item")),
+)
+
+
+@pytest.fixture(scope="module")
+def walked() -> dict[str, Any]:
+    return build_postman_collection(openapi_doc(), walkthrough=WALK)
+
+
+def test_walkthrough_stages_come_first_then_the_rest_by_tag(walked: dict[str, Any]) -> None:
+    assert [f["name"] for f in walked["item"]] == ["1. Sign in", "2. Items", "health"]
+    assert [i["name"] for i in walked["item"][1]["item"]] == [
+        "Create item",
+        "Make it high",
+        "List items",
+        "Export items",
+    ]
+    variables = [v["key"] for v in walked["variable"]]
+    assert variables == ["base_url", "server_url", "token", "api_key", "username", "item_id"]
+    assert "Sign in, then create" in walked["info"]["description"]
+
+
+def test_walkthrough_step_fills_body_path_and_query(walked: dict[str, Any]) -> None:
+    by_name = requests_by_name(walked)
+    assert msgspec.json.decode(by_name["Create item"]["request"]["body"]["raw"]) == {
+        "name": "Widget"
+    }
+    update = by_name["Make it high"]["request"]
+    assert update["url"]["variable"] == [{"key": "item_id", "value": "{{item_id}}"}]
+    listed = by_name["List items"]["request"]["url"]
+    assert listed["raw"] == "{{base_url}}/items?limit=5&owner=me"
+    assert {q["key"]: q.get("disabled", False) for q in listed["query"]} == {
+        "limit": False,
+        "owner": False,
+        "archived": True,
+    }
+    assert headers(by_name["Export items"])["Accept"]["value"] == "text/csv"
+
+
+def test_walkthrough_store_and_checks_are_tests(walked: dict[str, Any]) -> None:
+    by_name = requests_by_name(walked)
+    (create,) = by_name["Create item"]["event"]
+    script = "\n".join(create["script"]["exec"])
+    assert "pm.response.to.have.status(201)" in script
+    assert 'pm.collectionVariables.set("item_id", value);' in script
+    assert "const value = body.data.id;" in script
+    (update,) = by_name["Make it high"]["event"]
+    assert "pm.expect(body.data.level).to.eql('high');" in "\n".join(update["script"]["exec"])
+
+
+def test_walkthrough_with_an_unknown_operation_is_refused() -> None:
+    stale = Walkthrough(
+        description="",
+        stages=(Stage(name="x", description="", steps=(Step(operation="gone"),)),),
+    )
+    with pytest.raises(ValueError, match="'gone'"):
+        build_postman_collection(openapi_doc(), walkthrough=stale)

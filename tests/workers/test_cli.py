@@ -56,6 +56,12 @@ def cli_worker(
         procs.kill_all()
 
 
+@pytest.fixture(autouse=True)
+def no_saved_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process commands never see the login of whoever runs the tests."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
 @pytest.fixture
 def client(shared_server: SharedServer) -> Iterator[Client]:
     with Client(shared_server.url, api_key=shared_server.admin_key) as c:
@@ -141,6 +147,33 @@ def test_every_command_has_help(
     assert out.startswith(f"usage: dtq {' '.join(command)}")
 
 
+def _parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple]:
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*prefix, name))
+
+
+def test_every_flag_has_help_text() -> None:
+    missing = [
+        (" ".join(command), action.dest)
+        for command, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+
+
+def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["tasks", "list", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "print at most N tasks (default: 50)" in out
+    assert "--queue QUEUE only tasks of this queue" in out
+    assert "(default: None)" not in out
+
+
 # --- submit, tasks, workers -------------------------------------------------------------------------
 
 
@@ -148,7 +181,7 @@ def test_submit_and_wait_with_a_running_worker(
     shared_server: SharedServer, cli_worker: Proc
 ) -> None:
     done = run_cli("submit", "add", "--payload", '{"a": 2, "b": 40}', "--queue", "cli",
-                   "--priority", "high", "--wait", "--timeout", str(BOUND_S), "--json",
+                   "--priority", "high", "--wait", "--wait-timeout", str(BOUND_S), "--json",
                    *remote(shared_server))  # fmt: skip
     assert done.returncode == 0, done.stderr
     task = json.loads(done.stdout)
@@ -158,7 +191,7 @@ def test_submit_and_wait_with_a_running_worker(
     # Credentials and URL from the environment; a failed task is exit code 2.
     env = clean_env(DTQ_URL=shared_server.url, DTQ_API_KEY=shared_server.admin_key)
     done = run_cli("submit", "boom", "--payload", '{"message": "bad input"}', "--queue", "cli",
-                   "--wait", "--timeout", str(BOUND_S), "--json", env=env)  # fmt: skip
+                   "--wait", "--wait-timeout", str(BOUND_S), "--json", env=env)  # fmt: skip
     assert done.returncode == 2, done.stderr
     task = json.loads(done.stdout)
     assert task["status"] == "failed"
@@ -174,10 +207,21 @@ def test_submit_without_wait_and_with_a_timeout(dtq: InProcessCli, client: Clien
                     "--delay", "3600", "--idempotency-key", "cli-once")["id"] == task["id"]  # fmt: skip
 
     rc, _, err = dtq("submit", "Nobody Runs This", "--queue", "cli-idle", "--wait",
-                       "--timeout", "0.2")  # fmt: skip
+                       "--wait-timeout", "0.2")  # fmt: skip
     assert rc == 1
     assert "still pending" in one_line_error(err)
-    client.delete(task["id"])
+    # --timeout was the wait: it still is, with a warning that it is now --wait-timeout.
+    rc, _, err = dtq("submit", "Nobody Runs This", "--queue", "cli-idle", "--wait",
+                       "--timeout", "0.2")  # fmt: skip
+    assert rc == 1
+    warning, error = err.strip().splitlines()
+    assert "--wait-timeout" in warning and "still pending" in error
+
+    # --task-timeout is the task's own timeout.
+    timed = dtq.json("submit", "Nobody Runs This", "--queue", "cli-idle", "--task-timeout", "12")
+    assert timed["timeout"] == 12
+    for made in client.list(queue="cli-idle", name="Nobody Runs This"):
+        client.delete(made.id)
 
 
 def test_tasks_list_get_cancel_delete(dtq: InProcessCli, client: Client) -> None:
@@ -203,6 +247,23 @@ def test_tasks_list_get_cancel_delete(dtq: InProcessCli, client: Client) -> None
     assert f"task {ids[2]} not found" in one_line_error(err)
     client.delete(ids[0])
     client.delete(ids[1])
+
+
+def test_tasks_list_by_queue_and_name_with_skip(dtq: InProcessCli, client: Client) -> None:
+    made = [client.submit(name, queue=queue).id
+            for name, queue in [("Sort", "cli-filter-a"), ("Sort", "cli-filter-b"),
+                                ("Mail", "cli-filter-b"), ("Sort", "cli-filter-b")]]  # fmt: skip
+    in_b = dtq.json("tasks", "list", "--queue", "cli-filter-b", "--order", "asc")
+    assert [t["id"] for t in in_b] == made[1:]
+    sorts = dtq.json("tasks", "list", "--queue", "cli-filter-b", "--name", "Sort", "--order", "asc")
+    assert [t["id"] for t in sorts] == [made[1], made[3]]
+    page = dtq.json("tasks", "list", "--queue", "cli-filter-b", "--order", "asc", "--skip", "1",
+                    "--limit", "1")  # fmt: skip
+    assert [t["id"] for t in page] == [made[2]]
+    rc, _, err = dtq("tasks", "list", "--limit", "0")
+    assert rc == 2 and one_line_error(err) == "dtq: error: --limit: must be at least 1"
+    for task_id in made:
+        client.delete(task_id)
 
 
 def test_workers_list(dtq: InProcessCli, cli_worker: Proc) -> None:
@@ -251,12 +312,16 @@ def test_errors_are_one_line_with_a_non_zero_exit(
         (("tasks", "cancel", unknown), "not found"),
         (("tasks", "delete", unknown), "not found"),
         (("tasks", "get", "not-a-uuid"), "Invalid task ID"),
-        (("submit", "x", "--payload", "{not json"), "Expecting property name"),
         (("submit", "x", "--queue", "no spaces allowed"), "queue"),
     ]:
         rc, out, err = dtq(*args)
         assert rc == 1, (args, out, err)
         assert expected in one_line_error(err), (args, err)
+
+    # A bad flag value: one line naming the flag, exit code 2 (a usage error, as argparse's).
+    rc, out, err = dtq("submit", "x", "--payload", "{not json")
+    assert rc == 2, err
+    assert one_line_error(err).startswith("dtq: error: --payload: invalid JSON: Expecting")
 
     rc, out, err = dtq("tasks", "list", "--url", shared_server.url, "--api-key", "dtq_wrong",
                        remote=False)  # fmt: skip
@@ -297,7 +362,7 @@ def test_bulk_submit_from_a_file(dtq: InProcessCli, client: Client, tmp_path: Pa
         ('{"name": "ok"}\n[1, 2]\n', "line 2: expected a JSON object with a name"),
         ('{"payload": {}}\n', "line 1: expected a JSON object with a name"),
         ('{"name": "x", "colour": "red"}\n', "line 1: unknown field(s): colour"),
-        ("{not json\n", "Expecting property name"),
+        ("{not json\n", "line 1: invalid JSON: Expecting property name"),
     ]:
         path.write_text(content)
         rc, _, err = dtq("submit", "--file", str(path))

@@ -6,7 +6,15 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.accounts import ApiKey, ApiKeyCreate, LoginRequest, User, UserCreate, validate_username
+from dtq.accounts import (
+    ApiKey,
+    ApiKeyCreate,
+    LoginRequest,
+    User,
+    UserCreate,
+    UserUpdate,
+    validate_username,
+)
 from dtq.auth import Permission
 from dtq.net.api import Api, Call, no_content, respond
 from dtq.net.envelope import iso, success
@@ -61,7 +69,12 @@ def register(api: Api) -> None:
                   body=LoginRequest, response=TokenOut, auth=False, errors=(401,),
                   extra_fields=(("token", str),),
                   description="The JWT is at the top level (`.token`, as the guide's example "
-                  "reads it) and in `data`."),
+                  "reads it) and in `data`. Failed logins are throttled per username (known or "
+                  "not), beside the per-address rate limit: from the 10th failure within 15 "
+                  "minutes each one locks the username for twice as long, from 1 s up to 15 "
+                  "minutes; while locked, a login gets 429 `RATE_LIMITED` (`details.reason: "
+                  "login_throttled`) with `Retry-After`, without the password being checked. "
+                  "A correct password after the lock always works and clears the count."),
         None,
     )  # fmt: skip
     async def login(call: Call) -> Any:
@@ -84,6 +97,18 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def create_user(call: Call) -> Any:
         return respond(success(user_out(await accounts.create_user(call.body))), 201)
+
+    @api.route(
+        RouteSpec("PATCH", "/api/v1/users/{username}", "Change a user's password or role",
+                  ADMIN_TAG, "update_user", body=UserUpdate, response=UserOut, errors=(404,),
+                  roles=("admin",),
+                  description="Every token issued to the user before the change stops working "
+                  "(401); the user logs in again."),
+        Permission.ADMIN,
+    )  # fmt: skip
+    async def update_user(call: Call) -> Any:
+        username = validate_username(call.params["username"])
+        return respond(success(user_out(await accounts.update_user(username, call.body))))
 
     @api.route(
         RouteSpec("DELETE", "/api/v1/users/{username}", "Delete a user", ADMIN_TAG,

@@ -1,0 +1,70 @@
+"""Listing by queue and by task name: served from the by_queue/by_name indexes, kept in the same
+transaction as the task, and built at open for a data directory written before they existed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lmdb
+import trio.testing
+
+from dtq.clock import TrioClock
+from dtq.models import ListTasksQuery, TaskStatus
+from dtq.queue import TaskQueue
+from dtq.runtime import open_queue
+from dtq.settings import Settings
+from dtq.storage import lmdb_store
+
+from .conftest import WALL0, advance, create, lease_one
+
+
+def listing(q: TaskQueue, **kw: Any) -> tuple[list[str], int]:
+    tasks, total = q.list_tasks(ListTasksQuery(**kw))
+    return [t.id for t in tasks], total
+
+
+async def test_list_by_queue_and_name(q: TaskQueue, mock_clock: trio.testing.MockClock) -> None:
+    a = await create(q, "resize", queue="images")
+    await advance(mock_clock, q, 1)
+    b = await create(q, "resize", queue="videos")
+    await advance(mock_clock, q, 1)
+    c = await create(q, "encode", queue="videos")
+    await advance(mock_clock, q, 1)
+    odd = await create(q, "res\x00ize", queue="images")  # a NUL in a name: no prefix confusion
+
+    assert listing(q, queue="videos", order="asc") == ([b.id, c.id], 2)
+    assert listing(q, queue="images", order="asc") == ([a.id, odd.id], 2)
+    assert listing(q, queue="nowhere") == ([], 0)
+    assert listing(q, name="resize", order="asc") == ([a.id, b.id], 2)
+    assert listing(q, name="res\x00ize") == ([odd.id], 1)
+    assert listing(q, name="resize", queue="videos") == ([b.id], 1)
+    assert listing(q, queue="videos", skip=1, limit=1) == ([b.id], 2)  # desc: c, b
+    assert listing(q, queue="videos", sort="updated_at", order="asc") == ([b.id, c.id], 2)
+
+    leased = await lease_one(q, "w1", queues=["videos"])
+    assert leased.id == b.id
+    assert listing(q, queue="videos", status=TaskStatus.RUNNING) == ([b.id], 1)
+    await q.delete(c.id)
+    assert listing(q, queue="videos") == ([b.id], 1)
+    assert listing(q, name="encode") == ([], 0)
+
+
+async def test_indexes_are_built_for_an_older_store(
+    settings: Settings, mock_clock: trio.testing.MockClock
+) -> None:
+    clock = TrioClock(WALL0)
+    async with open_queue(settings, clock=clock) as q:
+        made = [await create(q, f"n{i % 2}", queue=f"q{i % 3}") for i in range(12)]
+    # As a store written before these indexes: empty tables and no version mark.
+    env = lmdb.open(settings.data_dir, max_dbs=len(lmdb_store.TABLES) + 2)
+    with env.begin(write=True) as txn:
+        for name in ("by_queue", "by_name"):
+            txn.drop(env.open_db(name.encode(), txn=txn), delete=False)
+        txn.delete(lmdb_store._INDEX_VERSION_KEY, db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+    async with open_queue(settings, clock=clock) as q:
+        ids, total = listing(q, queue="q1", order="asc", limit=100)
+        assert (ids, total) == ([t.id for t in made if t.queue == "q1"], 4)
+        ids, total = listing(q, name="n0", order="asc", limit=100)
+        assert (ids, total) == ([t.id for t in made if t.name == "n0"], 6)
