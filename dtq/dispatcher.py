@@ -61,6 +61,7 @@ class Waiter:
         "event",
         "gone",
         "granted",
+        "holder",
         "lease_s",
         "max_tasks",
         "names",
@@ -76,12 +77,14 @@ class Waiter:
         max_tasks: int,
         worker_id: str = "",
         lease_s: float = 60.0,
+        holder: str | None = None,
     ) -> None:
         self.queues = queues
         self.names = names
         self.max_tasks = max_tasks
         self.worker_id = worker_id
         self.lease_s = lease_s
+        self.holder = holder  # the principal the lease is granted to
         self.reserved = False
         self.gone = False  # the long poll ended (cancelled) while a create was reserving it
         self.granted: list[Any] = []  # Task objects (the dispatcher does not look inside)

@@ -92,18 +92,24 @@ def attempt_deadline(task: Task) -> float:
     return task.started_at + task.timeout
 
 
-def grant_lease(task: Task, *, worker_id: str, lease_s: float, now: float) -> Task:
+def grant_lease(
+    task: Task, *, worker_id: str, lease_s: float, now: float, holder: str | None = None
+) -> Task:
+    """`holder` is the principal taking the lease; only it (or an admin) may act on it."""
     check_transition(task, S.RUNNING)
     lease = Lease(
         id=new_lease_id(),
         worker_id=worker_id,
         granted_at=now,
         expires_at=min(now + lease_s, now + task.timeout),
+        holder=holder,
+        ttl_s=lease_s,
     )
     return replace(
         task,
         status=S.RUNNING,
         attempts=task.attempts + 1,
+        deliveries=task.deliveries + 1,
         worker_id=worker_id,
         lease=lease,
         started_at=now,
@@ -112,10 +118,18 @@ def grant_lease(task: Task, *, worker_id: str, lease_s: float, now: float) -> Ta
     )
 
 
-def check_lease(task: Task, lease_id: str, now: float) -> Lease:
-    """The fencing check: only the task's current, unexpired lease may act on it."""
+def check_lease(task: Task, lease_id: str, now: float, caller: str | None = None) -> Lease:
+    """The fencing check: only the task's current, unexpired lease may act on it, and only
+    its holder. `caller` is the acting principal's identity; None skips the holder check (an
+    admin, or the server itself). A caller that is not the holder gets the very answer an
+    unknown lease id gets: whether the id was right is not for it to learn."""
     lease = task.lease
-    if task.status != S.RUNNING or lease is None or lease.id != lease_id:
+    if (
+        task.status != S.RUNNING
+        or lease is None
+        or lease.id != lease_id
+        or (caller is not None and lease.holder is not None and lease.holder != caller)
+    ):
         raise LeaseLost(
             f"lease {lease_id} is not the current lease of task {task.id} (status {task.status})",
             field="lease_id",
@@ -130,14 +144,33 @@ def check_lease(task: Task, lease_id: str, now: float) -> Lease:
     return lease
 
 
-def extend_lease(task: Task, *, lease_id: str, lease_s: float, now: float) -> Task:
-    lease = check_lease(task, lease_id, now)
-    expires_at = max(lease.expires_at, min(now + lease_s, attempt_deadline(task)))
-    return replace(task, lease=replace(lease, expires_at=expires_at), updated_at=now)
+def extend_lease(
+    task: Task, *, lease_id: str, lease_s: float, now: float, caller: str | None = None
+) -> Task:
+    lease = check_lease(task, lease_id, now, caller)
+    wanted = min(now + lease_s, attempt_deadline(task))
+    if wanted <= lease.expires_at:  # e.g. a restart's grace reaching past the deadline
+        return replace(task, lease=replace(lease, ttl_s=lease_s), updated_at=now)
+    # Extended by the holder: from now on it ends like any lease (a timeout at the deadline).
+    lease = replace(lease, expires_at=wanted, ttl_s=lease_s, grace=False)
+    return replace(task, lease=lease, updated_at=now)
 
 
-def complete(task: Task, *, lease_id: str, result: Any, now: float) -> Task:
-    check_lease(task, lease_id, now)
+def restart_grace(task: Task, *, now: float) -> Task:
+    """A lease live when the server went down gets its own length again from the restart, so
+    a worker that kept running can still report. Past the attempt's deadline if need be: the
+    downtime is not the handler's fault, so such a lease ends as a lost lease, never a timeout."""
+    lease = task.lease
+    if task.status != S.RUNNING or lease is None:
+        raise InvalidTransition(f"task {task.id} holds no lease")
+    expires_at = max(lease.expires_at, now + lease.length_s)
+    return replace(task, lease=replace(lease, expires_at=expires_at, grace=True))
+
+
+def complete(
+    task: Task, *, lease_id: str, result: Any, now: float, caller: str | None = None
+) -> Task:
+    check_lease(task, lease_id, now, caller)
     check_transition(task, S.COMPLETED)
     return _finish(task, S.COMPLETED, now, result=result, error=None)
 
@@ -151,27 +184,60 @@ def fail(
     now: float,
     policy: RetryPolicy,
     rand: float,
+    caller: str | None = None,
 ) -> Task:
     """A reported failure: retry with backoff while retries are left (unless retry=False)."""
-    check_lease(task, lease_id, now)
+    check_lease(task, lease_id, now, caller)
     return _failed_attempt(task, error, retry is not False, now, policy, rand, delay=True)
 
 
-def expire(task: Task, *, now: float, policy: RetryPolicy, rand: float) -> Task:
-    """The reaper's verdict on a running task whose lease ran out: ready again at once."""
+def expire(
+    task: Task, *, now: float, policy: RetryPolicy, rand: float, max_deliveries: int = 10
+) -> Task:
+    """The reaper's verdict on a running task whose lease ran out.
+
+    At the attempt's deadline it is a timeout: a handler failure, retried while retries are
+    left. Before it, the lease was lost (worker gone, server down): the task is ready again at
+    once without using a retry, until `max_deliveries` leases were lost (a poison task that
+    kills its workers), and then it fails with `lease_expired`."""
     lease = task.lease
     if task.status != S.RUNNING or lease is None or lease.expires_at > now:
         raise InvalidTransition(f"task {task.id} has no expired lease")
-    timed_out = task.started_at is not None and lease.expires_at >= attempt_deadline(task)
-    error = TaskError(
-        message=(
-            f"attempt {task.attempts} exceeded the task timeout of {task.timeout:g} s"
-            if timed_out
-            else f"lease of worker {lease.worker_id} expired without a result"
-        ),
-        type=TIMED_OUT if timed_out else LEASE_EXPIRED,
+    timed_out = (
+        not lease.grace
+        and task.started_at is not None
+        and lease.expires_at >= attempt_deadline(task)
     )
-    return _failed_attempt(task, error, True, now, policy, rand, delay=False)
+    if timed_out:
+        error = TaskError(
+            message=f"attempt {task.attempts} exceeded the task timeout of {task.timeout:g} s",
+            type=TIMED_OUT,
+        )
+        return _failed_attempt(task, error, True, now, policy, rand, delay=False)
+    lost = task.lost_leases + 1
+    if lost >= max_deliveries:
+        error = TaskError(
+            message=f"{lost} leases ran out without a result (the last held by worker "
+            f"{lease.worker_id}); max_deliveries is {max_deliveries}",
+            type=LEASE_EXPIRED,
+        )
+        return _finish(replace(task, lost_leases=lost), S.FAILED, now, result=None, error=error)
+    check_transition(task, S.PENDING)
+    error = TaskError(
+        message=f"lease of worker {lease.worker_id} expired without a result "
+        f"({lost} of {max_deliveries} deliveries lost; no retry used)",
+        type=LEASE_EXPIRED,
+    )
+    return replace(
+        task,
+        status=S.PENDING,
+        lease=None,
+        error=error,
+        lost_leases=lost,
+        run_at=None,
+        ready_at=now,
+        updated_at=now,
+    )
 
 
 def _failed_attempt(
@@ -184,7 +250,8 @@ def _failed_attempt(
     *,
     delay: bool,
 ) -> Task:
-    retries_used = task.attempts - 1
+    # Attempts whose lease was lost were not the handler's failures: they use no retry.
+    retries_used = task.attempts - 1 - task.lost_leases
     if retry_allowed and retries_used < task.retry_count:
         check_transition(task, S.PENDING)
         run_at = None
@@ -224,10 +291,10 @@ def _finish(
     )
 
 
-def release(task: Task, *, lease_id: str, now: float) -> Task:
+def release(task: Task, *, lease_id: str, now: float, caller: str | None = None) -> Task:
     """A worker hands a task back unstarted (e.g. shutting down): ready again at once, and the
     attempt it was granted is not counted against its retries."""
-    check_lease(task, lease_id, now)
+    check_lease(task, lease_id, now, caller)
     check_transition(task, S.PENDING)
     return replace(
         task,

@@ -59,10 +59,17 @@ class TaskError(Struct, array_like=True, omit_defaults=True):
 
 
 class Lease(Struct, array_like=True):
-    id: str
+    id: str  # the fencing token: shown only to the holder, in the lease response
     worker_id: str
     granted_at: float
     expires_at: float
+    holder: str | None = None  # the principal that took it (`Principal.identity`)
+    ttl_s: float | None = None  # its length as last asked for (grant or extend)
+    grace: bool = False  # renewed at a server restart: it ends as a lost lease, never a timeout
+
+    @property
+    def length_s(self) -> float:
+        return self.ttl_s if self.ttl_s is not None else self.expires_at - self.granted_at
 
 
 class Task(Struct, array_like=True, kw_only=True):
@@ -92,6 +99,8 @@ class Task(Struct, array_like=True, kw_only=True):
     retry_backoff_s: float | None = None
     retry_backoff_max_s: float | None = None
     ready_at: float | None = None  # when it last became ready to run: the FIFO order key
+    deliveries: int = 0  # leases granted, whatever became of them
+    lost_leases: int = 0  # leases that ran out without a result: no retry used (max_deliveries)
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name!r} {self.status} attempts={self.attempts}>"

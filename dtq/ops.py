@@ -79,14 +79,16 @@ def create(tx: StoreTxn, body: TaskCreate) -> tuple[Task, bool]:
 
 
 def create_leased(
-    tx: StoreTxn, body: TaskCreate, worker_id: str, lease_s: float
+    tx: StoreTxn, body: TaskCreate, worker_id: str, lease_s: float, holder: str | None = None
 ) -> tuple[Task, Task | None, bool]:
     """Create and, when it is due at once, lease it to a worker that is already waiting for
     it: one commit instead of two on the wake-up path. Returns (as created, leased, created)."""
     task, created = create(tx, body)
     if not created or not lifecycle.is_due(task, tx.now):
         return task, None, created
-    leased = lifecycle.grant_lease(task, worker_id=worker_id, lease_s=lease_s, now=tx.now)
+    leased = lifecycle.grant_lease(
+        task, worker_id=worker_id, lease_s=lease_s, now=tx.now, holder=holder
+    )
     tx.replace_task(task, leased)
     return task, leased, True
 
@@ -115,7 +117,11 @@ def delete(tx: StoreTxn, task_id: str) -> Task:
 
 
 def lease(
-    tx: StoreTxn, task_ids: Sequence[str], worker_id: str, lease_s: float
+    tx: StoreTxn,
+    task_ids: Sequence[str],
+    worker_id: str,
+    lease_s: float,
+    holder: str | None = None,
 ) -> tuple[list[Task], list[Task]]:
     """Grant leases on the claimed tasks that are still due. Returns (granted, pending but
     not yet due); tasks that are gone or no longer pending are skipped."""
@@ -128,7 +134,9 @@ def lease(
         if not lifecycle.is_due(task, tx.now):
             not_due.append(task)
             continue
-        new = lifecycle.grant_lease(task, worker_id=worker_id, lease_s=lease_s, now=tx.now)
+        new = lifecycle.grant_lease(
+            task, worker_id=worker_id, lease_s=lease_s, now=tx.now, holder=holder
+        )
         tx.replace_task(task, new)
         granted.append(new)
     return granted, not_due
@@ -160,9 +168,11 @@ def _replace_worker(worker: Worker, **changes: Any) -> Worker:
     return replace(worker, **changes)
 
 
-def complete(tx: StoreTxn, task_id: str, lease_id: str, result: Any) -> Task:
+def complete(
+    tx: StoreTxn, task_id: str, lease_id: str, result: Any, caller: str | None = None
+) -> Task:
     old = _require(tx, task_id)
-    new = lifecycle.complete(old, lease_id=lease_id, result=result, now=tx.now)
+    new = lifecycle.complete(old, lease_id=lease_id, result=result, now=tx.now, caller=caller)
     tx.replace_task(old, new)
     _record_finish(tx, old, new)
     return new
@@ -176,19 +186,21 @@ def fail(
     retry: bool | None,
     policy: RetryPolicy,
     rand: Callable[[], float] = random.random,
+    caller: str | None = None,
 ) -> Task:
     old = _require(tx, task_id)
     new = lifecycle.fail(
-        old, lease_id=lease_id, error=error, retry=retry, now=tx.now, policy=policy, rand=rand()
-    )
+        old, lease_id=lease_id, error=error, retry=retry, now=tx.now, policy=policy,
+        rand=rand(), caller=caller,
+    )  # fmt: skip
     tx.replace_task(old, new)
     _record_finish(tx, old, new)
     return new
 
 
-def release(tx: StoreTxn, task_id: str, lease_id: str) -> Task:
+def release(tx: StoreTxn, task_id: str, lease_id: str, caller: str | None = None) -> Task:
     old = _require(tx, task_id)
-    new = lifecycle.release(old, lease_id=lease_id, now=tx.now)
+    new = lifecycle.release(old, lease_id=lease_id, now=tx.now, caller=caller)
     tx.replace_task(old, new)
     return new
 
@@ -206,15 +218,17 @@ def release_orphans(tx: StoreTxn, leases: Sequence[tuple[str, str]]) -> list[Tas
     return released
 
 
-def extend(tx: StoreTxn, task_id: str, lease_id: str, lease_s: float) -> Task:
+def extend(
+    tx: StoreTxn, task_id: str, lease_id: str, lease_s: float, caller: str | None = None
+) -> Task:
     old = _require(tx, task_id)
-    new = lifecycle.extend_lease(old, lease_id=lease_id, lease_s=lease_s, now=tx.now)
+    new = lifecycle.extend_lease(old, lease_id=lease_id, lease_s=lease_s, now=tx.now, caller=caller)
     tx.replace_task(old, new)
     return new
 
 
 def ack(
-    tx: StoreTxn, items: Sequence[AckItem], policy: RetryPolicy
+    tx: StoreTxn, items: Sequence[AckItem], policy: RetryPolicy, caller: str | None = None
 ) -> tuple[list[AckOutcome], list[Task]]:
     """Many completions/failures at once; a stale lease fails only its own item."""
     outcomes: list[AckOutcome] = []
@@ -223,11 +237,10 @@ def ack(
         try:
             task_id = parse_task_id(item.id, field="id")
             if item.status == "completed":
-                task = complete(tx, task_id, item.lease_id, item.result)
+                task = complete(tx, task_id, item.lease_id, item.result, caller)
             else:
-                task = fail(
-                    tx, task_id, item.lease_id, error_from_input(item.error), item.retry, policy
-                )
+                error = error_from_input(item.error)
+                task = fail(tx, task_id, item.lease_id, error, item.retry, policy, caller=caller)
         except DtqError as exc:
             outcomes.append(
                 AckOutcome(
@@ -242,7 +255,9 @@ def ack(
     return outcomes, changed
 
 
-def expire(tx: StoreTxn, due: Sequence[tuple[str, str]], policy: RetryPolicy) -> list[Task]:
+def expire(
+    tx: StoreTxn, due: Sequence[tuple[str, str]], policy: RetryPolicy, max_deliveries: int = 10
+) -> list[Task]:
     """The reaper's pass: leases (task id, lease id) that ran out without a result."""
     changed = []
     for task_id, lease_id in due:
@@ -255,9 +270,24 @@ def expire(tx: StoreTxn, due: Sequence[tuple[str, str]], policy: RetryPolicy) ->
             or task.lease.expires_at > tx.now
         ):
             continue  # completed, extended or re-leased meanwhile
-        new = lifecycle.expire(task, now=tx.now, policy=policy, rand=random.random())
+        new = lifecycle.expire(
+            task, now=tx.now, policy=policy, rand=random.random(), max_deliveries=max_deliveries
+        )
         tx.replace_task(task, new)
         _record_finish(tx, task, new)
+        changed.append(new)
+    return changed
+
+
+def restart_grace(tx: StoreTxn, task_ids: Sequence[str]) -> list[Task]:
+    """Start-up: every lease still held gets its own length again from now (see lifecycle)."""
+    changed = []
+    for task_id in task_ids:
+        task = tx.get_task(task_id)
+        if task is None or task.status != S.RUNNING or task.lease is None:
+            continue
+        new = lifecycle.restart_grace(task, now=tx.now)
+        tx.replace_task(task, new)
         changed.append(new)
     return changed
 

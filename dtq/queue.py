@@ -111,6 +111,21 @@ class TaskQueue:
         heapq.heapify(self._worker_deadlines)
         return count
 
+    async def grant_restart_grace(self) -> int:
+        """Start-up, before the reaper runs: leases held when the server stopped get their own
+        length again from now, so workers that kept running can still report (a crash must not
+        cost them their work). Returns how many."""
+        task_ids = list(self._live_leases)
+        if not task_ids:
+            return 0
+
+        def on_commit(changed: list[Task]) -> None:
+            for task in changed:
+                self._track_lease(task)
+
+        changed = await self.writer.write(lambda tx: ops.restart_grace(tx, task_ids), on_commit)
+        return len(changed)
+
     # -- events -------------------------------------------------------------------------
     def _emit(self, event: str, task: Task) -> None:
         if task.status != S.RUNNING or event == "task.deleted":
@@ -181,7 +196,9 @@ class TaskQueue:
             # Shielded: the parked worker waits for this commit's outcome either way.
             with trio.CancelScope(shield=True):
                 task, _, created = await self.writer.write(
-                    lambda tx: ops.create_leased(tx, body, parked.worker_id, parked.lease_s),
+                    lambda tx: ops.create_leased(
+                        tx, body, parked.worker_id, parked.lease_s, parked.holder
+                    ),
                     on_leased,
                 )
         except DtqError:
@@ -238,15 +255,18 @@ class TaskQueue:
         return await self.writer.write(lambda tx: ops.delete(tx, task_id), on_commit)
 
     # -- the worker protocol -------------------------------------------------------------
-    async def lease(self, req: LeaseRequest) -> list[Task]:
-        """Ready tasks at once, else a long poll until one is ready or `wait` passes."""
+    async def lease(self, req: LeaseRequest, holder: str | None = None) -> list[Task]:
+        """Ready tasks at once, else a long poll until one is ready or `wait` passes.
+
+        `holder` (the caller's identity) is stored on each lease: only it, or a caller passing
+        no identity (an admin), may then complete, fail, extend or release the task."""
         queues = frozenset(req.queues) if req.queues else None
         names = frozenset(req.names) if req.names else None
         lease_s = req.lease_seconds or self.settings.lease_default_s
         claimed = self.dispatcher.take(queues, names, req.max_tasks)
         if not claimed and req.wait > 0 and not self.closing:
             claimed, granted = await self._wait_for_tasks(
-                queues, names, req.max_tasks, req.wait, req.worker_id, lease_s
+                queues, names, req.max_tasks, req.wait, req.worker_id, lease_s, holder
             )
             if granted:
                 return granted  # leased by the create that woke us
@@ -268,7 +288,7 @@ class TaskQueue:
             # leaves leases that expire and retry (at-least-once).
             with trio.CancelScope(shield=True):
                 granted, _ = await self.writer.write(
-                    lambda tx: ops.lease(tx, ids, req.worker_id, lease_s), on_commit
+                    lambda tx: ops.lease(tx, ids, req.worker_id, lease_s, holder), on_commit
                 )
         except DtqError:
             self.dispatcher.give_back(claimed)  # nothing was granted
@@ -292,11 +312,12 @@ class TaskQueue:
         wait_s: float,
         worker_id: str,
         lease_s: float,
+        holder: str | None = None,
     ) -> tuple[list[Entry], list[Task]]:
         """(entries handed over, still to be leased) or (none, tasks already leased to us)."""
         deadline = trio.current_time() + wait_s
         while True:
-            waiter = Waiter(queues, names, max_tasks, worker_id, lease_s)
+            waiter = Waiter(queues, names, max_tasks, worker_id, lease_s, holder)
             self.dispatcher.add_waiter(waiter)
             try:
                 with trio.move_on_at(deadline):
@@ -323,43 +344,62 @@ class TaskQueue:
                 return [], []
             # A reservation fell through (replayed idempotency key, not due): wait again.
 
-    async def complete(self, task_id: str, lease_id: str, result: Any = None) -> Task:
-        task_id = ops.parse_task_id(task_id)
-        return await self.writer.write(
-            lambda tx: ops.complete(tx, task_id, lease_id, result), self._after_attempt
-        )
-
-    async def fail(
-        self, task_id: str, lease_id: str, error: TaskError, retry: bool | None = None
+    # `caller`: the acting principal's identity, checked against the lease's holder; None
+    # (an admin, or the server itself) acts on any lease whose id it gives.
+    async def complete(
+        self, task_id: str, lease_id: str, result: Any = None, caller: str | None = None
     ) -> Task:
         task_id = ops.parse_task_id(task_id)
         return await self.writer.write(
-            lambda tx: ops.fail(tx, task_id, lease_id, error, retry, self.policy),
+            lambda tx: ops.complete(tx, task_id, lease_id, result, caller), self._after_attempt
+        )
+
+    async def fail(
+        self,
+        task_id: str,
+        lease_id: str,
+        error: TaskError,
+        retry: bool | None = None,
+        caller: str | None = None,
+    ) -> Task:
+        task_id = ops.parse_task_id(task_id)
+        return await self.writer.write(
+            lambda tx: ops.fail(tx, task_id, lease_id, error, retry, self.policy, caller=caller),
             self._after_attempt,
         )
 
-    async def release(self, task_id: str, lease_id: str) -> Task:
+    async def release(self, task_id: str, lease_id: str, caller: str | None = None) -> Task:
         task_id = ops.parse_task_id(task_id)
 
         def on_commit(task: Task) -> None:
             self._became_pending(task)
             self._emit("task.released", task)
 
-        return await self.writer.write(lambda tx: ops.release(tx, task_id, lease_id), on_commit)
+        return await self.writer.write(
+            lambda tx: ops.release(tx, task_id, lease_id, caller), on_commit
+        )
 
-    async def extend(self, task_id: str, lease_id: str, lease_s: float | None = None) -> Task:
+    async def extend(
+        self,
+        task_id: str,
+        lease_id: str,
+        lease_s: float | None = None,
+        caller: str | None = None,
+    ) -> Task:
         task_id = ops.parse_task_id(task_id)
         seconds = lease_s or self.settings.lease_default_s
         return await self.writer.write(
-            lambda tx: ops.extend(tx, task_id, lease_id, seconds), self._track_lease
+            lambda tx: ops.extend(tx, task_id, lease_id, seconds, caller), self._track_lease
         )
 
-    async def ack(self, items: Sequence[AckItem]) -> list[AckOutcome]:
+    async def ack(self, items: Sequence[AckItem], caller: str | None = None) -> list[AckOutcome]:
         def on_commit(res: tuple[list[AckOutcome], list[Task]]) -> None:
             for task in res[1]:
                 self._after_attempt(task)
 
-        outcomes, _ = await self.writer.write(lambda tx: ops.ack(tx, items, self.policy), on_commit)
+        outcomes, _ = await self.writer.write(
+            lambda tx: ops.ack(tx, items, self.policy, caller), on_commit
+        )
         return outcomes
 
     async def heartbeat(self, hb: Heartbeat) -> Worker:
@@ -432,6 +472,7 @@ class TaskQueue:
             if self._live_leases.get(task_id) == (expires_at, lease_id):
                 due.append((task_id, lease_id))
         if due:
+            max_deliveries = self.settings.max_deliveries
 
             def on_expired(changed: list[Task]) -> None:
                 self.lease_expiries += len(changed)
@@ -439,7 +480,9 @@ class TaskQueue:
                     self._after_attempt(task)
 
             try:
-                await self.writer.write(lambda tx: ops.expire(tx, due, self.policy), on_expired)
+                await self.writer.write(
+                    lambda tx: ops.expire(tx, due, self.policy, max_deliveries), on_expired
+                )
             except BaseException:
                 for task_id, lease_id in due:  # not expired yet: keep them for the next pass
                     heapq.heappush(self._leases, (now, task_id, lease_id))

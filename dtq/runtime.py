@@ -40,6 +40,7 @@ async def open_queue(
             on_open(queue)
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
+            await queue.grant_restart_grace()
             await nursery.start(run_reaper, queue)
             try:
                 yield queue

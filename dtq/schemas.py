@@ -5,9 +5,9 @@ Times are ISO 8601 UTC strings ending in `Z`, as on the wire.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from msgspec import Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 
 class ErrorOut(Struct):
@@ -16,8 +16,20 @@ class ErrorOut(Struct):
     traceback: str | None = None
 
 
-class LeaseOut(Struct):
-    id: str
+LeaseId = Annotated[
+    str,
+    Meta(
+        description="The fencing token. Present only in the lease response "
+        "(`POST /api/v1/tasks/lease`), to the worker that took the lease; everywhere else "
+        "(task reads, lists, events, webhooks) it is left out."
+    ),
+]
+
+
+class LeaseOut(Struct, kw_only=True):
+    """A running task's lease."""
+
+    id: LeaseId | UnsetType = UNSET
     worker_id: str
     expires_at: str | None
 
@@ -45,6 +57,15 @@ class TaskOut(Struct):
     started_at: str | None
     completed_at: str | None
     duration: float | None
+    deliveries: Annotated[
+        int,
+        Meta(
+            description="How many times the task was leased, lost and handed-back leases "
+            "included. A lease that runs out without a result puts the task back without "
+            "using a retry; after DTQ_MAX_DELIVERIES such leases the task fails with "
+            "error type `lease_expired`."
+        ),
+    ] = 0
 
 
 class WorkerOut(Struct):

@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     forwarded_allow_ips: tuple[str, ...] = ()
     worker_timeout_s: float = 30.0
     lease_default_s: float = 60.0
+    # A lease that runs out without a result puts the task back without using a retry; after
+    # this many such deliveries the task fails with `lease_expired` (a poison-task guard).
+    max_deliveries: int = 10
     retry_backoff_base_s: float = 1.0
     retry_backoff_max_s: float = 3600.0
     max_body_bytes: int = 10 * 1024 * 1024
@@ -62,6 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_backoff_base_s: float = 1.0  # wait after the first failed attempt; doubles, jittered
     webhook_backoff_max_s: float = 300.0
     webhook_retention_s: float = 7 * 86400.0  # finished deliveries are kept this long
+    webhook_allow_private_networks: bool = False  # true: loopback/private targets (local setups)
 
     @property
     def data_path(self) -> Path:

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -29,6 +28,16 @@ from dtq.retry import RetryPolicy
 from dtq.settings import Settings
 from dtq.storage.lmdb_store import LmdbStore
 from dtq.storage.writer import GroupCommitWriter
+from dtq.webhook_net import (
+    REFUSED_ERROR,
+    GuardedBackend,
+    GuardedTransport,
+    Resolver,
+    check_registration,
+    is_policy_refusal,
+    resolve,
+)
+from dtq.webhook_targets import TargetRefused, check_url, refused_at_registration, url_host
 from dtq.webhooks import (
     ALL_EVENTS,
     DELIVERIES,
@@ -60,6 +69,9 @@ _CHUNK = 500  # deliveries removed per write op when purging or pruning
 _MAX_RESPONSE_BYTES = 64 * 1024  # a reply up to this size is read (and dropped): keep-alive
 _PRUNE_EVERY_S = 3600.0
 _STORAGE_TROUBLE_PAUSE_S = 1.0
+# Registration waits this long at most for the URL's host to resolve; a name that does not
+# resolve (or not in time) is refused: it could not be checked, and could not be delivered to.
+REGISTRATION_RESOLVE_S = 5.0
 
 Render = Callable[[Delivery], bytes]
 
@@ -82,28 +94,6 @@ def parse_webhook_id(webhook_id: str) -> str:
         ) from None
 
 
-def check_url(url: str) -> str:
-    """An absolute http(s) URL with a host, or the guide's INVALID_REQUEST naming `url`."""
-
-    def bad(reason: str) -> InvalidRequest:
-        return InvalidRequest(f"url must be an absolute http or https URL: {reason}",
-                              field="url", reason=reason)  # fmt: skip
-
-    if url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
-        raise bad("contains whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises on a bad port
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL) as exc:
-        raise bad(str(exc) or "not a URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise bad(f"scheme {parts.scheme!r} is not http or https" if parts.scheme else "no scheme")
-    if not parts.hostname:
-        raise bad("no host")
-    return url
-
-
 def _small_body(reply: httpx.Response) -> bool:
     length = reply.headers.get("Content-Length", "")
     return length.isdigit() and int(length) <= _MAX_RESPONSE_BYTES
@@ -120,6 +110,7 @@ class WebhookService:
         *,
         render: Render,
         rand: Callable[[], float] = random.random,
+        resolver: Resolver = resolve,
     ) -> None:
         self.store = store
         self.writer = writer
@@ -133,6 +124,7 @@ class WebhookService:
         self._max_attempts = max(1, settings.webhook_max_attempts)
         self._render = render
         self._rand = rand
+        self._resolver = resolver
         self._in_flight: set[bytes] = set()
         self._wakeup = trio.Event()
         outbox.on_write = self._wake
@@ -156,6 +148,8 @@ class WebhookService:
     async def create(self, body: WebhookCreate, created_by: str | None = None) -> Webhook:
         """Register; the secret is generated when not given (the caller shows it once)."""
         url = check_url(body.url)
+        if not self.settings.webhook_allow_private_networks:
+            await self._check_target(url)
         events: list[str] = list(dict.fromkeys(body.events))
         if ALL_EVENTS in events:
             events = [ALL_EVENTS]
@@ -177,9 +171,22 @@ class WebhookService:
 
         created = await self.writer.write(lambda tx: put_webhook(tx, hook), on_commit)
         # The URL itself can be a credential (many services put a token in it): log the host.
-        log.info("webhook registered", webhook_id=hook.id, host=urlsplit(url).hostname,
+        log.info("webhook registered", webhook_id=hook.id, host=url_host(url),
                  events=events)  # fmt: skip
         return created
+
+    async def _check_target(self, url: str) -> None:
+        try:
+            await check_registration(url, self._resolver, REGISTRATION_RESOLVE_S)
+        except TargetRefused as exc:
+            raise refused_at_registration(exc.reason) from None
+        except OSError:
+            raise InvalidRequest(
+                f"url host {url_host(url)!r} could not be resolved: a webhook must name a host "
+                "that resolves to a public address",
+                field="url",
+                reason="host does not resolve",
+            ) from None
 
     async def delete(self, webhook_id: str) -> None:
         """Unregister: no new deliveries from the next commit on; history and owed ones go."""
@@ -216,12 +223,14 @@ class WebhookService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send what is due, wake on new deliveries or the next due time; until cancelled."""
         s = self.settings
+        limits = httpx.Limits(
+            max_connections=self._concurrency, max_keepalive_connections=self._concurrency
+        )
+        backend = GuardedBackend(self._resolver, allow_private=s.webhook_allow_private_networks)
         client = httpx.AsyncClient(
+            transport=GuardedTransport(backend, limits),
             timeout=httpx.Timeout(s.webhook_timeout_s),
-            limits=httpx.Limits(
-                max_connections=self._concurrency, max_keepalive_connections=self._concurrency
-            ),
-            follow_redirects=False,
+            follow_redirects=False,  # a 3xx is a failed attempt; its Location is never fetched
             trust_env=False,  # no proxy from the environment: a receiver is reached directly
             headers={"User-Agent": f"dtq-webhooks/{__version__}"},
         )
@@ -332,6 +341,10 @@ class WebhookService:
                         await reply.aread()  # so the connection can be reused
             except httpx.TimeoutException:
                 return None, timed_out
+            except httpx.ConnectError as exc:
+                if is_policy_refusal(exc):  # nothing was connected to: say only that
+                    return None, REFUSED_ERROR
+                return None, f"ConnectError: {exc}" if str(exc) else "ConnectError"
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if 200 <= code < 300:

@@ -284,8 +284,13 @@ class Worker:
                 await trio.sleep(delay)
                 continue
             for task in leased:
-                assert task.lease is not None
-                running = _Running(task.lease.id, trio.current_time())
+                # The lease response is the only one that carries the lease id (the fencing
+                # token): keep it, it cannot be read back later.
+                lease_id = task.lease.id if task.lease is not None else None
+                if not isinstance(lease_id, str):
+                    log.warning("leased task came without a lease id; skipped", task_id=task.id)
+                    continue
+                running = _Running(lease_id, trio.current_time())
                 self._running[task.id] = running
                 tasks.start_soon(self._run_task, task, running)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from msgspec import UNSET
+
 from dtq.models import Task, Worker
 from dtq.net.envelope import iso
 from dtq.schemas import ErrorOut, LeaseOut, TaskOut, WorkerOut
@@ -9,7 +11,10 @@ from dtq.schemas import ErrorOut, LeaseOut, TaskOut, WorkerOut
 __all__ = ["LeaseOut", "TaskOut", "WorkerOut", "task_out", "worker_out"]
 
 
-def task_out(t: Task) -> TaskOut:
+def task_out(t: Task, *, lease_id: bool = False) -> TaskOut:
+    """The task as the API shows it. The lease id is a secret of the lease's holder: only the
+    lease response passes `lease_id=True`; every other view (reads, lists, events, webhooks)
+    shows who holds the lease and until when, never its id."""
     lease = t.lease
     return TaskOut(
         id=t.id,
@@ -25,7 +30,13 @@ def task_out(t: Task) -> TaskOut:
         attempts=t.attempts,
         timeout=t.timeout,
         worker_id=t.worker_id,
-        lease=LeaseOut(lease.id, lease.worker_id, iso(lease.expires_at)) if lease else None,
+        lease=LeaseOut(
+            id=lease.id if lease_id else UNSET,
+            worker_id=lease.worker_id,
+            expires_at=iso(lease.expires_at),
+        )
+        if lease
+        else None,
         tags=t.tags,
         idempotency_key=t.idempotency_key,
         run_at=iso(t.run_at),
@@ -34,6 +45,7 @@ def task_out(t: Task) -> TaskOut:
         started_at=iso(t.started_at),
         completed_at=iso(t.completed_at),
         duration=t.duration,
+        deliveries=t.deliveries,
     )
 
 

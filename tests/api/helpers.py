@@ -181,3 +181,11 @@ async def lease_one(client: Client, worker_id: str = "worker-1", **fields: Any) 
 async def get_task(client: Client, task_id: str) -> dict[str, Any]:
     task: dict[str, Any] = ok(await client.get(f"/api/v1/tasks/{task_id}"))
     return task
+
+
+def as_others_see(task: dict[str, Any]) -> dict[str, Any]:
+    """A task from the lease response as every other view shows it: without the lease id."""
+    if task.get("lease") is None:
+        return task
+    lease = {k: v for k, v in task["lease"].items() if k != "id"}
+    return {**task, "lease": lease}

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 from quart_trio import QuartTrio
 
-from .helpers import Client, create_task, error_of, get_task, lease_one, ok, success_body
+from .helpers import (
+    Client,
+    as_others_see,
+    create_task,
+    error_of,
+    get_task,
+    lease_one,
+    ok,
+    success_body,
+)
 
 TASK_ID = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -225,7 +234,7 @@ async def test_bad_fail_and_extend_bodies(admin: Client) -> None:
         assert reply.status == 400, (name, body, reply)
         error = error_of(reply, 400, "INVALID_REQUEST")
         assert error["details"]["field"].startswith(field), (name, error)
-    assert await get_task(admin, task["id"]) == leased
+    assert await get_task(admin, task["id"]) == as_others_see(leased)
 
 
 # -- query strings ------------------------------------------------------------------------------

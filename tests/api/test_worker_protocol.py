@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -14,6 +15,7 @@ from dtq.net.api import Services
 from .helpers import (
     TIMESTAMP,
     Client,
+    as_others_see,
     create_task,
     error_of,
     get_task,
@@ -63,12 +65,14 @@ async def test_lease_grants_a_fenced_lease(
     assert leased["attempts"] == 1
     assert leased["payload"] == {"x": 1}
     lease_info = leased["lease"]
-    assert set(lease_info) == {"id", "worker_id", "expires_at"}
+    assert set(lease_info) == {"id", "worker_id", "expires_at"}  # the id: only here
     assert lease_info["worker_id"] == "worker-001"
     assert isinstance(lease_info["id"], str) and lease_info["id"]
     started = parse_ts(leased["started_at"])
     assert parse_ts(lease_info["expires_at"]) - started == timedelta(seconds=120)
-    assert await get_task(admin, task["id"]) == leased
+    seen = await get_task(admin, task["id"])
+    assert set(seen["lease"]) == {"worker_id", "expires_at"}
+    assert seen == as_others_see(leased)
     assert await lease(admin) == []  # handed out once
 
 
@@ -222,7 +226,7 @@ async def test_extend(admin: Client, mock_clock: trio.testing.MockClock) -> None
             action(task, "extend"), {"lease_id": leased["lease"]["id"], "lease_seconds": 100}
         )
     )
-    assert extended["lease"]["id"] == leased["lease"]["id"]
+    assert "id" not in extended["lease"]  # the holder has it; no response repeats it
     new_expiry = parse_ts(extended["lease"]["expires_at"])
     assert new_expiry - parse_ts(leased["started_at"]) == timedelta(seconds=120)
     assert extended["status"] == "running"
@@ -272,6 +276,39 @@ async def test_pending_task_has_no_lease_to_act_on(admin: Client) -> None:
     assert (await get_task(admin, task["id"]))["status"] == "pending"
 
 
+@pytest.mark.parametrize("settings_overrides", [{"max_deliveries": 3}])
+async def test_lost_leases_use_no_retry_until_max_deliveries(
+    admin: Client, services: Services, mock_clock: trio.testing.MockClock
+) -> None:
+    """retry_count 0 (the default): a worker that vanishes costs the task nothing but a
+    delivery; only DTQ_MAX_DELIVERIES lost leases fail it, with `lease_expired`."""
+    task = await create_task(admin)
+    assert task["deliveries"] == 0
+    for n in (1, 2, 3):
+        leased = await lease_one(admin, f"w{n}", lease_seconds=10)
+        assert leased["deliveries"] == n
+        mock_clock.jump(11)
+        await settle(services)
+        after = await get_task(admin, task["id"])
+        assert after["error"]["type"] == "lease_expired"
+        assert after["status"] == ("pending" if n < 3 else "failed"), n
+    assert after["deliveries"] == 3
+    assert await lease(admin) == []
+
+
+async def test_a_reported_failure_after_lost_leases_still_gets_its_retries(
+    admin: Client, services: Services, mock_clock: trio.testing.MockClock
+) -> None:
+    task = await create_task(admin, retry_count=1)
+    await lease_one(admin, "w1", lease_seconds=10)
+    mock_clock.jump(11)
+    await settle(services)
+    leased = await lease_one(admin, "w2")
+    failed = ok(await admin.post(action(task, "fail"), {"lease_id": leased["lease"]["id"]}))
+    assert failed["status"] == "pending"  # the one retry was still there
+    assert failed["attempts"] == 2 and failed["deliveries"] == 2
+
+
 async def test_unknown_task_is_404(admin: Client) -> None:
     path = "/api/v1/tasks/123e4567-e89b-12d3-a456-426614174000/complete"
     error_of(await admin.post(path, {"lease_id": "x"}), 404, "NOT_FOUND", field="task_id")
@@ -294,7 +331,7 @@ async def test_expired_lease_is_fenced_off(
         action(task, "complete"), {"lease_id": first["lease"]["id"], "result": "late"}
     )
     error_of(reply, 409, "CONFLICT", field="lease_id")
-    assert await get_task(admin, task["id"]) == second
+    assert await get_task(admin, task["id"]) == as_others_see(second)
     done = ok(await admin.post(action(task, "complete"), {"lease_id": second["lease"]["id"]}))
     assert done["status"] == "completed"
     assert done["worker_id"] == "w2"

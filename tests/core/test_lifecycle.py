@@ -412,12 +412,104 @@ def test_expire_with_retries_left_is_ready_at_once() -> None:
     assert lifecycle.is_due(expired, NOW + 10)
 
 
-def test_expire_without_retries_fails() -> None:
+def test_a_lost_lease_uses_no_retry() -> None:
+    """retry_count 0: a lost lease (worker gone, server down) is no handler failure."""
     task = leased(lease_s=10)
     expired = lifecycle.expire(task, now=NOW + 11, policy=POLICY, rand=0.5)
-    assert expired.status == S.FAILED
+    assert expired.status == S.PENDING and expired.run_at is None
     assert expired.error is not None and expired.error.type == "lease_expired"
-    assert expired.duration == 11
+    assert expired.lost_leases == 1 and expired.deliveries == 1
+    # ... and the retry budget is whole: a reported failure on the next lease fails it for good
+    again = lifecycle.grant_lease(expired, worker_id="w2", lease_s=10, now=NOW + 12)
+    assert again.deliveries == 2 and again.attempts == 2
+    assert fail(again, NOW + 13).status == S.FAILED
+
+
+def test_lost_leases_fail_the_task_after_max_deliveries() -> None:
+    task = leased(lease_s=10, retry_count=2)
+    now = NOW
+    for n in range(1, 4):
+        task = lifecycle.expire(task, now=now + 10, policy=POLICY, rand=0.5, max_deliveries=3)
+        assert task.lost_leases == n
+        if n < 3:
+            assert task.status == S.PENDING
+            now += 10
+            task = lifecycle.grant_lease(task, worker_id="w1", lease_s=10, now=now)
+    assert task.status == S.FAILED
+    assert task.error is not None and task.error.type == lifecycle.LEASE_EXPIRED
+    assert "max_deliveries is 3" in task.error.message
+    assert task.deliveries == 3 and task.completed_at == now + 10
+
+
+def test_lost_leases_leave_the_retries_to_handler_failures() -> None:
+    task = leased(lease_s=10, retry_count=1)
+    task = lifecycle.expire(task, now=NOW + 10, policy=POLICY, rand=0.5)  # lost: no retry used
+    task = lifecycle.grant_lease(task, worker_id="w1", lease_s=10, now=NOW + 10)
+    task = fail(task, NOW + 11)  # the one retry
+    assert task.status == S.PENDING
+    assert task.run_at is not None
+    later = task.run_at
+    task = lifecycle.grant_lease(task, worker_id="w1", lease_s=10, now=later)
+    assert fail(task, later + 1).status == S.FAILED  # retries used up
+
+
+def test_holder_check() -> None:
+    task = lifecycle.grant_lease(make_task(), worker_id="w1", lease_s=10, now=NOW, holder="key:a")
+    assert task.lease is not None and task.lease.holder == "key:a"
+    lease_id = task.lease.id
+    with pytest.raises(LeaseLost) as stranger:
+        lifecycle.complete(task, lease_id=lease_id, result=1, now=NOW + 1, caller="key:b")
+    with pytest.raises(LeaseLost) as unknown:
+        lifecycle.complete(task, lease_id="wrong", result=1, now=NOW + 1, caller="key:a")
+    # the stranger learns nothing the wrong id would not have told it
+    assert stranger.value.details == unknown.value.details
+    assert stranger.value.message == unknown.value.message.replace("wrong", lease_id)
+    for act in (
+        lambda c: lifecycle.extend_lease(task, lease_id=lease_id, lease_s=5, now=NOW, caller=c),
+        lambda c: lifecycle.release(task, lease_id=lease_id, now=NOW, caller=c),
+    ):
+        with pytest.raises(LeaseLost):
+            act("key:b")
+        act("key:a")
+    # None: an admin (or the server itself) acts on any lease with its id
+    done = lifecycle.complete(task, lease_id=lease_id, result=1, now=NOW + 1, caller=None)
+    assert done.status == S.COMPLETED
+    assert (
+        lifecycle.complete(task, lease_id=lease_id, result=2, now=NOW + 1, caller="key:a").result
+        == 2
+    )
+
+
+def test_restart_grace_gives_a_lease_its_length_again() -> None:
+    task = leased(lease_s=30)
+    restart = NOW + 100  # the server was down past the lease's expiry
+    graced = lifecycle.restart_grace(task, now=restart)
+    assert graced.lease is not None and graced.lease.expires_at == restart + 30
+    assert graced.status == S.RUNNING and graced.attempts == task.attempts
+    assert task.lease is not None
+    done = lifecycle.complete(graced, lease_id=task.lease.id, result="late", now=restart + 29)
+    assert done.status == S.COMPLETED  # the worker that kept running can still report
+
+
+def test_a_restart_past_the_deadline_ends_as_a_lost_lease() -> None:
+    """The downtime is not the handler's fault: no timeout, no retry used."""
+    task = leased(lease_s=60, timeout=20)  # deadline NOW + 20
+    graced = lifecycle.restart_grace(task, now=NOW + 50)
+    assert graced.lease is not None and graced.lease.expires_at == NOW + 110
+    expired = lifecycle.expire(graced, now=NOW + 110, policy=POLICY, rand=0.5)
+    assert expired.status == S.PENDING
+    assert expired.error is not None and expired.error.type == lifecycle.LEASE_EXPIRED
+
+
+def test_a_graced_lease_extended_to_the_deadline_times_out() -> None:
+    task = leased(lease_s=10, timeout=100)  # deadline NOW + 100
+    graced = lifecycle.restart_grace(task, now=NOW + 20)  # expires NOW + 30
+    assert graced.lease is not None
+    extended = lifecycle.extend_lease(graced, lease_id=graced.lease.id, lease_s=500, now=NOW + 25)
+    assert extended.lease is not None and extended.lease.expires_at == NOW + 100
+    expired = lifecycle.expire(extended, now=NOW + 100, policy=POLICY, rand=0.5)
+    assert expired.error is not None and expired.error.type == lifecycle.TIMED_OUT
+    assert expired.status == S.FAILED  # a timeout is a handler failure: uses a retry (none left)
 
 
 def test_expire_at_task_timeout_reports_timeout() -> None:

@@ -194,16 +194,16 @@ async def test_reaper_wakes_for_an_earlier_deadline(q: TaskQueue, mock_clock: Mo
     await advance(mock_clock, q, 5)  # t=7
     assert ids(await lease(q, "w2", lease_seconds=3)) == [later.id]  # expires at 10
     await advance(mock_clock, q, 3)  # t=10
-    assert q.get(later.id).status == S.FAILED
+    assert q.get(later.id).status == S.PENDING  # lease lost: back in line
     assert q.get(short.id).status == S.RUNNING
     await advance(mock_clock, q, 1)  # t=11
-    assert q.get(short.id).status == S.FAILED
+    assert q.get(short.id).status == S.PENDING
     assert q.get_worker("w9").status == WorkerStatus.ACTIVE
     await advance(mock_clock, q, 21)  # t=32
     assert q.get_worker("w9").status == WorkerStatus.INACTIVE
     assert q.get(long.id).status == S.RUNNING
     await advance(mock_clock, q, 69)  # t=101
-    assert q.get(long.id).status == S.FAILED
+    assert q.get(long.id).status == S.PENDING
 
 
 # --------------------------------------------------------------------------- long poll
@@ -382,31 +382,41 @@ async def test_complete_with_stale_lease_changes_nothing(q: TaskQueue) -> None:
     assert q.writer.stats.commits == commits + 3
 
 
-async def test_lease_expiry_retries_then_fails(q: TaskQueue, mock_clock: MockClock) -> None:
-    task = await create(q, "x", retry_count=1)
-    first = await lease_one(q, lease_seconds=10)
-    await advance(mock_clock, q, 9.9)
-    assert q.get(task.id).status == S.RUNNING
-    await advance(mock_clock, q, 0.1)
-    after = q.get(task.id)
-    assert after.status == S.PENDING
-    assert after.error is not None and after.error.type == "lease_expired"
-    assert after.attempts == 1 and after.lease is None and after.run_at is None
-    assert q.lease_expiries == 1
+async def test_lease_expiry_gives_the_task_back_without_a_retry_until_max_deliveries(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    """retry_count 0 (the default): lost leases put the task back; only the poison guard
+    (max_deliveries lost leases) fails it, with `lease_expired`."""
+    settings = make_settings(tmp_path / "data", max_deliveries=3)
+    async with open_queue(settings, clock=TrioClock(WALL0)) as q:
+        task = await create(q, "x")
+        first = await lease_one(q, lease_seconds=10)
+        await advance(mock_clock, q, 9.9)
+        assert q.get(task.id).status == S.RUNNING
+        await advance(mock_clock, q, 0.1)
+        after = q.get(task.id)
+        assert after.status == S.PENDING  # not failed: no retry was used
+        assert after.error is not None and after.error.type == "lease_expired"
+        assert after.attempts == 1 and after.lease is None and after.run_at is None
+        assert after.deliveries == 1
+        assert q.lease_expiries == 1
 
-    assert first.lease is not None
-    with pytest.raises(LeaseLost):
-        await q.complete(task.id, first.lease.id)
+        assert first.lease is not None
+        with pytest.raises(LeaseLost):
+            await q.complete(task.id, first.lease.id)
 
-    second = await lease_one(q, "w2", lease_seconds=10)
-    assert second.attempts == 2 and second.worker_id == "w2"
-    await advance(mock_clock, q, 10)
-    final = q.get(task.id)
-    assert final.status == S.FAILED
-    assert final.error is not None and final.error.type == "lease_expired"
-    assert final.attempts == 2
-    assert await lease(q) == []
-    assert q.dashboard().failed_tasks == 1
+        second = await lease_one(q, "w2", lease_seconds=10)
+        assert second.attempts == 2 and second.worker_id == "w2" and second.deliveries == 2
+        await advance(mock_clock, q, 10)
+        assert q.get(task.id).status == S.PENDING
+        await lease_one(q, "w3", lease_seconds=10)
+        await advance(mock_clock, q, 10)
+        final = q.get(task.id)
+        assert final.status == S.FAILED  # the third lost lease: max_deliveries
+        assert final.error is not None and final.error.type == "lease_expired"
+        assert final.deliveries == 3
+        assert await lease(q) == []
+        assert q.dashboard().failed_tasks == 1
 
 
 async def test_expired_task_is_ready_for_waiter(q: TaskQueue, mock_clock: MockClock) -> None:
@@ -813,33 +823,55 @@ async def test_restart_keeps_pending_order(tmp_path: Path, mock_clock: MockClock
         before = all_tasks(q)
     async with open_queue(settings, clock=clock) as q:
         assert all_tasks(q) == before
-        assert [t.name for t in await drain(q)] == ["h1", "h2", "m1", "m2", "l1"]
+        leased = await drain(q, lease_seconds=1000)
+        assert [t.name for t in leased] == ["h1", "h2", "m1", "m2", "l1"]
         await advance(mock_clock, q, 100)
         assert [t.name for t in await drain(q)] == ["later"]
 
 
-async def test_restart_running_task_keeps_lease_expiry(
+async def test_restart_gives_running_leases_their_length_again(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    """A lease live at the stop gets its own length from the restart (here 30 s from t=50,
+    though it ran out at t=30 while the server was down); expiring then uses no retry."""
+    settings = make_settings(tmp_path / "data")
+    clock = TrioClock(WALL0)
+    async with open_queue(settings, clock=clock) as q:
+        task = await create(q, "x")
+        leased = await lease_one(q, lease_seconds=30)
+        await advance(mock_clock, q, 10)
+    assert leased.lease is not None
+    mock_clock.jump(40)  # down from t=10 to t=50
+    async with open_queue(settings, clock=clock) as q:
+        after = q.get(task.id)
+        assert after.status == S.RUNNING and after.lease is not None
+        assert after.lease.id == leased.lease.id
+        assert after.lease.expires_at == WALL0 + 50 + 30
+        assert await lease(q) == []  # not handed out again while leased
+        await advance(mock_clock, q, 29.5)
+        assert q.get(task.id).status == S.RUNNING
+        # the worker that held it before the restart can still finish... or it expires:
+        await advance(mock_clock, q, 0.5)
+        expired = q.get(task.id)
+        assert expired.status == S.PENDING  # retry_count 0, yet not failed
+        assert expired.error is not None and expired.error.type == "lease_expired"
+        assert ids(await lease(q)) == [task.id]
+
+
+async def test_a_worker_that_kept_running_reports_after_a_restart(
     tmp_path: Path, mock_clock: MockClock
 ) -> None:
     settings = make_settings(tmp_path / "data")
     clock = TrioClock(WALL0)
     async with open_queue(settings, clock=clock) as q:
-        task = await create(q, "x", retry_count=1)
-        leased = await lease_one(q, lease_seconds=30)
-        await advance(mock_clock, q, 10)
+        task = await create(q, "x")
+        leased = await lease_one(q, lease_seconds=20)
     assert leased.lease is not None
+    mock_clock.jump(60)  # the server was down three times the lease's length
     async with open_queue(settings, clock=clock) as q:
-        after = q.get(task.id)
-        assert after.status == S.RUNNING and after.lease == leased.lease
-        assert await lease(q) == []  # not handed out again while leased
-        await advance(mock_clock, q, 19.5)
-        assert q.get(task.id).status == S.RUNNING
-        # the worker that held it before the restart can still finish... or it expires:
-        await advance(mock_clock, q, 0.5)
-        expired = q.get(task.id)
-        assert expired.status == S.PENDING
-        assert expired.error is not None and expired.error.type == "lease_expired"
-        assert ids(await lease(q)) == [task.id]
+        await settle(q)
+        done = await q.complete(task.id, leased.lease.id, "kept running")
+        assert done.status == S.COMPLETED and done.result == "kept running"
 
 
 async def test_restart_lease_survives_and_can_complete(

@@ -44,6 +44,7 @@ from dtq.storage.lmdb_store import LmdbStore
 from dtq.storage.writer import GroupCommitWriter
 
 S = TaskStatus
+MAX_DELIVERIES = 3  # small, so runs reach the poison guard
 WALL0 = 1_700_000_000.0
 QUEUES = ("a", "b")
 
@@ -74,9 +75,17 @@ class Model:
     lease_id: str | None = None
     lease_exp: float | None = None
     started_at: float | None = None
+    holder: str | None = None  # who took the lease
+    lease_s: float = 0.0  # its length as last asked for
+    grace: bool = False  # renewed by a restart (its expiry is then a lost lease)
+    lost: int = 0  # leases lost without a result: they use no retry
     old_leases: list[str] = dataclasses.field(default_factory=list)
     reentered: bool = False  # back in the ready queue out of seq order (see module doc)
     error_type: str | None = None
+
+    @property
+    def retries_used(self) -> int:
+        return self.attempts - 1 - self.lost
 
     def ready(self, now: float) -> bool:
         return self.status == S.PENDING and (self.run_at is None or self.run_at <= now)
@@ -92,7 +101,7 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="dtq-sm-")
         self.clock = ManualClock(WALL0)
-        self.settings = Settings(data_dir=self.dir)
+        self.settings = Settings(data_dir=self.dir, max_deliveries=MAX_DELIVERIES)
         self.store: LmdbStore | None = None
         self.open()
         self.model: dict[str, Model] = {}
@@ -132,10 +141,15 @@ class QueueMachine(RuleBasedStateMachine):
         choices += [*m.old_leases[-2:], "f" * 32]
         return data.draw(st.sampled_from(choices), label="lease_id")
 
-    def lease_valid(self, m: Model, lease_id: str) -> bool:
+    def caller_for(self, m: Model, data: st.DataObject) -> str | None:
+        """The holder, another principal, or None (an admin)."""
+        return data.draw(st.sampled_from([m.holder, "key:other", None]), label="caller")
+
+    def lease_valid(self, m: Model, lease_id: str, caller: str | None) -> bool:
         return (
             m.status == S.RUNNING
             and lease_id == m.lease_id
+            and (caller is None or caller == m.holder)
             and m.lease_exp is not None
             and m.lease_exp > self.now
         )
@@ -218,7 +232,8 @@ class QueueMachine(RuleBasedStateMachine):
         wanted = frozenset(queues) if queues else None
         claimed = self.q.dispatcher.take(wanted, None, max_tasks)
         task_ids = [e.task_id for e in claimed]
-        ok, result = self.run(lambda tx: ops.lease(tx, task_ids, worker, lease_s))
+        holder = f"key:{worker}"
+        ok, result = self.run(lambda tx: ops.lease(tx, task_ids, worker, lease_s, holder))
         assert ok, result
         granted, not_due = result
         assert not not_due, "claimed a task that was not due"
@@ -246,6 +261,7 @@ class QueueMachine(RuleBasedStateMachine):
             m.lease_id = task.lease.id
             m.started_at = self.now
             m.lease_exp = min(self.now + lease_s, self.now + m.timeout)
+            m.holder, m.lease_s, m.grace = holder, lease_s, False
             assert task.lease.expires_at == m.lease_exp
             assert task.attempts == m.attempts
         if len(granted) < max_tasks:
@@ -256,8 +272,9 @@ class QueueMachine(RuleBasedStateMachine):
     def complete(self, data: st.DataObject) -> None:
         m = self.pick(data, S.RUNNING)
         lease_id = self.lease_id_for(m, data)
-        valid = self.lease_valid(m, lease_id)
-        ok, res = self.run(lambda tx: ops.complete(tx, m.id, lease_id, {"ok": True}))
+        caller = self.caller_for(m, data)
+        valid = self.lease_valid(m, lease_id, caller)
+        ok, res = self.run(lambda tx: ops.complete(tx, m.id, lease_id, {"ok": True}, caller))
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
@@ -272,9 +289,12 @@ class QueueMachine(RuleBasedStateMachine):
     def fail(self, data: st.DataObject, retry: bool | None) -> None:
         m = self.pick(data, S.RUNNING)
         lease_id = self.lease_id_for(m, data)
-        valid = self.lease_valid(m, lease_id)
+        caller = self.caller_for(m, data)
+        valid = self.lease_valid(m, lease_id, caller)
         error = TaskError(message="boom")
-        ok, res = self.run(lambda tx: ops.fail(tx, m.id, lease_id, error, retry, self.q.policy))
+        ok, res = self.run(
+            lambda tx: ops.fail(tx, m.id, lease_id, error, retry, self.q.policy, caller=caller)
+        )
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
@@ -282,9 +302,9 @@ class QueueMachine(RuleBasedStateMachine):
         self.q._after_attempt(res)
         m.drop_lease()
         m.error_type = "Error"
-        if retry is not False and m.attempts - 1 < m.retry_count:
+        if retry is not False and m.retries_used < m.retry_count:
             m.status = S.PENDING
-            raw = min(2.0 ** (m.attempts - 1), 3600.0)
+            raw = min(2.0**m.retries_used, 3600.0)
             assert res.run_at is not None
             assert raw * 0.75 <= res.run_at - self.now <= raw * 1.25 + 1e-6
             m.run_at = res.run_at
@@ -297,8 +317,9 @@ class QueueMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         m = self.pick(data, S.RUNNING)
         lease_id = self.lease_id_for(m, data)
-        valid = self.lease_valid(m, lease_id)
-        ok, res = self.run(lambda tx: ops.release(tx, m.id, lease_id))
+        caller = self.caller_for(m, data)
+        valid = self.lease_valid(m, lease_id, caller)
+        ok, res = self.run(lambda tx: ops.release(tx, m.id, lease_id, caller))
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
@@ -315,15 +336,19 @@ class QueueMachine(RuleBasedStateMachine):
     def extend(self, data: st.DataObject, lease_s: float) -> None:
         m = self.pick(data, S.RUNNING)
         lease_id = self.lease_id_for(m, data)
-        valid = self.lease_valid(m, lease_id)
-        ok, res = self.run(lambda tx: ops.extend(tx, m.id, lease_id, lease_s))
+        caller = self.caller_for(m, data)
+        valid = self.lease_valid(m, lease_id, caller)
+        ok, res = self.run(lambda tx: ops.extend(tx, m.id, lease_id, lease_s, caller))
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
             return
         self.q._track_lease(res)
         assert m.lease_exp is not None and m.started_at is not None
-        m.lease_exp = max(m.lease_exp, min(self.now + lease_s, m.started_at + m.timeout))
+        wanted = min(self.now + lease_s, m.started_at + m.timeout)
+        if wanted > m.lease_exp:
+            m.lease_exp, m.grace = wanted, False
+        m.lease_s = lease_s
         assert res.lease.expires_at == m.lease_exp
 
     @precondition(lambda self: self.model)
@@ -377,7 +402,7 @@ class QueueMachine(RuleBasedStateMachine):
             due.append((task_id, lease_id))
         changed = []
         if due:
-            ok, changed = self.run(lambda tx: ops.expire(tx, due, self.q.policy))
+            ok, changed = self.run(lambda tx: ops.expire(tx, due, self.q.policy, MAX_DELIVERIES))
             assert ok, changed
             for task in changed:
                 self.q._after_attempt(task)
@@ -387,9 +412,12 @@ class QueueMachine(RuleBasedStateMachine):
                 continue
             expected.add(m.id)
             assert m.started_at is not None
-            m.error_type = "timeout" if m.lease_exp >= m.started_at + m.timeout else "lease_expired"
+            timed_out = not m.grace and m.lease_exp >= m.started_at + m.timeout
+            m.error_type = "timeout" if timed_out else "lease_expired"
             m.drop_lease()
-            if m.attempts - 1 < m.retry_count:
+            if not timed_out:
+                m.lost += 1  # a lost lease: no retry used, until the poison guard
+            if (m.retries_used < m.retry_count) if timed_out else (m.lost < MAX_DELIVERIES):
                 m.status = S.PENDING
                 m.reentered = True
             else:
@@ -402,6 +430,18 @@ class QueueMachine(RuleBasedStateMachine):
         self.store.close()
         self.store = None
         self.open()  # rebuild() restores the live order: (ready_at, seq) within a priority
+        # ... and the start-up grace: each live lease gets its own length again from now
+        live = list(self.q._live_leases)
+        ok, renewed = self.run(lambda tx: ops.restart_grace(tx, live))
+        assert ok, renewed
+        for task in renewed:
+            self.q._track_lease(task)
+        for m in self.model.values():
+            if m.status == S.RUNNING and m.lease_exp is not None:
+                m.lease_exp, m.grace = max(m.lease_exp, self.now + m.lease_s), True
+        assert {t.id for t in renewed} == {
+            m.id for m in self.model.values() if m.status == S.RUNNING
+        }
 
     # -- invariants --------------------------------------------------------------------
     @invariant()

@@ -42,6 +42,9 @@ FAST = {
     "webhook_max_attempts": 3,
     "webhook_timeout_s": 2.0,
 }
+# The receivers run on 127.0.0.1, which the target policy refuses by default: these tests opt
+# in as a local setup does. Tests of the policy itself pass `webhook_allow_private_networks=False`.
+LOCAL_RECEIVERS = {"webhook_allow_private_networks": True}
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +67,9 @@ class Received:
         return json.loads(self.body)
 
 
-Respond = Callable[[Received], Awaitable[int]]
+# A status, or a status and extra response headers (e.g. a redirect's Location).
+Reply = int | tuple[int, list[tuple[str, str]]]
+Respond = Callable[[Received], Awaitable[Reply]]
 
 
 async def always_200(request: Received) -> int:
@@ -76,6 +81,7 @@ class Receiver:
     respond: Respond = always_200
     port: int = 0
     requests: list[Received] = field(default_factory=list)
+    connections: int = 0  # accepted, whether or not a request followed
     _changed: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -92,6 +98,7 @@ class Receiver:
         await self.wait_for(lambda seen: len(seen) >= n, within_s)
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
         conn = h11.Connection(h11.SERVER)
         async with stream:
             try:
@@ -124,11 +131,13 @@ class Receiver:
         )
         self.requests.append(received)
         self._changed.set()
-        status = await self.respond(received)
+        answer = await self.respond(received)
+        status, extra = (answer, []) if isinstance(answer, int) else answer
         reply = b"" if status in (204, 304) else b'{"ok": true}'
         await stream.send_all(
             conn.send(h11.Response(status_code=status, headers=[
-                ("Content-Type", "application/json"), ("Content-Length", str(len(reply)))]))
+                ("Content-Type", "application/json"), ("Content-Length", str(len(reply))),
+                *extra]))
             + conn.send(h11.Data(data=reply))
             + conn.send(h11.EndOfMessage())
         )  # fmt: skip
@@ -161,6 +170,46 @@ async def reserved_port() -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     await sock.bind(("127.0.0.1", 0))
     return sock
+
+
+# --- a fake DNS -------------------------------------------------------------------------------------
+
+
+class FakeDNS(trio.abc.HostnameResolver):
+    """trio's resolver hook: names in `answers` resolve to those addresses, others fail.
+
+    Only names reach it (trio answers numeric hosts itself), so a test controls exactly what
+    a webhook's host name resolves to, and can change it between registration and delivery.
+    """
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None,
+                          family: int = 0, type: int = 0, proto: int = 0,
+                          flags: int = 0) -> list[Any]:  # fmt: skip
+        name = (host or b"").decode().rstrip(".").lower()
+        self.asked.append(name)
+        if name not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        port_number = int(port or 0)
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+             (a, port_number, 0, 0) if ":" in a else (a, port_number))
+            for a in self.answers[name]
+        ]  # fmt: skip
+
+    async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+@pytest.fixture
+async def fake_dns() -> FakeDNS:
+    """Installed for this test's trio run only (pytest-trio runs each test in its own)."""
+    dns = FakeDNS({})
+    trio.socket.set_custom_hostname_resolver(dns)
+    return dns
 
 
 # --- the server in process (Quart's test client in, real sockets out) ----------------------------
@@ -231,6 +280,7 @@ def server_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_per_minute": 0,
         "rate_limit_per_hour": 0,
         **FAST,
+        **LOCAL_RECEIVERS,
         **overrides,
     }
     return Settings(**values)
@@ -280,7 +330,8 @@ async def spawn_server(data_dir: Path, env: Mapping[str, str]) -> AsyncIterator[
         marker = f"webhooks-{secrets.token_hex(6)}"  # /info tells our server from another
         environ.update({"PYTHONUNBUFFERED": "1", "DTQ_ADMIN_PASSWORD": ADMIN_PASSWORD,
                         "DTQ_ENV": marker, "DTQ_RATE_LIMIT_PER_MINUTE": "0",
-                        "DTQ_RATE_LIMIT_PER_HOUR": "0", **env})  # fmt: skip
+                        "DTQ_RATE_LIMIT_PER_HOUR": "0",
+                        "DTQ_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true", **env})  # fmt: skip
         args = [sys.executable, "-m", "dtq.cli", "serve", "--host", "127.0.0.1",
                 "--port", str(port), "--data-dir", str(data_dir)]  # fmt: skip
         with open(log_path, "wb") as log_file:

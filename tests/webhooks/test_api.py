@@ -120,4 +120,6 @@ def test_documented_in_openapi() -> None:
     assert {p["name"] for p in deliveries["parameters"]} >= {"webhook_id", "status", "limit"}
     post = paths[P]["post"]
     assert "X-DTQ-Signature" in post["description"]
+    assert "DTQ_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true" in post["description"]
+    assert "Redirects are not followed" in post["description"]
     assert {"201", "400", "401", "403"} <= set(post["responses"])

@@ -20,7 +20,7 @@ from dtq.errors import InvalidRequest
 from dtq.models import Task, TaskCreate, TaskError, TaskUpdate
 from dtq.retry import RetryPolicy
 from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
-from dtq.webhook_delivery import check_url
+from dtq.webhook_targets import check_url
 from dtq.webhooks import (
     DELIVERIES,
     DUE,
@@ -139,7 +139,7 @@ def _lifecycle() -> Iterator[tuple[Task | None, Task | None, str | None]]:
     yield t4, t5, "task.released"
     t6 = lifecycle.grant_lease(t5, worker_id="w", lease_s=1, now=NOW + 12)
     t7 = lifecycle.expire(t6, now=NOW + 14, policy=POLICY, rand=0.5)
-    yield t6, t7, "task.retried"  # an expired lease counts as a failed attempt
+    yield t6, t7, "task.retried"  # a lost lease puts the task back (no retry used)
     t8 = lifecycle.apply_update(t7, TaskUpdate(description="edited"), now=NOW + 15)
     yield t7, t8, "task.updated"
     t9 = lifecycle.grant_lease(t8, worker_id="w", lease_s=60, now=NOW + 16)

@@ -239,18 +239,24 @@ async def test_an_expired_lease_gives_the_task_back(admin: AsyncClient) -> None:
     with trio.fail_after(10):
         while (again := await admin.get(task.id)).status != "pending":
             await trio.sleep(0.05)  # the server's reaper acts on its own time
-    assert again.attempts == 1
+    assert again.attempts == 1 and again.deliveries == 1
     assert again.error is not None and again.error.type == "lease_expired"
-    failed = await admin.get(last_try.id)  # no retry left: failed for good
-    assert failed.status == "failed"
-    assert failed.error is not None and failed.error.type == "lease_expired"
+    with trio.fail_after(10):
+        while (lost := await admin.get(last_try.id)).status != "pending":
+            await trio.sleep(0.05)
+    # a lost lease is no handler failure: no retry used, so no retry needed
+    assert lost.error is not None and lost.error.type == "lease_expired"
+    assert isinstance(first.lease.id, str)  # the lease response carries it
     with pytest.raises(LeaseLost):
         await admin.complete(task.id, first.lease.id, "too late")
 
-    (second,) = await admin.lease("w-2", wait=5, lease_seconds=30)
-    assert second.lease is not None
+    second, third = await admin.lease("w-2", wait=5, lease_seconds=30, max_tasks=2)
+    assert second.id == task.id and second.lease is not None and second.lease.id
     done = await admin.complete(task.id, second.lease.id, "in time")
     assert (done.status, done.attempts, done.worker_id) == ("completed", 2, "w-2")
+    assert done.deliveries == 2
+    assert third.id == last_try.id and third.lease is not None and third.lease.id
+    assert (await admin.complete(last_try.id, third.lease.id, "ok")).status == "completed"
 
     with trio.fail_after(10):
         while not [w for w in await admin.workers("inactive") if w.worker_id == "w-silent"]:
@@ -397,7 +403,8 @@ TASK_ID = "0b7e3a8e-5c1f-4c55-9b1e-0d3a3f6f2f11"
 def task_json(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = dict.fromkeys(Task.__struct_fields__)
     base.update(id=TASK_ID, name="Process Data", status="pending", priority="medium",
-                queue="default", retry_count=0, attempts=0, timeout=3600.0, tags=[])  # fmt: skip
+                queue="default", retry_count=0, attempts=0, timeout=3600.0, tags=[],
+                deliveries=0)  # fmt: skip
     base.update(fields)
     return base
 

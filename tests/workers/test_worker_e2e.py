@@ -210,7 +210,9 @@ def test_concurrency_limit_is_respected(basic_worker: Proc, client: Client, tmp_
     seen = [client.get(t.id).result["seen"] for t in tasks]
     assert max(seen) <= 2, seen  # handlers running at once, as the handlers saw it
     assert max(seen) == 2, seen  # and it did run two at a time
-    assert held <= 2
+    # The server's view also counts tasks whose handler has finished and whose result is in the
+    # next ack batch (a slot frees when the handler returns): at most one batch of 2 on top.
+    assert held <= 2 + 2, held
 
 
 def test_kill_9_mid_task_the_task_runs_again_after_the_lease_expires(

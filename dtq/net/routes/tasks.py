@@ -6,7 +6,7 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.auth import Permission
+from dtq.auth import Permission, Principal, Role
 from dtq.models import (
     AckOutcome,
     AckRequest,
@@ -29,6 +29,18 @@ from dtq.net.views import TaskOut, task_out
 TAG = "Tasks"
 WORK_TAG = "Worker protocol"
 P = "/api/v1/tasks"
+
+
+FENCING = (
+    " The lease id comes only in the lease response, to the worker that took the lease; only "
+    "the principal (API key or user) that took it may use it. Any other caller gets the same "
+    "409 `CONFLICT` as for a stale lease, except an admin, who may act on any lease with its id."
+)
+
+
+def caller_of(principal: Principal) -> str | None:
+    """Whose lease the caller may act on: its own (by identity), or any one for an admin."""
+    return None if principal.role == Role.ADMIN else principal.identity
 
 
 class AckResult(Struct):
@@ -105,63 +117,76 @@ def register(api: Api) -> None:
         RouteSpec("POST", f"{P}/lease", "Lease ready tasks (long poll)", WORK_TAG, "lease_tasks",
                   body=LeaseRequest, response=list[TaskOut],
                   description="Returns ready tasks at once, else waits up to `wait` seconds "
-                  "for one; an empty list when none came. Each task carries its `lease`."),
+                  "for one; an empty list when none came. Each task carries its `lease`, and "
+                  "this is the only response that shows the lease's `id`." + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
     async def lease_tasks(call: Call) -> Any:
-        tasks = await queue.lease(call.body)
-        return respond(success([task_out(t) for t in tasks]))
+        tasks = await queue.lease(call.body, holder=call.principal.identity)
+        return respond(success([task_out(t, lease_id=True) for t in tasks]))
 
     @api.route(
         RouteSpec("POST", f"{P}/ack", "Complete or fail many leased tasks", WORK_TAG, "ack_tasks",
                   body=AckRequest, response=AckResult,
-                  description="One outcome per item; a stale lease fails only its own item."),
+                  description="One outcome per item; a stale lease fails only its own item."
+                  + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
     async def ack_tasks(call: Call) -> Any:
-        outcomes = await queue.ack(call.body.acks)
+        outcomes = await queue.ack(call.body.acks, caller_of(call.principal))
         ok = sum(1 for o in outcomes if o.ok)
         return respond(success(AckResult(outcomes, ok, len(outcomes) - ok)))
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/complete", "Report a result", WORK_TAG,
-                  "complete_task", body=CompleteRequest, response=TaskOut, errors=(404, 409)),
+                  "complete_task", body=CompleteRequest, response=TaskOut, errors=(404, 409),
+                  description="A result is recorded at most once." + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
     async def complete_task(call: Call) -> Any:
         b: CompleteRequest = call.body
-        task = await queue.complete(call.params["task_id"], b.lease_id, b.result)
+        task = await queue.complete(
+            call.params["task_id"], b.lease_id, b.result, caller_of(call.principal)
+        )
         return respond(success(task_out(task)))
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/fail", "Report a failed attempt", WORK_TAG,
-                  "fail_task", body=FailRequest, response=TaskOut, errors=(404, 409)),
+                  "fail_task", body=FailRequest, response=TaskOut, errors=(404, 409),
+                  description="Uses a retry while `retry_count` allows (unless `retry` is "
+                  "false)." + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
     async def fail_task(call: Call) -> Any:
         b: FailRequest = call.body
         task = await queue.fail(
-            call.params["task_id"], b.lease_id, error_from_input(b.error), b.retry
-        )
+            call.params["task_id"], b.lease_id, error_from_input(b.error), b.retry,
+            caller_of(call.principal),
+        )  # fmt: skip
         return respond(success(task_out(task)))
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/extend", "Extend a lease", WORK_TAG, "extend_lease",
-                  body=ExtendRequest, response=TaskOut, errors=(404, 409)),
+                  body=ExtendRequest, response=TaskOut, errors=(404, 409),
+                  description="Never past the attempt's start + `timeout`." + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
     async def extend_lease(call: Call) -> Any:
         b: ExtendRequest = call.body
-        task = await queue.extend(call.params["task_id"], b.lease_id, b.lease_seconds)
+        task = await queue.extend(
+            call.params["task_id"], b.lease_id, b.lease_seconds, caller_of(call.principal)
+        )
         return respond(success(task_out(task)))
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/release", "Hand a leased task back", WORK_TAG,
                   "release_task", body=ReleaseRequest, response=TaskOut, errors=(404, 409),
                   description="The task is ready again at once and the attempt is not counted "
-                  "(a worker shutting down hands back what it has not started)."),
+                  "(a worker shutting down hands back what it has not started)." + FENCING),
         Permission.TASKS_WORK,
     )  # fmt: skip
     async def release_task(call: Call) -> Any:
-        task = await queue.release(call.params["task_id"], call.body.lease_id)
+        task = await queue.release(
+            call.params["task_id"], call.body.lease_id, caller_of(call.principal)
+        )
         return respond(success(task_out(task)))

@@ -114,7 +114,17 @@ def register(api: Api) -> None:
                   "with the secret>`, `X-DTQ-Event` and `X-DTQ-Delivery`. Anything but a 2xx "
                   "within the timeout is retried with exponential backoff up to a limit. "
                   "Without `secret` one is generated; it is shown only in this response. "
-                  '`events` lists event kinds or `"*"` for all.'),
+                  '`events` lists event kinds or `"*"` for all. '
+                  "The URL must be http or https without credentials (`user:pw@`) and its host "
+                  "must resolve to public addresses only: loopback, private (RFC 1918, "
+                  "100.64.0.0/10), link-local, unique-local, multicast, unspecified, reserved "
+                  "and cloud metadata addresses, in any notation, are refused with 400 "
+                  "(`details.field: \"url\"`), as is a host that does not resolve within 5 s. "
+                  "Every delivery checks again the address it connects to (a name that later "
+                  "resolves elsewhere gains nothing) and records a refused one as a failed "
+                  "attempt. Redirects are not followed: a 3xx is a failed attempt. "
+                  "For local setups, `DTQ_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true` lifts the "
+                  "address rules (not the scheme and credential ones)."),
         Permission.WEBHOOKS,
     )  # fmt: skip
     async def create_webhook(call: Call) -> Any:
