@@ -21,8 +21,8 @@ from dtq.errors import (
 __version__ = "1.0.0"
 
 from dtq.client import AsyncClient, Client
+from dtq.client.worker import Worker
 from dtq.schemas import TaskOut as Task
-from dtq.worker import Worker
 
 __all__ = [
     "AsyncClient",

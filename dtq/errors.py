@@ -81,6 +81,9 @@ class Conflict(DtqError):
 class LeaseLost(Conflict):
     """The lease is not the task's current lease (expired, re-granted, or the task was cancelled)."""
 
+    # The `details.reason` values it goes out with: how a client tells it from other conflicts.
+    reasons: ClassVar[tuple[str, ...]] = ("stale or unknown lease", "lease expired")
+
 
 class InvalidTransition(Conflict):
     """The task cannot move to that status from its current one."""

@@ -128,8 +128,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
+    from dtq.client.worker import load_worker
     from dtq.logs import configure_logging
-    from dtq.worker import load_worker
 
     configure_logging(load_settings({"log_format": args.log_format}))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here

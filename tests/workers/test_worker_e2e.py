@@ -133,7 +133,7 @@ def test_a_handler_that_raises_fails_the_attempt_and_is_retried(
     assert task.error is not None
     assert (task.error.type, task.error.message) == ("ValueError", "no such file: data.csv")
     assert task.error.traceback and 'raise ValueError(payload.get("message"' in task.error.traceback
-    assert "dtq/worker.py" not in task.error.traceback  # only the user's frames
+    assert "dtq/client/worker.py" not in task.error.traceback  # only the user's frames
 
     task = client.wait(twice.id, timeout=BOUND_S)
     assert task.status == "failed"

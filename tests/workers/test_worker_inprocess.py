@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from dtq import AsyncClient, LeaseLost, Worker
+from dtq.client.worker import load_worker
 from dtq.models import AckItem, AckOutcome
 from dtq.schemas import TaskOut, WorkerOut
-from dtq.worker import load_worker
 
 from .procs import ADMIN_PASSWORD
 

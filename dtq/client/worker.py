@@ -27,16 +27,18 @@ import socket
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 import msgspec
 import structlog
 import trio
 
-from dtq.client import AsyncClient
+from dtq.client._async import AsyncClient
 from dtq.errors import Conflict, DtqError, NotFound, RateLimited, Unavailable
 from dtq.models import AckItem, AckOutcome, TaskErrorIn
+from dtq.retry import RetryPolicy
 from dtq.schemas import TaskOut, WorkerOut
 
 log = structlog.get_logger("dtq.worker")
@@ -44,6 +46,45 @@ Handler = Callable[[Any], Any]
 _TRANSIENT = (httpx.TransportError, Unavailable, RateLimited)
 MAX_LEASE_NAMES = 100  # LeaseRequest.names accepts at most this many
 _json_check = msgspec.json.Encoder().encode
+T = TypeVar("T")
+# Leasing or acknowledging again after a connection error or a refusal: 0.4 s, 0.8 s, 1.6 s, ...
+# up to 10 s, each scaled by a random factor in [0.5, 1.5).
+WORKER_RETRY = RetryPolicy(base_s=0.4, cap_s=10.0, jitter=0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """A worker's tunables; `Worker(...)` takes each as a keyword argument."""
+
+    queues: list[str] | None = None  # None: every queue
+    concurrency: int = 4  # tasks at once
+    lease_seconds: float = 60.0  # extended at a third of it while the handler runs
+    heartbeat_interval_s: float = 10.0
+    grace_period_s: float = 30.0  # on shutdown, for running tasks to finish
+    poll_wait_s: float = 20.0  # the lease long poll
+    # By default a worker leases only the task names it has handlers for, so a misrouted
+    # worker leaves other tasks pending instead of failing them as UnknownTask.
+    any_name: bool = False
+    retry: RetryPolicy = WORKER_RETRY  # after a failed lease or ack call
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+class _Tunable(Generic[T]):
+    """A `Worker` attribute that reads, and on assignment replaces, a field of its `config`."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, worker: Worker, owner: type | None = None) -> T:
+        value: T = getattr(worker.config, self.name)
+        return value
+
+    def __set__(self, worker: Worker, value: T) -> None:
+        changes: dict[str, Any] = {self.name: value}
+        worker.config = replace(worker.config, **changes)
 
 
 class WorkerTransport(Protocol):
@@ -74,6 +115,17 @@ def _default_worker_id() -> str:
 
 
 class Worker:
+    """Runs registered handlers for leased tasks. Its tunables are in `config` (a frozen
+    `WorkerConfig`); each is also an attribute (`worker.concurrency = 8` replaces `config`)."""
+
+    queues: _Tunable[list[str] | None] = _Tunable()
+    concurrency: _Tunable[int] = _Tunable()
+    lease_seconds: _Tunable[float] = _Tunable()
+    heartbeat_interval_s: _Tunable[float] = _Tunable()
+    grace_period_s: _Tunable[float] = _Tunable()
+    poll_wait_s: _Tunable[float] = _Tunable()
+    any_name: _Tunable[bool] = _Tunable()
+
     def __init__(
         self,
         url: str | None = None,
@@ -89,21 +141,19 @@ class Worker:
         poll_wait_s: float = 20.0,
         any_name: bool = False,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
         self.url = url
         self.api_key = api_key
         self.token = token
-        self.queues = list(queues) if queues else None
-        self.concurrency = concurrency
         self.worker_id = worker_id or _default_worker_id()
-        self.lease_seconds = lease_seconds
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.grace_period_s = grace_period_s
-        self.poll_wait_s = poll_wait_s
-        # By default a worker leases only the task names it has handlers for, so a misrouted
-        # worker leaves other tasks pending instead of failing them as UnknownTask.
-        self.any_name = any_name
+        self.config = WorkerConfig(
+            queues=list(queues) if queues else None,
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            heartbeat_interval_s=heartbeat_interval_s,
+            grace_period_s=grace_period_s,
+            poll_wait_s=poll_wait_s,
+            any_name=any_name,
+        )
         self.handlers: dict[str, Handler] = {}
         self._running: dict[str, _Running] = {}
         self._slot_freed = trio.Event()
@@ -228,7 +278,7 @@ class Worker:
                 failures = 0
             except _TRANSIENT as exc:
                 failures += 1
-                delay = min(0.2 * 2**failures, 10.0) * (0.5 + random.random())
+                delay = self.config.retry.delay_s(failures, random.random())
                 log.warning("lease failed; retrying", error=str(exc) or type(exc).__name__,
                             retry_in_s=round(delay, 2))  # fmt: skip
                 await trio.sleep(delay)
@@ -361,7 +411,7 @@ class Worker:
                 break
             except _TRANSIENT as exc:
                 failures += 1
-                delay = min(0.2 * 2**failures, 10.0) * (0.5 + random.random())
+                delay = self.config.retry.delay_s(failures, random.random())
                 log.warning("ack failed; retrying", error=str(exc) or type(exc).__name__,
                             pending=len(self._acks), retry_in_s=round(delay, 2))  # fmt: skip
                 await trio.sleep(delay)
@@ -396,7 +446,7 @@ class Worker:
             await trio.sleep(self.heartbeat_interval_s)
 
 
-_PLUMBING = ("/trio/", "/outcome/", f"{os.sep}dtq{os.sep}worker.py")
+_PLUMBING = ("/trio/", "/outcome/", os.sep + os.path.join("dtq", "client", "worker.py"))
 
 
 def _user_traceback(exc: BaseException) -> str:

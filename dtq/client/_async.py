@@ -1,0 +1,175 @@
+"""`AsyncClient`: the dtq HTTP API for trio or asyncio.
+
+The one hand-written client: `tools/unasync.py` generates the synchronous `Client` in `_sync.py`
+from this file. What the two flavours share without I/O is in `_common.py`; what genuinely
+differs (sleeping, timeouts, the WebSocket wait) is in `_async_io.py` / `_sync_io.py`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from dtq.client import _async_io as _io
+from dtq.client._common import FINAL_STATUSES, _Base, _Req
+from dtq.errors import RateLimited, Unavailable
+from dtq.models import AckItem, AckOutcome
+from dtq.schemas import TaskOut, WorkerOut
+
+T = TypeVar("T")
+
+
+class AsyncClient(_Base):
+    """`async with AsyncClient() as c: task = await c.submit("Process Data", {...})`."""
+
+    def __init__(self, url: str | None = None, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, req: _Req[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    req.method, req.path, content=self._body(req), params=req.params,
+                    headers=self._headers(req),
+                )  # fmt: skip
+                return self._result(req, response)
+            except (httpx.TransportError, RateLimited, Unavailable) as exc:
+                delay = self._backoff_s(attempt, exc) if self._retryable(req, exc) else None
+                if delay is None:
+                    raise
+                attempt += 1
+                await _io.sleep(delay)
+
+    async def login(self, username: str, password: str) -> str:
+        return str((await self.sign_in(username, password))["token"])
+
+    async def sign_in(self, username: str, password: str) -> dict[str, Any]:
+        """Log in and use the token from now on; returns `token`, `expires_in` (s), `role`."""
+        data = await self._send(self._req_login(username, password))
+        self.token = str(data["token"])
+        return data
+
+    async def submit(self, name: str, payload: Any = None, **options: Any) -> TaskOut:
+        return await self._send(self._req_submit(self._submit(name, payload, **options)))
+
+    async def submit_many(self, tasks: Sequence[dict[str, Any]]) -> builtins.list[TaskOut]:
+        bodies = [self._submit(**t) for t in tasks]
+        return await self._send(self._req_submit_many(bodies))
+
+    async def get(self, task_id: str) -> TaskOut:
+        return await self._send(self._req_get(task_id))
+
+    async def list(
+        self, *, page_size: int = 100, skip: int = 0, **filters: Any
+    ) -> AsyncIterator[TaskOut]:
+        """Every matching task after the first `skip`, fetching page after page (`status`,
+        `priority`, `worker_id`, `sort`, `order` as in the guide; `queue`, `name`)."""
+        while True:
+            page = await self._send(self._req_list({**filters, "skip": skip, "limit": page_size}))
+            for task in page:
+                yield task
+            if len(page) < page_size:
+                return
+            skip += page_size
+
+    async def cancel(self, task_id: str) -> TaskOut:
+        return await self._send(self._req_cancel(task_id))
+
+    async def delete(self, task_id: str) -> None:
+        await self._send(self._req_delete(task_id))
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskOut:
+        """Until the task is completed, failed or cancelled; `TimeoutError` after `timeout` s.
+
+        The async client listens on `/ws/tasks` for the task's events; both poll when there
+        is no WebSocket.
+        """
+        with _io.fail_after(timeout) as deadline:
+            task = await _io.wait_ws(self, task_id)
+            if task is not None:
+                return task
+            delay = 0.02
+            while True:
+                task = await self.get(task_id)
+                if task.status in FINAL_STATUSES:
+                    return task
+                deadline.check(delay, f"task {task_id} is still {task.status} after {timeout} s")
+                await _io.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+
+    async def dashboard(self) -> dict[str, Any]:
+        return await self._send(self._req_analytics("dashboard", {}))
+
+    async def trends(self, days: int = 7, metric: str | None = None) -> dict[str, Any]:
+        return await self._send(self._req_analytics("trends", {"days": days, "metric": metric}))
+
+    async def export(self, format: str = "json", days: int = 30) -> Any:
+        return await self._send(self._req_export(format, days))
+
+    async def workers(self, status: str | None = None) -> builtins.list[WorkerOut]:
+        return await self._send(self._req_workers({"status": status, "limit": 100}))
+
+    async def api_keys(self) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_api_keys())
+
+    async def create_api_key(self, name: str, role: str, **limits: int | None) -> dict[str, Any]:
+        """`data` of the reply: the key itself is in `["key"]`, shown only this once."""
+        return await self._send(self._req_create_api_key({"name": name, "role": role, **limits}))
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        await self._send(self._req_revoke_api_key(key_id))
+
+    async def users(self) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_users())
+
+    async def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        body = {"username": username, "password": password, "role": role}
+        return await self._send(self._req_create_user(body))
+
+    async def set_password(self, username: str, password: str) -> dict[str, Any]:
+        return await self._send(self._req_set_password(username, password))
+
+    # -- worker transport ---------------------------------------------------------------
+    async def lease(self, worker_id: str, **kw: Any) -> builtins.list[TaskOut]:
+        return await self._send(self._req_lease(worker_id, **kw))
+
+    async def ack(self, acks: Sequence[AckItem]) -> builtins.list[AckOutcome]:
+        data = await self._send(self._req_ack(acks))
+        return msgspec.convert(data["results"], builtins.list[AckOutcome])
+
+    async def complete(self, task_id: str, lease_id: str, result: Any = None) -> TaskOut:
+        body = {"lease_id": lease_id, "result": result}
+        return await self._send(self._req_task_action(task_id, "complete", body))
+
+    async def fail(
+        self, task_id: str, lease_id: str, error: Any, retry: bool | None = None
+    ) -> TaskOut:
+        body = {"lease_id": lease_id, "error": error, "retry": retry}
+        return await self._send(self._req_task_action(task_id, "fail", body))
+
+    async def extend(self, task_id: str, lease_id: str, lease_seconds: float) -> TaskOut:
+        body = {"lease_id": lease_id, "lease_seconds": lease_seconds}
+        return await self._send(self._req_task_action(task_id, "extend", body))
+
+    async def release(self, task_id: str, lease_id: str) -> TaskOut:
+        return await self._send(self._req_task_action(task_id, "release", {"lease_id": lease_id}))
+
+    async def heartbeat(self, worker_id: str, **fields: Any) -> WorkerOut:
+        return await self._send(self._req_heartbeat(worker_id, **fields))

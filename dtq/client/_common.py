@@ -1,0 +1,282 @@
+"""What both clients share: the request builders, the retry decision and the error mapping.
+
+A method builds a `_Req` (what to send, whether it is safe to resend, how to read the answer);
+`AsyncClient` (`_async.py`) and the generated `Client` (`_sync.py`) only differ in how they
+send it. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import httpx
+import msgspec
+
+from dtq.errors import (
+    Conflict,
+    DtqError,
+    Forbidden,
+    InvalidRequest,
+    LeaseLost,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
+from dtq.models import AckItem
+from dtq.retry import RetryPolicy
+from dtq.schemas import TaskOut, WorkerOut
+
+T = TypeVar("T")
+DEFAULT_URL = "http://127.0.0.1:5000"
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# Resending a request the server refused or never answered: 0.25 s, 0.5 s, 1 s, ... up to 5 s,
+# each scaled by a random factor in [0.5, 1.5).
+CLIENT_RETRY = RetryPolicy(base_s=0.25, cap_s=5.0, jitter=0.5)
+
+# The one translation from the server's error envelope back to the error tree: keyed by
+# (code, details.reason); a reason of None is the class for any other reason of that code.
+_ONE_PER_CODE = (
+    InvalidRequest, Unauthorized, Forbidden, NotFound, Conflict, RateLimited, Unavailable
+)  # fmt: skip
+ERRORS: dict[tuple[str, str | None], type[DtqError]] = {
+    **{(cls.code, None): cls for cls in _ONE_PER_CODE},
+    **{(LeaseLost.code, reason): LeaseLost for reason in LeaseLost.reasons},
+}
+
+
+def error_class(code: str, reason: str | None) -> type[DtqError]:
+    """The exception class for an error envelope's `code` and `details.reason`."""
+    return ERRORS.get((code, reason)) or ERRORS.get((code, None), DtqError)
+
+
+def api_error(response: httpx.Response) -> DtqError:
+    """The server's error envelope as the matching `dtq.errors` exception."""
+    try:
+        err = response.json()["error"]
+        code, message, details = err["code"], err["message"], err.get("details") or {}
+    except (ValueError, KeyError, TypeError):
+        code, message, details = "INTERNAL_ERROR", response.text[:200] or response.reason_phrase, {}
+    reason = details.get("reason")
+    cls = error_class(code, reason if isinstance(reason, str) else None)
+    if cls is RateLimited:
+        retry_after = int(float(response.headers.get("Retry-After", "1")))
+        exc: DtqError = RateLimited(message, retry_after_s=retry_after, **details)
+    else:
+        exc = cls(message, **details)
+    exc.http_status = response.status_code  # type: ignore[attr-defined]
+    exc.code_from_server = code  # type: ignore[attr-defined]
+    return exc
+
+
+class _Envelope(msgspec.Struct, Generic[T]):
+    data: T
+    pagination: dict[str, int] | None = None
+
+
+@dataclass
+class _Req(Generic[T]):
+    method: str
+    path: str
+    json: Any = None
+    params: dict[str, Any] | None = None
+    retry_on_disconnect: bool = False  # safe to resend after a connection error
+    data_type: Any = Any
+    raw: bool = False  # return the body as text, not the envelope's data
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+class _Requests:
+    """Builders shared by both clients: one per API operation."""
+
+    def _submit(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        description: str | None = None,
+        priority: str | None = None,
+        queue: str | None = None,
+        run_at: datetime | str | None = None,
+        delay: float | None = None,
+        retry_count: int | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        if isinstance(run_at, datetime):
+            run_at = run_at.isoformat()
+        return _clean(
+            {
+                "name": name,
+                "payload": payload,
+                "description": description,
+                "priority": priority,
+                "queue": queue,
+                "run_at": run_at,
+                "delay": delay,
+                "retry_count": retry_count,
+                "timeout": timeout,
+                "idempotency_key": idempotency_key,
+                "tags": list(tags) if tags is not None else None,
+            }
+        )
+
+    def _req_login(self, username: str, password: str) -> _Req[dict[str, Any]]:
+        body = {"username": username, "password": password}
+        return _Req("POST", "/api/v1/auth/login", body, data_type=dict[str, Any])
+
+    def _req_submit(self, body: dict[str, Any]) -> _Req[TaskOut]:
+        # With an idempotency key a resend cannot create a second task.
+        return _Req("POST", "/api/v1/tasks", body, None, "idempotency_key" in body, TaskOut)
+
+    def _req_submit_many(self, bodies: list[dict[str, Any]]) -> _Req[list[TaskOut]]:
+        safe = all("idempotency_key" in b for b in bodies)
+        return _Req("POST", "/api/v1/tasks/batch", {"tasks": bodies}, None, safe, list[TaskOut])
+
+    def _req_get(self, task_id: str) -> _Req[TaskOut]:
+        return _Req("GET", f"/api/v1/tasks/{task_id}", retry_on_disconnect=True, data_type=TaskOut)
+
+    def _req_list(self, params: dict[str, Any]) -> _Req[list[TaskOut]]:
+        return _Req("GET", "/api/v1/tasks", None, _clean(params), True, list[TaskOut])
+
+    def _req_cancel(self, task_id: str) -> _Req[TaskOut]:
+        return _Req("PUT", f"/api/v1/tasks/{task_id}", {"status": "cancelled"}, None, True, TaskOut)
+
+    def _req_delete(self, task_id: str) -> _Req[None]:
+        return _Req("DELETE", f"/api/v1/tasks/{task_id}", retry_on_disconnect=True, data_type=None)
+
+    def _req_lease(
+        self,
+        worker_id: str,
+        *,
+        queues: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        max_tasks: int = 1,
+        wait: float = 30,
+        lease_seconds: float | None = None,
+    ) -> _Req[list[TaskOut]]:
+        body = _clean(
+            {
+                "worker_id": worker_id,
+                "queues": list(queues) if queues else None,
+                "names": list(names) if names else None,
+                "max_tasks": max_tasks,
+                "wait": wait,
+                "lease_seconds": lease_seconds,
+            }
+        )
+        return _Req("POST", "/api/v1/tasks/lease", body, None, False, list[TaskOut])
+
+    def _req_ack(self, acks: Sequence[AckItem]) -> _Req[dict[str, Any]]:
+        body = {"acks": list(acks)}  # msgspec encodes the structs directly
+        # A resent ack is safe: a result is recorded at most once (the lease fences it).
+        return _Req("POST", "/api/v1/tasks/ack", body, None, True, dict[str, Any])
+
+    def _req_task_action(self, task_id: str, action: str, body: dict[str, Any]) -> _Req[TaskOut]:
+        return _Req("POST", f"/api/v1/tasks/{task_id}/{action}", _clean(body), None, True, TaskOut)
+
+    def _req_heartbeat(self, worker_id: str, **fields: Any) -> _Req[WorkerOut]:
+        body = _clean({"worker_id": worker_id, **fields})
+        return _Req("POST", "/api/v1/workers/heartbeat", body, None, True, WorkerOut)
+
+    def _req_workers(self, params: dict[str, Any]) -> _Req[list[WorkerOut]]:
+        return _Req("GET", "/api/v1/workers", None, _clean(params), True, list[WorkerOut])
+
+    def _req_analytics(self, what: str, params: dict[str, Any]) -> _Req[dict[str, Any]]:
+        return _Req("GET", f"/api/v1/analytics/{what}", None, _clean(params), True, dict[str, Any])
+
+    # -- users and API keys (admin) --------------------------------------------------------
+    def _req_api_keys(self) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/api-keys", None, None, True, list[dict[str, Any]])
+
+    def _req_create_api_key(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Not resent: a second try after a lost answer would make a second key.
+        return _Req("POST", "/api/v1/api-keys", _clean(body), None, False, dict[str, Any])
+
+    def _req_revoke_api_key(self, key_id: str) -> _Req[None]:
+        return _Req("DELETE", f"/api/v1/api-keys/{key_id}", None, None, True, None)
+
+    def _req_users(self) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/users", None, None, True, list[dict[str, Any]])
+
+    def _req_create_user(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        return _Req("POST", "/api/v1/users", body, None, False, dict[str, Any])
+
+    def _req_set_password(self, username: str, password: str) -> _Req[dict[str, Any]]:
+        body = {"password": password}
+        return _Req("PATCH", f"/api/v1/users/{username}", body, None, True, dict[str, Any])
+
+    def _req_export(self, fmt: str, days: int) -> _Req[Any]:
+        accept = "text/csv" if fmt == "csv" else "application/json"
+        return _Req(
+            "GET", "/api/v1/analytics/export", None, {"days": days}, True, dict[str, Any],
+            raw=fmt == "csv", headers={"Accept": accept},
+        )  # fmt: skip
+
+
+class _Base(_Requests):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 75.0,
+        max_retries: int = 3,
+    ) -> None:
+        self.url = (url or os.environ.get("DTQ_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key or os.environ.get("DTQ_API_KEY")
+        self.token = token or os.environ.get("DTQ_TOKEN")
+        self.timeout_s = timeout_s  # > the longest long poll (60 s)
+        self.max_retries = max_retries
+
+    @staticmethod
+    def _body(req: _Req[Any]) -> bytes | None:
+        # msgspec, not httpx's stdlib json: a 500-result ack batch encodes ~10x faster.
+        return None if req.json is None else msgspec.json.encode(req.json)
+
+    def _headers(self, req: _Req[Any]) -> dict[str, str]:
+        # `content=` (unlike httpx's `json=`) sets no Content-Type: every body says it is JSON.
+        body_type = {} if req.json is None else {"Content-Type": "application/json"}
+        return {**self._auth_headers(), **body_type, **req.headers}
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self.api_key:
+            return {"X-API-Key": self.api_key}
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
+
+    @staticmethod
+    def _result(req: _Req[T], response: httpx.Response) -> T:
+        if response.status_code >= 400:
+            raise api_error(response)
+        if req.raw:
+            return response.text  # type: ignore[return-value]
+        if response.status_code == 204 or req.data_type is None:
+            return None  # type: ignore[return-value]
+        envelope_type: Any = _Envelope[req.data_type]  # type: ignore[name-defined]
+        return msgspec.json.decode(response.content, type=envelope_type).data
+
+    def _backoff_s(self, attempt: int, exc: Exception) -> float | None:
+        """Seconds to wait before resend number `attempt + 1`, or None to give up and raise."""
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(exc, RateLimited):
+            return float(exc.retry_after_s)
+        return CLIENT_RETRY.delay_s(attempt + 1, random.random())
+
+    def _retryable(self, req: _Req[Any], exc: Exception) -> bool:
+        if isinstance(exc, RateLimited | Unavailable):
+            return True  # the server refused before doing anything
+        return isinstance(exc, httpx.TransportError) and req.retry_on_disconnect

@@ -1,0 +1,171 @@
+# GENERATED from dtq/client/_async.py by tools/unasync.py: do not edit.
+# Change _async.py (or _sync_io.py) and run "python tools/unasync.py".
+"""`Client`: the dtq HTTP API, synchronous.
+
+Generated from `_async.py` (the hand-written `AsyncClient`); its flavour-specific I/O is in
+`_sync_io.py`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from dtq.client import _sync_io as _io
+from dtq.client._common import FINAL_STATUSES, _Base, _Req
+from dtq.errors import RateLimited, Unavailable
+from dtq.models import AckItem, AckOutcome
+from dtq.schemas import TaskOut, WorkerOut
+
+T = TypeVar("T")
+
+
+class Client(_Base):
+    """`with Client() as c: task = c.submit("Process Data", {...})`."""
+
+    def __init__(self, url: str | None = None, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, req: _Req[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    req.method, req.path, content=self._body(req), params=req.params,
+                    headers=self._headers(req),
+                )  # fmt: skip
+                return self._result(req, response)
+            except (httpx.TransportError, RateLimited, Unavailable) as exc:
+                delay = self._backoff_s(attempt, exc) if self._retryable(req, exc) else None
+                if delay is None:
+                    raise
+                attempt += 1
+                _io.sleep(delay)
+
+    def login(self, username: str, password: str) -> str:
+        return str((self.sign_in(username, password))["token"])
+
+    def sign_in(self, username: str, password: str) -> dict[str, Any]:
+        """Log in and use the token from now on; returns `token`, `expires_in` (s), `role`."""
+        data = self._send(self._req_login(username, password))
+        self.token = str(data["token"])
+        return data
+
+    def submit(self, name: str, payload: Any = None, **options: Any) -> TaskOut:
+        return self._send(self._req_submit(self._submit(name, payload, **options)))
+
+    def submit_many(self, tasks: Sequence[dict[str, Any]]) -> builtins.list[TaskOut]:
+        bodies = [self._submit(**t) for t in tasks]
+        return self._send(self._req_submit_many(bodies))
+
+    def get(self, task_id: str) -> TaskOut:
+        return self._send(self._req_get(task_id))
+
+    def list(self, *, page_size: int = 100, skip: int = 0, **filters: Any) -> Iterator[TaskOut]:
+        """Every matching task after the first `skip`, fetching page after page (`status`,
+        `priority`, `worker_id`, `sort`, `order` as in the guide; `queue`, `name`)."""
+        while True:
+            page = self._send(self._req_list({**filters, "skip": skip, "limit": page_size}))
+            yield from page
+            if len(page) < page_size:
+                return
+            skip += page_size
+
+    def cancel(self, task_id: str) -> TaskOut:
+        return self._send(self._req_cancel(task_id))
+
+    def delete(self, task_id: str) -> None:
+        self._send(self._req_delete(task_id))
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskOut:
+        """Until the task is completed, failed or cancelled; `TimeoutError` after `timeout` s.
+
+        The async client listens on `/ws/tasks` for the task's events; both poll when there
+        is no WebSocket.
+        """
+        with _io.fail_after(timeout) as deadline:
+            task = _io.wait_ws(self, task_id)
+            if task is not None:
+                return task
+            delay = 0.02
+            while True:
+                task = self.get(task_id)
+                if task.status in FINAL_STATUSES:
+                    return task
+                deadline.check(delay, f"task {task_id} is still {task.status} after {timeout} s")
+                _io.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+
+    def dashboard(self) -> dict[str, Any]:
+        return self._send(self._req_analytics("dashboard", {}))
+
+    def trends(self, days: int = 7, metric: str | None = None) -> dict[str, Any]:
+        return self._send(self._req_analytics("trends", {"days": days, "metric": metric}))
+
+    def export(self, format: str = "json", days: int = 30) -> Any:
+        return self._send(self._req_export(format, days))
+
+    def workers(self, status: str | None = None) -> builtins.list[WorkerOut]:
+        return self._send(self._req_workers({"status": status, "limit": 100}))
+
+    def api_keys(self) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_api_keys())
+
+    def create_api_key(self, name: str, role: str, **limits: int | None) -> dict[str, Any]:
+        """`data` of the reply: the key itself is in `["key"]`, shown only this once."""
+        return self._send(self._req_create_api_key({"name": name, "role": role, **limits}))
+
+    def revoke_api_key(self, key_id: str) -> None:
+        self._send(self._req_revoke_api_key(key_id))
+
+    def users(self) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_users())
+
+    def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        body = {"username": username, "password": password, "role": role}
+        return self._send(self._req_create_user(body))
+
+    def set_password(self, username: str, password: str) -> dict[str, Any]:
+        return self._send(self._req_set_password(username, password))
+
+    # -- worker transport ---------------------------------------------------------------
+    def lease(self, worker_id: str, **kw: Any) -> builtins.list[TaskOut]:
+        return self._send(self._req_lease(worker_id, **kw))
+
+    def ack(self, acks: Sequence[AckItem]) -> builtins.list[AckOutcome]:
+        data = self._send(self._req_ack(acks))
+        return msgspec.convert(data["results"], builtins.list[AckOutcome])
+
+    def complete(self, task_id: str, lease_id: str, result: Any = None) -> TaskOut:
+        body = {"lease_id": lease_id, "result": result}
+        return self._send(self._req_task_action(task_id, "complete", body))
+
+    def fail(self, task_id: str, lease_id: str, error: Any, retry: bool | None = None) -> TaskOut:
+        body = {"lease_id": lease_id, "error": error, "retry": retry}
+        return self._send(self._req_task_action(task_id, "fail", body))
+
+    def extend(self, task_id: str, lease_id: str, lease_seconds: float) -> TaskOut:
+        body = {"lease_id": lease_id, "lease_seconds": lease_seconds}
+        return self._send(self._req_task_action(task_id, "extend", body))
+
+    def release(self, task_id: str, lease_id: str) -> TaskOut:
+        return self._send(self._req_task_action(task_id, "release", {"lease_id": lease_id}))
+
+    def heartbeat(self, worker_id: str, **fields: Any) -> WorkerOut:
+        return self._send(self._req_heartbeat(worker_id, **fields))
