@@ -175,3 +175,19 @@ def fmt_rate(x: float) -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def create_admin_key(url: str, password: str = "password", name: str = "bench") -> str:
+    """An admin API key from a running server: log in as admin, create the key over the API
+    (`dtq keys create --data-dir` refuses a data directory that does not exist yet)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as http:
+        login = http.post("/api/v1/auth/login", json={"username": "admin", "password": password})
+        login.raise_for_status()
+        headers = {"Authorization": f"Bearer {login.json()['token']}"}
+        created = http.post("/api/v1/api-keys", json={"name": name, "role": "admin"},
+                            headers=headers)  # fmt: skip
+        created.raise_for_status()
+        key: str = created.json()["data"]["key"]
+        return key

@@ -38,6 +38,7 @@ from _common import (
     RESULTS_DIR,
     SystemCpu,
     contention,
+    create_admin_key,
     fmt_rate,
     format_table,
     free_port,
@@ -186,17 +187,11 @@ class Server:
         return self.proc.pid
 
     def create_key(self) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "dtq.cli", "keys", "create", "--role", "admin",
-             "--name", "bench", "--data-dir", str(self.data_dir), "--json"],
-            env=self.env, capture_output=True, text=True, timeout=60, check=True, cwd=REPO_DIR,
-        )  # fmt: skip
-        self.key = json.loads(out.stdout)["key"]
+        self.key = create_admin_key(f"http://{HOST}:{self.port}")
         return self.key
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.create_key()
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dtq.cli", "serve", "--host", HOST, "--port", str(self.port),
@@ -212,6 +207,7 @@ class Server:
                 with socket.create_connection((HOST, self.port), timeout=1) as s:
                     s.sendall(http_request("GET", "/health", self.port))
                     if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        self.create_key()
                         return
             except OSError:
                 pass

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     REPO_DIR,
     SystemCpu,
+    create_admin_key,
     format_table,
     free_port,
     latency_summary_ms,
@@ -208,12 +209,6 @@ class Soak:
 
     def start(self) -> None:
         data = str(self.workdir / "data")
-        keys = self.procs.spawn(
-            [sys.executable, "-m", "dtq.cli", "keys", "create", "--role", "admin", "--json",
-             "--data-dir", data], self.env, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = keys.communicate(timeout=START_TIMEOUT_S)
-        self.api_key = json.loads(out)["key"]
         with open(self.log_path, "wb") as log:
             self.server = self.procs.spawn(
                 [sys.executable, "-m", "dtq.cli", "serve", "--host", "127.0.0.1", "--port",
@@ -221,6 +216,7 @@ class Soak:
                 self.env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self._wait_healthy()
+        self.api_key = create_admin_key(self.url, self.env["DTQ_ADMIN_PASSWORD"])
         for i in range(self.args.workers):
             worker = self.procs.spawn(
                 [sys.executable, str(Path(__file__).resolve()), "--worker", self.url,

@@ -26,7 +26,14 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import format_table, free_port, latency_summary_ms, machine_facts, write_json
+from _common import (
+    create_admin_key,
+    format_table,
+    free_port,
+    latency_summary_ms,
+    machine_facts,
+    write_json,
+)
 
 WORKER_MODULE = textwrap.dedent(
     """
@@ -67,19 +74,13 @@ class Dtq:
 
     def start_server(self) -> None:
         data = str(self.workdir / "data")
-        out = subprocess.run(
-            [sys.executable, "-m", "dtq.cli", "keys", "create", "--role", "admin", "--json",
-             "--data-dir", data], env=self.env, check=True, capture_output=True,
-        )  # fmt: skip
-        import json
-
-        self.env["DTQ_API_KEY"] = json.loads(out.stdout)["key"]
         self._spawn([sys.executable, "-m", "dtq.cli", "serve", "--host", "127.0.0.1",
                      "--port", str(self.port), "--data-dir", data, "--log-format", "json"])  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    self.env["DTQ_API_KEY"] = create_admin_key(self.url)
                     return
             except httpx.HTTPError:
                 time.sleep(0.05)
