@@ -42,9 +42,9 @@ from _common import (
 )
 
 from dtq import __version__ as dtq_version
+from dtq.core.service import TaskQueue
 from dtq.models import AckItem, LeaseRequest, TaskCreate
-from dtq.queue import TaskQueue
-from dtq.runtime import open_queue
+from dtq.server import open_queue
 from dtq.settings import Durability, Settings
 
 FSYNC = Durability.FSYNC

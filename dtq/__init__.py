@@ -22,7 +22,7 @@ __version__ = "1.0.0"
 
 from dtq.client import AsyncClient, Client
 from dtq.client.worker import Worker
-from dtq.schemas import TaskOut as Task
+from dtq.messages import TaskOut as Task
 
 __all__ = [
     "AsyncClient",

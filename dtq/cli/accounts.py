@@ -105,9 +105,9 @@ def _offline_settings(args: argparse.Namespace) -> Settings | None:
 
 
 async def _with_accounts(settings: Settings, fn: Any) -> Any:
-    from dtq.accounts import Accounts
     from dtq.clock import TrioClock
-    from dtq.runtime import open_writer
+    from dtq.core.accounts import Accounts
+    from dtq.server import open_writer
 
     # LMDB serialises writers across processes, so this is safe beside a running server.
     async with open_writer(settings) as (store, writer):
@@ -162,8 +162,8 @@ def _create_key(args: argparse.Namespace, settings: Settings | None) -> int:
             url = client.url
         key_id, role, full = made["key_id"], made["role"], made["key"]
     else:
-        from dtq.accounts import ApiKeyCreate
-        from dtq.auth import Role
+        from dtq.core.accounts import ApiKeyCreate
+        from dtq.core.auth import Role
 
         body = ApiKeyCreate(name=args.name, role=Role(args.role), **limits)
         record, full = _offline(settings, lambda a: a.create_api_key(body, "cli"))
@@ -213,8 +213,8 @@ def cmd_users(args: argparse.Namespace) -> int:
             with client_for(args) as client:
                 client.create_user(args.username, password, args.role)
         else:
-            from dtq.accounts import UserCreate
-            from dtq.auth import Role
+            from dtq.core.accounts import UserCreate
+            from dtq.core.auth import Role
 
             body = UserCreate(username=args.username, password=password, role=Role(args.role))
             _offline(settings, lambda a: a.create_user(body))
@@ -224,7 +224,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         with client_for(args) as client:
             client.set_password(args.username, password)
     else:
-        from dtq.accounts import validate_username
+        from dtq.core.accounts import validate_username
 
         name = validate_username(args.username)
         _offline(settings, lambda a: a.set_password(name, password))

@@ -17,7 +17,7 @@ from dtq.cli.output import progress_bytes
 def cmd_serve(args: argparse.Namespace) -> int:
     from dtq.logs import configure_logging
     from dtq.net.banner import StartupReport, check_can_listen, listen_failure
-    from dtq.net.server import serve
+    from dtq.server import serve
 
     settings = settings_from(args)
     configure_logging(settings)
@@ -36,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from dtq.healthcheck import check_health
+    from dtq.cli.healthcheck import check_health
 
     return check_health(settings_from(args), timeout_s=args.timeout)
 

@@ -15,7 +15,7 @@ import httpx
 import msgspec
 
 from dtq.client._common import FINAL_STATUSES
-from dtq.schemas import TaskOut
+from dtq.messages import TaskOut
 
 if TYPE_CHECKING:
     from dtq.client._async import AsyncClient

@@ -28,9 +28,9 @@ from dtq.errors import (
     Unauthorized,
     Unavailable,
 )
+from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem
 from dtq.retry import RetryPolicy
-from dtq.schemas import TaskOut, WorkerOut
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:5000"

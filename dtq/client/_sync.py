@@ -18,8 +18,8 @@ import msgspec
 from dtq.client import _sync_io as _io
 from dtq.client._common import FINAL_STATUSES, _Base, _Req
 from dtq.errors import RateLimited, Unavailable
+from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome
-from dtq.schemas import TaskOut, WorkerOut
 
 T = TypeVar("T")
 

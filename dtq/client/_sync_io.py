@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from dtq.schemas import TaskOut
+from dtq.messages import TaskOut
 
 if TYPE_CHECKING:
     from dtq.client._sync import Client

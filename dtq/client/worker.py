@@ -37,9 +37,9 @@ import trio
 
 from dtq.client._async import AsyncClient
 from dtq.errors import Conflict, DtqError, NotFound, RateLimited, Unavailable
+from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome, TaskErrorIn
 from dtq.retry import RetryPolicy
-from dtq.schemas import TaskOut, WorkerOut
 
 log = structlog.get_logger("dtq.worker")
 Handler = Callable[[Any], Any]

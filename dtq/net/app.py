@@ -21,12 +21,12 @@ from dtq.errors import (
     RateLimited,
 )
 from dtq.ids import new_request_id
-from dtq.net.api import Api, Services, identify_and_charge, plain_rule, respond
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
 from dtq.net.metrics import metrics_route_spec, register_metrics_route
 from dtq.net.openapi import RouteSpec
 from dtq.net.routes import admin, analytics, tasks, webhooks, workers
+from dtq.net.routing import Api, Services, identify_and_charge, plain_rule, respond
 from dtq.net.ws import register_websockets
 from dtq.settings import Settings
 

@@ -18,7 +18,7 @@ from typing import TextIO
 import msgspec
 
 from dtq import __version__
-from dtq.healthcheck import local_url
+from dtq.cli.healthcheck import local_url
 from dtq.logs import get_logger
 from dtq.settings import Durability, Settings
 

@@ -1,4 +1,4 @@
-"""dtq's fixes to hypercorn 0.18.0 internals, installed when `dtq.net.serving` is imported.
+"""dtq's fixes to hypercorn 0.18.0 internals, installed when `dtq.net.serve` is imported.
 
 1. Trap 1 (stack-findings): the trio worker's connection life cycle under quart-trio.
 2. hypercorn's own error responses (431 for a too large request head, 400 for a malformed

@@ -43,11 +43,11 @@ from prometheus_client.registry import Collector
 from quart import request
 
 from dtq import __version__
-from dtq.auth import Permission
+from dtq.core.auth import Permission
+from dtq.core.service import TaskQueue
 from dtq.models import Task
-from dtq.net.api import Services, principal_of, respond
 from dtq.net.openapi import RouteSpec
-from dtq.queue import TaskQueue
+from dtq.net.routing import Services, principal_of, respond
 from dtq.settings import Settings
 
 PATH = "/metrics"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from msgspec import UNSET
 
+from dtq.messages import ErrorOut, LeaseOut, TaskOut, WorkerOut
 from dtq.models import Task, Worker
 from dtq.net.envelope import iso
-from dtq.schemas import ErrorOut, LeaseOut, TaskOut, WorkerOut
 
 __all__ = ["LeaseOut", "TaskOut", "WorkerOut", "task_out", "worker_out"]
 

@@ -19,11 +19,11 @@ import msgspec
 import trio
 from quart import websocket
 
-from dtq.auth import Permission, Principal, bearer_of, single_credential
+from dtq.core.auth import Permission, Principal, bearer_of, single_credential
 from dtq.errors import DtqError, InvalidRequest, Unauthorized
-from dtq.net.api import Services, respond
 from dtq.net.envelope import decode_query, encode, error_body, now_iso
 from dtq.net.events import Event, EventBus
+from dtq.net.routing import Services, respond
 
 CLOSE_GOING_AWAY = 1001
 _MAX_BATCH = 500  # events per WebSocket message when a subscriber has a backlog

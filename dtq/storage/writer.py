@@ -19,7 +19,7 @@ import trio
 from dtq.clock import Clock
 from dtq.errors import StorageError, Unavailable
 from dtq.storage.faults import write_failure
-from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
+from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
 
 T = TypeVar("T")
 log = structlog.get_logger("dtq.writer")

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from quart_trio import QuartTrio
 
-from dtq.accounts import ApiKeyCreate, UserCreate
-from dtq.auth import Role, passwords
-from dtq.net.api import Services
+from dtq.core.accounts import ApiKeyCreate, UserCreate
+from dtq.core.auth import Role, passwords
 from dtq.net.app import create_app
-from dtq.net.server import open_services
+from dtq.net.routing import Services
+from dtq.server import open_services
 from dtq.settings import Durability, Settings
 
 from .helpers import Client, ok

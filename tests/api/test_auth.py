@@ -14,9 +14,9 @@ import jwt
 import pytest
 from quart_trio import QuartTrio
 
-from dtq.accounts import UserCreate
-from dtq.auth import ROLE_PERMISSIONS, Permission, Role
-from dtq.net.api import Services, plain_rule
+from dtq.core.accounts import UserCreate
+from dtq.core.auth import ROLE_PERMISSIONS, Permission, Role
+from dtq.net.routing import Services, plain_rule
 from dtq.settings import Settings
 
 from .conftest import ADMIN_PASSWORD, ROLES

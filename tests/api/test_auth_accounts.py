@@ -8,11 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from dtq.accounts import LoginRequest, User, UserCreate
-from dtq.auth import Role
+from dtq.core.accounts import LoginRequest, User, UserCreate
+from dtq.core.auth import Role
 from dtq.errors import NotFound
-from dtq.net.api import Services
-from dtq.net.server import open_services
+from dtq.net.routing import Services
+from dtq.server import open_services
 from dtq.settings import Settings
 
 from .conftest import ADMIN_PASSWORD

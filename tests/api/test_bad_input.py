@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from quart_trio import QuartTrio
 
-from dtq.net.api import plain_rule
+from dtq.net.routing import plain_rule
 
 from .helpers import (
     Client,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dtq import __version__
-from dtq.net.api import Services
+from dtq.net.routing import Services
 
 from .helpers import TIMESTAMP, Client, create_task, error_of, success_body
 

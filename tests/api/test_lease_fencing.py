@@ -16,12 +16,12 @@ import pytest
 import trio
 import trio.testing
 
-from dtq.accounts import ApiKeyCreate
-from dtq.auth import Role
-from dtq.net.api import Services
+from dtq.core.accounts import ApiKeyCreate
+from dtq.core.auth import Role
+from dtq.core.webhooks.outbox import Delivery
 from dtq.net.app import build_openapi
 from dtq.net.routes.webhooks import delivery_body
-from dtq.webhooks import Delivery
+from dtq.net.routing import Services
 
 from .helpers import Client, create_task, error_of, get_task, lease_one, ok
 

@@ -9,7 +9,7 @@ from openapi_spec_validator import validate
 from quart_trio import QuartTrio
 
 from dtq import __version__
-from dtq.net.api import plain_rule
+from dtq.net.routing import plain_rule
 
 from .helpers import Client
 

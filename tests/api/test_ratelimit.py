@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from dtq.accounts import UserCreate
-from dtq.auth import Role
-from dtq.net.api import Services
-from dtq.net.server import open_services
+from dtq.core.accounts import UserCreate
+from dtq.core.auth import Role
+from dtq.net.routing import Services
+from dtq.server import open_services
 from dtq.settings import Settings
 
 from .helpers import Client, error_of, ok

@@ -11,9 +11,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from dtq.accounts import UserCreate
+from dtq.core.accounts import UserCreate
 from dtq.logs import configure_logging
-from dtq.net.api import Services
+from dtq.net.routing import Services
 from dtq.settings import Settings
 
 from .helpers import Client

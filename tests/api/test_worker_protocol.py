@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from dtq.net.api import Services
+from dtq.net.routing import Services
 
 from .helpers import (
     TIMESTAMP,

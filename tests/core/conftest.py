@@ -22,9 +22,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from dtq.clock import TrioClock
+from dtq.core.service import TaskQueue
 from dtq.models import LeaseRequest, ListTasksQuery, Task, TaskCreate, TaskStatus
-from dtq.queue import TaskQueue
-from dtq.runtime import open_queue
+from dtq.server import open_queue
 from dtq.settings import Durability, Settings
 
 WALL0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z, exactly representable

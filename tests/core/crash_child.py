@@ -13,9 +13,9 @@ import sys
 
 import trio
 
+from dtq.core.service import TaskQueue
 from dtq.models import LeaseRequest, TaskCreate
-from dtq.queue import TaskQueue
-from dtq.runtime import open_queue
+from dtq.server import open_queue
 from dtq.settings import Durability, Settings
 
 CREATORS = 20

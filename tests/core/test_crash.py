@@ -18,7 +18,7 @@ import trio
 
 import dtq
 from dtq.models import ListTasksQuery, TaskCreate, TaskStatus
-from dtq.runtime import open_queue
+from dtq.server import open_queue
 
 from .conftest import all_tasks, lease_one, make_settings, recount
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dtq.dispatcher import Dispatcher, Entry, Waiter
+from dtq.core.dispatcher import Dispatcher, Entry, Waiter
 
 
 def _entry(task_id: str, queue: str = "default", name: str = "t") -> Entry:

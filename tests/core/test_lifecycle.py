@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtq import lifecycle
+from dtq.core import states as lifecycle
 from dtq.errors import Conflict, InvalidRequest, InvalidTransition, LeaseLost
 from dtq.models import Priority, Task, TaskCreate, TaskError, TaskStatus, TaskUpdate
 from dtq.retry import RetryPolicy

@@ -9,11 +9,11 @@ import lmdb
 import trio.testing
 
 from dtq.clock import TrioClock
+from dtq.core.service import TaskQueue
 from dtq.models import ListTasksQuery, TaskStatus
-from dtq.queue import TaskQueue
-from dtq.runtime import open_queue
+from dtq.server import open_queue
 from dtq.settings import Settings
-from dtq.storage import lmdb_store
+from dtq.storage.lmdb import store as lmdb_store
 
 from .conftest import WALL0, advance, create, lease_one
 

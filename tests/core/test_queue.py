@@ -14,8 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from dtq import ops
 from dtq.clock import TrioClock
+from dtq.core import ops
+from dtq.core.service import TaskQueue
 from dtq.errors import Conflict, InvalidRequest, InvalidTransition, LeaseLost, NotFound
 from dtq.models import (
     AckItem,
@@ -31,8 +32,7 @@ from dtq.models import (
     TaskUpdate,
     WorkerStatus,
 )
-from dtq.queue import TaskQueue
-from dtq.runtime import open_queue
+from dtq.server import open_queue
 from dtq.settings import Settings
 
 from .conftest import (

@@ -1,7 +1,7 @@
 """Stateful test of the core against a simple model.
 
 Drives the synchronous pieces the way `TaskQueue` does, but without trio: write ops from
-`dtq.ops` run through `LmdbStore.run_batch` (the writer's own entry point) at an explicit `now`,
+`dtq.core.ops` run through `LmdbStore.run_batch` (the writer's own entry point) at an explicit `now`,
 and the queue's commit hooks (`_became_pending`, `_track_lease`, `_after_attempt`) and its
 `rebuild()` are called directly. Rules: create, lease, complete, fail, release, extend, cancel, delete,
 reprioritise, advance time (a reaper pass), restart (close and reopen LMDB, rebuild).
@@ -35,12 +35,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dtq import ops
+from dtq.core import ops
+from dtq.core.service import TaskQueue
 from dtq.errors import Conflict, InvalidTransition, LeaseLost
 from dtq.models import Priority, TaskCreate, TaskError, TaskStatus, TaskUpdate
-from dtq.queue import TaskQueue
 from dtq.settings import Settings
-from dtq.storage.lmdb_store import LmdbStore
+from dtq.storage.lmdb.store import LmdbStore
 from dtq.storage.writer import GroupCommitWriter
 
 S = TaskStatus

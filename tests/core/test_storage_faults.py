@@ -9,10 +9,10 @@ import os
 import lmdb
 import pytest
 
+from dtq.core.service import TaskQueue
 from dtq.errors import StorageError
-from dtq.queue import TaskQueue
 from dtq.storage.faults import RETRY_AFTER_S, write_failure
-from dtq.storage.lmdb_store import LmdbTxn
+from dtq.storage.lmdb.store import LmdbTxn
 
 from .conftest import all_tasks, create
 

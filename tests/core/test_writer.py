@@ -10,14 +10,14 @@ import pytest
 import trio
 import trio.testing
 
-from dtq import ops
 from dtq.clock import TrioClock
+from dtq.core import ops
+from dtq.core.service import TaskQueue
 from dtq.errors import StorageError, Unavailable
 from dtq.models import TaskCreate, TaskStatus
-from dtq.queue import TaskQueue
-from dtq.runtime import open_queue
+from dtq.server import open_queue
 from dtq.settings import Settings
-from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
+from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
 
 from .conftest import WALL0, all_tasks, create, make_settings, recount
 

@@ -34,7 +34,7 @@ import trio
 import wsproto
 import wsproto.events as wsevents
 
-from dtq.net.server import serve
+from dtq.server import serve
 from dtq.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,13 +18,13 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from quart.typing import TestClientProtocol as Client
 
-from dtq.accounts import ApiKeyCreate
-from dtq.auth import Role, passwords
+from dtq.core.accounts import ApiKeyCreate
+from dtq.core.auth import Role, passwords
 from dtq.models import LeaseRequest, Priority, Task, TaskCreate, TaskStatus
-from dtq.net.api import Services
 from dtq.net.app import build_openapi, create_app
 from dtq.net.metrics import OTHER_QUEUE, UNMATCHED_ROUTE, Metrics, ReadySince
-from dtq.net.server import open_services
+from dtq.net.routing import Services
+from dtq.server import open_services
 from dtq.settings import Durability, Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

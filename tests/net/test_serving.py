@@ -1,6 +1,6 @@
 """serve_app over real sockets on 127.0.0.1: keep-alive, graceful shutdown, signals, proxies.
 
-The keep-alive and shutdown tests guard the hypercorn + quart-trio fix in dtq.net.serving
+The keep-alive and shutdown tests guard the hypercorn + quart-trio fix in dtq.net.serve
 (stack-findings trap 1); `test_canary_without_the_patch_the_trap_is_back` shows that they fail
 without it, and will tell us once a new hypercorn no longer needs it.
 """
@@ -21,7 +21,7 @@ import trio.testing
 from quart import request
 from quart_trio import QuartTrio
 
-from dtq.net.serving import (
+from dtq.net.serve import (
     BoundAddress,
     FinishRequestBody,
     ForwardedForMiddleware,

@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
-from dtq.auth import (
+from dtq.core.auth import (
     ROLE_PERMISSIONS,
     Permission,
     Principal,
@@ -30,7 +30,7 @@ from dtq.auth import (
     verify_api_key_secret,
     verify_password,
 )
-from dtq.auth import passwords as passwords_mod
+from dtq.core.auth import passwords as passwords_mod
 from dtq.errors import Forbidden, InvalidRequest, Unauthorized
 
 NOW = 1_700_000_000.0

@@ -10,9 +10,10 @@ import httpx
 import msgspec
 import pytest
 
-from dtq import errors, lifecycle
+from dtq import errors
 from dtq.client import ERRORS, api_error
 from dtq.client._common import error_class
+from dtq.core import states as lifecycle
 from dtq.models import TaskCreate
 from dtq.net.envelope import error_body
 

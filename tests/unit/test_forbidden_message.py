@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dtq.auth import Permission, Role
-from dtq.auth.roles import require
+from dtq.core.auth import Permission, Role
+from dtq.core.auth.roles import require
 from dtq.errors import Forbidden
 
 

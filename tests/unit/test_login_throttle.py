@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dtq.auth import LoginThrottle
+from dtq.core.auth import LoginThrottle
 from dtq.errors import RateLimited
 
 T0 = 1_700_000_000.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dtq import ratelimit
+from dtq.core import ratelimit
+from dtq.core.ratelimit import UNLIMITED, RateDecision, RateLimiter
 from dtq.errors import RateLimited
-from dtq.ratelimit import UNLIMITED, RateDecision, RateLimiter
 
 T0 = 1_700_002_800.0  # a whole hour: T0 % 3600 == 0
 MINUTE_END = int(T0) + 60

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dtq.healthcheck import local_url
+from dtq.cli.healthcheck import local_url
 from dtq.net.banner import StartupReport, banner_fields, listen_failure, write_secret_file
 from dtq.settings import Settings, load_settings
 

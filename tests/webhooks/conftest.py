@@ -26,11 +26,11 @@ import pytest
 import trio
 from quart.typing import TestClientProtocol
 
-from dtq.accounts import UserCreate
-from dtq.auth import Role, passwords
-from dtq.net.api import Services
+from dtq.core.accounts import UserCreate
+from dtq.core.auth import Role, passwords
 from dtq.net.app import create_app
-from dtq.net.server import open_services
+from dtq.net.routing import Services
+from dtq.server import open_services
 from dtq.settings import Durability, Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dtq.auth import Role
+from dtq.core.auth import Role
 from dtq.net.app import build_openapi
 
 from .conftest import Server

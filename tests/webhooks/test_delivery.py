@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from dtq.webhooks import DELIVERIES, DUE, verify
+from dtq.core.webhooks.outbox import DELIVERIES, DUE, verify
 
 from .conftest import Received, Server, in_process, reserved_port, run_receiver
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from dtq.webhooks import verify
+from dtq.core.webhooks.outbox import verify
 
 from .conftest import BOUND_S, reserved_port, run_receiver, spawn_server
 

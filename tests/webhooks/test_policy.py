@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import trio
 
-from dtq import webhook_delivery
-from dtq.webhook_net import REFUSED_ERROR
+from dtq.core.webhooks import delivery as webhook_delivery
+from dtq.core.webhooks.transport import REFUSED_ERROR
 
 from .conftest import FakeDNS, Received, Reply, Server, in_process, run_receiver
 

@@ -7,10 +7,7 @@ import ipaddress
 import httpcore
 import pytest
 
-from dtq.errors import InvalidRequest
-from dtq.settings import load_settings
-from dtq.webhook_net import GuardedBackend, PolicyRefused, checked_addresses
-from dtq.webhook_targets import (
+from dtq.core.webhooks.targets import (
     IPAddress,
     TargetRefused,
     address_refusal,
@@ -18,6 +15,9 @@ from dtq.webhook_targets import (
     check_url,
     parse_ip,
 )
+from dtq.core.webhooks.transport import GuardedBackend, PolicyRefused, checked_addresses
+from dtq.errors import InvalidRequest
+from dtq.settings import load_settings
 
 
 @pytest.mark.parametrize(

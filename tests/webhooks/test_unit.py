@@ -15,13 +15,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from dtq import lifecycle, ops
-from dtq.errors import InvalidRequest
-from dtq.models import Task, TaskCreate, TaskError, TaskUpdate
-from dtq.retry import RetryPolicy
-from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
-from dtq.webhook_targets import check_url
-from dtq.webhooks import (
+from dtq.core import ops
+from dtq.core import states as lifecycle
+from dtq.core.webhooks.outbox import (
     DELIVERIES,
     DUE,
     EVENT_KINDS,
@@ -39,6 +35,11 @@ from dtq.webhooks import (
     task_event_kind,
     verify,
 )
+from dtq.core.webhooks.targets import check_url
+from dtq.errors import InvalidRequest
+from dtq.models import Task, TaskCreate, TaskError, TaskUpdate
+from dtq.retry import RetryPolicy
+from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
 
 NOW = 1_700_000_000.0
 POLICY = RetryPolicy(base_s=1.0, cap_s=30.0)
@@ -255,7 +256,7 @@ def test_a_failed_batch_leaves_nothing(store: LmdbStore) -> None:
 
 
 def test_installed_webhooks_are_loaded_from_storage(store: LmdbStore) -> None:
-    from dtq.webhooks import put_webhook
+    from dtq.core.webhooks.outbox import put_webhook
 
     hook = _hook(["task.created"])
     store.run_batch([lambda tx: put_webhook(tx, hook)], NOW)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import trio
 
-from dtq.auth import passwords
-from dtq.net.server import serve
+from dtq.core.auth import passwords
+from dtq.server import serve
 from dtq.settings import Durability, Settings
 
 from .procs import ADMIN_PASSWORD, START_S, Processes, Server, write_worker_module

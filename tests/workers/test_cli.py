@@ -21,7 +21,7 @@ import trio
 
 from dtq import AsyncClient, Client, NotFound, Unauthorized
 from dtq.cli import build_parser, main
-from dtq.net.server import serve
+from dtq.server import serve
 from dtq.settings import Durability, Settings
 
 from .conftest import SharedServer

@@ -16,8 +16,8 @@ import trio
 
 from dtq import AsyncClient, LeaseLost, Worker
 from dtq.client.worker import load_worker
+from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome
-from dtq.schemas import TaskOut, WorkerOut
 
 from .procs import ADMIN_PASSWORD
 

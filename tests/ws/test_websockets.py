@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from dtq.net.server import serve
+from dtq.server import serve
 from dtq.settings import Durability, Settings
 
 

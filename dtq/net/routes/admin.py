@@ -6,7 +6,7 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.accounts import (
+from dtq.core.accounts import (
     ApiKey,
     ApiKeyCreate,
     KeyId,
@@ -17,10 +17,10 @@ from dtq.accounts import (
     UserUpdate,
     validate_username,
 )
-from dtq.auth import Permission
-from dtq.net.api import Api, Call, no_content, respond
+from dtq.core.auth import Permission
 from dtq.net.envelope import iso, success
 from dtq.net.openapi import RouteSpec
+from dtq.net.routing import Api, Call, no_content, respond
 
 AUTH_TAG = "Auth"
 ADMIN_TAG = "Admin"

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from msgspec import Meta, Struct
 from quart import current_app, request
 
-from dtq.auth import Permission
+from dtq.core.auth import Permission
 from dtq.models import Dashboard
-from dtq.net.api import Api, Call, respond
 from dtq.net.envelope import now_iso, success
 from dtq.net.openapi import RouteSpec
+from dtq.net.routing import Api, Call, respond
 
 TAG = "Analytics"
 P = "/api/v1/analytics"

@@ -7,7 +7,7 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.auth import Permission, Principal, Role
+from dtq.core.auth import Permission, Principal, Role
 from dtq.models import (
     AckOutcome,
     AckRequest,
@@ -22,9 +22,9 @@ from dtq.models import (
     TaskUpdate,
     error_from_input,
 )
-from dtq.net.api import Api, Call, no_content, respond
 from dtq.net.envelope import pagination, success
 from dtq.net.openapi import RouteSpec
+from dtq.net.routing import Api, Call, no_content, respond
 from dtq.net.views import TaskOut, task_out
 
 TAG = "Tasks"

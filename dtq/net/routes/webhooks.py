@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from dtq.auth import Permission
+from dtq.core.auth import Permission
+from dtq.core.webhooks.delivery import WebhookService
+from dtq.core.webhooks.outbox import Delivery, DeliveryStatus, Webhook, WebhookCreate
 from dtq.models import Skip
-from dtq.net.api import Api, Call, Services, no_content, respond
 from dtq.net.envelope import iso, pagination, success
 from dtq.net.events import Event
 from dtq.net.openapi import RouteSpec
-from dtq.webhook_delivery import WebhookService
-from dtq.webhooks import Delivery, DeliveryStatus, Webhook, WebhookCreate
+from dtq.net.routing import Api, Call, Services, no_content, respond
 
 TAG = "Webhooks"
 P = "/api/v1/webhooks"

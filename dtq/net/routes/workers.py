@@ -6,11 +6,11 @@ from typing import Any
 
 from msgspec import Struct
 
-from dtq.auth import Permission
+from dtq.core.auth import Permission
 from dtq.models import Heartbeat, ListWorkersQuery, WorkerId, WorkerStatus
-from dtq.net.api import Api, Call, respond
 from dtq.net.envelope import iso, pagination, success
 from dtq.net.openapi import RouteSpec
+from dtq.net.routing import Api, Call, respond
 from dtq.net.views import WorkerOut, worker_out
 
 TAG = "Workers"

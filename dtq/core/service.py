@@ -15,9 +15,9 @@ from typing import Any
 
 import trio
 
-from dtq import ops
 from dtq.clock import Clock
-from dtq.dispatcher import Dispatcher, Entry, Waiter
+from dtq.core import ops
+from dtq.core.dispatcher import Dispatcher, Entry, Waiter
 from dtq.errors import DtqError, InvalidRequest, NotFound, Unavailable
 from dtq.models import (
     AckItem,
@@ -37,7 +37,7 @@ from dtq.models import (
 )
 from dtq.retry import RetryPolicy
 from dtq.settings import Settings
-from dtq.storage.lmdb_store import LmdbStore, day_number
+from dtq.storage.lmdb.store import LmdbStore, day_number
 from dtq.storage.writer import GroupCommitWriter
 
 S = TaskStatus

@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any
 from quart import current_app, g, request
 from werkzeug.routing import BaseConverter
 
-from dtq.accounts import Accounts
-from dtq.auth import Permission, Principal, Role, bearer_of, single_credential
+from dtq.core.accounts import Accounts
+from dtq.core.auth import Permission, Principal, Role, bearer_of, single_credential
+from dtq.core.ratelimit import RateLimiter
+from dtq.core.service import TaskQueue
 from dtq.errors import Unauthorized
 from dtq.net.envelope import JSON, decode_body, decode_query, require_json_media_type
 from dtq.net.events import EventBus
 from dtq.net.openapi import OpenApiRegistry, RouteSpec
-from dtq.queue import TaskQueue
-from dtq.ratelimit import RateLimiter
 from dtq.settings import Settings
 
 if TYPE_CHECKING:
+    from dtq.core.webhooks.delivery import WebhookService
     from dtq.net.metrics import Metrics
-    from dtq.webhook_delivery import WebhookService
 
 
 @dataclass
@@ -70,7 +70,7 @@ def principal_of(accounts: Accounts) -> Principal:
     """Credentials from `X-API-Key` or `Authorization: Bearer`; anonymous when none.
 
     Exactly one credential, or 401: a second one (another header, or the same header twice)
-    is never silently ignored (`dtq.auth.credentials`)."""
+    is never silently ignored (`dtq.core.auth.credentials`)."""
     headers = request.headers
     api_key, bearer = single_credential(
         headers.getlist("X-API-Key"), [bearer_of(a) for a in headers.getlist("Authorization")]

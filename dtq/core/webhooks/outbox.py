@@ -4,7 +4,7 @@ Durability comes from an outbox. The store reports every task change to `Outbox.
 the write transaction of the operation that makes it; the sink writes one `Delivery` per
 matching webhook into that same transaction (tables `deliveries` and the due index
 `delivery_due`). A change and the deliveries it owes therefore commit together or not at all,
-and the delivery loop (`dtq.webhook_delivery`) works only from what storage holds, so a
+and the delivery loop (`dtq.core.webhooks.delivery`) works only from what storage holds, so a
 delivery owed before a crash is sent after the restart (at least once: a receiver may see a
 delivery id twice and should deduplicate on `X-DTQ-Delivery`).
 
@@ -37,8 +37,8 @@ from msgspec.structs import replace
 from dtq.models import Task, TaskStatus
 from dtq.retry import RetryPolicy
 from dtq.storage import keys as K
-from dtq.storage.lmdb_store import LmdbStore
-from dtq.storage.protocol import StoreTxn
+from dtq.storage.base import StoreTxn
+from dtq.storage.lmdb.store import LmdbStore
 
 S = TaskStatus
 

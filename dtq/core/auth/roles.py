@@ -1,6 +1,6 @@
 """Roles, permissions, and the one table that maps the first to the second.
 
-401 means "who are you?" (see `dtq.auth.tokens` and `dtq.auth.apikeys`); 403 means "you may
+401 means "who are you?" (see `dtq.core.auth.tokens` and `dtq.core.auth.apikeys`); 403 means "you may
 not", and comes only from `require` here.
 """
 

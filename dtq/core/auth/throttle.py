@@ -1,6 +1,6 @@
 """The per-account login throttle: exponential back-off after repeated failures, pure logic.
 
-The per-address rate limit (`dtq.ratelimit`) slows one client; this slows guessing one
+The per-address rate limit (`dtq.core.ratelimit`) slows one client; this slows guessing one
 account's password from many addresses. Rules, per username (known or not, so a 429 does not
 tell which usernames exist):
 

@@ -3,7 +3,7 @@
 `key_id` is public (it names the key in listings and is the storage lookup key); the secret is
 32 random bytes. Because the secret is high-entropy, a fast hash is right here: nobody can guess
 2**256 candidates, so a slow hash would only cost CPU on every request. Passwords are different
-(low entropy, see `dtq.auth.passwords`).
+(low entropy, see `dtq.core.auth.passwords`).
 """
 
 from __future__ import annotations

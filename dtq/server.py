@@ -1,4 +1,7 @@
-"""`serve(settings)`: the whole server in one trio nursery (core + HTTP), embeddable in tests."""
+"""The composition root: picks the store, builds core and net, runs them in one trio nursery.
+
+`serve(settings)` is the whole server, embeddable in tests; `open_queue` / `open_writer` open the
+core alone (tests, offline command-line tools)."""
 
 from __future__ import annotations
 
@@ -10,21 +13,85 @@ from functools import partial
 import structlog
 import trio
 
-from dtq.accounts import Accounts
-from dtq.net.api import Services
+from dtq.clock import Clock, TrioClock
+from dtq.core.accounts import Accounts
+from dtq.core.ratelimit import RateLimiter
+from dtq.core.service import TaskQueue, run_reaper
+from dtq.core.webhooks.delivery import WebhookService
+from dtq.core.webhooks.outbox import Outbox
 from dtq.net.app import create_app
 from dtq.net.banner import StartupReport
 from dtq.net.events import EventBus
 from dtq.net.metrics import Metrics
 from dtq.net.routes.webhooks import delivery_body
-from dtq.net.serving import BoundAddress, serve_app, shutdown_on_signals
-from dtq.ratelimit import RateLimiter
-from dtq.runtime import open_queue
-from dtq.settings import Settings
-from dtq.webhook_delivery import WebhookService
-from dtq.webhooks import Outbox
+from dtq.net.routing import Services
+from dtq.net.serve import BoundAddress, serve_app, shutdown_on_signals
+from dtq.settings import Durability, Settings
+from dtq.storage.lmdb.store import LmdbStore
+from dtq.storage.writer import GroupCommitWriter
 
 log = structlog.get_logger("dtq.server")
+
+
+@asynccontextmanager
+async def open_queue(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    on_open: Callable[[TaskQueue], None] | None = None,
+) -> AsyncIterator[TaskQueue]:
+    """The running core. On exit: long-polls answer, queued writes are flushed, LMDB closes.
+
+    `on_open(queue)` runs before the writer takes its first write (e.g. to install a store
+    hook that must see every change).
+    """
+    clock = clock or TrioClock()
+    store = LmdbStore(
+        settings.data_dir,
+        fsync=settings.durability == Durability.FSYNC,
+        map_size_bytes=settings.map_size_bytes,
+    )
+    try:
+        writer = GroupCommitWriter(store, clock)
+        queue = TaskQueue(store, writer, clock, settings)
+        queue.rebuild()
+        if on_open is not None:
+            on_open(queue)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await queue.grant_restart_grace()
+            await nursery.start(run_reaper, queue)
+            try:
+                yield queue
+            finally:
+                queue.begin_shutdown()
+                with trio.CancelScope(shield=True):
+                    await writer.aclose()  # flushes what is queued, then stops
+                nursery.cancel_scope.cancel()  # the reaper
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def open_writer(settings: Settings) -> AsyncIterator[tuple[LmdbStore, GroupCommitWriter]]:
+    """Storage and its writer only (no reaper, no dispatcher): for command-line tools that
+    change users or keys, safely even while a server runs on the same data directory."""
+    store = LmdbStore(
+        settings.data_dir,
+        fsync=settings.durability == Durability.FSYNC,
+        map_size_bytes=settings.map_size_bytes,
+    )
+    try:
+        writer = GroupCommitWriter(store, TrioClock())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            try:
+                yield store, writer
+            finally:
+                with trio.CancelScope(shield=True):
+                    await writer.aclose()
+    finally:
+        store.close()
 
 
 @asynccontextmanager

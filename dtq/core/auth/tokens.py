@@ -14,7 +14,7 @@ from typing import Literal
 import jwt
 import msgspec
 
-from dtq.auth.roles import Permission, Role, require
+from dtq.core.auth.roles import Permission, Role, require
 from dtq.errors import Unauthorized
 
 PrincipalKind = Literal["user", "api_key", "anonymous"]
@@ -26,7 +26,7 @@ _MAX_TOKEN_CHARS = 4096  # ours are ~250; refuse to parse anything huge
 _IAT_SKEW_S = 60  # tolerate this much clock disagreement on "issued at"
 # `uid` is the account id and `gen` its generation when the token was issued: a token names an
 # account, not a name, so deleting a user, changing its password or its role (which re-creates
-# the id or bumps the generation) ends every token issued before (`dtq.accounts`).
+# the id or bumps the generation) ends every token issued before (`dtq.core.accounts`).
 _REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti", "iss", "uid", "gen")
 
 

@@ -6,7 +6,7 @@ the private network, the cloud metadata endpoint (credentials), and the delivery
 reports what answered. So a target must be a public unicast address, unless the operator says
 otherwise (`webhook_allow_private_networks`, for local setups). The same rules run twice: at
 registration (on the URL and what its host resolves to) and at every connection the delivery
-loop opens (`dtq.webhook_net`), against the very address it connects to, so a name that
+loop opens (`dtq.core.webhooks.transport`), against the very address it connects to, so a name that
 resolves differently later (DNS rebinding) gains nothing.
 
 The address lists are written out here, not taken from `ipaddress.is_global`: what that property

@@ -4,20 +4,20 @@ Knows only `dtq.errors`. Storage keeps users (password hashes) and API keys (key
 hash, role, limits); `dtq.net` reads the headers, calls these and maps the errors.
 """
 
-from dtq.auth.apikeys import (
+from dtq.core.auth.apikeys import (
     generate_api_key,
     hash_api_key_secret,
     parse_api_key,
     verify_api_key_secret,
 )
-from dtq.auth.credentials import ambiguous_credentials, bearer_of, single_credential
-from dtq.auth.passwords import (
+from dtq.core.auth.credentials import ambiguous_credentials, bearer_of, single_credential
+from dtq.core.auth.passwords import (
     check_password_strength,
     hash_password,
     password_needs_rehash,
     verify_password,
 )
-from dtq.auth.roles import (
+from dtq.core.auth.roles import (
     ROLE_PERMISSIONS,
     Permission,
     Role,
@@ -25,8 +25,8 @@ from dtq.auth.roles import (
     permissions_for,
     require,
 )
-from dtq.auth.throttle import LoginThrottle
-from dtq.auth.tokens import Principal, PrincipalKind, TokenIssuer, new_jwt_secret
+from dtq.core.auth.throttle import LoginThrottle
+from dtq.core.auth.tokens import Principal, PrincipalKind, TokenIssuer, new_jwt_secret
 
 __all__ = [
     "ROLE_PERMISSIONS",

@@ -14,7 +14,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from dtq import lifecycle
+from dtq.core import states as lifecycle
 from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
 from dtq.ids import new_task_id
 from dtq.models import (
@@ -31,7 +31,7 @@ from dtq.models import (
     error_from_input,
 )
 from dtq.retry import RetryPolicy
-from dtq.storage.protocol import StoreTxn
+from dtq.storage.base import StoreTxn
 
 S = TaskStatus
 

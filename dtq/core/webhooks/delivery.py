@@ -4,7 +4,7 @@ Storage is the only source of truth: the loop reads the due index (`delivery_due
 to `webhook_concurrency` attempts at once, and records each outcome as one small write op.
 It never blocks the dispatcher or the writer: HTTP happens in its own tasks, outcomes go
 through the group commit like any other write. After a restart it simply finds what is
-still due. Pure decisions (signature, backoff, event kinds) live in `dtq.webhooks`.
+still due. Pure decisions (signature, backoff, event kinds) live in `dtq.core.webhooks.outbox`.
 """
 
 from __future__ import annotations
@@ -23,22 +23,7 @@ import trio
 
 from dtq import __version__
 from dtq.clock import Clock
-from dtq.errors import Conflict, InvalidRequest, NotFound, Unavailable
-from dtq.retry import RetryPolicy
-from dtq.settings import Settings
-from dtq.storage.lmdb_store import LmdbStore
-from dtq.storage.writer import GroupCommitWriter
-from dtq.webhook_net import (
-    REFUSED_ERROR,
-    GuardedBackend,
-    GuardedTransport,
-    Resolver,
-    check_registration,
-    is_policy_refusal,
-    resolve,
-)
-from dtq.webhook_targets import TargetRefused, check_url, refused_at_registration, url_host
-from dtq.webhooks import (
+from dtq.core.webhooks.outbox import (
     ALL_EVENTS,
     DELIVERIES,
     DELIVERY_HEADER,
@@ -61,6 +46,21 @@ from dtq.webhooks import (
     split_due_key,
     webhook_key,
 )
+from dtq.core.webhooks.targets import TargetRefused, check_url, refused_at_registration, url_host
+from dtq.core.webhooks.transport import (
+    REFUSED_ERROR,
+    GuardedBackend,
+    GuardedTransport,
+    Resolver,
+    check_registration,
+    is_policy_refusal,
+    resolve,
+)
+from dtq.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from dtq.retry import RetryPolicy
+from dtq.settings import Settings
+from dtq.storage.lmdb.store import LmdbStore
+from dtq.storage.writer import GroupCommitWriter
 
 log = structlog.get_logger("dtq.webhooks")
 

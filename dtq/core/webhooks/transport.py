@@ -22,7 +22,7 @@ import httpcore
 import httpx
 import trio
 
-from dtq.webhook_targets import (
+from dtq.core.webhooks.targets import (
     IPAddress,
     TargetRefused,
     check_address,

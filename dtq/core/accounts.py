@@ -1,6 +1,6 @@
 """Users and API keys: stored records, bootstrap, and credential checks.
 
-Pure crypto lives in `dtq.auth`; this module stores through the group-commit writer.
+Pure crypto lives in `dtq.core.auth`; this module stores through the group-commit writer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import structlog
 import trio
 from msgspec import Meta, Struct
 
-from dtq.auth import (
+from dtq.clock import Clock
+from dtq.core.auth import (
     Principal,
     Role,
     TokenIssuer,
@@ -28,20 +29,19 @@ from dtq.auth import (
     verify_api_key_secret,
     verify_password,
 )
-from dtq.auth.credentials import ambiguous_credentials
-from dtq.auth.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
-from dtq.auth.throttle import LoginThrottle
-from dtq.clock import Clock
+from dtq.core.auth.credentials import ambiguous_credentials
+from dtq.core.auth.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
+from dtq.core.auth.throttle import LoginThrottle
 from dtq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from dtq.settings import Settings
-from dtq.storage.lmdb_store import LmdbStore, LmdbTxn
+from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
 from dtq.storage.writer import GroupCommitWriter
 
 log = structlog.get_logger("dtq.accounts")
 
 Username = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@\-]{1,64}$")]
 RateLimit = Annotated[int, Meta(ge=0, le=10_000_000)]
-KeyId = Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]  # as dtq.auth.apikeys makes them
+KeyId = Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]  # as dtq.core.auth.apikeys makes them
 
 
 class User(Struct, array_like=True, kw_only=True):

@@ -16,7 +16,7 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     days        day number                             -> DayStats
     meta        b"counters" / b"seq"                   -> counters / next seq
     users, api_keys, kv: owned by other modules, raw bytes.
-    webhooks, deliveries, delivery_due: the webhook outbox (layout in `dtq.webhooks`).
+    webhooks, deliveries, delivery_due: the webhook outbox (layout in `dtq.core.webhooks.outbox`).
 
 `LmdbStore.event_sink`, when set, sees every task change (old, new; None for insert/delete)
 inside the operation's transaction, so it can write what the change owes in the same commit.
@@ -37,7 +37,7 @@ from dtq.errors import InvalidRequest, StorageError
 from dtq.models import DayStats, Priority, Task, TaskStatus, Worker, WorkerStatus
 from dtq.storage import codec
 from dtq.storage import keys as K
-from dtq.storage.protocol import TaskQuery
+from dtq.storage.base import TaskQuery
 
 T = TypeVar("T")
 
