@@ -17,10 +17,16 @@ class Durability(enum.StrEnum):
     OS = "os"  # survives a process crash (kill -9), not power loss
 
 
+MEMORY_STORE = "memory://"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 5000
     data_dir: str = "./dtq-data"
+    # Where the state lives: "" = LMDB in data_dir; "memory://" = in memory (nothing survives
+    # a stop; for tests and trying things out).
+    store: str = ""
     durability: Durability = Durability.FSYNC
     env: str = "production"
     debug: bool = False
