@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from dtq.core import ops
+from dtq.core.events import EventKind as K
 from dtq.errors import Unavailable
 from dtq.models import Task, Worker
 
@@ -28,7 +29,7 @@ async def reap(queue: TaskQueue) -> None:
         def on_released(released: list[Task]) -> None:
             for task in released:
                 queue._became_pending(task)
-                queue._emit("task.released", task)
+                queue._emit(K.TASK_RELEASED, task)
 
         try:
             await queue.writer.write(lambda tx: ops.release_orphans(tx, orphans), on_released)

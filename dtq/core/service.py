@@ -18,6 +18,8 @@ from dtq.core import ops
 from dtq.core.analytics import Analytics
 from dtq.core.deadlines import Deadlines
 from dtq.core.dispatcher import Dispatcher, Entry
+from dtq.core.events import EventKind, attempt_kind
+from dtq.core.events import EventKind as K
 from dtq.core.longpoll import wait_for_tasks
 from dtq.core.reaper import reap, run_reaper
 from dtq.core.rebuild import rebuild
@@ -44,8 +46,8 @@ from dtq.storage.lmdb.store import LmdbStore
 from dtq.storage.writer import GroupCommitWriter
 
 S = TaskStatus
-EventListener = Callable[[str, Task], None]
-WorkerListener = Callable[[str, Worker], None]
+EventListener = Callable[[EventKind, Task], None]
+WorkerListener = Callable[[EventKind, Worker], None]
 __all__ = ["EventListener", "TaskQueue", "WorkerListener", "run_reaper"]
 
 
@@ -100,8 +102,8 @@ class TaskQueue:
         return len(changed)
 
     # -- events -------------------------------------------------------------------------
-    def _emit(self, event: str, task: Task) -> None:
-        if task.status != S.RUNNING or event == "task.deleted":
+    def _emit(self, event: EventKind, task: Task) -> None:
+        if task.status != S.RUNNING or event == K.TASK_DELETED:
             self.deadlines.drop_lease(task.id)
         for listener in self.task_listeners:
             listener(event, task)
@@ -120,9 +122,7 @@ class TaskQueue:
     def _after_attempt(self, task: Task) -> None:
         if task.status == S.PENDING:
             self._became_pending(task)
-            self._emit("task.retried", task)
-        else:
-            self._emit(f"task.{task.status.value}", task)
+        self._emit(attempt_kind(task), task)
 
     # -- producers ----------------------------------------------------------------------
     async def create(self, body: TaskCreate) -> tuple[Task, bool]:
@@ -135,7 +135,7 @@ class TaskQueue:
                 task, created = res
                 if created:
                     self._became_pending(task)
-                    self._emit("task.created", task)
+                    self._emit(K.TASK_CREATED, task)
 
             return await self.writer.write(lambda tx: ops.create(tx, body), on_commit)
 
@@ -146,10 +146,10 @@ class TaskQueue:
         def on_leased(res: tuple[Task, Task | None, bool]) -> None:
             task, leased, created = res
             if created:
-                self._emit("task.created", task)
+                self._emit(K.TASK_CREATED, task)
             if leased is not None:
                 self._track_lease(leased)
-                self._emit("task.leased", leased)
+                self._emit(K.TASK_LEASED, leased)
                 if parked.gone:  # its long poll was cancelled meanwhile: hand it back
                     self._orphan([leased])
                 else:
@@ -177,7 +177,7 @@ class TaskQueue:
             for task, created in rows:
                 if created:
                     self._became_pending(task)
-                    self._emit("task.created", task)
+                    self._emit(K.TASK_CREATED, task)
 
         return await self.writer.write(lambda tx: ops.create_many(tx, bodies), on_commit)
 
@@ -199,11 +199,11 @@ class TaskQueue:
                 return
             if new.status == S.CANCELLED and old.status != S.CANCELLED:
                 self.dispatcher.discard(new.id)
-                self._emit("task.cancelled", new)
+                self._emit(K.TASK_CANCELLED, new)
                 return
             if new.status == S.PENDING and new.priority != old.priority:
                 self._became_pending(new)
-            self._emit("task.updated", new)
+            self._emit(K.TASK_UPDATED, new)
 
         _, new = await self.writer.write(lambda tx: ops.update(tx, task_id, change), on_commit)
         return new
@@ -216,7 +216,7 @@ class TaskQueue:
 
         def on_commit(task: Task) -> None:
             self.dispatcher.discard(task.id)
-            self._emit("task.deleted", task)
+            self._emit(K.TASK_DELETED, task)
 
         return await self.writer.write(lambda tx: ops.delete(tx, task_id), on_commit)
 
@@ -244,7 +244,7 @@ class TaskQueue:
             granted, not_due = result
             for task in granted:
                 self._track_lease(task)
-                self._emit("task.leased", task)
+                self._emit(K.TASK_LEASED, task)
             for task in not_due:  # claimed a hair early: back to the schedule
                 self._became_pending(task)
 
@@ -323,7 +323,7 @@ class TaskQueue:
 
         def on_commit(task: Task) -> None:
             self._became_pending(task)
-            self._emit("task.released", task)
+            self._emit(K.TASK_RELEASED, task)
 
         return await self.writer.write(
             lambda tx: ops.release(tx, task_id, lease_id, caller), on_commit
@@ -361,12 +361,12 @@ class TaskQueue:
             active = worker.status == WorkerStatus.ACTIVE
             was_active = worker.worker_id in self._active_workers
             if active != was_active:
-                kind = "worker.active" if active else "worker.inactive"
+                kind = K.WORKER_ACTIVE if active else K.WORKER_INACTIVE
                 (self._active_workers.add if active else self._active_workers.discard)(
                     worker.worker_id
                 )
             else:
-                kind = "worker.heartbeat"
+                kind = K.WORKER_HEARTBEAT
             for listener in self.worker_listeners:
                 listener(kind, worker)
 
@@ -396,7 +396,7 @@ class TaskQueue:
     def _worker_went_inactive(self, worker: Worker) -> None:
         self._active_workers.discard(worker.worker_id)
         for listener in self.worker_listeners:
-            listener("worker.inactive", worker)
+            listener(K.WORKER_INACTIVE, worker)
 
     # -- analytics -----------------------------------------------------------------------
     def dashboard(self) -> Dashboard:
