@@ -16,7 +16,8 @@ import trio
 from dtq.clock import Clock, TrioClock
 from dtq.core.accounts import Accounts
 from dtq.core.ratelimit import RateLimiter
-from dtq.core.service import TaskQueue, run_reaper
+from dtq.core.reaper import run_reaper
+from dtq.core.service import TaskQueue
 from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
 from dtq.net.app import create_app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -81,6 +82,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 _TUPLE_FIELDS = {"cors_origins", "forwarded_allow_ips"}
 # Secrets that can also come from a file named by DTQ_<NAME>_FILE (Docker/Kubernetes secrets).
 _SECRET_FILE_FIELDS = ("admin_password", "jwt_secret")
+
+
+def local_url(settings: Settings) -> str:
+    """The URL that reaches the server from the machine it runs on.
+
+    A wildcard bind (0.0.0.0, ::) listens on every address but is not one to connect to: use the
+    loopback address of the same family.
+    """
+    host = settings.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass  # a host name, e.g. localhost
+    else:
+        if address.is_unspecified:
+            host = "127.0.0.1" if address.version == 4 else "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if settings.certfile else "http"
+    return f"{scheme}://{host}:{settings.port}"
 
 
 def _from_env_value(name: str, raw: str) -> Any:

@@ -68,7 +68,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {
         name: getattr(args, name, None)
         for name in (
-            "host", "port", "data_dir", "store", "durability", "certfile", "keyfile", "log_format"
+            "host",
+            "port",
+            "data_dir",
+            "store",
+            "durability",
+            "certfile",
+            "keyfile",
+            "log_format",
         )  # fmt: skip
     }
     if getattr(args, "forwarded_allow_ips", None):

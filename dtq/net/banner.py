@@ -18,9 +18,8 @@ from typing import TextIO
 import msgspec
 
 from dtq import __version__
-from dtq.cli.healthcheck import local_url
 from dtq.logs import get_logger
-from dtq.settings import MEMORY_STORE, Durability, Settings
+from dtq.settings import MEMORY_STORE, Durability, Settings, local_url
 
 __all__ = [
     "ADMIN_PASSWORD_FILE",

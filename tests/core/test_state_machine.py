@@ -19,7 +19,6 @@ the priority part of the order; test_queue.py checks the exact order, live and a
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -396,10 +395,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock.t += dt
         now = self.now
         self.q.dispatcher.promote_due(now)
-        due = []
-        while self.q._leases and self.q._leases[0][0] <= now:
-            _, task_id, lease_id = heapq.heappop(self.q._leases)
-            due.append((task_id, lease_id))
+        due = self.q.deadlines.due_leases(now)
         changed = []
         if due:
             ok, changed = self.run(lambda tx: ops.expire(tx, due, self.q.policy, MAX_DELIVERIES))
@@ -431,7 +427,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.store = None
         self.open()  # rebuild() restores the live order: (ready_at, seq) within a priority
         # ... and the start-up grace: each live lease gets its own length again from now
-        live = list(self.q._live_leases)
+        live = self.q.deadlines.live_lease_tasks()
         ok, renewed = self.run(lambda tx: ops.restart_grace(tx, live))
         assert ok, renewed
         for task in renewed:

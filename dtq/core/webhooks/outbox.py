@@ -21,11 +21,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated, Literal
+from typing import Annotated
 
 from msgspec import Meta, Struct
 from msgspec.structs import replace
 
+from dtq.core.events import ALL_EVENTS, TASK_EVENT_KINDS, WebhookEventName, task_event_kind
 from dtq.models import (
     Attempt,
     Delivery,
@@ -40,28 +41,17 @@ from dtq.storage.base import Store, StoreTxn
 
 __all__ = [
     "ALL_EVENTS", "DELIVERY_HEADER", "EVENT_HEADER", "EVENT_KINDS", "SIGNATURE_HEADER",
-    "Attempt", "Delivery", "DeliveryRef", "DeliveryStatus", "EventKind", "Outbox", "Webhook",
+    "Attempt", "Delivery", "DeliveryRef", "DeliveryStatus", "Outbox", "Webhook",
     "WebhookCreate", "after_attempt", "delete_webhook", "drop_deliveries", "put_webhook",
     "record_attempt", "sign", "task_event_kind", "verify",
 ]  # fmt: skip
 
 S = TaskStatus
 
-EVENT_KINDS = (
-    "task.created", "task.leased", "task.completed", "task.failed", "task.retried",
-    "task.released", "task.cancelled", "task.deleted", "task.updated",
-)  # fmt: skip
-ALL_EVENTS = "*"
-EventKind = Literal[
-    "task.created", "task.leased", "task.completed", "task.failed", "task.retried",
-    "task.released", "task.cancelled", "task.deleted", "task.updated", "*",
-]  # fmt: skip
+EVENT_KINDS = TASK_EVENT_KINDS
 SIGNATURE_HEADER = "X-DTQ-Signature"
 EVENT_HEADER = "X-DTQ-Event"
 DELIVERY_HEADER = "X-DTQ-Delivery"
-
-_FINAL_KIND = {S.COMPLETED: "task.completed", S.FAILED: "task.failed",
-               S.CANCELLED: "task.cancelled"}  # fmt: skip
 
 
 # What check_url accepts, as far as a pattern can say it (the document shows it).
@@ -80,30 +70,12 @@ class WebhookCreate(Struct, forbid_unknown_fields=True, kw_only=True):
             "characters.",
         ),
     ]
-    events: Annotated[list[EventKind], Meta(min_length=1, max_length=len(EVENT_KINDS) + 1)]
+    events: Annotated[list[WebhookEventName], Meta(min_length=1, max_length=len(EVENT_KINDS) + 1)]
     secret: Annotated[str, Meta(min_length=16, max_length=256)] | None = None
     description: Annotated[str, Meta(max_length=500)] | None = None
 
 
 # -- pure decisions ---------------------------------------------------------------------------
-
-
-def task_event_kind(old: Task | None, new: Task | None) -> str | None:
-    """The event a task change is, from its before and after (None: inserted / deleted).
-
-    A lease extension (running -> running) is no event, as on the event bus.
-    """
-    if old is None:
-        return None if new is None else "task.created"
-    if new is None:
-        return "task.deleted"
-    if old.status == new.status:
-        return None if new.status == S.RUNNING else "task.updated"
-    if new.status == S.RUNNING:
-        return "task.leased"
-    if new.status == S.PENDING:  # running -> pending: a release gives its attempt back
-        return "task.released" if new.attempts < old.attempts else "task.retried"
-    return _FINAL_KIND[new.status]
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -1,0 +1,83 @@
+"""Read-only statistics for the dashboard: totals, one row per UTC day, trends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from dtq.clock import Clock
+from dtq.errors import InvalidRequest
+from dtq.models import Dashboard, TaskStatus
+from dtq.storage.lmdb.store import LmdbStore, day_number
+
+S = TaskStatus
+TREND_METRICS = ("completion_rate", "avg_duration", "error_rate")
+
+
+class Analytics:
+    def __init__(self, store: LmdbStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def dashboard(self) -> Dashboard:
+        c = self.store.counters()
+        total = int(c.get("total", 0))
+        completed = int(c.get(S.COMPLETED.value, 0))
+        n = c.get("duration_n", 0)
+        return Dashboard(
+            total_tasks=total,
+            completed_tasks=completed,
+            failed_tasks=int(c.get(S.FAILED.value, 0)),
+            pending_tasks=int(c.get(S.PENDING.value, 0)),
+            running_tasks=int(c.get(S.RUNNING.value, 0)),
+            cancelled_tasks=int(c.get(S.CANCELLED.value, 0)),
+            completion_rate=round(completed / total, 4) if total else 0.0,
+            average_duration=round(c.get("duration_sum", 0.0) / n, 4) if n else 0.0,
+            workers_active=int(c.get("workers_active", 0)),
+            workers_total=int(c.get("workers_total", 0)),
+        )
+
+    def daily(self, days: int) -> list[dict[str, Any]]:
+        """One row per UTC day, oldest first, the last `days` days including today."""
+        if not 1 <= days <= 365:
+            raise InvalidRequest("days must be between 1 and 365", field="days")
+        today = day_number(self.clock.now())
+        stored = dict(self.store.day_stats(today - days + 1, today))
+        rows = []
+        for day in range(today - days + 1, today + 1):
+            s = stored.get(day)
+            created = s.created if s else 0
+            completed = s.completed if s else 0
+            failed = s.failed if s else 0
+            finished = completed + failed
+            rows.append(
+                {
+                    "date": datetime.fromtimestamp(day * 86400, UTC).date().isoformat(),
+                    "created": created,
+                    "completed": completed,
+                    "failed": failed,
+                    "retried": s.retried if s else 0,
+                    "cancelled": s.cancelled if s else 0,
+                    "completion_rate": round(completed / finished, 4) if finished else 0.0,
+                    "error_rate": round(failed / finished, 4) if finished else 0.0,
+                    "avg_duration": round(s.duration_sum / completed, 4)
+                    if s and completed
+                    else 0.0,
+                }
+            )
+        return rows
+
+    def trends(self, days: int, metric: str | None) -> dict[str, Any]:
+        if metric is not None and metric not in TREND_METRICS:
+            raise InvalidRequest(
+                f"metric must be one of {', '.join(TREND_METRICS)}",
+                field="metric",
+                reason=f"unknown metric {metric!r}",
+            )
+        rows = self.daily(days)
+        metrics = (metric,) if metric else TREND_METRICS
+        return {
+            "days": days,
+            "metric": metric,
+            "series": [{"date": r["date"], **{m: r[m] for m in metrics}} for r in rows],
+        }
