@@ -94,7 +94,7 @@ class Window:
         self.result: dict[str, Any] = {}
 
     def _writer(self) -> tuple[int, int, float]:
-        s = self.queue.writer.stats
+        s = self.queue.store.stats
         return s.commits, s.ops, s.commit_seconds_total
 
     def start(self) -> None:
@@ -213,7 +213,7 @@ async def bulk_create_many(path: Path, durability: Durability, total: int, batch
             "tasks": made,
             "seconds": round(elapsed, 3),
             "rate": round(made / elapsed, 1),
-            "commits": queue.writer.stats.commits,
+            "commits": queue.store.stats.commits,
         }
 
 
@@ -235,7 +235,7 @@ async def bulk_create_concurrent(
             for i in range(callers):
                 nursery.start_soon(loop, i)
         elapsed = time.perf_counter() - t0
-        stats = queue.writer.stats
+        stats = queue.store.stats
         return {
             "tasks": total,
             "seconds": round(elapsed, 3),

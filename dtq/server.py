@@ -100,7 +100,7 @@ async def open_queue(
     store = make_store(settings, clock)
     try:
         queue = TaskQueue(store, clock, settings)
-        queue.rebuild()
+        await queue.rebuild()
         if on_open is not None:
             await on_open(queue)
         async with trio.open_nursery() as nursery:

@@ -76,7 +76,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "certfile",
             "keyfile",
             "log_format",
-        )  # fmt: skip
+        )
     }
     if getattr(args, "forwarded_allow_ips", None):
         overrides["forwarded_allow_ips"] = args.forwarded_allow_ips.split(",")

@@ -8,19 +8,19 @@ from typing import Any
 from dtq.clock import Clock
 from dtq.errors import InvalidRequest
 from dtq.models import Dashboard, TaskStatus
-from dtq.storage.lmdb.store import LmdbStore, day_number
+from dtq.storage.base import Store, day_number
 
 S = TaskStatus
 TREND_METRICS = ("completion_rate", "avg_duration", "error_rate")
 
 
 class Analytics:
-    def __init__(self, store: LmdbStore, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
         self.clock = clock
 
-    def dashboard(self) -> Dashboard:
-        c = self.store.counters()
+    async def dashboard(self) -> Dashboard:
+        c = await self.store.counters()
         total = int(c.get("total", 0))
         completed = int(c.get(S.COMPLETED.value, 0))
         n = c.get("duration_n", 0)
@@ -37,12 +37,12 @@ class Analytics:
             workers_total=int(c.get("workers_total", 0)),
         )
 
-    def daily(self, days: int) -> list[dict[str, Any]]:
+    async def daily(self, days: int) -> list[dict[str, Any]]:
         """One row per UTC day, oldest first, the last `days` days including today."""
         if not 1 <= days <= 365:
             raise InvalidRequest("days must be between 1 and 365", field="days")
         today = day_number(self.clock.now())
-        stored = dict(self.store.day_stats(today - days + 1, today))
+        stored = dict(await self.store.day_stats(today - days + 1, today))
         rows = []
         for day in range(today - days + 1, today + 1):
             s = stored.get(day)
@@ -67,14 +67,14 @@ class Analytics:
             )
         return rows
 
-    def trends(self, days: int, metric: str | None) -> dict[str, Any]:
+    async def trends(self, days: int, metric: str | None) -> dict[str, Any]:
         if metric is not None and metric not in TREND_METRICS:
             raise InvalidRequest(
                 f"metric must be one of {', '.join(TREND_METRICS)}",
                 field="metric",
                 reason=f"unknown metric {metric!r}",
             )
-        rows = self.daily(days)
+        rows = await self.daily(days)
         metrics = (metric,) if metric else TREND_METRICS
         return {
             "days": days,

@@ -32,7 +32,7 @@ async def reap(queue: TaskQueue) -> None:
                 queue._emit(K.TASK_RELEASED, task)
 
         try:
-            await queue.writer.write(lambda tx: ops.release_orphans(tx, orphans), on_released)
+            await queue.store.write(lambda tx: ops.release_orphans(tx, orphans), on_released)
         except BaseException:
             deadlines.retry_orphans(orphans)
             raise
@@ -46,7 +46,7 @@ async def reap(queue: TaskQueue) -> None:
                 queue._after_attempt(task)
 
         try:
-            await queue.writer.write(
+            await queue.store.write(
                 lambda tx: ops.expire(tx, due, queue.policy, max_deliveries), on_expired
             )
         except BaseException:
@@ -61,7 +61,7 @@ async def reap(queue: TaskQueue) -> None:
                 queue._worker_went_inactive(worker)
 
         try:
-            await queue.writer.write(
+            await queue.store.write(
                 lambda tx: ops.mark_inactive(tx, silent, timeout_s), on_inactive
             )
         except BaseException:

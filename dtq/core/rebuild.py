@@ -7,19 +7,21 @@ import gc
 
 from dtq.core.deadlines import Deadlines
 from dtq.core.dispatcher import Dispatcher, Entry
-from dtq.models import WorkerStatus
-from dtq.storage.lmdb.store import LmdbStore
+from dtq.models import Worker
+from dtq.storage.base import Store
 
 
 def rebuild(
-    store: LmdbStore,
+    store: Store,
+    workers: list[Worker],
     dispatcher: Dispatcher,
     deadlines: Deadlines,
     active_workers: set[str],
     now: float,
     worker_timeout_s: float,
 ) -> int:
-    """Fill `dispatcher`, `deadlines` and `active_workers`; returns how many tasks are live."""
+    """Fill `dispatcher`, `deadlines` and `active_workers` (from the active `workers`);
+    returns how many tasks are live."""
     count = 0
     ready: list[Entry] = []
     scheduled: list[tuple[float, Entry]] = []
@@ -40,7 +42,6 @@ def rebuild(
     if count > 100_000:
         # Long-lived: keep the cyclic collector from rescanning them (long pauses at 1M).
         gc.freeze()
-    workers, _ = store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
     active_workers.update(worker.worker_id for worker in workers)
     count += deadlines.load(
         store.iter_leases(),

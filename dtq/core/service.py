@@ -42,8 +42,7 @@ from dtq.models import (
 )
 from dtq.retry import RetryPolicy
 from dtq.settings import Settings
-from dtq.storage.lmdb.store import LmdbStore
-from dtq.storage.writer import GroupCommitWriter
+from dtq.storage.base import Store
 
 S = TaskStatus
 EventListener = Callable[[EventKind, Task], None]
@@ -57,11 +56,8 @@ def _entry(task: Task) -> Entry:
 
 
 class TaskQueue:
-    def __init__(
-        self, store: LmdbStore, writer: GroupCommitWriter, clock: Clock, settings: Settings
-    ) -> None:
+    def __init__(self, store: Store, clock: Clock, settings: Settings) -> None:
         self.store = store
-        self.writer = writer
         self.clock = clock
         self.settings = settings
         self.policy = RetryPolicy(settings.retry_backoff_base_s, settings.retry_backoff_max_s)
@@ -75,10 +71,12 @@ class TaskQueue:
         self.closing = False
 
     # -- start-up -----------------------------------------------------------------------
-    def rebuild(self) -> int:
+    async def rebuild(self) -> int:
         """Rebuild the in-memory structures from storage; running tasks keep their expiry."""
+        workers, _ = await self.store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
         return rebuild(
             self.store,
+            workers,
             self.dispatcher,
             self.deadlines,
             self._active_workers,
@@ -98,7 +96,7 @@ class TaskQueue:
             for task in changed:
                 self._track_lease(task)
 
-        changed = await self.writer.write(lambda tx: ops.restart_grace(tx, task_ids), on_commit)
+        changed = await self.store.write(lambda tx: ops.restart_grace(tx, task_ids), on_commit)
         return len(changed)
 
     # -- events -------------------------------------------------------------------------
@@ -137,7 +135,7 @@ class TaskQueue:
                     self._became_pending(task)
                     self._emit(K.TASK_CREATED, task)
 
-            return await self.writer.write(lambda tx: ops.create(tx, body), on_commit)
+            return await self.store.write(lambda tx: ops.create(tx, body), on_commit)
 
         # A worker is parked waiting for exactly this: lease the task to it in the same
         # commit (one fsync on the wake-up path instead of two).
@@ -161,7 +159,7 @@ class TaskQueue:
         try:
             # Shielded: the parked worker waits for this commit's outcome either way.
             with trio.CancelScope(shield=True):
-                task, _, created = await self.writer.write(
+                task, _, created = await self.store.write(
                     lambda tx: ops.create_leased(
                         tx, body, parked.worker_id, parked.lease_s, parked.holder
                     ),
@@ -179,16 +177,16 @@ class TaskQueue:
                     self._became_pending(task)
                     self._emit(K.TASK_CREATED, task)
 
-        return await self.writer.write(lambda tx: ops.create_many(tx, bodies), on_commit)
+        return await self.store.write(lambda tx: ops.create_many(tx, bodies), on_commit)
 
-    def get(self, task_id: str) -> Task:
-        task = self.store.get_task(ops.parse_task_id(task_id))
+    async def get(self, task_id: str) -> Task:
+        task = await self.store.get_task(ops.parse_task_id(task_id))
         if task is None:
             raise NotFound(f"task {task_id} not found", field="task_id", reason="no such task")
         return task
 
-    def list_tasks(self, query: ListTasksQuery) -> tuple[list[Task], int]:
-        return self.store.list_tasks(query)
+    async def list_tasks(self, query: ListTasksQuery) -> tuple[list[Task], int]:
+        return await self.store.list_tasks(query)
 
     async def update(self, task_id: str, change: TaskUpdate) -> Task:
         task_id = ops.parse_task_id(task_id)
@@ -205,7 +203,7 @@ class TaskQueue:
                 self._became_pending(new)
             self._emit(K.TASK_UPDATED, new)
 
-        _, new = await self.writer.write(lambda tx: ops.update(tx, task_id, change), on_commit)
+        _, new = await self.store.write(lambda tx: ops.update(tx, task_id, change), on_commit)
         return new
 
     async def cancel(self, task_id: str) -> Task:
@@ -218,7 +216,7 @@ class TaskQueue:
             self.dispatcher.discard(task.id)
             self._emit(K.TASK_DELETED, task)
 
-        return await self.writer.write(lambda tx: ops.delete(tx, task_id), on_commit)
+        return await self.store.write(lambda tx: ops.delete(tx, task_id), on_commit)
 
     # -- the worker protocol -------------------------------------------------------------
     async def lease(self, req: LeaseRequest, holder: str | None = None) -> list[Task]:
@@ -253,7 +251,7 @@ class TaskQueue:
             # could be put back in line while leased. A caller that went away meanwhile
             # leaves leases that expire and retry (at-least-once).
             with trio.CancelScope(shield=True):
-                granted, _ = await self.writer.write(
+                granted, _ = await self.store.write(
                     lambda tx: ops.lease(tx, ids, req.worker_id, lease_s, holder), on_commit
                 )
         except DtqError:
@@ -300,7 +298,7 @@ class TaskQueue:
         self, task_id: str, lease_id: str, result: Any = None, caller: str | None = None
     ) -> Task:
         task_id = ops.parse_task_id(task_id)
-        return await self.writer.write(
+        return await self.store.write(
             lambda tx: ops.complete(tx, task_id, lease_id, result, caller), self._after_attempt
         )
 
@@ -313,7 +311,7 @@ class TaskQueue:
         caller: str | None = None,
     ) -> Task:
         task_id = ops.parse_task_id(task_id)
-        return await self.writer.write(
+        return await self.store.write(
             lambda tx: ops.fail(tx, task_id, lease_id, error, retry, self.policy, caller=caller),
             self._after_attempt,
         )
@@ -325,7 +323,7 @@ class TaskQueue:
             self._became_pending(task)
             self._emit(K.TASK_RELEASED, task)
 
-        return await self.writer.write(
+        return await self.store.write(
             lambda tx: ops.release(tx, task_id, lease_id, caller), on_commit
         )
 
@@ -338,7 +336,7 @@ class TaskQueue:
     ) -> Task:
         task_id = ops.parse_task_id(task_id)
         seconds = lease_s or self.settings.lease_default_s
-        return await self.writer.write(
+        return await self.store.write(
             lambda tx: ops.extend(tx, task_id, lease_id, seconds, caller), self._track_lease
         )
 
@@ -347,7 +345,7 @@ class TaskQueue:
             for task in res[1]:
                 self._after_attempt(task)
 
-        outcomes, _ = await self.writer.write(
+        outcomes, _ = await self.store.write(
             lambda tx: ops.ack(tx, items, self.policy, caller), on_commit
         )
         return outcomes
@@ -370,18 +368,18 @@ class TaskQueue:
             for listener in self.worker_listeners:
                 listener(kind, worker)
 
-        return await self.writer.write(lambda tx: ops.heartbeat(tx, hb), on_commit)
+        return await self.store.write(lambda tx: ops.heartbeat(tx, hb), on_commit)
 
-    def get_worker(self, worker_id: str) -> Worker:
-        worker = self.store.get_worker(worker_id)
+    async def get_worker(self, worker_id: str) -> Worker:
+        worker = await self.store.get_worker(worker_id)
         if worker is None:
             raise NotFound(
                 f"worker {worker_id} not found", field="worker_id", reason="no such worker"
             )
         return worker
 
-    def list_workers(self, query: ListWorkersQuery) -> tuple[list[Worker], int]:
-        return self.store.list_workers(query.status, query.skip, query.limit)
+    async def list_workers(self, query: ListWorkersQuery) -> tuple[list[Worker], int]:
+        return await self.store.list_workers(query.status, query.skip, query.limit)
 
     # -- the reaper's side ----------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -399,15 +397,15 @@ class TaskQueue:
             listener(K.WORKER_INACTIVE, worker)
 
     # -- analytics -----------------------------------------------------------------------
-    def dashboard(self) -> Dashboard:
-        return self.analytics.dashboard()
+    async def dashboard(self) -> Dashboard:
+        return await self.analytics.dashboard()
 
-    def daily(self, days: int) -> list[dict[str, Any]]:
+    async def daily(self, days: int) -> list[dict[str, Any]]:
         """One row per UTC day, oldest first, the last `days` days including today."""
-        return self.analytics.daily(days)
+        return await self.analytics.daily(days)
 
-    def trends(self, days: int, metric: str | None) -> dict[str, Any]:
-        return self.analytics.trends(days, metric)
+    async def trends(self, days: int, metric: str | None) -> dict[str, Any]:
+        return await self.analytics.trends(days, metric)
 
     # -- shutdown --------------------------------------------------------------------------
     def begin_shutdown(self) -> None:

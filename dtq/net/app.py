@@ -108,7 +108,7 @@ def create_app(services: Services) -> QuartTrio:
             problem = "shutting down"
         else:
             try:
-                queue.store.counters()
+                await queue.store.counters()
             except Exception as exc:  # any storage fault means "not ready", never a 500
                 problem = f"storage: {exc}"
         if problem:
@@ -190,7 +190,7 @@ def create_app(services: Services) -> QuartTrio:
             # No route ran, so nothing charged the caller: every /api/v1 answer is counted
             # and carries the X-RateLimit-* headers (DESIGN.md).
             try:
-                identify_and_charge(services)
+                await identify_and_charge(services)
             except DtqError as charged:
                 if isinstance(charged, RateLimited):
                     return await dtq_error(charged)

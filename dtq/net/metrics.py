@@ -45,7 +45,7 @@ from quart import request
 from dtq import __version__
 from dtq.core.auth import Permission
 from dtq.core.service import TaskQueue
-from dtq.models import Task
+from dtq.models import Dashboard, Task
 from dtq.net.openapi import RouteSpec
 from dtq.net.routing import Services, principal_of, respond
 from dtq.settings import Settings
@@ -139,9 +139,11 @@ class StateCollector(Collector):
     def __init__(self, queue: TaskQueue, metrics: Metrics) -> None:
         self._queue = queue
         self._metrics = metrics
+        # read from the store just before each scrape (`Metrics.render` / `exposition`)
+        self.dashboard = Dashboard(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0, 0)
 
     def collect(self) -> Iterator[Metric]:
-        d = self._queue.dashboard()
+        d = self.dashboard
         dispatcher = self._queue.dispatcher
         tasks = GaugeMetricFamily(
             "dtq_tasks", "Tasks stored, by status (pending includes scheduled).", labels=["status"]
@@ -202,7 +204,8 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        r.register(StateCollector(queue, self))
+        self._state = StateCollector(queue, self)
+        r.register(self._state)
         self.task_events = Counter(
             "dtq_task_events", "Durable task state changes, by event and queue.",
             ["event", "queue"], registry=r,
@@ -309,13 +312,15 @@ class Metrics:
         return depth
 
     # -- exposition --------------------------------------------------------------------------
-    def render(self) -> bytes:
+    async def render(self) -> bytes:
         """The Prometheus text format (0.0.4)."""
+        self._state.dashboard = await self._state._queue.dashboard()
         return generate_latest(self.registry)
 
-    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+    async def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """(body, content type) for the request's `Accept` header, as prometheus-client does:
         OpenMetrics when asked for, else the text format."""
+        self._state.dashboard = await self._state._queue.dashboard()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
@@ -341,8 +346,8 @@ def register_metrics_route(app: Any, services: Services) -> None:
 
     async def prometheus_metrics() -> Any:
         if require_auth:
-            principal_of(accounts).require(Permission.ANALYTICS_READ)
-        body, content_type = metrics.exposition(request.headers.get("Accept"))
+            (await principal_of(accounts)).require(Permission.ANALYTICS_READ)
+        body, content_type = await metrics.exposition(request.headers.get("Accept"))
         return respond(body, 200, content_type)
 
     app.add_url_rule(PATH, "prometheus_metrics", prometheus_metrics, methods=["GET"])

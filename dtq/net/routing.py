@@ -66,7 +66,7 @@ def no_content() -> Any:
     return current_app.response_class(b"", status=204)
 
 
-def principal_of(accounts: Accounts) -> Principal:
+async def principal_of(accounts: Accounts) -> Principal:
     """Credentials from `X-API-Key` or `Authorization: Bearer`; anonymous when none.
 
     Exactly one credential, or 401: a second one (another header, or the same header twice)
@@ -75,7 +75,7 @@ def principal_of(accounts: Accounts) -> Principal:
     api_key, bearer = single_credential(
         headers.getlist("X-API-Key"), [bearer_of(a) for a in headers.getlist("Authorization")]
     )
-    principal = accounts.authenticate(api_key, bearer)
+    principal = await accounts.authenticate(api_key, bearer)
     return principal or Principal.anonymous(request.remote_addr or "unknown")
 
 
@@ -97,12 +97,12 @@ def charge(svc: Services, principal: Principal) -> None:
         raise decision.error()
 
 
-def identify_and_charge(svc: Services) -> Principal:
+async def identify_and_charge(svc: Services) -> Principal:
     """The caller, charged to its rate limits. Bad credentials count against the client
     address, as none would: guessing keys or tokens is rate-limited too, and the 401 carries
     the headers."""
     try:
-        principal = principal_of(svc.accounts)
+        principal = await principal_of(svc.accounts)
     except Unauthorized:
         charge(svc, Principal.anonymous(request.remote_addr or "unknown"))
         raise
@@ -216,7 +216,7 @@ class Api:
         query_model = spec.query
 
         async def view(**params: str) -> Any:
-            principal = identify_and_charge(svc)
+            principal = await identify_and_charge(svc)
             if permission is not None:
                 principal.require(permission)
             g.principal = principal

@@ -94,7 +94,7 @@ def claims(role: str = "admin", **kw: Any) -> dict[str, Any]:
 
 
 def admin_id(services: Services) -> str:
-    admin = services.accounts.get_user("admin")
+    admin = await services.accounts.get_user("admin")
     assert admin is not None and admin.account_id
     return admin.account_id
 

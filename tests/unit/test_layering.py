@@ -35,18 +35,7 @@ TOP_MAY_IMPORT = (*GROUND_FLOOR, "dtq.client")  # dtq/__init__.py: the public su
 # Arrows still broken on this branch, by name: core reaching into the LMDB backend and the
 # writer (issue 9, branch i9-storage, puts a typed port between them). Remove each line as its
 # arrow is fixed; the test fails on an allowlisted arrow that no longer exists, so none lingers.
-KNOWN_BROKEN = {
-    "dtq/core/accounts.py imports dtq.storage.lmdb.store",
-    "dtq/core/accounts.py imports dtq.storage.writer",
-    "dtq/core/analytics.py imports dtq.storage.lmdb.store",
-    "dtq/core/rebuild.py imports dtq.storage.lmdb.store",
-    "dtq/core/service.py imports dtq.storage.lmdb.store",
-    "dtq/core/service.py imports dtq.storage.writer",
-    "dtq/core/webhooks/delivery.py imports dtq.storage.lmdb.store",
-    "dtq/core/webhooks/delivery.py imports dtq.storage.writer",
-    "dtq/core/webhooks/outbox.py imports dtq.storage.keys",
-    "dtq/core/webhooks/outbox.py imports dtq.storage.lmdb.store",
-}
+KNOWN_BROKEN: set[str] = set()
 
 
 def module_name(path: Path) -> str:

@@ -61,7 +61,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def list_tasks(call: Call) -> Any:
         q: ListTasksQuery = call.query
-        tasks, total = queue.list_tasks(q)
+        tasks, total = await queue.list_tasks(q)
         return respond(
             success([task_out(t) for t in tasks], pagination=pagination(q.skip, q.limit, total))
         )
@@ -92,7 +92,7 @@ def register(api: Api) -> None:
         Permission.TASKS_READ,
     )  # fmt: skip
     async def get_task(call: Call) -> Any:
-        return respond(success(task_out(queue.get(call.params["task_id"]))))
+        return respond(success(task_out(await queue.get(call.params["task_id"]))))
 
     @api.route(
         RouteSpec("PUT", f"{P}/{{task_id}}", "Update or cancel a task", TAG, "update_task",

@@ -171,7 +171,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def list_webhook_deliveries(call: Call) -> Any:
         q: DeliveriesQuery = call.query
-        rows, total = _service(services).deliveries(
+        rows, total = await _service(services).deliveries(
             call.params["webhook_id"], q.status, q.skip, q.limit
         )
         return respond(

@@ -47,7 +47,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def list_workers(call: Call) -> Any:
         q: ListWorkersQuery = call.query
-        workers, total = queue.list_workers(q)
+        workers, total = await queue.list_workers(q)
         return respond(
             success([worker_out(w) for w in workers], pagination=pagination(q.skip, q.limit, total))
         )
@@ -59,7 +59,7 @@ def register(api: Api) -> None:
         aliases=("/workers/status",),
     )  # fmt: skip
     async def workers_status(call: Call) -> Any:
-        workers, _ = queue.store.list_workers(None, 0, 1_000_000)
+        workers, _ = await queue.store.list_workers(None, 0, 1_000_000)
         now = queue.clock.now()
         timeout = queue.settings.worker_timeout_s
         rows = []
@@ -101,4 +101,4 @@ def register(api: Api) -> None:
         Permission.WORKERS_READ,
     )  # fmt: skip
     async def get_worker(call: Call) -> Any:
-        return respond(success(worker_out(queue.get_worker(call.params["worker_id"]))))
+        return respond(success(worker_out(await queue.get_worker(call.params["worker_id"]))))
