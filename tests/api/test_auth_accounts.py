@@ -14,6 +14,7 @@ from dtq.errors import NotFound
 from dtq.net.routing import Services
 from dtq.server import open_services
 from dtq.settings import Settings
+from dtq.storage.base import StoreTxn
 
 from .conftest import ADMIN_PASSWORD
 from .helpers import Client, error_of, ok
@@ -153,8 +154,8 @@ async def test_records_from_before_account_ids_still_work(
         [old.username, old.role.value, hashed.password_hash, old.created_at, False]
     )
 
-    def put(tx: object) -> None:
-        tx.put_raw("users", b"legacy", raw)  # type: ignore[attr-defined]
+    def put(tx: StoreTxn) -> None:
+        tx.put_user(msgspec.msgpack.decode(raw, type=User))  # the old record still decodes
 
     await services.queue.store.write(put)
     legacy = await services.accounts.get_user("legacy")
@@ -173,8 +174,8 @@ async def test_upgrade_records_gives_every_old_record_an_id(services: Services) 
     for name in ("old1", "old2"):
         raw = msgspec.msgpack.encode([name, "viewer", created.password_hash, 0.0, False])
 
-        def put(tx: object, name: str = name, raw: bytes = raw) -> None:
-            tx.put_raw("users", name.encode(), raw)  # type: ignore[attr-defined]
+        def put(tx: StoreTxn, raw: bytes = raw) -> None:
+            tx.put_user(msgspec.msgpack.decode(raw, type=User))
 
         await services.queue.store.write(put)
     assert await services.accounts.upgrade_records() == 2
@@ -299,8 +300,8 @@ async def test_a_restart_upgrades_old_records(settings: Settings) -> None:
         assert admin is not None
         raw = msgspec.msgpack.encode(["old", "viewer", admin.password_hash, 0.0, False])
 
-        def put(tx: object) -> None:
-            tx.put_raw("users", b"old", raw)  # type: ignore[attr-defined]
+        def put(tx: StoreTxn) -> None:
+            tx.put_user(msgspec.msgpack.decode(raw, type=User))
 
         await svc.queue.store.write(put)
     async with open_services(settings) as svc:

@@ -60,6 +60,12 @@ class LmdbTxn:
             b"",
             db=db["by_priority"],
         )
+        if task.worker_id:  # (tasks are created pending, without one; the port allows it)
+            put(
+                K.worker_index_key(task.worker_id, task.created_at, task.seq, tkey),
+                b"",
+                db=db["by_worker"],
+            )
         put(K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=db["by_queue"])
         put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=db["by_name"])
         self._index_state(task, tkey, add=True)
