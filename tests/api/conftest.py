@@ -42,9 +42,17 @@ def settings_overrides() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture(params=["lmdb", "memory"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Every API test runs on both stores (the default LMDB, and `memory://`)."""
+    return "memory://" if request.param == "memory" else ""
+
+
 @pytest.fixture
-def settings(tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
+def settings(tmp_path: Path, settings_overrides: dict[str, Any], store_url: str) -> Settings:
     kw: dict[str, Any] = {"rate_limit_per_minute": 0, "rate_limit_per_hour": 0}
+    if store_url:
+        kw["store"] = store_url
     kw.update(settings_overrides)
     return Settings(
         data_dir=str(tmp_path / "data"),

@@ -294,6 +294,7 @@ async def test_the_throttle_is_per_account(
     await services.accounts.login(LoginRequest("bob", PASSWORD))
 
 
+@pytest.mark.parametrize("store_url", [""], ids=["lmdb"])  # a restart: a durable store
 async def test_a_restart_upgrades_old_records(settings: Settings) -> None:
     async with open_services(settings) as svc:
         admin = await svc.accounts.get_user("admin")
