@@ -127,7 +127,7 @@ async def test_the_event_sink_writes_in_the_same_op(store: Store) -> None:
     store.set_event_sink(None)
     await store.write(lambda tx: tx.insert_task(make_task(seq=3)))
     assert seen == [(None, "pending"), (None, "pending"), ("pending", None)]
-    rows, total = await store.list_deliveries(hook_id)
+    _, total = await store.list_deliveries(hook_id)
     assert total == 2  # the failed op's delivery went with it
     assert len(await store.due_deliveries(10)) == 2
 
