@@ -40,15 +40,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
-from quart import request
 
 from dtq import __version__
-from dtq.core.auth import Permission
 from dtq.core.service import TaskQueue
 from dtq.models import Task
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Services, principal_of, respond
-from dtq.settings import Settings
 
 PATH = "/metrics"
 OTHER_QUEUE = "(other)"  # parentheses are not allowed in queue names
@@ -318,31 +313,3 @@ class Metrics:
         OpenMetrics when asked for, else the text format."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-def metrics_route_spec(settings: Settings) -> RouteSpec:
-    auth = settings.metrics_require_auth
-    return RouteSpec(
-        "GET", PATH, "Prometheus metrics", "Monitoring", "metrics", envelope=False,
-        content_types=("text/plain",), auth=auth, errors=(403,) if auth else (),
-        description="Prometheus text exposition format (OpenMetrics when the `Accept` header "
-        "asks for it). Open unless `metrics_require_auth` is set; then it needs a role with "
-        "`analytics:read`. Not rate-limited.",
-    )  # fmt: skip
-
-
-def register_metrics_route(app: Any, services: Services) -> None:
-    """`GET /metrics`, outside the API pipeline: never rate-limited."""
-    metrics = services.metrics
-    if metrics is None:
-        return
-    accounts = services.accounts
-    require_auth = services.settings.metrics_require_auth
-
-    async def prometheus_metrics() -> Any:
-        if require_auth:
-            principal_of(accounts).require(Permission.ANALYTICS_READ)
-        body, content_type = metrics.exposition(request.headers.get("Accept"))
-        return respond(body, 200, content_type)
-
-    app.add_url_rule(PATH, "prometheus_metrics", prometheus_metrics, methods=["GET"])

@@ -23,8 +23,7 @@ from dtq.models import (
     error_from_input,
 )
 from dtq.net.envelope import pagination, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, no_content, respond
+from dtq.net.routing import Api, Call, RouteSpec, no_content, respond
 from dtq.net.views import TaskOut, task_out
 
 TAG = "Tasks"

@@ -9,8 +9,7 @@ from msgspec import Struct
 from dtq.core.auth import Permission
 from dtq.models import Heartbeat, ListWorkersQuery, WorkerId, WorkerStatus
 from dtq.net.envelope import iso, pagination, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, respond
+from dtq.net.routing import Api, Call, RouteSpec, respond
 from dtq.net.views import WorkerOut, worker_out
 
 TAG = "Workers"
