@@ -8,14 +8,14 @@ rebuild `rebuild`, the dashboard figures `analytics`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import trio
 
 from dtq.clock import Clock
 from dtq.core import ops
-from dtq.core.analytics import Analytics
+from dtq.core.analytics import Analytics, QueueStatistics, WorkersHealth
 from dtq.core.deadlines import Deadlines
 from dtq.core.dispatcher import Dispatcher, Entry
 from dtq.core.events import EventKind, attempt_kind
@@ -408,6 +408,29 @@ class TaskQueue:
 
     def trends(self, days: int, metric: str | None) -> dict[str, Any]:
         return self.analytics.trends(days, metric)
+
+    def statistics(self) -> QueueStatistics:
+        d = self.dispatcher
+        return QueueStatistics(
+            dashboard=self.dashboard(),
+            ready_by_queue=d.ready_by_queue(),
+            scheduled=d.scheduled_count(),
+            longpolls_waiting=d.waiting_count(),
+            lease_expiries=self.lease_expiries,
+        )
+
+    def workers_health(self) -> WorkersHealth:
+        return self.analytics.workers_health(self.settings.worker_timeout_s)
+
+    def pending_run_at(self) -> Iterator[tuple[str, float | None]]:
+        """(task id, run_at) of every pending task (start-up: when each became ready)."""
+        return self.analytics.pending_run_at()
+
+    def ready_problem(self) -> str | None:
+        """Why the server should not get traffic now (shutting down, storage failing), or None."""
+        if self.closing:
+            return "shutting down"
+        return self.analytics.storage_problem()
 
     # -- shutdown --------------------------------------------------------------------------
     def begin_shutdown(self) -> None:

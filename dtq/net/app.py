@@ -103,14 +103,7 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.get("/ready")
     async def ready() -> Any:
-        problem = None
-        if queue.closing:
-            problem = "shutting down"
-        else:
-            try:
-                queue.store.counters()
-            except Exception as exc:  # any storage fault means "not ready", never a 500
-                problem = f"storage: {exc}"
+        problem = queue.ready_problem()
         if problem:
             body = {"status": "not_ready", "version": __version__, "reason": problem,
                     "timestamp": now_iso()}  # fmt: skip

@@ -3,8 +3,8 @@
 Two kinds of metric, so nothing is kept twice:
 
 - **state** (tasks by status, ready depth, scheduled tasks, leases held, long-polls waiting,
-  workers, lease expiries) is read when scraped, by `StateCollector`, from the dashboard
-  counters and the dispatcher;
+  workers, lease expiries) is read when scraped, by `StateCollector`, from
+  `TaskQueue.statistics()`;
 - **events** are counted as they happen, by hooks `open_services` registers:
   `Metrics.on_task` (a task listener: task events, retries, task duration, queue wait),
   `Metrics.on_commit` (a writer commit hook: batch size, commit latency),
@@ -136,8 +136,8 @@ class StateCollector(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        d = self._queue.dashboard()
-        dispatcher = self._queue.dispatcher
+        stats = self._queue.statistics()
+        d = stats.dashboard
         tasks = GaugeMetricFamily(
             "dtq_tasks", "Tasks stored, by status (pending includes scheduled).", labels=["status"]
         )
@@ -153,13 +153,13 @@ class StateCollector(Collector):
         ready = GaugeMetricFamily(
             "dtq_ready_tasks", "Tasks ready to be leased now, by queue.", labels=["queue"]
         )
-        for queue, depth in sorted(self._metrics.ready_depth(dispatcher.ready_by_queue()).items()):
+        for queue, depth in sorted(self._metrics.ready_depth(stats.ready_by_queue).items()):
             ready.add_metric([queue], depth)
         yield ready
         yield GaugeMetricFamily(
             "dtq_scheduled_tasks",
             "Pending tasks waiting for their run_at (delay or retry backoff).",
-            value=dispatcher.scheduled_count(),
+            value=stats.scheduled,
         )
         yield GaugeMetricFamily(
             "dtq_leases_held", "Leases currently held (running tasks).", value=d.running_tasks
@@ -167,12 +167,12 @@ class StateCollector(Collector):
         yield CounterMetricFamily(
             "dtq_lease_expiries",
             "Leases that ran out without a result, since the server started.",
-            value=self._queue.lease_expiries,
+            value=stats.lease_expiries,
         )
         yield GaugeMetricFamily(
             "dtq_longpolls_waiting",
             "Lease requests waiting in a long poll.",
-            value=dispatcher.waiting_count(),
+            value=stats.longpolls_waiting,
         )
         workers = GaugeMetricFamily("dtq_workers", "Known workers, by status.", labels=["status"])
         workers.add_metric(["active"], d.workers_active)
@@ -191,7 +191,7 @@ class Metrics:
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._webhooks: dict[str, Any] = {}
         self.ready_since = ReadySince()
-        self.ready_since.prime((row[3], row[5]) for row in queue.store.iter_pending())
+        self.ready_since.prime(queue.pending_run_at())
 
         Info("dtq_build", "The dtq server's version.", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)
