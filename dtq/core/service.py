@@ -26,7 +26,6 @@ from dtq.core.rebuild import rebuild
 from dtq.errors import DtqError, NotFound
 from dtq.models import (
     AckItem,
-    AckOutcome,
     Dashboard,
     Heartbeat,
     LeaseRequest,
@@ -342,8 +341,8 @@ class TaskQueue:
             lambda tx: ops.extend(tx, task_id, lease_id, seconds, caller), self._track_lease
         )
 
-    async def ack(self, items: Sequence[AckItem], caller: str | None = None) -> list[AckOutcome]:
-        def on_commit(res: tuple[list[AckOutcome], list[Task]]) -> None:
+    async def ack(self, items: Sequence[AckItem], caller: str | None = None) -> list[ops.Acked]:
+        def on_commit(res: tuple[list[ops.Acked], list[Task]]) -> None:
             for task in res[1]:
                 self._after_attempt(task)
 

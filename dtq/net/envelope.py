@@ -61,14 +61,14 @@ def pagination(skip: int, limit: int, total: int) -> dict[str, int]:
     return {"skip": skip, "limit": limit, "total": total, "pages": -(-total // limit)}
 
 
+def error_info(exc: DtqError) -> dict[str, Any]:
+    """The guide's error object for `exc`: the one place an error becomes wire JSON (the
+    envelope's `error`, and each refused item of an ack batch)."""
+    return {"code": exc.code, "message": exc.message, "details": exc.details}
+
+
 def error_body(exc: DtqError) -> bytes:
-    return encode(
-        {
-            "status": "error",
-            "error": {"code": exc.code, "message": exc.message, "details": exc.details},
-            "timestamp": now_iso(),
-        }
-    )
+    return encode({"status": "error", "error": error_info(exc), "timestamp": now_iso()})
 
 
 # -- decoding ----------------------------------------------------------------------------
