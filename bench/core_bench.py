@@ -299,7 +299,7 @@ async def lease_latency(path: Path, durability: Durability, ready: int, samples:
 def store_fingerprint() -> str:
     """Changes when the storage layout or models change, so a stale cached store is rebuilt."""
     h = hashlib.sha256(dtq_version.encode())
-    for rel in ("dtq/storage/lmdb_store.py", "dtq/storage/keys.py", "dtq/models.py"):
+    for rel in ("dtq/storage/lmdb/store.py", "dtq/storage/keys.py", "dtq/models.py"):
         p = REPO_DIR / rel
         if p.exists():
             h.update(p.read_bytes())
