@@ -243,6 +243,9 @@ class Dashboard(Struct):
 # --- worker protocol and listing (DESIGN.md "Leases and the worker protocol") --------------
 
 LeaseSeconds = Annotated[float, Meta(gt=0, le=86400)]
+# The lease length when none is asked for: the server's `lease_default_s` and the worker's
+# `lease_seconds` both start from this one value.
+DEFAULT_LEASE_S = 60.0
 
 
 class TaskErrorIn(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 
+from dtq.models import DEFAULT_LEASE_S
+
 
 class Durability(enum.StrEnum):
     FSYNC = "fsync"  # a 2xx means the data is on disk and survives power loss
@@ -47,7 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keyfile: str | None = None
     forwarded_allow_ips: tuple[str, ...] = ()
     worker_timeout_s: float = 30.0
-    lease_default_s: float = 60.0
+    lease_default_s: float = DEFAULT_LEASE_S
     # A lease that runs out without a result puts the task back without using a retry; after
     # this many such deliveries the task fails with `lease_expired` (a poison-task guard).
     max_deliveries: int = 10

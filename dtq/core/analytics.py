@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from dtq.clock import Clock
 from dtq.errors import InvalidRequest
-from dtq.models import Dashboard, TaskStatus
+from dtq.models import Dashboard, TaskStatus, Worker, WorkerStatus
 from dtq.storage.base import Store, day_number
 
 S = TaskStatus
 TREND_METRICS = ("completion_rate", "avg_duration", "error_rate")
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    worker: Worker
+    healthy: bool  # active, and heard from within the worker timeout
+    seconds_since_heartbeat: float
+
+
+@dataclass(frozen=True)
+class WorkersHealth:
+    workers: list[WorkerHealth]  # every known worker
+    active: int
+    total_capacity: int  # of the active workers
+    current_load: int  # of the active workers
+
+    @property
+    def utilization(self) -> float:
+        return round(self.current_load / self.total_capacity, 4) if self.total_capacity else 0.0
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """What `/metrics` reads at scrape time: the dashboard counters and the in-memory state."""
+
+    dashboard: Dashboard
+    ready_by_queue: dict[str, int]  # tasks ready to lease now, per queue (empty queues left out)
+    scheduled: int  # pending tasks waiting for their run_at
+    longpolls_waiting: int
+    lease_expiries: int  # since the server started
 
 
 class Analytics:
@@ -81,3 +113,33 @@ class Analytics:
             "metric": metric,
             "series": [{"date": r["date"], **{m: r[m] for m in metrics}} for r in rows],
         }
+
+    async def storage_problem(self) -> str | None:
+        """Why storage cannot answer a read now, or None when it can."""
+        try:
+            await self.store.counters()
+        except Exception as exc:  # any storage fault means "not ready", never a crash
+            return f"storage: {exc}"
+        return None
+
+    async def workers_health(self, worker_timeout_s: float) -> WorkersHealth:
+        """Every known worker with its health, and the active workers' capacity and load."""
+        workers, _ = await self.store.list_workers(None, 0, 1_000_000)
+        now = self.clock.now()
+        rows = []
+        for w in workers:
+            age = max(now - w.last_heartbeat, 0.0)
+            healthy = w.status == WorkerStatus.ACTIVE and age < worker_timeout_s
+            rows.append(WorkerHealth(w, healthy, age))
+        active = [w for w in workers if w.status == WorkerStatus.ACTIVE]
+        return WorkersHealth(
+            workers=rows,
+            active=len(active),
+            total_capacity=sum(w.max_capacity for w in active),
+            current_load=sum(w.current_load for w in active),
+        )
+
+    def pending_run_at(self) -> Iterator[tuple[str, float | None]]:
+        """(task id, run_at) of every pending task, in storage order."""
+        for row in self.store.iter_pending():
+            yield row.task_id, row.run_at

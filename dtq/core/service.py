@@ -8,14 +8,14 @@ rebuild `rebuild`, the dashboard figures `analytics`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import trio
 
 from dtq.clock import Clock
 from dtq.core import ops
-from dtq.core.analytics import Analytics
+from dtq.core.analytics import Analytics, QueueStatistics, WorkersHealth
 from dtq.core.deadlines import Deadlines
 from dtq.core.dispatcher import Dispatcher, Entry
 from dtq.core.events import EventKind, attempt_kind
@@ -26,7 +26,6 @@ from dtq.core.rebuild import rebuild
 from dtq.errors import DtqError, NotFound
 from dtq.models import (
     AckItem,
-    AckOutcome,
     Dashboard,
     Heartbeat,
     LeaseRequest,
@@ -340,8 +339,8 @@ class TaskQueue:
             lambda tx: ops.extend(tx, task_id, lease_id, seconds, caller), self._track_lease
         )
 
-    async def ack(self, items: Sequence[AckItem], caller: str | None = None) -> list[AckOutcome]:
-        def on_commit(res: tuple[list[AckOutcome], list[Task]]) -> None:
+    async def ack(self, items: Sequence[AckItem], caller: str | None = None) -> list[ops.Acked]:
+        def on_commit(res: tuple[list[ops.Acked], list[Task]]) -> None:
             for task in res[1]:
                 self._after_attempt(task)
 
@@ -406,6 +405,29 @@ class TaskQueue:
 
     async def trends(self, days: int, metric: str | None) -> dict[str, Any]:
         return await self.analytics.trends(days, metric)
+
+    async def statistics(self) -> QueueStatistics:
+        d = self.dispatcher
+        return QueueStatistics(
+            dashboard=await self.dashboard(),
+            ready_by_queue=d.ready_by_queue(),
+            scheduled=d.scheduled_count(),
+            longpolls_waiting=d.waiting_count(),
+            lease_expiries=self.lease_expiries,
+        )
+
+    async def workers_health(self) -> WorkersHealth:
+        return await self.analytics.workers_health(self.settings.worker_timeout_s)
+
+    def pending_run_at(self) -> Iterator[tuple[str, float | None]]:
+        """(task id, run_at) of every pending task (start-up: when each became ready)."""
+        return self.analytics.pending_run_at()
+
+    async def ready_problem(self) -> str | None:
+        """Why the server should not get traffic now (shutting down, storage failing), or None."""
+        if self.closing:
+            return "shutting down"
+        return await self.analytics.storage_problem()
 
     # -- shutdown --------------------------------------------------------------------------
     def begin_shutdown(self) -> None:

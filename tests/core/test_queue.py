@@ -501,16 +501,16 @@ async def test_ack_batch(q: TaskQueue) -> None:
             AckItem(id="not-a-uuid", lease_id="x", status="completed"),
         ]
     )
-    assert [(o.ok, o.status) for o in outcomes] == [
+    assert [(o.ok, o.task.status if o.task else None) for o in outcomes] == [
         (True, S.COMPLETED),
         (True, S.PENDING),
         (False, None),
         (False, None),
     ]
-    assert outcomes[2].error is not None and outcomes[2].error["code"] == "CONFLICT"
+    assert outcomes[2].error is not None and outcomes[2].error.code == "CONFLICT"
     assert outcomes[3].error is not None
-    assert outcomes[3].error["code"] == "INVALID_REQUEST"
-    assert outcomes[3].error["details"]["field"] == "id"
+    assert outcomes[3].error.code == "INVALID_REQUEST"
+    assert outcomes[3].error.details["field"] == "id"
     assert (await q.get(a.id)).result == 1
     assert (await q.get(b.id)).error == TaskError(message="nope")
     assert (await q.get(c.id)).status == S.RUNNING

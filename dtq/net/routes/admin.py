@@ -19,8 +19,7 @@ from dtq.core.accounts import (
 )
 from dtq.core.auth import Permission
 from dtq.net.envelope import iso, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, no_content, respond
+from dtq.net.routing import Api, Call, RouteSpec, no_content, respond
 
 AUTH_TAG = "Auth"
 ADMIN_TAG = "Admin"

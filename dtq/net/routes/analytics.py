@@ -11,8 +11,7 @@ from quart import current_app, request
 from dtq.core.auth import Permission
 from dtq.models import Dashboard
 from dtq.net.envelope import now_iso, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, respond
+from dtq.net.routing import Api, Call, RouteSpec, respond
 
 TAG = "Analytics"
 P = "/api/v1/analytics"

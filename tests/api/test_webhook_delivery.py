@@ -15,7 +15,7 @@ import trio
 
 from dtq.core.webhooks.outbox import verify
 
-from .conftest import Received, Server, in_process, reserved_port, run_receiver
+from .webhook_support import Received, Server, in_process, reserved_port, run_receiver
 
 P = "/api/v1/webhooks"
 SECRET = "a-long-enough-secret"
