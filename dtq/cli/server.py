@@ -20,10 +20,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dtq.server import serve, store_problem
 
     settings = settings_from(args)
-    configure_logging(settings)
     if (problem := store_problem(settings)) is not None:
         print(problem, file=sys.stderr)  # a usage error: one line, exit 2
         return 2
+    configure_logging(settings)
     report = StartupReport(settings, terminal=sys.stderr if sys.stderr.isatty() else None)
     try:
         check_can_listen(settings)
