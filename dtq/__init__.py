@@ -1,6 +1,7 @@
 """dtq: a distributed task queue.
 
-Layers go one way, and the folders show them (tests/unit/test_layering.py checks the arrows):
+Layers go one way, and the folders show them (tests/unit/test_layering.py checks the arrows and
+names the few still to fix):
 
     ground floor  errors, models, messages, settings, clock, ids, retry, logs: import nothing above
     storage/      the port (`storage.base`) and its backends (`storage.lmdb`); imports the ground floor
