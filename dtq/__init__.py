@@ -1,10 +1,9 @@
 """dtq: a distributed task queue.
 
-Layers go one way, and the folders show them (tests/unit/test_layering.py checks the arrows and
-names the few still to fix):
+Layers go one way, and the folders show them (tests/unit/test_layering.py checks the arrows):
 
     ground floor  errors, models, messages, settings, clock, ids, retry, logs: import nothing above
-    storage/      the port (`storage.base`) and its backends (`storage.lmdb`); imports the ground floor
+    storage/      the port (`storage.base`), its backends (`storage.lmdb`, `storage.memory`); the ground floor
     core/         lifecycle, dispatcher, deadlines, the queue service; of storage, only the port
     net/          HTTP and WebSocket (routing, routes, envelope); calls core's API, never the client
     server.py     the composition root: picks the backend, builds core and net, runs them
