@@ -94,7 +94,7 @@ class Window:
         self.result: dict[str, Any] = {}
 
     def _writer(self) -> tuple[int, int, float]:
-        s = self.queue.writer.stats
+        s = self.queue.store.stats
         return s.commits, s.ops, s.commit_seconds_total
 
     def start(self) -> None:
@@ -213,7 +213,7 @@ async def bulk_create_many(path: Path, durability: Durability, total: int, batch
             "tasks": made,
             "seconds": round(elapsed, 3),
             "rate": round(made / elapsed, 1),
-            "commits": queue.writer.stats.commits,
+            "commits": queue.store.stats.commits,
         }
 
 
@@ -235,7 +235,7 @@ async def bulk_create_concurrent(
             for i in range(callers):
                 nursery.start_soon(loop, i)
         elapsed = time.perf_counter() - t0
-        stats = queue.writer.stats
+        stats = queue.store.stats
         return {
             "tasks": total,
             "seconds": round(elapsed, 3),
@@ -299,7 +299,8 @@ async def lease_latency(path: Path, durability: Durability, ready: int, samples:
 def store_fingerprint() -> str:
     """Changes when the storage layout or models change, so a stale cached store is rebuilt."""
     h = hashlib.sha256(dtq_version.encode())
-    for rel in ("dtq/storage/lmdb_store.py", "dtq/storage/keys.py", "dtq/models.py"):
+    for rel in ("dtq/storage/lmdb/store.py", "dtq/storage/lmdb/txn.py",
+                "dtq/storage/lmdb/layouts.py", "dtq/storage/keys.py", "dtq/models.py"):  # fmt: skip
         p = REPO_DIR / rel
         if p.exists():
             h.update(p.read_bytes())

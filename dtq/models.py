@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from msgspec import Meta, Struct
@@ -243,6 +243,9 @@ class Dashboard(Struct):
 # --- worker protocol and listing (DESIGN.md "Leases and the worker protocol") --------------
 
 LeaseSeconds = Annotated[float, Meta(gt=0, le=86400)]
+# The lease length when none is asked for: the server's `lease_default_s` and the worker's
+# `lease_seconds` both start from this one value.
+DEFAULT_LEASE_S = 60.0
 
 
 class TaskErrorIn(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -328,3 +331,95 @@ def error_from_input(error: TaskErrorIn | str | None) -> TaskError:
     if isinstance(error, str):
         return TaskError(message=error)
     return TaskError(message=error.message, type=error.type, traceback=error.traceback)
+
+
+# -- accounts and webhooks: stored records (the storage port stores them typed) ---------------
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    WORKER = "worker"
+    VIEWER = "viewer"
+
+
+class User(Struct, array_like=True, kw_only=True):
+    """A stored user. Fields are only ever added at the end, with defaults, so records written
+    by an older version still decode (`array_like`: a record is a list, not a map).
+
+    `account_id` is random per record, so a user deleted and created again under the same name
+    is a different account; `generation` goes up whenever the password or role changes. Tokens
+    carry both, and only match while both are unchanged. Records from before the id existed
+    have `account_id == ""`: they get one at start (`upgrade_records`), and a token never
+    matches an empty id.
+    """
+
+    username: str
+    role: Role
+    password_hash: str
+    created_at: float
+    disabled: bool = False
+    account_id: str = ""
+    generation: int = 0
+
+
+class ApiKey(Struct, array_like=True, kw_only=True):
+    key_id: str
+    name: str
+    role: Role
+    secret_hash: str
+    created_at: float
+    rate_limit_per_minute: int | None = None
+    rate_limit_per_hour: int | None = None
+    created_by: str | None = None
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # owed: in the due index until delivered or given up
+    DELIVERED = "delivered"  # a 2xx came back
+    FAILED = "failed"  # every allowed attempt failed
+
+
+class Webhook(Struct, array_like=True, kw_only=True):
+    id: str
+    url: str
+    events: list[str]
+    secret: str  # kept in clear: it signs every delivery (never returned after creation)
+    created_at: float
+    description: str | None = None
+    created_by: str | None = None
+
+
+class Attempt(Struct, array_like=True, kw_only=True):
+    started_at: float
+    finished_at: float
+    status_code: int | None = None  # None: no response (connection error, timeout)
+    error: str | None = None  # None: delivered
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class DeliveryRef(NamedTuple):
+    """Names one stored delivery; a webhook's deliveries are in (created_us, id) order."""
+
+    webhook_id: str
+    created_us: int  # created_at in whole microseconds (rounded down)
+    id: str
+
+
+class Delivery(Struct, array_like=True, kw_only=True):
+    id: str
+    webhook_id: str
+    event: str
+    task: Task  # the task as the change left it: every attempt sends the same body
+    created_at: float
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    next_attempt_at: float | None = None
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    completed_at: float | None = None
+
+    @property
+    def ref(self) -> DeliveryRef:
+        return DeliveryRef(self.webhook_id, int(self.created_at * 1_000_000), self.id)

@@ -16,7 +16,8 @@ import trio
 from dtq.clock import Clock, TrioClock
 from dtq.core.accounts import Accounts
 from dtq.core.ratelimit import RateLimiter
-from dtq.core.service import TaskQueue, run_reaper
+from dtq.core.reaper import run_reaper
+from dtq.core.service import TaskQueue
 from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
 from dtq.net.app import create_app
@@ -26,11 +27,60 @@ from dtq.net.metrics import Metrics
 from dtq.net.routes.webhooks import delivery_body
 from dtq.net.routing import Services
 from dtq.net.serve import BoundAddress, serve_app, shutdown_on_signals
-from dtq.settings import Durability, Settings
-from dtq.storage.lmdb.store import LmdbStore
-from dtq.storage.writer import GroupCommitWriter
+from dtq.settings import MEMORY_STORE, Durability, Settings
+from dtq.storage.base import Store
 
 log = structlog.get_logger("dtq.server")
+
+
+def store_problem(settings: Settings) -> str | None:
+    """Why `settings.store` names no store this server can open (None: it can)."""
+    if settings.store in ("", MEMORY_STORE):
+        return None
+    scheme = settings.store.partition("://")[0] if "://" in settings.store else settings.store
+    return (
+        f"unknown store {settings.store!r} (scheme {scheme!r}): use memory:// or leave "
+        "--store / DTQ_STORE empty for LMDB in --data-dir"
+    )
+
+
+def make_store(settings: Settings, clock: Clock | None = None) -> Store:
+    """The backend `settings.store` names (see `store_problem` for what it accepts)."""
+    if (problem := store_problem(settings)) is not None:
+        raise ValueError(problem)
+    if settings.store == MEMORY_STORE:
+        from dtq.storage.memory import MemoryStore
+
+        log.warning(
+            "in-memory store: nothing survives a stop",
+            store=MEMORY_STORE,
+            hint="tasks, users, API keys and webhooks are lost when the server stops",
+        )
+        return MemoryStore(clock)
+    from dtq.storage.lmdb.store import LmdbStore
+
+    return LmdbStore(
+        settings.data_dir,
+        fsync=settings.durability == Durability.FSYNC,
+        map_size_bytes=settings.map_size_bytes,
+        clock=clock,
+    )
+
+
+@asynccontextmanager
+async def open_store(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Store]:
+    """The store, taking writes, until the block exits (queued writes are flushed first)."""
+    store = make_store(settings, clock)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            try:
+                yield store
+            finally:
+                with trio.CancelScope(shield=True):
+                    await store.aclose()
+    finally:
+        store.close()
 
 
 @asynccontextmanager
@@ -38,27 +88,23 @@ async def open_queue(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    on_open: Callable[[TaskQueue], None] | None = None,
+    on_open: Callable[[TaskQueue], Awaitable[None]] | None = None,
 ) -> AsyncIterator[TaskQueue]:
-    """The running core. On exit: long-polls answer, queued writes are flushed, LMDB closes.
+    """The running core. On exit: long-polls answer, queued writes are flushed, the store
+    closes.
 
-    `on_open(queue)` runs before the writer takes its first write (e.g. to install a store
-    hook that must see every change).
+    `await on_open(queue)` runs before the store takes its first write (e.g. to install a
+    store hook that must see every change).
     """
     clock = clock or TrioClock()
-    store = LmdbStore(
-        settings.data_dir,
-        fsync=settings.durability == Durability.FSYNC,
-        map_size_bytes=settings.map_size_bytes,
-    )
+    store = make_store(settings, clock)
     try:
-        writer = GroupCommitWriter(store, clock)
-        queue = TaskQueue(store, writer, clock, settings)
-        queue.rebuild()
+        queue = TaskQueue(store, clock, settings)
+        await queue.rebuild()
         if on_open is not None:
-            on_open(queue)
+            await on_open(queue)
         async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
+            await nursery.start(store.run)
             await queue.grant_restart_grace()
             await nursery.start(run_reaper, queue)
             try:
@@ -66,32 +112,18 @@ async def open_queue(
             finally:
                 queue.begin_shutdown()
                 with trio.CancelScope(shield=True):
-                    await writer.aclose()  # flushes what is queued, then stops
+                    await store.aclose()  # flushes what is queued, then stops
                 nursery.cancel_scope.cancel()  # the reaper
     finally:
         store.close()
 
 
 @asynccontextmanager
-async def open_writer(settings: Settings) -> AsyncIterator[tuple[LmdbStore, GroupCommitWriter]]:
-    """Storage and its writer only (no reaper, no dispatcher): for command-line tools that
-    change users or keys, safely even while a server runs on the same data directory."""
-    store = LmdbStore(
-        settings.data_dir,
-        fsync=settings.durability == Durability.FSYNC,
-        map_size_bytes=settings.map_size_bytes,
-    )
-    try:
-        writer = GroupCommitWriter(store, TrioClock())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
-            try:
-                yield store, writer
-            finally:
-                with trio.CancelScope(shield=True):
-                    await writer.aclose()
-    finally:
-        store.close()
+async def open_writer(settings: Settings) -> AsyncIterator[Store]:
+    """The store only (no reaper, no dispatcher): for command-line tools that change users or
+    keys, safely even while a server runs on the same data directory."""
+    async with open_store(settings, TrioClock()) as store:
+        yield store
 
 
 @asynccontextmanager
@@ -105,8 +137,12 @@ async def open_services(
     """
     report = report or StartupReport(settings, terminal=None)
     outbox = Outbox()  # installed before the first write, so it sees every task change
-    async with open_queue(settings, on_open=lambda q: outbox.install(q.store)) as queue:
-        accounts = Accounts(queue.store, queue.writer, queue.clock, settings)
+
+    async def on_open(queue: TaskQueue) -> None:
+        await outbox.install(queue.store)
+
+    async with open_queue(settings, on_open=on_open) as queue:
+        accounts = await Accounts.open(queue.store, queue.clock, settings)
         upgraded = await accounts.upgrade_records()
         if upgraded:
             log.info("gave user records from an older version an account id", users=upgraded)
@@ -120,8 +156,8 @@ async def open_services(
         queue.worker_listeners.append(bus.on_worker)
         metrics = Metrics(queue)
         queue.task_listeners.append(metrics.on_task)
-        queue.writer.commit_hooks.append(metrics.on_commit)
-        webhooks = WebhookService(queue.store, queue.writer, queue.clock, settings, outbox,
+        queue.store.commit_hooks.append(metrics.on_commit)
+        webhooks = WebhookService(queue.store, queue.clock, settings, outbox,
                                   render=delivery_body)  # fmt: skip
         webhooks.outcome_listeners.append(metrics.webhook_delivery)
         async with trio.open_nursery() as nursery:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -11,16 +12,24 @@ from typing import Any
 
 import msgspec
 
+from dtq.models import DEFAULT_LEASE_S
+
 
 class Durability(enum.StrEnum):
     FSYNC = "fsync"  # a 2xx means the data is on disk and survives power loss
     OS = "os"  # survives a process crash (kill -9), not power loss
 
 
+MEMORY_STORE = "memory://"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 5000
     data_dir: str = "./dtq-data"
+    # Where the state lives: "" = LMDB in data_dir; "memory://" = in memory (nothing survives
+    # a stop; for tests and trying things out).
+    store: str = ""
     durability: Durability = Durability.FSYNC
     env: str = "production"
     debug: bool = False
@@ -40,7 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keyfile: str | None = None
     forwarded_allow_ips: tuple[str, ...] = ()
     worker_timeout_s: float = 30.0
-    lease_default_s: float = 60.0
+    lease_default_s: float = DEFAULT_LEASE_S
     # A lease that runs out without a result puts the task back without using a retry; after
     # this many such deliveries the task fails with `lease_expired` (a poison-task guard).
     max_deliveries: int = 10
@@ -75,6 +84,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 _TUPLE_FIELDS = {"cors_origins", "forwarded_allow_ips"}
 # Secrets that can also come from a file named by DTQ_<NAME>_FILE (Docker/Kubernetes secrets).
 _SECRET_FILE_FIELDS = ("admin_password", "jwt_secret")
+
+
+def local_url(settings: Settings) -> str:
+    """The URL that reaches the server from the machine it runs on.
+
+    A wildcard bind (0.0.0.0, ::) listens on every address but is not one to connect to: use the
+    loopback address of the same family.
+    """
+    host = settings.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass  # a host name, e.g. localhost
+    else:
+        if address.is_unspecified:
+            host = "127.0.0.1" if address.version == 4 else "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if settings.certfile else "http"
+    return f"{scheme}://{host}:{settings.port}"
 
 
 def _from_env_value(name: str, raw: str) -> Any:

@@ -110,8 +110,8 @@ async def _with_accounts(settings: Settings, fn: Any) -> Any:
     from dtq.server import open_writer
 
     # LMDB serialises writers across processes, so this is safe beside a running server.
-    async with open_writer(settings) as (store, writer):
-        return await fn(Accounts(store, writer, TrioClock(), settings))
+    async with open_writer(settings) as store:
+        return await fn(await Accounts.open(store, TrioClock(), settings))
 
 
 def _offline(settings: Settings, fn: Any) -> Any:
@@ -132,7 +132,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         else:
 
             async def listed(a: Any) -> Any:
-                return a.list_api_keys()
+                return await a.list_api_keys()
 
             keys = [
                 {"key_id": k.key_id, "name": k.name, "role": k.role.value,
@@ -200,7 +200,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         else:
 
             async def listed(a: Any) -> Any:
-                return a.list_users()
+                return await a.list_users()
 
             users = [
                 {"username": u.username, "role": u.role.value} for u in _offline(settings, listed)

@@ -67,7 +67,16 @@ def add_store_flags(p: argparse.ArgumentParser, *, explicit: bool = False) -> No
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {
         name: getattr(args, name, None)
-        for name in ("host", "port", "data_dir", "durability", "certfile", "keyfile", "log_format")
+        for name in (
+            "host",
+            "port",
+            "data_dir",
+            "store",
+            "durability",
+            "certfile",
+            "keyfile",
+            "log_format",
+        )
     }
     if getattr(args, "forwarded_allow_ips", None):
         overrides["forwarded_allow_ips"] = args.forwarded_allow_ips.split(",")

@@ -8,37 +8,16 @@ answers 2xx within the timeout, 1 otherwise, with one line saying why.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from typing import TextIO
 
 import httpx
 
-from dtq.settings import Settings
+from dtq.settings import Settings, local_url
 
 __all__ = ["check_health", "local_url"]
 
 DEFAULT_TIMEOUT_S = 4.0  # under Docker's default HEALTHCHECK --timeout of 5 s
-
-
-def local_url(settings: Settings) -> str:
-    """The URL that reaches the server from the machine it runs on.
-
-    A wildcard bind (0.0.0.0, ::) listens on every address but is not one to connect to: use the
-    loopback address of the same family.
-    """
-    host = settings.host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        pass  # a host name, e.g. localhost
-    else:
-        if address.is_unspecified:
-            host = "127.0.0.1" if address.version == 4 else "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if settings.certfile else "http"
-    return f"{scheme}://{host}:{settings.port}"
 
 
 def check_health(

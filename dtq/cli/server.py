@@ -17,9 +17,12 @@ from dtq.cli.output import progress_bytes
 def cmd_serve(args: argparse.Namespace) -> int:
     from dtq.logs import configure_logging
     from dtq.net.banner import StartupReport, check_can_listen, listen_failure
-    from dtq.server import serve
+    from dtq.server import serve, store_problem
 
     settings = settings_from(args)
+    if (problem := store_problem(settings)) is not None:
+        print(problem, file=sys.stderr)  # a usage error: one line, exit 2
+        return 2
     configure_logging(settings)
     report = StartupReport(settings, terminal=sys.stderr if sys.stderr.isatty() else None)
     try:
@@ -75,6 +78,11 @@ def register(sub: Any) -> None:
     p.add_argument("--host", help="address to bind (else DTQ_HOST, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (else DTQ_PORT, else 5000)")
     p.add_argument("--data-dir", help="data directory (else DTQ_DATA_DIR, else ./dtq-data)")
+    p.add_argument(
+        "--store",
+        help="where the state lives: memory:// keeps it in memory only (nothing survives a "
+        "stop); else DTQ_STORE, else LMDB in --data-dir",
+    )
     p.add_argument(
         "--durability",
         choices=["fsync", "os"],

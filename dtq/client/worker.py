@@ -38,7 +38,7 @@ import trio
 from dtq.client._async import AsyncClient
 from dtq.errors import Conflict, DtqError, NotFound, RateLimited, Unavailable
 from dtq.messages import TaskOut, WorkerOut
-from dtq.models import AckItem, AckOutcome, TaskErrorIn
+from dtq.models import DEFAULT_LEASE_S, AckItem, AckOutcome, TaskErrorIn
 from dtq.retry import RetryPolicy
 
 log = structlog.get_logger("dtq.worker")
@@ -58,7 +58,7 @@ class WorkerConfig:
 
     queues: list[str] | None = None  # None: every queue
     concurrency: int = 4  # tasks at once
-    lease_seconds: float = 60.0  # extended at a third of it while the handler runs
+    lease_seconds: float = DEFAULT_LEASE_S  # extended at a third of it while the handler runs
     heartbeat_interval_s: float = 10.0
     grace_period_s: float = 30.0  # on shutdown, for running tasks to finish
     poll_wait_s: float = 20.0  # the lease long poll
@@ -70,6 +70,9 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+
+
+_DEFAULTS = WorkerConfig()  # `Worker(...)` keyword defaults: the config's, written once
 
 
 class _Tunable(Generic[T]):
@@ -133,13 +136,13 @@ class Worker:
         api_key: str | None = None,
         token: str | None = None,
         queues: Sequence[str] | None = None,
-        concurrency: int = 4,
+        concurrency: int = _DEFAULTS.concurrency,
         worker_id: str | None = None,
-        lease_seconds: float = 60.0,
-        heartbeat_interval_s: float = 10.0,
-        grace_period_s: float = 30.0,
-        poll_wait_s: float = 20.0,
-        any_name: bool = False,
+        lease_seconds: float = _DEFAULTS.lease_seconds,
+        heartbeat_interval_s: float = _DEFAULTS.heartbeat_interval_s,
+        grace_period_s: float = _DEFAULTS.grace_period_s,
+        poll_wait_s: float = _DEFAULTS.poll_wait_s,
+        any_name: bool = _DEFAULTS.any_name,
     ) -> None:
         self.url = url
         self.api_key = api_key

@@ -1,14 +1,12 @@
 """Users and API keys: stored records, bootstrap, and credential checks.
 
-Pure crypto lives in `dtq.core.auth`; this module stores through the group-commit writer.
+Pure crypto lives in `dtq.core.auth`; this module stores through the storage port.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -33,46 +31,18 @@ from dtq.core.auth.credentials import ambiguous_credentials
 from dtq.core.auth.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
 from dtq.core.auth.throttle import LoginThrottle
 from dtq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from dtq.models import ApiKey, User
 from dtq.settings import Settings
-from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
-from dtq.storage.writer import GroupCommitWriter
+from dtq.storage.base import JWT_SECRET_SETTING, Store, StoreTxn
+
+__all__ = ["Accounts", "ApiKey", "ApiKeyCreate", "LoginRequest", "User", "UserCreate",
+           "UserUpdate", "new_account_id", "validate_username"]  # fmt: skip
 
 log = structlog.get_logger("dtq.accounts")
 
 Username = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@\-]{1,64}$")]
 RateLimit = Annotated[int, Meta(ge=0, le=10_000_000)]
 KeyId = Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]  # as dtq.core.auth.apikeys makes them
-
-
-class User(Struct, array_like=True, kw_only=True):
-    """A stored user. Fields are only ever added at the end, with defaults, so records written
-    by an older version still decode (`array_like`: a record is a list, not a map).
-
-    `account_id` is random per record, so a user deleted and created again under the same name
-    is a different account; `generation` goes up whenever the password or role changes. Tokens
-    carry both, and only match while both are unchanged. Records from before the id existed
-    have `account_id == ""`: they get one at start (`upgrade_records`), and a token never
-    matches an empty id.
-    """
-
-    username: str
-    role: Role
-    password_hash: str
-    created_at: float
-    disabled: bool = False
-    account_id: str = ""
-    generation: int = 0
-
-
-class ApiKey(Struct, array_like=True, kw_only=True):
-    key_id: str
-    name: str
-    role: Role
-    secret_hash: str
-    created_at: float
-    rate_limit_per_minute: int | None = None
-    rate_limit_per_hour: int | None = None
-    created_by: str | None = None
 
 
 class LoginRequest(Struct, forbid_unknown_fields=True):
@@ -102,41 +72,42 @@ class ApiKeyCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_per_hour: RateLimit | None = None
 
 
-_enc = msgspec.msgpack.Encoder()
-_dec_user = msgspec.msgpack.Decoder(User)
-_dec_key = msgspec.msgpack.Decoder(ApiKey)
-
-
-def _load_or_create_secret(settings: Settings) -> str:
+async def load_jwt_secret(store: Store, settings: Settings) -> str:
+    """`DTQ_JWT_SECRET`, else the one the store keeps (made and kept at first start), so every
+    server on one store signs alike."""
     if settings.jwt_secret:
         return settings.jwt_secret
-    path = Path(settings.data_dir) / "jwt-secret"
-    if path.exists():
-        return path.read_text().strip()
-    secret = new_jwt_secret()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return secret
+    stored = await store.get_setting(JWT_SECRET_SETTING)
+    if stored:
+        return stored
+    fresh = new_jwt_secret()
+
+    def op(tx: StoreTxn) -> str:
+        existing = tx.get_setting(JWT_SECRET_SETTING)
+        if existing:
+            return existing  # another process was first
+        tx.put_setting(JWT_SECRET_SETTING, fresh)
+        return fresh
+
+    return await store.write(op)
 
 
 class Accounts:
-    def __init__(
-        self, store: LmdbStore, writer: GroupCommitWriter, clock: Clock, settings: Settings
-    ) -> None:
+    def __init__(self, store: Store, clock: Clock, settings: Settings, *, jwt_secret: str) -> None:
         self._store = store
-        self._writer = writer
         self._clock = clock
-        self.tokens = TokenIssuer(_load_or_create_secret(settings), settings.jwt_ttl_s)
+        self.tokens = TokenIssuer(jwt_secret, settings.jwt_ttl_s)
         self.login_throttle = LoginThrottle()
         self._verified: dict[str, Principal] = {}
+
+    @classmethod
+    async def open(cls, store: Store, clock: Clock, settings: Settings) -> Accounts:
+        return cls(store, clock, settings, jwt_secret=await load_jwt_secret(store, settings))
 
     # -- bootstrap ---------------------------------------------------------------------
     async def bootstrap_admin(self, password: str | None) -> str | None:
         """First start: create `admin`. Returns the generated password, if one was made."""
-        if self._store.get_raw("users", b"admin") is not None or self.list_users():
+        if await self._store.get_user("admin") is not None or await self.list_users():
             return None
         generated = None
         if not password:
@@ -149,7 +120,7 @@ class Accounts:
 
         Such a user's old tokens (which name no account) stop working; logging in again works.
         """
-        missing = [u.username for u in self.list_users() if not u.account_id]
+        missing = [u.username for u in await self.list_users() if not u.account_id]
         for username in missing:
             await self._update_user(username, lambda u: u, bump=False)
         return len(missing)
@@ -166,29 +137,28 @@ class Accounts:
             account_id=new_account_id(),
         )
 
-        def op(tx: LmdbTxn) -> User:
-            if tx.get_raw("users", user.username.encode()) is not None:
+        def op(tx: StoreTxn) -> User:
+            if tx.get_user(user.username) is not None:
                 raise Conflict(
                     f"user {user.username!r} already exists", field="username", reason="taken"
                 )
-            tx.put_raw("users", user.username.encode(), _enc.encode(user))
+            tx.put_user(user)
             return user
 
-        return await self._writer.write(op)
+        return await self._store.write(op)
 
-    def list_users(self) -> list[User]:
-        return [_dec_user.decode(v) for _, v in self._store.iter_raw("users")]
+    async def list_users(self) -> list[User]:
+        return await self._store.list_users()
 
-    def get_user(self, username: str) -> User | None:
-        raw = self._store.get_raw("users", username.encode())
-        return _dec_user.decode(raw) if raw else None
+    async def get_user(self, username: str) -> User | None:
+        return await self._store.get_user(username)
 
     async def update_user(self, username: str, body: UserUpdate) -> User:
         """Change a user's password and/or role at once; every token issued before stops
         working (one generation bump, one write). A body that changes nothing changes nothing:
         the user as it is, its tokens still valid."""
         if body.password is None and body.role is None:
-            user = self.get_user(username)
+            user = await self.get_user(username)
             if user is None:
                 raise NotFound(f"user {username!r} not found", field="username")
             return user
@@ -220,33 +190,33 @@ class Accounts:
         """Read, change and write one user record in one write transaction. `bump` raises the
         generation (ending the user's tokens); a record without an account id gets one."""
 
-        def op(tx: LmdbTxn) -> User:
-            raw = tx.get_raw("users", username.encode())
-            if raw is None:
+        def op(tx: StoreTxn) -> User:
+            stored = tx.get_user(username)
+            if stored is None:
                 raise NotFound(f"user {username!r} not found", field="username")
-            user = change(_dec_user.decode(raw))
+            user = change(stored)
             user = msgspec.structs.replace(
                 user,
                 account_id=user.account_id or new_account_id(),
                 generation=user.generation + 1 if bump else user.generation,
             )
-            tx.put_raw("users", username.encode(), _enc.encode(user))
+            tx.put_user(user)
             return user
 
-        return await self._writer.write(op)
+        return await self._store.write(op)
 
     async def delete_user(self, username: str) -> None:
-        def op(tx: LmdbTxn) -> None:
-            if not tx.delete_raw("users", username.encode()):
+        def op(tx: StoreTxn) -> None:
+            if not tx.delete_user(username):
                 raise NotFound(f"user {username!r} not found", field="username")
 
-        await self._writer.write(op)
+        await self._store.write(op)
 
     async def login(self, body: LoginRequest) -> tuple[str, User]:
         # Throttled per username before the password is looked at: a 429 says nothing about
         # whether the password (or the user) was right. Unknown names are throttled the same.
         self.login_throttle.begin(body.username, self._clock.now())
-        user = self.get_user(body.username)
+        user = await self.get_user(body.username)
         ok = await trio.to_thread.run_sync(
             verify_password, body.password, user.password_hash if user else None
         )
@@ -283,26 +253,26 @@ class Accounts:
             created_by=created_by,
         )
 
-        def op(tx: LmdbTxn) -> ApiKey:
-            tx.put_raw("api_keys", key_id.encode(), _enc.encode(record))
+        def op(tx: StoreTxn) -> ApiKey:
+            tx.put_api_key(record)
             return record
 
-        await self._writer.write(op)
+        await self._store.write(op)
         return record, full
 
-    def list_api_keys(self) -> list[ApiKey]:
-        keys = [_dec_key.decode(v) for _, v in self._store.iter_raw("api_keys")]
+    async def list_api_keys(self) -> list[ApiKey]:
+        keys = await self._store.list_api_keys()
         return sorted(keys, key=lambda k: k.created_at)
 
     async def revoke_api_key(self, key_id: str) -> None:
-        def op(tx: LmdbTxn) -> None:
-            if not tx.delete_raw("api_keys", key_id.encode()):
+        def op(tx: StoreTxn) -> None:
+            if not tx.delete_api_key(key_id):
                 raise NotFound(f"API key {key_id!r} not found", field="key_id")
 
-        await self._writer.write(op)
+        await self._store.write(op)
 
     # -- request authentication (hot path) ---------------------------------------------
-    def authenticate(self, api_key: str | None, bearer: str | None) -> Principal | None:
+    async def authenticate(self, api_key: str | None, bearer: str | None) -> Principal | None:
         """The caller's principal, or None when no credentials were sent.
 
         Both at once is refused (401), even when both are valid: they may name different
@@ -312,10 +282,9 @@ class Accounts:
             raise ambiguous_credentials()
         if api_key is not None:
             key_id, secret = parse_api_key(api_key)
-            # One LMDB read (~2 us); no cache, so a key created or revoked by `dtq keys`
+            # One read by key; no cache, so a key created or revoked by `dtq keys`
             # in another process takes effect at once.
-            raw = self._store.get_raw("api_keys", key_id.encode())
-            record = _dec_key.decode(raw) if raw else None
+            record = await self._store.get_api_key(key_id)
             if record is None or not verify_api_key_secret(secret, record.secret_hash):
                 raise Unauthorized("Invalid API key", reason="unknown_api_key")
             return Principal.for_api_key(
@@ -335,11 +304,11 @@ class Accounts:
                 if len(self._verified) >= 10_000:
                     self._verified.clear()
                 self._verified[bearer] = principal
-            # One LMDB read by key, as for API keys (no cache: `dtq users` in another process
+            # One read by key, as for API keys (no cache: `dtq users` in another process
             # takes effect at once). The token must name this very account at its current
             # generation: a user deleted and created again has another id, and a password or
             # role change bumps the generation, so every older token ends.
-            user = self.get_user(principal.subject)
+            user = await self.get_user(principal.subject)
             if user is None or user.disabled:
                 raise Unauthorized("Invalid token", reason="unknown_user")
             if (

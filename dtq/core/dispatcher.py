@@ -19,6 +19,8 @@ from typing import Any
 
 import trio
 
+from dtq.models import DEFAULT_LEASE_S
+
 RANKS = (0, 1, 2)
 
 
@@ -76,7 +78,7 @@ class Waiter:
         names: frozenset[str] | None,
         max_tasks: int,
         worker_id: str = "",
-        lease_s: float = 60.0,
+        lease_s: float = DEFAULT_LEASE_S,
         holder: str | None = None,
     ) -> None:
         self.queues = queues

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from msgspec.structs import replace
@@ -19,7 +20,6 @@ from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
 from dtq.ids import new_task_id
 from dtq.models import (
     AckItem,
-    AckOutcome,
     Heartbeat,
     Task,
     TaskCreate,
@@ -227,11 +227,24 @@ def extend(
     return new
 
 
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The outcome of one ack item: the task after it, or the error that refused it."""
+
+    id: str
+    task: Task | None = None
+    error: DtqError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 def ack(
     tx: StoreTxn, items: Sequence[AckItem], policy: RetryPolicy, caller: str | None = None
-) -> tuple[list[AckOutcome], list[Task]]:
+) -> tuple[list[Acked], list[Task]]:
     """Many completions/failures at once; a stale lease fails only its own item."""
-    outcomes: list[AckOutcome] = []
+    outcomes: list[Acked] = []
     changed: list[Task] = []
     for item in items:
         try:
@@ -242,15 +255,9 @@ def ack(
                 error = error_from_input(item.error)
                 task = fail(tx, task_id, item.lease_id, error, item.retry, policy, caller=caller)
         except DtqError as exc:
-            outcomes.append(
-                AckOutcome(
-                    id=item.id,
-                    ok=False,
-                    error={"code": exc.code, "message": exc.message, "details": exc.details},
-                )
-            )
+            outcomes.append(Acked(item.id, error=exc))
             continue
-        outcomes.append(AckOutcome(id=task.id, ok=True, status=task.status))
+        outcomes.append(Acked(task.id, task))
         changed.append(task)
     return outcomes, changed
 

@@ -23,10 +23,10 @@ from dtq.errors import (
 from dtq.ids import new_request_id
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
-from dtq.net.metrics import metrics_route_spec, register_metrics_route
-from dtq.net.openapi import RouteSpec
+from dtq.net.openapi import OpenApiRegistry
 from dtq.net.routes import admin, analytics, tasks, webhooks, workers
-from dtq.net.routing import Api, Services, identify_and_charge, plain_rule, respond
+from dtq.net.routes.metrics import metrics_route_spec, register_metrics_route
+from dtq.net.routing import Api, RouteSpec, Services, identify_and_charge, plain_rule, respond
 from dtq.net.ws import register_websockets
 from dtq.settings import Settings
 
@@ -72,7 +72,7 @@ def build_api(services: Services) -> Api:
 
 
 def openapi_document(api: Api) -> dict[str, Any]:
-    return api.registry.build(APP_NAME, __version__)
+    return OpenApiRegistry(specs=api.registry).build(APP_NAME, __version__)
 
 
 def build_openapi() -> dict[str, Any]:
@@ -103,14 +103,7 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.get("/ready")
     async def ready() -> Any:
-        problem = None
-        if queue.closing:
-            problem = "shutting down"
-        else:
-            try:
-                queue.store.counters()
-            except Exception as exc:  # any storage fault means "not ready", never a 500
-                problem = f"storage: {exc}"
+        problem = await queue.ready_problem()
         if problem:
             body = {"status": "not_ready", "version": __version__, "reason": problem,
                     "timestamp": now_iso()}  # fmt: skip
@@ -190,7 +183,7 @@ def create_app(services: Services) -> QuartTrio:
             # No route ran, so nothing charged the caller: every /api/v1 answer is counted
             # and carries the X-RateLimit-* headers (DESIGN.md).
             try:
-                identify_and_charge(services)
+                await identify_and_charge(services)
             except DtqError as charged:
                 if isinstance(charged, RateLimited):
                     return await dtq_error(charged)

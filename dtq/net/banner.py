@@ -18,9 +18,8 @@ from typing import TextIO
 import msgspec
 
 from dtq import __version__
-from dtq.cli.healthcheck import local_url
 from dtq.logs import get_logger
-from dtq.settings import Durability, Settings
+from dtq.settings import MEMORY_STORE, Durability, Settings, local_url
 
 __all__ = [
     "ADMIN_PASSWORD_FILE",
@@ -64,11 +63,14 @@ def banner_fields(
     }
     if protocol_url is not None:  # the fast-lane protocol port, once `dtq serve` opens one
         fields["Protocol"] = protocol_url
-    data_dir = str(settings.data_path.resolve())
-    fields["Store"] = (
-        f"lmdb, durability {settings.durability.value} ({_DURABILITY[settings.durability]})"
-    )
-    fields["Data dir"] = data_dir
+    if settings.store == MEMORY_STORE:
+        fields["Store"] = "memory: NOTHING SURVIVES A STOP (tasks, users, keys are lost)"
+    else:
+        data_dir = str(settings.data_path.resolve())
+        fields["Store"] = (
+            f"lmdb, durability {settings.durability.value} ({_DURABILITY[settings.durability]})"
+        )
+        fields["Data dir"] = data_dir
     fields["Sign in"] = sign_in
     return fields
 
@@ -98,6 +100,7 @@ class StartupReport:
             self._sign_in = f"admin / {password}  (generated: shown only this once, keep it)"
             return
         path = self._settings.data_path.resolve() / ADMIN_PASSWORD_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)  # the memory store makes no data dir
         write_secret_file(path, password)
         self._sign_in = f"admin, with the generated password in {path} (mode 0600)"
         log.warning(

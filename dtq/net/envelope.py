@@ -61,14 +61,14 @@ def pagination(skip: int, limit: int, total: int) -> dict[str, int]:
     return {"skip": skip, "limit": limit, "total": total, "pages": -(-total // limit)}
 
 
+def error_info(exc: DtqError) -> dict[str, Any]:
+    """The guide's error object for `exc`: the one place an error becomes wire JSON (the
+    envelope's `error`, and each refused item of an ack batch)."""
+    return {"code": exc.code, "message": exc.message, "details": exc.details}
+
+
 def error_body(exc: DtqError) -> bytes:
-    return encode(
-        {
-            "status": "error",
-            "error": {"code": exc.code, "message": exc.message, "details": exc.details},
-            "timestamp": now_iso(),
-        }
-    )
+    return encode({"status": "error", "error": error_info(exc), "timestamp": now_iso()})
 
 
 # -- decoding ----------------------------------------------------------------------------
@@ -113,6 +113,36 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> Inva
 # fail when encoded a few levels deeper. Refused here, as a 400, before anything is written.
 _storable = msgspec.msgpack.Encoder()
 _NESTING_HEADROOM = 16  # levels of room for the envelope and the deeper stack of the encoders
+
+
+def _holds_free_json(tp: msgspec.inspect.Type, seen: set[type] | None = None) -> bool:
+    """Whether a decoded value of this type can hold arbitrary JSON (an `Any` somewhere: a
+    payload, a result): only such values can carry huge integers or deep nesting."""
+    seen = set() if seen is None else seen
+    if isinstance(tp, msgspec.inspect.AnyType):
+        return True
+    if isinstance(tp, msgspec.inspect.StructType):
+        if tp.cls in seen:
+            return False
+        seen.add(tp.cls)
+        return any(_holds_free_json(f.type, seen) for f in tp.fields)
+    inner: list[msgspec.inspect.Type] = []
+    for attr in ("type", "item_type", "key_type", "value_type"):
+        if isinstance(getattr(tp, attr, None), msgspec.inspect.Type):
+            inner.append(getattr(tp, attr))
+    for attr in ("item_types", "types"):
+        inner.extend(getattr(tp, attr, ()))
+    return any(_holds_free_json(t, seen) for t in inner)
+
+
+_STORABLE_CHECK: dict[type, bool] = {}  # body model -> whether decode_body checks storability
+
+
+def _needs_storable_check(model: type) -> bool:
+    needed = _STORABLE_CHECK.get(model)
+    if needed is None:
+        needed = _STORABLE_CHECK[model] = _holds_free_json(msgspec.inspect.type_info(model))
+    return needed
 
 
 def _check_storable(value: Any) -> None:
@@ -176,7 +206,8 @@ def decode_body(raw: bytes, model: type[T]) -> T:
         raise _not_utf8() from None
     except RecursionError:
         raise _too_deep() from None
-    _check_storable(value)
+    if _needs_storable_check(model):  # a lease or heartbeat body holds no free-form JSON
+        _check_storable(value)
     return value
 
 

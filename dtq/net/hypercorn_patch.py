@@ -7,7 +7,7 @@
 
 Both rely on hypercorn internals, so this module refuses to load unless the installed hypercorn
 is the version, and each patched module the exact source, they were checked against. After
-upgrading hypercorn: re-read the patched methods, run tests/net/test_serving.py (its canary
+upgrading hypercorn: re-read the patched methods, run tests/api/test_serving.py (its canary
 test shows whether hypercorn still needs fix 1), then update the verified version and hashes.
 """
 
@@ -195,7 +195,7 @@ def _check_hypercorn_is_verified() -> None:
             f"{__name__} patches hypercorn internals (keep-alive/shutdown fix and error bodies, "
             f"see its docstring), verified for hypercorn {sorted(_VERIFIED_HYPERCORN_VERSIONS)} "
             f"only; installed: hypercorn {version}, changed sources (sha256): {changed}. "
-            f"Re-check the patches against the new hypercorn, run tests/net/test_serving.py, "
+            f"Re-check the patches against the new hypercorn, run tests/api/test_serving.py, "
             f"then update the verified version and hashes."
         )
 

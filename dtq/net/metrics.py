@@ -3,8 +3,8 @@
 Two kinds of metric, so nothing is kept twice:
 
 - **state** (tasks by status, ready depth, scheduled tasks, leases held, long-polls waiting,
-  workers, lease expiries) is read when scraped, by `StateCollector`, from the dashboard
-  counters and the dispatcher;
+  workers, lease expiries) is read when scraped, by `StateCollector`, from
+  `TaskQueue.statistics()`;
 - **events** are counted as they happen, by hooks `open_services` registers:
   `Metrics.on_task` (a task listener: task events, retries, task duration, queue wait),
   `Metrics.on_commit` (a writer commit hook: batch size, commit latency),
@@ -40,15 +40,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
-from quart import request
 
 from dtq import __version__
-from dtq.core.auth import Permission
+from dtq.core.analytics import QueueStatistics
 from dtq.core.service import TaskQueue
 from dtq.models import Task
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Services, principal_of, respond
-from dtq.settings import Settings
 
 PATH = "/metrics"
 OTHER_QUEUE = "(other)"  # parentheses are not allowed in queue names
@@ -139,10 +135,14 @@ class StateCollector(Collector):
     def __init__(self, queue: TaskQueue, metrics: Metrics) -> None:
         self._queue = queue
         self._metrics = metrics
+        # read (storage is async) just before each scrape: `Metrics.render` / `exposition`
+        self.statistics: QueueStatistics | None = None
 
     def collect(self) -> Iterator[Metric]:
-        d = self._queue.dashboard()
-        dispatcher = self._queue.dispatcher
+        stats = self.statistics
+        if stats is None:  # not scraped through render/exposition
+            return
+        d = stats.dashboard
         tasks = GaugeMetricFamily(
             "dtq_tasks", "Tasks stored, by status (pending includes scheduled).", labels=["status"]
         )
@@ -158,13 +158,13 @@ class StateCollector(Collector):
         ready = GaugeMetricFamily(
             "dtq_ready_tasks", "Tasks ready to be leased now, by queue.", labels=["queue"]
         )
-        for queue, depth in sorted(self._metrics.ready_depth(dispatcher.ready_by_queue()).items()):
+        for queue, depth in sorted(self._metrics.ready_depth(stats.ready_by_queue).items()):
             ready.add_metric([queue], depth)
         yield ready
         yield GaugeMetricFamily(
             "dtq_scheduled_tasks",
             "Pending tasks waiting for their run_at (delay or retry backoff).",
-            value=dispatcher.scheduled_count(),
+            value=stats.scheduled,
         )
         yield GaugeMetricFamily(
             "dtq_leases_held", "Leases currently held (running tasks).", value=d.running_tasks
@@ -172,12 +172,12 @@ class StateCollector(Collector):
         yield CounterMetricFamily(
             "dtq_lease_expiries",
             "Leases that ran out without a result, since the server started.",
-            value=self._queue.lease_expiries,
+            value=stats.lease_expiries,
         )
         yield GaugeMetricFamily(
             "dtq_longpolls_waiting",
             "Lease requests waiting in a long poll.",
-            value=dispatcher.waiting_count(),
+            value=stats.longpolls_waiting,
         )
         workers = GaugeMetricFamily("dtq_workers", "Known workers, by status.", labels=["status"])
         workers.add_metric(["active"], d.workers_active)
@@ -196,13 +196,14 @@ class Metrics:
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._webhooks: dict[str, Any] = {}
         self.ready_since = ReadySince()
-        self.ready_since.prime((row[3], row[5]) for row in queue.store.iter_pending())
+        self.ready_since.prime(queue.pending_run_at())
 
         Info("dtq_build", "The dtq server's version.", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        r.register(StateCollector(queue, self))
+        self._state = StateCollector(queue, self)
+        r.register(self._state)
         self.task_events = Counter(
             "dtq_task_events", "Durable task state changes, by event and queue.",
             ["event", "queue"], registry=r,
@@ -309,40 +310,14 @@ class Metrics:
         return depth
 
     # -- exposition --------------------------------------------------------------------------
-    def render(self) -> bytes:
+    async def render(self) -> bytes:
         """The Prometheus text format (0.0.4)."""
+        self._state.statistics = await self._state._queue.statistics()
         return generate_latest(self.registry)
 
-    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+    async def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """(body, content type) for the request's `Accept` header, as prometheus-client does:
         OpenMetrics when asked for, else the text format."""
+        self._state.statistics = await self._state._queue.statistics()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-def metrics_route_spec(settings: Settings) -> RouteSpec:
-    auth = settings.metrics_require_auth
-    return RouteSpec(
-        "GET", PATH, "Prometheus metrics", "Monitoring", "metrics", envelope=False,
-        content_types=("text/plain",), auth=auth, errors=(403,) if auth else (),
-        description="Prometheus text exposition format (OpenMetrics when the `Accept` header "
-        "asks for it). Open unless `metrics_require_auth` is set; then it needs a role with "
-        "`analytics:read`. Not rate-limited.",
-    )  # fmt: skip
-
-
-def register_metrics_route(app: Any, services: Services) -> None:
-    """`GET /metrics`, outside the API pipeline: never rate-limited."""
-    metrics = services.metrics
-    if metrics is None:
-        return
-    accounts = services.accounts
-    require_auth = services.settings.metrics_require_auth
-
-    async def prometheus_metrics() -> Any:
-        if require_auth:
-            principal_of(accounts).require(Permission.ANALYTICS_READ)
-        body, content_type = metrics.exposition(request.headers.get("Accept"))
-        return respond(body, 200, content_type)
-
-    app.add_url_rule(PATH, "prometheus_metrics", prometheus_metrics, methods=["GET"])

@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import copy
 import http
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from dtq.errors import DtqError
+from dtq.net.routing import RouteSpec, RouteTable
 
-__all__ = ["ERROR_CODES", "OpenApiRegistry", "RouteSpec"]
+__all__ = ["ERROR_CODES", "OpenApiRegistry"]
 
 SCHEMA_REF = "#/components/schemas/{name}"
 _SCHEMAS_PREFIX = "#/components/schemas/"
 
-_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_PATH_PARAM = re.compile(r"\{([^{}/]+)\}")
 _SECURITY: list[dict[str, list[str]]] = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
 
 # The API guide's error codes, in the guide's order.
@@ -164,79 +161,8 @@ def _error_examples() -> dict[int, tuple[str, str]]:
     return out
 
 
-@dataclass(frozen=True)
-class RouteSpec:
-    """One documented operation.
-
-    `path` is in OpenAPI style (``/api/v1/tasks/{task_id}``); every ``{name}`` becomes a string
-    path parameter. `body` and `query` are msgspec Structs (the query struct's fields are the query
-    parameters). `response` is the type of the envelope's `data` (any type msgspec can describe,
-    e.g. ``list[TaskOut]``); ``None`` documents ``data: null``, or no body at all with status 204.
-    With ``envelope=False`` the response type is the whole body; `raw_response_schema` (a JSON
-    schema) overrides both, for bodies no msgspec type describes. `extra_fields` are more
-    top-level envelope members, e.g. ``(("token", str),)``. `content_types` lists the media
-    types the success response comes in; non-JSON ones are documented as strings.
-    `path_types` gives path parameters a type (``(("task_id", uuid.UUID),)``): its schema is
-    documented, and so is the 400 a value of another shape gets. A body documents the 415 a
-    body that is not JSON (by its Content-Type) gets.
-    """
-
-    method: str
-    path: str
-    summary: str
-    tag: str
-    operation_id: str
-    body: type | None = None
-    query: type | None = None
-    response: Any = None
-    status: int = 200
-    errors: tuple[int, ...] = ()
-    auth: bool = True
-    roles: tuple[str, ...] = ()
-    paginated: bool = False
-    envelope: bool = True
-    raw_response_schema: Mapping[str, Any] | None = None
-    content_types: tuple[str, ...] = ("application/json",)
-    extra_fields: tuple[tuple[str, Any], ...] = ()
-    path_types: tuple[tuple[str, Any], ...] = ()
-    body_required: bool = True
-    description: str | None = None
-    deprecated: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method.upper() != self.method or self.method not in _METHODS:
-            raise ValueError(f"method must be one of {sorted(_METHODS)}, got {self.method!r}")
-        if not self.path.startswith("/"):
-            raise ValueError(f"path must start with '/': {self.path!r}")
-        if not 200 <= self.status < 400:
-            raise ValueError(f"success status must be 2xx or 3xx, got {self.status}")
-        if any(not 400 <= code < 600 for code in self.errors):
-            raise ValueError(f"error statuses must be 4xx or 5xx, got {self.errors}")
-        if self.paginated and not self.envelope:
-            raise ValueError("paginated responses are enveloped")
-        if not self.content_types:
-            raise ValueError("content_types must not be empty")
-        unknown = {name for name, _ in self.path_types} - set(self.path_params)
-        if unknown:
-            raise ValueError(f"path_types names no path parameter: {sorted(unknown)}")
-        if self.query is not None and not (
-            isinstance(self.query, type) and issubclass(self.query, msgspec.Struct)
-        ):
-            raise TypeError(f"query must be a msgspec.Struct subclass, got {self.query!r}")
-
-    @property
-    def path_params(self) -> tuple[str, ...]:
-        """Names of the ``{...}`` segments of `path`, in order."""
-        return tuple(_PATH_PARAM.findall(self.path))
-
-    @property
-    def rule(self) -> str:
-        """`path` as a Quart/werkzeug URL rule: ``/tasks/{task_id}`` -> ``/tasks/<task_id>``."""
-        return _PATH_PARAM.sub(r"<\1>", self.path)
-
-
-class OpenApiRegistry:
-    """Collects `RouteSpec`s and builds the OpenAPI document from them.
+class OpenApiRegistry(RouteTable):
+    """A `RouteTable` that builds the OpenAPI document from its specs.
 
     >>> registry = OpenApiRegistry()
     >>> _ = registry.add(RouteSpec("GET", "/health", "Health", "health", "health", auth=False))
@@ -249,30 +175,13 @@ class OpenApiRegistry:
         *,
         rate_limited_prefix: str | None = "/api/v1",
         schema_hook: Callable[[type], dict[str, Any]] | None = None,
+        specs: Iterable[RouteSpec] = (),
     ) -> None:
-        self._specs: list[RouteSpec] = []
+        super().__init__()
+        for spec in specs:
+            self.add(spec)
         self._rate_limited_prefix = rate_limited_prefix
         self._schema_hook = schema_hook
-
-    def add(self, spec: RouteSpec) -> RouteSpec:
-        """Register `spec`; the same method + path or operation id twice is an error."""
-        for seen in self._specs:
-            if (seen.method, seen.path) == (spec.method, spec.path):
-                raise ValueError(f"{spec.method} {spec.path} is already documented")
-            if seen.operation_id == spec.operation_id:
-                raise ValueError(f"operation id {spec.operation_id!r} is already used")
-        self._specs.append(spec)
-        return spec
-
-    @property
-    def specs(self) -> tuple[RouteSpec, ...]:
-        return tuple(self._specs)
-
-    def __iter__(self) -> Iterator[RouteSpec]:
-        return iter(tuple(self._specs))
-
-    def __len__(self) -> int:
-        return len(self._specs)
 
     def build(
         self,

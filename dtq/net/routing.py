@@ -1,7 +1,8 @@
 """The request pipeline every API route shares: authenticate, rate-limit, authorize, decode.
 
-Routes are declared once as `RouteSpec` (which also documents them in OpenAPI) and a thin
-handler `async (call) -> Response`. Errors are `DtqError`s; one handler in `app.py` turns
+Routes are declared once as `RouteSpec` (what `dtq.net.openapi` documents) and a thin
+handler `async (call) -> Response`; `path_types` give path ids their type (a value of another
+shape is a 400 before the handler runs). Errors are `DtqError`s; one handler in `app.py` turns
 them into the guide's JSON error.
 """
 
@@ -11,10 +12,11 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from quart import current_app, g, request
 from werkzeug.routing import BaseConverter
 
@@ -25,12 +27,112 @@ from dtq.core.service import TaskQueue
 from dtq.errors import Unauthorized
 from dtq.net.envelope import JSON, decode_body, decode_query, require_json_media_type
 from dtq.net.events import EventBus
-from dtq.net.openapi import OpenApiRegistry, RouteSpec
+from dtq.net.metrics import Metrics
 from dtq.settings import Settings
 
 if TYPE_CHECKING:
     from dtq.core.webhooks.delivery import WebhookService
-    from dtq.net.metrics import Metrics
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_PATH_PARAM = re.compile(r"\{([^{}/]+)\}")
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """One documented operation.
+
+    `path` is in OpenAPI style (``/api/v1/tasks/{task_id}``); every ``{name}`` becomes a string
+    path parameter. `body` and `query` are msgspec Structs (the query struct's fields are the query
+    parameters). `response` is the type of the envelope's `data` (any type msgspec can describe,
+    e.g. ``list[TaskOut]``); ``None`` documents ``data: null``, or no body at all with status 204.
+    With ``envelope=False`` the response type is the whole body; `raw_response_schema` (a JSON
+    schema) overrides both, for bodies no msgspec type describes. `extra_fields` are more
+    top-level envelope members, e.g. ``(("token", str),)``. `content_types` lists the media
+    types the success response comes in; non-JSON ones are documented as strings.
+    `path_types` gives path parameters a type (``(("task_id", uuid.UUID),)``): its schema is
+    documented, and so is the 400 a value of another shape gets. A body documents the 415 a
+    body that is not JSON (by its Content-Type) gets.
+    """
+
+    method: str
+    path: str
+    summary: str
+    tag: str
+    operation_id: str
+    body: type | None = None
+    query: type | None = None
+    response: Any = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    auth: bool = True
+    roles: tuple[str, ...] = ()
+    paginated: bool = False
+    envelope: bool = True
+    raw_response_schema: Mapping[str, Any] | None = None
+    content_types: tuple[str, ...] = ("application/json",)
+    extra_fields: tuple[tuple[str, Any], ...] = ()
+    path_types: tuple[tuple[str, Any], ...] = ()
+    body_required: bool = True
+    description: str | None = None
+    deprecated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method.upper() != self.method or self.method not in _METHODS:
+            raise ValueError(f"method must be one of {sorted(_METHODS)}, got {self.method!r}")
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/': {self.path!r}")
+        if not 200 <= self.status < 400:
+            raise ValueError(f"success status must be 2xx or 3xx, got {self.status}")
+        if any(not 400 <= code < 600 for code in self.errors):
+            raise ValueError(f"error statuses must be 4xx or 5xx, got {self.errors}")
+        if self.paginated and not self.envelope:
+            raise ValueError("paginated responses are enveloped")
+        if not self.content_types:
+            raise ValueError("content_types must not be empty")
+        unknown = {name for name, _ in self.path_types} - set(self.path_params)
+        if unknown:
+            raise ValueError(f"path_types names no path parameter: {sorted(unknown)}")
+        if self.query is not None and not (
+            isinstance(self.query, type) and issubclass(self.query, msgspec.Struct)
+        ):
+            raise TypeError(f"query must be a msgspec.Struct subclass, got {self.query!r}")
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        """Names of the ``{...}`` segments of `path`, in order."""
+        return tuple(_PATH_PARAM.findall(self.path))
+
+    @property
+    def rule(self) -> str:
+        """`path` as a Quart/werkzeug URL rule: ``/tasks/{task_id}`` -> ``/tasks/<task_id>``."""
+        return _PATH_PARAM.sub(r"<\1>", self.path)
+
+
+class RouteTable:
+    """The declared operations, in order: each method + path and each operation id once."""
+
+    def __init__(self) -> None:
+        self._specs: list[RouteSpec] = []
+
+    def add(self, spec: RouteSpec) -> RouteSpec:
+        """Register `spec`; the same method + path or operation id twice is an error."""
+        for seen in self._specs:
+            if (seen.method, seen.path) == (spec.method, spec.path):
+                raise ValueError(f"{spec.method} {spec.path} is already documented")
+            if seen.operation_id == spec.operation_id:
+                raise ValueError(f"operation id {spec.operation_id!r} is already used")
+        self._specs.append(spec)
+        return spec
+
+    @property
+    def specs(self) -> tuple[RouteSpec, ...]:
+        return tuple(self._specs)
+
+    def __iter__(self) -> Iterator[RouteSpec]:
+        return iter(tuple(self._specs))
+
+    def __len__(self) -> int:
+        return len(self._specs)
 
 
 @dataclass
@@ -66,7 +168,7 @@ def no_content() -> Any:
     return current_app.response_class(b"", status=204)
 
 
-def principal_of(accounts: Accounts) -> Principal:
+async def principal_of(accounts: Accounts) -> Principal:
     """Credentials from `X-API-Key` or `Authorization: Bearer`; anonymous when none.
 
     Exactly one credential, or 401: a second one (another header, or the same header twice)
@@ -75,7 +177,7 @@ def principal_of(accounts: Accounts) -> Principal:
     api_key, bearer = single_credential(
         headers.getlist("X-API-Key"), [bearer_of(a) for a in headers.getlist("Authorization")]
     )
-    principal = accounts.authenticate(api_key, bearer)
+    principal = await accounts.authenticate(api_key, bearer)
     return principal or Principal.anonymous(request.remote_addr or "unknown")
 
 
@@ -97,12 +199,12 @@ def charge(svc: Services, principal: Principal) -> None:
         raise decision.error()
 
 
-def identify_and_charge(svc: Services) -> Principal:
+async def identify_and_charge(svc: Services) -> Principal:
     """The caller, charged to its rate limits. Bad credentials count against the client
     address, as none would: guessing keys or tokens is rate-limited too, and the 401 carries
     the headers."""
     try:
-        principal = principal_of(svc.accounts)
+        principal = await principal_of(svc.accounts)
     except Unauthorized:
         charge(svc, Principal.anonymous(request.remote_addr or "unknown"))
         raise
@@ -173,7 +275,7 @@ def _rule(path: str, literal: dict[tuple[str, ...], set[str]]) -> str:
 class Api:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.registry = OpenApiRegistry()
+        self.registry = RouteTable()
         self._routes: list[tuple[RouteSpec, Handler, Permission | None, tuple[str, ...]]] = []
 
     def route(
@@ -216,7 +318,7 @@ class Api:
         query_model = spec.query
 
         async def view(**params: str) -> Any:
-            principal = identify_and_charge(svc)
+            principal = await identify_and_charge(svc)
             if permission is not None:
                 principal.require(permission)
             g.principal = principal

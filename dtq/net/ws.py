@@ -53,9 +53,9 @@ def _credentials() -> tuple[str | None, str | None, str | None]:
     return api_key, bearer, subprotocol
 
 
-def _authorize(svc: Services, permission: Permission) -> tuple[Principal, str | None]:
+async def _authorize(svc: Services, permission: Permission) -> tuple[Principal, str | None]:
     api_key, bearer, subprotocol = _credentials()
-    principal = svc.accounts.authenticate(api_key, bearer)
+    principal = await svc.accounts.authenticate(api_key, bearer)
     if principal is None:
         raise Unauthorized("Authentication required", reason="missing_credentials")
     principal.require(permission)
@@ -86,7 +86,7 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
     @app.websocket("/ws/tasks")
     async def ws_tasks() -> Any:
         try:
-            _, subprotocol = _authorize(svc, Permission.TASKS_READ)
+            _, subprotocol = await _authorize(svc, Permission.TASKS_READ)
             f: TaskFilter = _query(TaskFilter)
         except DtqError as exc:
             return respond(error_body(exc), exc.status)
@@ -134,7 +134,7 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
     @app.websocket("/ws/metrics")
     async def ws_metrics() -> Any:
         try:
-            _, subprotocol = _authorize(svc, Permission.ANALYTICS_READ)
+            _, subprotocol = await _authorize(svc, Permission.ANALYTICS_READ)
             q: MetricsQuery = _query(MetricsQuery)
             if not (0.1 <= q.interval <= 3600) or math.isnan(q.interval):
                 raise InvalidRequest("interval must be between 0.1 and 3600 seconds",
@@ -146,7 +146,7 @@ def register_websockets(app: Any, svc: Services, bus: EventBus) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain_incoming, nursery.cancel_scope)
                 while not bus.closed:
-                    d = svc.queue.dashboard()
+                    d = await svc.queue.dashboard()
                     body = {f: getattr(d, f) for f in d.__struct_fields__}
                     body["timestamp"] = now_iso()
                     await websocket.send(encode(body).decode())

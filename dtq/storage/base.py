@@ -1,18 +1,59 @@
-"""The storage port: what the core needs from a backend.
+"""The storage port: everything core needs from a backend, and all it may know of one.
 
-`LmdbStore` implements it today; a distributed backend can implement the same two protocols
-later without touching the core or the HTTP layer. Write operations are plain functions of a
-`StoreTxn`; the backend runs many of them in one durable transaction (group commit).
+Backends (`dtq.storage.lmdb`, `dtq.storage.memory`, later PostgreSQL) implement `Store`; core
+imports only this module from storage. No table names and no byte keys cross the port: every
+method takes and returns the records of `dtq.models`.
+
+Writes. A write operation is a plain function of a `StoreTxn`. `Store.write(op, on_commit)`
+runs it in the backend's next commit, which may hold many operations (group commit):
+
+- *Atomic per operation*: an op that raises leaves none of its writes behind; the other ops of
+  the same commit are unaffected and commit. A storage failure fails the whole commit (every op
+  in it raises `StorageError`/`Unavailable`), and nothing of it is stored.
+- *Ordered*: ops commit in the order `write` was called, and an op sees the writes of every op
+  committed before it (including earlier ops of its own commit).
+- *Durable on return*: `write` returns (or `on_commit` runs) only after the commit holding the
+  op is as durable as the backend's durability mode promises (`fsync`: on disk; `os`: survives
+  a process crash; `none`, the memory store: until the process stops).
+- `on_commit(result)` runs on the trio thread right after the commit, before any other caller
+  resumes, so in-memory state (dispatcher, caches) follows commit order.
+
+Reads. Methods a networked backend must wait for are `async`; an embedded backend may answer at
+once. A read sees every write whose `write` call has returned; it never waits for the writer.
+Sync reads (`iter_pending`, `iter_leases`) are start-up only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-from dtq.models import DayStats, Task, TaskStatus, Worker, WorkerStatus
+import trio
+
+from dtq.models import (
+    ApiKey,
+    DayStats,
+    Delivery,
+    DeliveryRef,
+    DeliveryStatus,
+    Task,
+    TaskStatus,
+    User,
+    Webhook,
+    Worker,
+    WorkerStatus,
+)
 
 T = TypeVar("T")
+
+SECONDS_PER_DAY = 86400
+# Counter names a backend keeps itself (besides one per TaskStatus value and what ops count):
+# total, workers_total, workers_active, duration_sum, duration_n.
+
+
+def day_number(t: float) -> int:
+    """Days since the epoch (UTC): the key of `day_stats`."""
+    return int(t // SECONDS_PER_DAY)
 
 
 class TaskQuery(Protocol):
@@ -21,53 +62,220 @@ class TaskQuery(Protocol):
     worker_id: str | None
     queue: str | None
     name: str | None
-    sort: str
-    order: str
+    sort: str  # created_at | updated_at | duration
+    order: str  # asc | desc
     skip: int
     limit: int
 
 
-class StoreTxn(Protocol):
-    """One operation's view inside a write transaction.
+class PendingRow(NamedTuple):
+    """One pending task as start-up sees it (`Store.iter_pending`)."""
 
-    An operation validates first and writes after; if it raises, none of its writes land and
-    the other operations of the same commit are unaffected.
+    queue: str
+    rank: int  # Priority.rank
+    seq: int
+    task_id: str
+    name: str
+    run_at: float | None
+    ready_at: float
+
+
+# (txn, old, new): a task change, inside the op that makes it (None: inserted / deleted)
+EventSink = Callable[["StoreTxn", Task | None, Task | None], None]
+
+
+class WriterStats:
+    """What a backend's writer reports (the /metrics commit figures)."""
+
+    __slots__ = ("commit_seconds_total", "commits", "last_batch", "max_batch", "ops")
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.ops = 0
+        self.last_batch = 0
+        self.max_batch = 0
+        self.commit_seconds_total = 0.0
+
+    def record(self, batch: int, seconds: float) -> None:
+        self.commits += 1
+        self.ops += batch
+        self.last_batch = batch
+        self.max_batch = max(self.max_batch, batch)
+        self.commit_seconds_total += seconds
+
+
+class StoreTxn(Protocol):
+    """One operation's view inside a write transaction. Sync: it runs where the backend runs
+    the commit (LMDB: the writer thread), so it must touch nothing but the transaction.
+
+    Reads see this op's own writes and those of every op committed before it.
     """
 
-    now: float
+    now: float  # the commit's wall-clock time, one value for every op in it
 
+    # -- tasks: every index (listing, pending, idempotency on delete) follows these -----------
     def get_task(self, task_id: str) -> Task | None: ...
-    def insert_task(self, task: Task) -> Task: ...
-    def replace_task(self, old: Task, new: Task) -> None: ...
-    def delete_task(self, task: Task) -> None: ...
-    def next_seq(self) -> int: ...
+    def insert_task(self, task: Task) -> Task:
+        """Store a new task (`task.seq` from `next_seq`); counts total, status, day created."""
+        ...
+
+    def replace_task(self, old: Task, new: Task) -> None:
+        """`old` must be the stored version; moves every index entry that changed."""
+        ...
+
+    def delete_task(self, task: Task) -> None:
+        """Remove the task, its index entries and its idempotency key; counters follow."""
+        ...
+
+    def next_seq(self) -> int:
+        """A new enqueue sequence number, larger than every one handed out before (numbers
+        of a failed commit may be skipped, never reused)."""
+        ...
+
     def count(self, name: str, n: float = 1) -> None: ...
-    def count_day(self, t: float, name: str, n: float = 1) -> None: ...
-    def get_idempotent(self, key: str) -> tuple[str, bytes] | None: ...
+    def count_day(self, t: float, name: str, n: float = 1) -> None:
+        """Add to the `DayStats` field `name` of the day of `t`."""
+        ...
+
+    # -- idempotency keys ---------------------------------------------------------------------
+    def get_idempotent(self, key: str) -> tuple[str, bytes] | None:
+        """(task id, body fingerprint) stored under an idempotency key."""
+        ...
+
     def put_idempotent(self, key: str, task_id: str, fingerprint: bytes) -> None: ...
+
+    # -- workers ------------------------------------------------------------------------------
     def get_worker(self, worker_id: str) -> Worker | None: ...
-    def put_worker(self, old: Worker | None, new: Worker) -> None: ...
-    def get_raw(self, table: str, key: bytes) -> bytes | None: ...
-    def put_raw(self, table: str, key: bytes, value: bytes) -> None: ...
-    def delete_raw(self, table: str, key: bytes) -> bool: ...
+    def put_worker(self, old: Worker | None, new: Worker) -> None:
+        """`old` is the stored version (None: new); keeps workers_total/workers_active."""
+        ...
+
+    # -- accounts -----------------------------------------------------------------------------
+    def get_user(self, username: str) -> User | None: ...
+    def put_user(self, user: User) -> None: ...
+    def delete_user(self, username: str) -> bool: ...
+    def put_api_key(self, key: ApiKey) -> None: ...
+    def delete_api_key(self, key_id: str) -> bool: ...
+    def get_setting(self, name: str) -> str | None:
+        """A small server-wide value (e.g. the JWT signing secret), shared by every server."""
+        ...
+
+    def put_setting(self, name: str, value: str) -> None: ...
+
+    # -- webhooks and the delivery outbox -----------------------------------------------------
+    def put_webhook(self, hook: Webhook) -> None: ...
+    def delete_webhook(self, webhook_id: str) -> bool:
+        """The record only; its deliveries are dropped separately (`delete_delivery`)."""
+        ...
+
+    def get_delivery(self, ref: DeliveryRef) -> Delivery | None: ...
+    def put_delivery(self, old: Delivery | None, new: Delivery) -> None:
+        """`old` is the stored version (None: new). The due index holds exactly the stored
+        deliveries whose `next_attempt_at` is set."""
+        ...
+
+    def delete_delivery(self, delivery: Delivery) -> None: ...
 
 
 class Store(Protocol):
+    """A backend. Open it with `dtq.server.open_store`; run `run` in a nursery before the first
+    write and `aclose` to flush; `close` releases it."""
+
+    durability: str  # fsync | os | none
+    stats: WriterStats
+    # (batch size, seconds) after every commit, on the trio thread
+    commit_hooks: list[Callable[[int, float], None]]
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take writes until `aclose`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Refuse new writes (`Unavailable`), commit the queued ones, stop `run`."""
+        ...
+
+    def close(self) -> None: ...
+
+    # -- writes -------------------------------------------------------------------------------
     async def write(
         self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
     ) -> T:
-        """Run `op` in the next group commit; return after it is durable."""
+        """Run `op` in the next commit; return its result once durable (see the module)."""
         ...
 
-    def get_task(self, task_id: str) -> Task | None: ...
-    def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]: ...
-    def counters(self) -> dict[str, float]: ...
-    def day_stats(self, first_day: int, last_day: int) -> Iterator[tuple[int, DayStats]]: ...
-    def get_worker(self, worker_id: str) -> Worker | None: ...
-    def list_workers(
+    def set_event_sink(self, sink: EventSink | None) -> None:
+        """Let `sink` see every task change inside the op's transaction (it may write there,
+        e.g. the deliveries a change owes). Swap it only on the trio thread."""
+        ...
+
+    # -- task reads ---------------------------------------------------------------------------
+    async def get_task(self, task_id: str) -> Task | None: ...
+    async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
+        """One page and the number of matching tasks. Filters (all given must match): status,
+        priority, worker_id, queue, name. Sorts: created_at and updated_at (ties in enqueue
+        order), duration (tasks without one first in asc). Raises InvalidRequest on another
+        sort."""
+        ...
+
+    async def counters(self) -> dict[str, float]: ...
+    async def day_stats(self, first_day: int, last_day: int) -> list[tuple[int, DayStats]]:
+        """Stored days in [first_day, last_day], in order; days with no activity are absent."""
+        ...
+
+    # -- workers ------------------------------------------------------------------------------
+    async def get_worker(self, worker_id: str) -> Worker | None: ...
+    async def list_workers(
         self, status: WorkerStatus | None, skip: int, limit: int
-    ) -> tuple[list[Worker], int]: ...
-    def iter_pending(self) -> Iterator[Any]: ...
-    def iter_leases(self) -> Iterator[tuple[float, str, str]]: ...
-    def iter_raw(self, table: str) -> Iterator[tuple[bytes, bytes]]: ...
-    def get_raw(self, table: str, key: bytes) -> bytes | None: ...
+    ) -> tuple[list[Worker], int]:
+        """Workers in id order, one page, and how many match."""
+        ...
+
+    # -- start-up (sync: read once, before serving) --------------------------------------------
+    def iter_pending(self) -> Iterator[PendingRow]:
+        """Every pending task in (queue, priority rank, seq) order."""
+        ...
+
+    def iter_leases(self) -> Iterator[tuple[float, str, str]]:
+        """(expires_at, task id, lease id) of every running task."""
+        ...
+
+    # -- accounts -----------------------------------------------------------------------------
+    async def get_user(self, username: str) -> User | None: ...
+    async def list_users(self) -> list[User]:
+        """In username order."""
+        ...
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None: ...
+    async def list_api_keys(self) -> list[ApiKey]:
+        """In key id order."""
+        ...
+
+    async def get_setting(self, name: str) -> str | None: ...
+
+    # -- webhooks -----------------------------------------------------------------------------
+    async def list_webhooks(self) -> list[Webhook]:
+        """In id order."""
+        ...
+
+    async def get_delivery(self, ref: DeliveryRef) -> Delivery | None: ...
+    async def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: DeliveryStatus | None = None,
+        newest_first: bool = True,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[Delivery], int]:
+        """A webhook's deliveries ordered by (created_us, id), one page, and how many match."""
+        ...
+
+    async def due_deliveries(self, limit: int) -> list[tuple[float, DeliveryRef]]:
+        """(next_attempt_at, ref) of the first `limit` pending deliveries, soonest first
+        (ties by ref order). Times are rounded down to the microsecond."""
+        ...
+
+
+# `StoreTxn.get_setting` names
+JWT_SECRET_SETTING = "jwt_secret"

@@ -17,6 +17,9 @@ import trio
 from quart.typing import TestClientProtocol
 from werkzeug.datastructures import Headers
 
+# The in-process `serve()` of `server_url` (conftest.py), for the client SDK and worker tests.
+SERVE_ADMIN_PASSWORD = "password-for-the-tests"
+SERVE_START_S = 20.0  # upper bound for the server to come up on a busy 2-core machine
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ERROR_CODES = {

@@ -93,8 +93,8 @@ def claims(role: str = "admin", **kw: Any) -> dict[str, Any]:
     }
 
 
-def admin_id(services: Services) -> str:
-    admin = services.accounts.get_user("admin")
+async def admin_id(services: Services) -> str:
+    admin = await services.accounts.get_user("admin")
     assert admin is not None and admin.account_id
     return admin.account_id
 
@@ -104,8 +104,8 @@ def server_secret(settings: Settings) -> bytes:
     return settings.jwt_secret.encode()
 
 
-def bad_tokens(settings: Settings, services: Services, good: str) -> dict[str, str]:
-    uid = admin_id(services)
+async def bad_tokens(settings: Settings, services: Services, good: str) -> dict[str, str]:
+    uid = await admin_id(services)
 
     def mine(role: str = "admin", **kw: Any) -> dict[str, Any]:
         """Claims as the server's own tokens have them, so each case fails for its own reason."""
@@ -127,7 +127,7 @@ def bad_tokens(settings: Settings, services: Services, good: str) -> dict[str, s
         "alg none (pyjwt)": jwt.encode(mine(), None, algorithm="none"),
         "alg HS512": jwt.encode(mine(), secret, algorithm="HS512"),
         "expired": services.accounts.tokens.issue(
-            "admin", Role.ADMIN, now - 7200, account_id=admin_id(services), generation=0
+            "admin", Role.ADMIN, now - 7200, account_id=await admin_id(services), generation=0
         ),
         "expired (hand made)": jwt.encode(mine(exp=int(now) - 1), secret, algorithm="HS256"),
         "wrong issuer": jwt.encode(mine(iss="someone"), secret, algorithm="HS256"),
@@ -151,10 +151,10 @@ async def test_bad_bearer_tokens(
 ) -> None:
     # A token made with the server's own secret and claims is accepted (the test is fair) ...
     secret = server_secret(settings)
-    good = jwt.encode(claims(uid=admin_id(services), gen=0), secret, algorithm="HS256")
+    good = jwt.encode(claims(uid=await admin_id(services), gen=0), secret, algorithm="HS256")
     ok(await client.bearer(good).get("/api/v1/tasks"))
     # ... and every broken one is refused.
-    for name, token in bad_tokens(settings, services, tokens[Role.VIEWER]).items():
+    for name, token in (await bad_tokens(settings, services, tokens[Role.VIEWER])).items():
         reply = await client.bearer(token).get("/api/v1/users")
         assert reply.status == 401, (name, reply)
         error_of(reply, 401, "UNAUTHORIZED")

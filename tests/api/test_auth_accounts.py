@@ -14,6 +14,7 @@ from dtq.errors import NotFound
 from dtq.net.routing import Services
 from dtq.server import open_services
 from dtq.settings import Settings
+from dtq.storage.base import StoreTxn
 
 from .conftest import ADMIN_PASSWORD
 from .helpers import Client, error_of, ok
@@ -153,17 +154,17 @@ async def test_records_from_before_account_ids_still_work(
         [old.username, old.role.value, hashed.password_hash, old.created_at, False]
     )
 
-    def put(tx: object) -> None:
-        tx.put_raw("users", b"legacy", raw)  # type: ignore[attr-defined]
+    def put(tx: StoreTxn) -> None:
+        tx.put_user(msgspec.msgpack.decode(raw, type=User))  # the old record still decodes
 
-    await services.queue.writer.write(put)
-    legacy = services.accounts.get_user("legacy")
+    await services.queue.store.write(put)
+    legacy = await services.accounts.get_user("legacy")
     assert legacy is not None and legacy.account_id == "" and legacy.generation == 0
-    assert [u.username for u in services.accounts.list_users()] == ["admin", "legacy", "tmp"]
+    assert [u.username for u in await services.accounts.list_users()] == ["admin", "legacy", "tmp"]
     # Logging in gives the record an id (as `upgrade_records` does at start), then works.
     user = await log_in(client, "legacy")
     ok(await user.get("/api/v1/tasks"))
-    upgraded = services.accounts.get_user("legacy")
+    upgraded = await services.accounts.get_user("legacy")
     assert upgraded is not None and len(upgraded.account_id) == 32
     assert await services.accounts.upgrade_records() == 0
 
@@ -173,12 +174,12 @@ async def test_upgrade_records_gives_every_old_record_an_id(services: Services) 
     for name in ("old1", "old2"):
         raw = msgspec.msgpack.encode([name, "viewer", created.password_hash, 0.0, False])
 
-        def put(tx: object, name: str = name, raw: bytes = raw) -> None:
-            tx.put_raw("users", name.encode(), raw)  # type: ignore[attr-defined]
+        def put(tx: StoreTxn, raw: bytes = raw) -> None:
+            tx.put_user(msgspec.msgpack.decode(raw, type=User))
 
-        await services.queue.writer.write(put)
+        await services.queue.store.write(put)
     assert await services.accounts.upgrade_records() == 2
-    ids = {u.username: u.account_id for u in services.accounts.list_users()}
+    ids = {u.username: u.account_id for u in await services.accounts.list_users()}
     assert all(len(i) == 32 for i in ids.values()), ids
     assert len(set(ids.values())) == len(ids)
     assert ids["tmp"] == created.account_id  # records that had one keep it
@@ -293,17 +294,18 @@ async def test_the_throttle_is_per_account(
     await services.accounts.login(LoginRequest("bob", PASSWORD))
 
 
+@pytest.mark.parametrize("store_url", [""], ids=["lmdb"])  # a restart: a durable store
 async def test_a_restart_upgrades_old_records(settings: Settings) -> None:
     async with open_services(settings) as svc:
-        admin = svc.accounts.get_user("admin")
+        admin = await svc.accounts.get_user("admin")
         assert admin is not None
         raw = msgspec.msgpack.encode(["old", "viewer", admin.password_hash, 0.0, False])
 
-        def put(tx: object) -> None:
-            tx.put_raw("users", b"old", raw)  # type: ignore[attr-defined]
+        def put(tx: StoreTxn) -> None:
+            tx.put_user(msgspec.msgpack.decode(raw, type=User))
 
-        await svc.queue.writer.write(put)
+        await svc.queue.store.write(put)
     async with open_services(settings) as svc:
-        old = svc.accounts.get_user("old")
+        old = await svc.accounts.get_user("old")
         assert old is not None and len(old.account_id) == 32 and old.generation == 0
-        assert svc.accounts.get_user("admin") == admin  # records that had an id are untouched
+        assert await svc.accounts.get_user("admin") == admin  # records that had an id are untouched

@@ -180,7 +180,7 @@ async def test_webhook_payloads_carry_no_lease_id(
 ) -> None:
     task = await create_task(admin)
     leased = await lease_one(worker_a, "wa")
-    stored = services.queue.get(task["id"])
+    stored = await services.queue.get(task["id"])
     assert stored.lease is not None and stored.lease.id == leased["lease"]["id"]
     delivery = Delivery(id="d1", webhook_id="h1", event="task.leased", task=stored,
                         created_at=stored.updated_at)  # fmt: skip

@@ -50,7 +50,7 @@ async def tokens(services: Services) -> dict[Role, str]:
             await services.accounts.create_user(
                 UserCreate(username=name, password="role-password", role=role)
             )
-        user = services.accounts.get_user(name)
+        user = await services.accounts.get_user(name)
         assert user is not None
         out[role] = services.accounts.issue_token(user)
     return out

@@ -10,7 +10,7 @@ from typing import Any
 
 from quart_trio import QuartTrio
 
-from dtq.net.openapi import RouteSpec
+from dtq.net.routing import RouteSpec
 
 from .helpers import Client, create_task, error_of, get_task, ok, success_body
 

@@ -35,7 +35,7 @@ async def settle(services: Services) -> None:
     """Let the reaper and the writer finish what a clock jump started."""
     for _ in range(3):
         await trio.testing.wait_all_tasks_blocked()
-        await services.queue.writer.write(lambda tx: None)
+        await services.queue.store.write(lambda tx: None)
     await trio.testing.wait_all_tasks_blocked()
 
 

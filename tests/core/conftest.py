@@ -46,7 +46,7 @@ async def settle(q: TaskQueue, rounds: int = 3) -> None:
     """
     for _ in range(rounds):
         await trio.testing.wait_all_tasks_blocked()
-        await q.writer.write(lambda tx: None)
+        await q.store.write(lambda tx: None)
     await trio.testing.wait_all_tasks_blocked()
 
 
@@ -89,14 +89,14 @@ async def lease_one(q: TaskQueue, worker_id: str = "w1", **kw: Any) -> Task:
     return tasks[0]
 
 
-def all_tasks(q: TaskQueue) -> list[Task]:
-    tasks, total = q.list_tasks(ListTasksQuery(limit=100_000, order="asc"))
+async def all_tasks(q: TaskQueue) -> list[Task]:
+    tasks, total = await q.list_tasks(ListTasksQuery(limit=100_000, order="asc"))
     assert total == len(tasks)
     return tasks
 
 
-def recount(q: TaskQueue) -> dict[TaskStatus, int]:
+async def recount(q: TaskQueue) -> dict[TaskStatus, int]:
     counts = dict.fromkeys(TaskStatus, 0)
-    for task in all_tasks(q):
+    for task in await all_tasks(q):
         counts[task.status] += 1
     return counts

@@ -74,12 +74,12 @@ async def test_acknowledged_creates_survive_kill(tmp_path: Path, durability: str
     seen = await run_and_kill(data_dir, "create", durability, "created")
     with trio.fail_after(30):
         async with open_queue(make_settings(data_dir)) as q:
-            stored = {t.id: t for t in all_tasks(q)}
+            stored = {t.id: t for t in await all_tasks(q)}
             missing = seen["created"] - set(stored)
             assert not missing, f"{len(missing)} acknowledged tasks lost"
             assert all(t.status == TaskStatus.PENDING for t in stored.values())
-            counts = recount(q)
-            d = q.dashboard()
+            counts = await recount(q)
+            d = await q.dashboard()
             assert d.total_tasks == len(stored) == counts[TaskStatus.PENDING] == d.pending_tasks
             # rebuilt: every stored task is ready, in creation order
             assert q.dispatcher.ready_count() == len(stored)
@@ -97,19 +97,19 @@ async def test_acknowledged_completions_survive_kill(tmp_path: Path) -> None:
     seen = await run_and_kill(data_dir, "complete", "fsync", "completed")
     with trio.fail_after(30):
         async with open_queue(make_settings(data_dir)) as q:
-            stored = {t.id: t for t in all_tasks(q)}
+            stored = {t.id: t for t in await all_tasks(q)}
             assert seen["created"] <= set(stored)
             for task_id in seen["completed"]:
                 task = stored[task_id]
                 assert task.status == TaskStatus.COMPLETED, task
                 assert task.result == {"ok": task_id}
-            counts = recount(q)
-            d = q.dashboard()
+            counts = await recount(q)
+            d = await q.dashboard()
             assert d.total_tasks == len(stored)
             assert d.completed_tasks == counts[TaskStatus.COMPLETED] >= len(seen["completed"])
             assert d.running_tasks == counts[TaskStatus.RUNNING]
             assert d.pending_tasks == counts[TaskStatus.PENDING]
-            _, total = q.list_tasks(ListTasksQuery(status=TaskStatus.COMPLETED))
+            _, total = await q.list_tasks(ListTasksQuery(status=TaskStatus.COMPLETED))
             assert total == counts[TaskStatus.COMPLETED]
             # tasks leased at the moment of the kill keep their leases; pending ones are ready
             assert q.dispatcher.ready_count() == counts[TaskStatus.PENDING]

@@ -18,8 +18,8 @@ from dtq.storage.lmdb import store as lmdb_store
 from .conftest import WALL0, advance, create, lease_one
 
 
-def listing(q: TaskQueue, **kw: Any) -> tuple[list[str], int]:
-    tasks, total = q.list_tasks(ListTasksQuery(**kw))
+async def listing(q: TaskQueue, **kw: Any) -> tuple[list[str], int]:
+    tasks, total = await q.list_tasks(ListTasksQuery(**kw))
     return [t.id for t in tasks], total
 
 
@@ -32,21 +32,21 @@ async def test_list_by_queue_and_name(q: TaskQueue, mock_clock: trio.testing.Moc
     await advance(mock_clock, q, 1)
     odd = await create(q, "res\x00ize", queue="images")  # a NUL in a name: no prefix confusion
 
-    assert listing(q, queue="videos", order="asc") == ([b.id, c.id], 2)
-    assert listing(q, queue="images", order="asc") == ([a.id, odd.id], 2)
-    assert listing(q, queue="nowhere") == ([], 0)
-    assert listing(q, name="resize", order="asc") == ([a.id, b.id], 2)
-    assert listing(q, name="res\x00ize") == ([odd.id], 1)
-    assert listing(q, name="resize", queue="videos") == ([b.id], 1)
-    assert listing(q, queue="videos", skip=1, limit=1) == ([b.id], 2)  # desc: c, b
-    assert listing(q, queue="videos", sort="updated_at", order="asc") == ([b.id, c.id], 2)
+    assert await listing(q, queue="videos", order="asc") == ([b.id, c.id], 2)
+    assert await listing(q, queue="images", order="asc") == ([a.id, odd.id], 2)
+    assert await listing(q, queue="nowhere") == ([], 0)
+    assert await listing(q, name="resize", order="asc") == ([a.id, b.id], 2)
+    assert await listing(q, name="res\x00ize") == ([odd.id], 1)
+    assert await listing(q, name="resize", queue="videos") == ([b.id], 1)
+    assert await listing(q, queue="videos", skip=1, limit=1) == ([b.id], 2)  # desc: c, b
+    assert await listing(q, queue="videos", sort="updated_at", order="asc") == ([b.id, c.id], 2)
 
     leased = await lease_one(q, "w1", queues=["videos"])
     assert leased.id == b.id
-    assert listing(q, queue="videos", status=TaskStatus.RUNNING) == ([b.id], 1)
+    assert await listing(q, queue="videos", status=TaskStatus.RUNNING) == ([b.id], 1)
     await q.delete(c.id)
-    assert listing(q, queue="videos") == ([b.id], 1)
-    assert listing(q, name="encode") == ([], 0)
+    assert await listing(q, queue="videos") == ([b.id], 1)
+    assert await listing(q, name="encode") == ([], 0)
 
 
 async def test_indexes_are_built_for_an_older_store(
@@ -64,7 +64,7 @@ async def test_indexes_are_built_for_an_older_store(
     env.close()
 
     async with open_queue(settings, clock=clock) as q:
-        ids, total = listing(q, queue="q1", order="asc", limit=100)
+        ids, total = await listing(q, queue="q1", order="asc", limit=100)
         assert (ids, total) == ([t.id for t in made if t.queue == "q1"], 4)
-        ids, total = listing(q, name="n0", order="asc", limit=100)
+        ids, total = await listing(q, name="n0", order="asc", limit=100)
         assert (ids, total) == ([t.id for t in made if t.name == "n0"], 6)

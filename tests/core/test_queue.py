@@ -194,16 +194,16 @@ async def test_reaper_wakes_for_an_earlier_deadline(q: TaskQueue, mock_clock: Mo
     await advance(mock_clock, q, 5)  # t=7
     assert ids(await lease(q, "w2", lease_seconds=3)) == [later.id]  # expires at 10
     await advance(mock_clock, q, 3)  # t=10
-    assert q.get(later.id).status == S.PENDING  # lease lost: back in line
-    assert q.get(short.id).status == S.RUNNING
+    assert (await q.get(later.id)).status == S.PENDING  # lease lost: back in line
+    assert (await q.get(short.id)).status == S.RUNNING
     await advance(mock_clock, q, 1)  # t=11
-    assert q.get(short.id).status == S.PENDING
-    assert q.get_worker("w9").status == WorkerStatus.ACTIVE
+    assert (await q.get(short.id)).status == S.PENDING
+    assert (await q.get_worker("w9")).status == WorkerStatus.ACTIVE
     await advance(mock_clock, q, 21)  # t=32
-    assert q.get_worker("w9").status == WorkerStatus.INACTIVE
-    assert q.get(long.id).status == S.RUNNING
+    assert (await q.get_worker("w9")).status == WorkerStatus.INACTIVE
+    assert (await q.get(long.id)).status == S.RUNNING
     await advance(mock_clock, q, 69)  # t=101
-    assert q.get(long.id).status == S.PENDING
+    assert (await q.get(long.id)).status == S.PENDING
 
 
 # --------------------------------------------------------------------------- long poll
@@ -357,19 +357,19 @@ async def test_complete(q: TaskQueue, mock_clock: MockClock) -> None:
     done = await q.complete(task.id, leased.lease.id, {"r": 1})
     assert done.status == S.COMPLETED and done.result == {"r": 1}
     assert done.duration == 3 and done.completed_at == WALL0 + 3
-    assert q.get(task.id) == done
+    assert await q.get(task.id) == done
     # the finished lease can no longer act
     with pytest.raises(LeaseLost):
         await q.complete(task.id, leased.lease.id, {"r": 2})
-    assert q.get(task.id).result == {"r": 1}
+    assert (await q.get(task.id)).result == {"r": 1}
 
 
 async def test_complete_with_stale_lease_changes_nothing(q: TaskQueue) -> None:
     await create(q, "x")
     leased = await lease_one(q)
-    before = q.get(leased.id)
-    counters = q.store.counters()
-    commits = q.writer.stats.commits
+    before = await q.get(leased.id)
+    counters = await q.store.counters()
+    commits = q.store.stats.commits
     with pytest.raises(LeaseLost) as info:
         await q.complete(leased.id, "0" * 32, {"r": 1})
     assert info.value.details["field"] == "lease_id"
@@ -377,9 +377,9 @@ async def test_complete_with_stale_lease_changes_nothing(q: TaskQueue) -> None:
         await q.fail(leased.id, "0" * 32, TaskError(message="m"))
     with pytest.raises(LeaseLost):
         await q.extend(leased.id, "0" * 32, 100)
-    assert q.get(leased.id) == before
-    assert q.store.counters() == counters
-    assert q.writer.stats.commits == commits + 3
+    assert await q.get(leased.id) == before
+    assert await q.store.counters() == counters
+    assert q.store.stats.commits == commits + 3
 
 
 async def test_lease_expiry_gives_the_task_back_without_a_retry_until_max_deliveries(
@@ -392,9 +392,9 @@ async def test_lease_expiry_gives_the_task_back_without_a_retry_until_max_delive
         task = await create(q, "x")
         first = await lease_one(q, lease_seconds=10)
         await advance(mock_clock, q, 9.9)
-        assert q.get(task.id).status == S.RUNNING
+        assert (await q.get(task.id)).status == S.RUNNING
         await advance(mock_clock, q, 0.1)
-        after = q.get(task.id)
+        after = await q.get(task.id)
         assert after.status == S.PENDING  # not failed: no retry was used
         assert after.error is not None and after.error.type == "lease_expired"
         assert after.attempts == 1 and after.lease is None and after.run_at is None
@@ -408,15 +408,15 @@ async def test_lease_expiry_gives_the_task_back_without_a_retry_until_max_delive
         second = await lease_one(q, "w2", lease_seconds=10)
         assert second.attempts == 2 and second.worker_id == "w2" and second.deliveries == 2
         await advance(mock_clock, q, 10)
-        assert q.get(task.id).status == S.PENDING
+        assert (await q.get(task.id)).status == S.PENDING
         await lease_one(q, "w3", lease_seconds=10)
         await advance(mock_clock, q, 10)
-        final = q.get(task.id)
+        final = await q.get(task.id)
         assert final.status == S.FAILED  # the third lost lease: max_deliveries
         assert final.error is not None and final.error.type == "lease_expired"
         assert final.deliveries == 3
         assert await lease(q) == []
-        assert q.dashboard().failed_tasks == 1
+        assert (await q.dashboard()).failed_tasks == 1
 
 
 async def test_expired_task_is_ready_for_waiter(q: TaskQueue, mock_clock: MockClock) -> None:
@@ -435,7 +435,7 @@ async def test_expiry_of_task_timeout(q: TaskQueue, mock_clock: MockClock) -> No
     leased = await lease_one(q, lease_seconds=60)
     assert leased.lease is not None and leased.lease.expires_at == WALL0 + 5
     await advance(mock_clock, q, 5)
-    final = q.get(task.id)
+    final = await q.get(task.id)
     assert final.status == S.FAILED
     assert final.error is not None and final.error.type == "timeout"
 
@@ -449,11 +449,11 @@ async def test_extend(q: TaskQueue, mock_clock: MockClock) -> None:
     assert ext.lease is not None and ext.lease.expires_at == WALL0 + 18
     assert ext.lease.id == leased.lease.id
     await advance(mock_clock, q, 5)  # past the first expiry
-    assert q.get(task.id).status == S.RUNNING
+    assert (await q.get(task.id)).status == S.RUNNING
     capped = await q.extend(task.id, leased.lease.id, 1000)
     assert capped.lease is not None and capped.lease.expires_at == WALL0 + 100
     await advance(mock_clock, q, 86)
-    assert q.get(task.id).status == S.RUNNING
+    assert (await q.get(task.id)).status == S.RUNNING
     done = await q.complete(task.id, leased.lease.id, "ok")
     assert done.status == S.COMPLETED
 
@@ -483,7 +483,7 @@ async def test_fail_retries_with_backoff(q: TaskQueue, mock_clock: MockClock) ->
     assert again.lease is not None
     final = await q.fail(task.id, again.lease.id, TaskError(message="x"), retry=False)
     assert final.status == S.FAILED and final.attempts == 2
-    day = q.daily(1)[0]
+    day = (await q.daily(1))[0]
     assert (day["retried"], day["failed"]) == (1, 1)
 
 
@@ -501,19 +501,19 @@ async def test_ack_batch(q: TaskQueue) -> None:
             AckItem(id="not-a-uuid", lease_id="x", status="completed"),
         ]
     )
-    assert [(o.ok, o.status) for o in outcomes] == [
+    assert [(o.ok, o.task.status if o.task else None) for o in outcomes] == [
         (True, S.COMPLETED),
         (True, S.PENDING),
         (False, None),
         (False, None),
     ]
-    assert outcomes[2].error is not None and outcomes[2].error["code"] == "CONFLICT"
+    assert outcomes[2].error is not None and outcomes[2].error.code == "CONFLICT"
     assert outcomes[3].error is not None
-    assert outcomes[3].error["code"] == "INVALID_REQUEST"
-    assert outcomes[3].error["details"]["field"] == "id"
-    assert q.get(a.id).result == 1
-    assert q.get(b.id).error == TaskError(message="nope")
-    assert q.get(c.id).status == S.RUNNING
+    assert outcomes[3].error.code == "INVALID_REQUEST"
+    assert outcomes[3].error.details["field"] == "id"
+    assert (await q.get(a.id)).result == 1
+    assert (await q.get(b.id)).error == TaskError(message="nope")
+    assert (await q.get(c.id)).status == S.RUNNING
 
 
 async def test_release(q: TaskQueue, mock_clock: MockClock) -> None:
@@ -531,7 +531,7 @@ async def test_release(q: TaskQueue, mock_clock: MockClock) -> None:
     with pytest.raises(LeaseLost):
         await q.release(task.id, leased.lease.id)
     await advance(mock_clock, q, 10)  # the released lease's deadline: nothing happens
-    after = q.get(task.id)
+    after = await q.get(task.id)
     assert after.status == S.RUNNING and after.lease == again.lease and after.attempts == 1
 
 
@@ -545,7 +545,7 @@ async def test_cancel_pending(q: TaskQueue) -> None:
     assert cancelled.status == S.CANCELLED
     assert ids(await drain(q)) == [other.id]
     assert (await q.cancel(task.id)).status == S.CANCELLED  # twice is fine
-    assert q.daily(1)[0]["cancelled"] == 1
+    assert (await q.daily(1))[0]["cancelled"] == 1
 
 
 async def test_cancel_scheduled(q: TaskQueue, mock_clock: MockClock) -> None:
@@ -553,7 +553,7 @@ async def test_cancel_scheduled(q: TaskQueue, mock_clock: MockClock) -> None:
     await q.cancel(task.id)
     await advance(mock_clock, q, 10)
     assert await lease(q) == []
-    assert q.get(task.id).status == S.CANCELLED
+    assert (await q.get(task.id)).status == S.CANCELLED
 
 
 async def test_cancel_running(q: TaskQueue, mock_clock: MockClock) -> None:
@@ -566,7 +566,7 @@ async def test_cancel_running(q: TaskQueue, mock_clock: MockClock) -> None:
     with pytest.raises(LeaseLost):
         await q.extend(task.id, leased.lease.id, 10)
     await advance(mock_clock, q, 20)  # the old lease's deadline passes: nothing happens
-    final = q.get(task.id)
+    final = await q.get(task.id)
     assert final.status == S.CANCELLED and final.result is None and final.lease is None
     assert await lease(q) == []
 
@@ -580,7 +580,7 @@ async def test_cannot_cancel_finished(q: TaskQueue) -> None:
         await q.cancel(leased.id)
     with pytest.raises(InvalidRequest):
         await q.update(leased.id, TaskUpdate(status=S.PENDING))
-    assert q.get(leased.id).status == S.COMPLETED
+    assert (await q.get(leased.id)).status == S.COMPLETED
 
 
 async def test_update_only_while_pending(q: TaskQueue) -> None:
@@ -590,7 +590,7 @@ async def test_update_only_while_pending(q: TaskQueue) -> None:
     await lease_one(q)
     with pytest.raises(InvalidTransition):
         await q.update(task.id, TaskUpdate(description="e"))
-    assert q.get(task.id).description == "d"
+    assert (await q.get(task.id)).description == "d"
 
 
 async def test_delete(q: TaskQueue) -> None:
@@ -599,11 +599,11 @@ async def test_delete(q: TaskQueue) -> None:
     deleted = await q.delete(task.id)
     assert deleted.id == task.id
     with pytest.raises(NotFound):
-        q.get(task.id)
+        await q.get(task.id)
     with pytest.raises(NotFound):
         await q.delete(task.id)
     assert ids(await drain(q)) == [other.id]
-    assert q.dashboard().total_tasks == 1
+    assert (await q.dashboard()).total_tasks == 1
     # the idempotency key is free again
     again, created = await q.create(TaskCreate(name="x", idempotency_key="k"))
     assert created and again.id != task.id
@@ -617,8 +617,8 @@ async def test_delete_running(q: TaskQueue, mock_clock: MockClock) -> None:
     with pytest.raises(NotFound):
         await q.complete(task.id, leased.lease.id)
     await advance(mock_clock, q, 20)  # its lease deadline passes harmlessly
-    assert all_tasks(q) == []
-    assert q.dashboard().running_tasks == 0
+    assert await all_tasks(q) == []
+    assert (await q.dashboard()).running_tasks == 0
 
 
 # --------------------------------------------------------------------------- idempotency, ids
@@ -636,8 +636,8 @@ async def test_idempotency_key(q: TaskQueue) -> None:
         await q.create(TaskCreate(name="x", payload={"a": 2}, idempotency_key="order-42"))
     assert info.value.details["field"] == "idempotency_key"
     assert info.value.details["task_id"] == first.id
-    assert len(all_tasks(q)) == 1
-    assert q.dashboard().total_tasks == 1
+    assert len(await all_tasks(q)) == 1
+    assert (await q.dashboard()).total_tasks == 1
     assert ids(await drain(q)) == [first.id]  # leased once, not twice
 
 
@@ -652,7 +652,7 @@ async def test_idempotency_key_concurrent(q: TaskQueue) -> None:
             nursery.start_soon(one)
     assert len({t.id for t, _ in results}) == 1
     assert sum(created for _, created in results) == 1
-    assert len(all_tasks(q)) == 1
+    assert len(await all_tasks(q)) == 1
 
 
 @pytest.mark.parametrize(
@@ -668,7 +668,7 @@ async def test_invalid_task_id(q: TaskQueue, bad: str) -> None:
         lambda: q.update(bad, TaskUpdate(description="d")),
     ]
     with pytest.raises(InvalidRequest) as info:
-        q.get(bad)
+        await q.get(bad)
     assert info.value.details == {"field": "task_id", "reason": "Not a valid UUID"}
     for call in calls:
         with pytest.raises(InvalidRequest) as info:
@@ -679,7 +679,7 @@ async def test_invalid_task_id(q: TaskQueue, bad: str) -> None:
 async def test_unknown_task_id(q: TaskQueue) -> None:
     missing = "00000000-0000-4000-8000-000000000000"
     with pytest.raises(NotFound):
-        q.get(missing)
+        await q.get(missing)
     with pytest.raises(NotFound):
         await q.complete(missing, "l")
     with pytest.raises(NotFound):
@@ -688,8 +688,8 @@ async def test_unknown_task_id(q: TaskQueue) -> None:
 
 async def test_task_id_forms_are_canonicalised(q: TaskQueue) -> None:
     task = await create(q, "x")
-    assert q.get(task.id.upper()).id == task.id
-    assert q.get(task.id.replace("-", "")).id == task.id
+    assert (await q.get(task.id.upper())).id == task.id
+    assert (await q.get(task.id.replace("-", ""))).id == task.id
 
 
 # --------------------------------------------------------------------------- analytics
@@ -706,7 +706,7 @@ async def mixed_workload(q: TaskQueue, mock_clock: MockClock) -> None:
     for t in tasks[3:5]:
         assert t.lease is not None
         await q.fail(t.id, t.lease.id, TaskError(message="e"))
-    pending = [t for t in all_tasks(q) if t.status == S.PENDING and t.run_at is None]
+    pending = [t for t in await all_tasks(q) if t.status == S.PENDING and t.run_at is None]
     await q.cancel(pending[0].id)
     await q.delete(pending[1].id)
     await q.delete(tasks[0].id)  # a completed one
@@ -715,50 +715,50 @@ async def mixed_workload(q: TaskQueue, mock_clock: MockClock) -> None:
 
 async def test_dashboard_matches_recount(q: TaskQueue, mock_clock: MockClock) -> None:
     await mixed_workload(q, mock_clock)
-    counts = recount(q)
-    d = q.dashboard()
-    assert d.total_tasks == sum(counts.values()) == len(all_tasks(q))
+    counts = await recount(q)
+    d = await q.dashboard()
+    assert d.total_tasks == sum(counts.values()) == len(await all_tasks(q))
     assert d.pending_tasks == counts[S.PENDING]
     assert d.running_tasks == counts[S.RUNNING]
     assert d.completed_tasks == counts[S.COMPLETED]
     assert d.failed_tasks == counts[S.FAILED]
     assert d.cancelled_tasks == counts[S.CANCELLED]
     assert d.completion_rate == round(counts[S.COMPLETED] / d.total_tasks, 4)
-    completed = [t for t in all_tasks(q) if t.status == S.COMPLETED]
+    completed = [t for t in await all_tasks(q) if t.status == S.COMPLETED]
     assert completed and d.average_duration == pytest.approx(
         sum(t.duration or 0 for t in completed) / len(completed)
     )
     for status in S:
-        _, total = q.list_tasks(ListTasksQuery(status=status))
+        _, total = await q.list_tasks(ListTasksQuery(status=status))
         assert total == counts[status]
 
 
 async def test_dashboard_empty(q: TaskQueue) -> None:
-    d = q.dashboard()
+    d = await q.dashboard()
     assert (d.total_tasks, d.completion_rate, d.average_duration) == (0, 0.0, 0.0)
 
 
 async def test_daily_and_trends(q: TaskQueue, mock_clock: MockClock) -> None:
     await mixed_workload(q, mock_clock)
-    [today] = q.daily(1)
+    [today] = await q.daily(1)
     assert today["date"] == "2023-11-14"
     assert today["created"] == 12
     assert today["completed"] == 3
     failed = today["failed"]
-    assert failed == len([t for t in all_tasks(q) if t.status == S.FAILED])
+    assert failed == len([t for t in await all_tasks(q) if t.status == S.FAILED])
     assert today["cancelled"] == 1
     assert today["completion_rate"] == round(3 / (3 + failed), 4)
     assert today["error_rate"] == round(failed / (3 + failed), 4)
     assert today["avg_duration"] == 2.0
     await advance(mock_clock, q, 2 * 3600)  # past midnight UTC
     await create(q, "tomorrow")
-    rows = q.daily(3)
+    rows = await q.daily(3)
     assert [r["date"] for r in rows] == ["2023-11-13", "2023-11-14", "2023-11-15"]
     assert [r["created"] for r in rows] == [0, 12, 1]
-    trends = q.trends(2, "error_rate")
+    trends = await q.trends(2, "error_rate")
     assert trends["days"] == 2 and trends["metric"] == "error_rate"
     assert trends["series"][0] == {"date": "2023-11-14", "error_rate": today["error_rate"]}
-    assert set(q.trends(2, None)["series"][1]) == {
+    assert set((await q.trends(2, None))["series"][1]) == {
         "date",
         "completion_rate",
         "avg_duration",
@@ -766,9 +766,9 @@ async def test_daily_and_trends(q: TaskQueue, mock_clock: MockClock) -> None:
     }
     for days in (0, 366):
         with pytest.raises(InvalidRequest):
-            q.daily(days)
+            await q.daily(days)
     with pytest.raises(InvalidRequest) as info:
-        q.trends(7, "nope")
+        await q.trends(7, "nope")
     assert info.value.details["field"] == "metric"
 
 
@@ -779,23 +779,23 @@ async def test_heartbeat_and_inactive(q: TaskQueue, mock_clock: MockClock) -> No
     timeout = q.settings.worker_timeout_s
     worker = await q.heartbeat(Heartbeat(worker_id="w1", max_capacity=4, hostname="h"))
     assert worker.status == WorkerStatus.ACTIVE and worker.last_heartbeat == WALL0
-    assert q.dashboard().workers_active == 1 and q.dashboard().workers_total == 1
+    assert (await q.dashboard()).workers_active == 1 and (await q.dashboard()).workers_total == 1
     await advance(mock_clock, q, timeout / 2)
     await q.heartbeat(Heartbeat(worker_id="w1", current_load=2))
     await advance(mock_clock, q, timeout - 0.5)  # silent for less than the timeout
-    assert q.get_worker("w1").status == WorkerStatus.ACTIVE
+    assert (await q.get_worker("w1")).status == WorkerStatus.ACTIVE
     await advance(mock_clock, q, 0.5)
-    w = q.get_worker("w1")
+    w = await q.get_worker("w1")
     assert w.status == WorkerStatus.INACTIVE and w.current_load == 0
     assert w.hostname == "h" and w.max_capacity == 1
-    assert q.dashboard().workers_active == 0 and q.dashboard().workers_total == 1
+    assert (await q.dashboard()).workers_active == 0 and (await q.dashboard()).workers_total == 1
     await q.heartbeat(Heartbeat(worker_id="w1"))
-    assert q.get_worker("w1").status == WorkerStatus.ACTIVE
-    assert q.dashboard().workers_active == 1
-    workers, total = q.list_workers(ListWorkersQuery(status=WorkerStatus.ACTIVE))
+    assert (await q.get_worker("w1")).status == WorkerStatus.ACTIVE
+    assert (await q.dashboard()).workers_active == 1
+    workers, total = await q.list_workers(ListWorkersQuery(status=WorkerStatus.ACTIVE))
     assert total == 1 and workers[0].worker_id == "w1"
     with pytest.raises(NotFound):
-        q.get_worker("nobody")
+        await q.get_worker("nobody")
 
 
 async def test_worker_task_counters(q: TaskQueue) -> None:
@@ -805,7 +805,7 @@ async def test_worker_task_counters(q: TaskQueue) -> None:
     assert a.lease and b.lease
     await q.complete(a.id, a.lease.id)
     await q.fail(b.id, b.lease.id, TaskError(message="m"))
-    w = q.get_worker("w1")
+    w = await q.get_worker("w1")
     assert (w.tasks_completed, w.tasks_failed) == (1, 1)
 
 
@@ -820,9 +820,9 @@ async def test_restart_keeps_pending_order(tmp_path: Path, mock_clock: MockClock
         for name, prio, queue in spec:
             await create(q, name, priority=prio, queue=queue)
         await create(q, "later", delay=100)
-        before = all_tasks(q)
+        before = await all_tasks(q)
     async with open_queue(settings, clock=clock) as q:
-        assert all_tasks(q) == before
+        assert await all_tasks(q) == before
         leased = await drain(q, lease_seconds=1000)
         assert [t.name for t in leased] == ["h1", "h2", "m1", "m2", "l1"]
         await advance(mock_clock, q, 100)
@@ -843,16 +843,16 @@ async def test_restart_gives_running_leases_their_length_again(
     assert leased.lease is not None
     mock_clock.jump(40)  # down from t=10 to t=50
     async with open_queue(settings, clock=clock) as q:
-        after = q.get(task.id)
+        after = await q.get(task.id)
         assert after.status == S.RUNNING and after.lease is not None
         assert after.lease.id == leased.lease.id
         assert after.lease.expires_at == WALL0 + 50 + 30
         assert await lease(q) == []  # not handed out again while leased
         await advance(mock_clock, q, 29.5)
-        assert q.get(task.id).status == S.RUNNING
+        assert (await q.get(task.id)).status == S.RUNNING
         # the worker that held it before the restart can still finish... or it expires:
         await advance(mock_clock, q, 0.5)
-        expired = q.get(task.id)
+        expired = await q.get(task.id)
         assert expired.status == S.PENDING  # retry_count 0, yet not failed
         assert expired.error is not None and expired.error.type == "lease_expired"
         assert ids(await lease(q)) == [task.id]
@@ -887,7 +887,7 @@ async def test_restart_lease_survives_and_can_complete(
         done = await q.complete(leased.id, leased.lease.id, "ok")
         assert done.status == S.COMPLETED
         await advance(mock_clock, q, 60)
-        assert q.get(leased.id).status == S.COMPLETED
+        assert (await q.get(leased.id)).status == S.COMPLETED
 
 
 async def test_restart_keeps_counters_workers_and_idempotency(
@@ -899,16 +899,16 @@ async def test_restart_keeps_counters_workers_and_idempotency(
         await mixed_workload(q, mock_clock)
         await q.heartbeat(Heartbeat(worker_id="w1"))
         first, _ = await q.create(TaskCreate(name="k", idempotency_key="key"))
-        dashboard = q.dashboard()
-        daily = q.daily(2)
+        dashboard = await q.dashboard()
+        daily = await q.daily(2)
     async with open_queue(settings, clock=clock) as q:
-        assert q.dashboard() == dashboard
-        assert q.daily(2) == daily
+        assert await q.dashboard() == dashboard
+        assert await q.daily(2) == daily
         again, created = await q.create(TaskCreate(name="k", idempotency_key="key"))
         assert again.id == first.id and not created
-        assert q.get_worker("w1").status == WorkerStatus.ACTIVE
+        assert (await q.get_worker("w1")).status == WorkerStatus.ACTIVE
         await advance(mock_clock, q, q.settings.worker_timeout_s)
-        assert q.get_worker("w1").status == WorkerStatus.INACTIVE
+        assert (await q.get_worker("w1")).status == WorkerStatus.INACTIVE
         fresh = await create(q, "fresh")
         assert fresh.seq > again.seq
 
@@ -942,57 +942,57 @@ def names(tasks: list[Task]) -> list[str]:
     return [t.name for t in tasks]
 
 
-def listing(q: TaskQueue, **kw: Any) -> tuple[list[str], int]:
-    tasks, total = q.list_tasks(ListTasksQuery(**kw))
+async def listing(q: TaskQueue, **kw: Any) -> tuple[list[str], int]:
+    tasks, total = await q.list_tasks(ListTasksQuery(**kw))
     return names(tasks), total
 
 
 async def test_list_sort_and_order(q: TaskQueue, mock_clock: MockClock) -> None:
     await listing_fixture(q, mock_clock)
-    assert listing(q) == (list("fedcba"), 6)  # default: created_at desc
-    assert listing(q, order="asc") == (list("abcdef"), 6)
+    assert await listing(q) == (list("fedcba"), 6)  # default: created_at desc
+    assert await listing(q, order="asc") == (list("abcdef"), 6)
     # updated_at: f (creation), e (lease), d (complete), a, b (complete/fail), c (cancel)
-    got, total = listing(q, sort="updated_at", order="asc")
+    got, total = await listing(q, sort="updated_at", order="asc")
     assert total == 6
     assert got[:3] == ["f", "e", "d"] and set(got[3:5]) == {"a", "b"} and got[5] == "c"
-    assert listing(q, sort="updated_at", order="desc")[0][0] == "c"
+    assert (await listing(q, sort="updated_at", order="desc"))[0][0] == "c"
     # duration: d=1, a=3, b=3; others have none and come first ascending, last descending
-    got, _ = listing(q, sort="duration", order="asc")
+    got, _ = await listing(q, sort="duration", order="asc")
     assert set(got[:3]) == {"c", "e", "f"} and got[3] == "d" and set(got[4:]) == {"a", "b"}
-    got, _ = listing(q, sort="duration", order="desc")
+    got, _ = await listing(q, sort="duration", order="desc")
     assert set(got[:2]) == {"a", "b"} and got[2] == "d"
 
 
 async def test_list_filters(q: TaskQueue, mock_clock: MockClock) -> None:
     await listing_fixture(q, mock_clock)
-    assert listing(q, status=S.COMPLETED, order="asc") == (["a", "d"], 2)
-    assert listing(q, status=S.RUNNING) == (["e"], 1)
-    assert listing(q, status=S.PENDING) == (["f"], 1)
-    assert listing(q, status=S.FAILED) == (["b"], 1)
-    assert listing(q, status=S.CANCELLED) == (["c"], 1)
-    assert listing(q, priority=H, order="asc") == (["a", "d"], 2)
-    assert listing(q, priority=L) == (["f", "c"], 2)
-    assert listing(q, worker_id="w1", order="asc") == (["a", "d"], 2)
-    assert listing(q, worker_id="w2", order="asc") == (["b", "e"], 2)
-    assert listing(q, worker_id="w3") == ([], 0)
-    assert listing(q, status=S.COMPLETED, priority=H, order="asc") == (["a", "d"], 2)
-    assert listing(q, status=S.FAILED, worker_id="w2") == (["b"], 1)
-    assert listing(q, priority=M, worker_id="w2", order="asc") == (["b", "e"], 2)
-    assert listing(q, status=S.RUNNING, sort="updated_at") == (["e"], 1)
-    assert listing(q, worker_id="w1", sort="duration", order="desc") == (["a", "d"], 2)
+    assert await listing(q, status=S.COMPLETED, order="asc") == (["a", "d"], 2)
+    assert await listing(q, status=S.RUNNING) == (["e"], 1)
+    assert await listing(q, status=S.PENDING) == (["f"], 1)
+    assert await listing(q, status=S.FAILED) == (["b"], 1)
+    assert await listing(q, status=S.CANCELLED) == (["c"], 1)
+    assert await listing(q, priority=H, order="asc") == (["a", "d"], 2)
+    assert await listing(q, priority=L) == (["f", "c"], 2)
+    assert await listing(q, worker_id="w1", order="asc") == (["a", "d"], 2)
+    assert await listing(q, worker_id="w2", order="asc") == (["b", "e"], 2)
+    assert await listing(q, worker_id="w3") == ([], 0)
+    assert await listing(q, status=S.COMPLETED, priority=H, order="asc") == (["a", "d"], 2)
+    assert await listing(q, status=S.FAILED, worker_id="w2") == (["b"], 1)
+    assert await listing(q, priority=M, worker_id="w2", order="asc") == (["b", "e"], 2)
+    assert await listing(q, status=S.RUNNING, sort="updated_at") == (["e"], 1)
+    assert await listing(q, worker_id="w1", sort="duration", order="desc") == (["a", "d"], 2)
 
 
 async def test_list_paging(q: TaskQueue, mock_clock: MockClock) -> None:
     await listing_fixture(q, mock_clock)
-    assert listing(q, order="asc", skip=0, limit=4) == (list("abcd"), 6)
-    assert listing(q, order="asc", skip=4, limit=4) == (list("ef"), 6)
-    assert listing(q, order="asc", skip=6, limit=4) == ([], 6)
-    assert listing(q, order="desc", skip=1, limit=2) == (list("ed"), 6)
-    assert listing(q, status=S.COMPLETED, skip=1, limit=1) == (["a"], 2)
-    assert listing(q, priority=L, order="asc", skip=1, limit=1) == (["f"], 2)
-    assert listing(q, sort="updated_at", order="asc", skip=5, limit=10) == (["c"], 6)
-    assert listing(q, sort="duration", order="desc", skip=2, limit=1) == (["d"], 6)
-    assert listing(q, worker_id="w2", skip=1, limit=1) == (["b"], 2)
+    assert await listing(q, order="asc", skip=0, limit=4) == (list("abcd"), 6)
+    assert await listing(q, order="asc", skip=4, limit=4) == (list("ef"), 6)
+    assert await listing(q, order="asc", skip=6, limit=4) == ([], 6)
+    assert await listing(q, order="desc", skip=1, limit=2) == (list("ed"), 6)
+    assert await listing(q, status=S.COMPLETED, skip=1, limit=1) == (["a"], 2)
+    assert await listing(q, priority=L, order="asc", skip=1, limit=1) == (["f"], 2)
+    assert await listing(q, sort="updated_at", order="asc", skip=5, limit=10) == (["c"], 6)
+    assert await listing(q, sort="duration", order="desc", skip=2, limit=1) == (["d"], 6)
+    assert await listing(q, worker_id="w2", skip=1, limit=1) == (["b"], 2)
 
 
 async def test_list_worker_index_follows_re_lease(q: TaskQueue, mock_clock: MockClock) -> None:
@@ -1000,10 +1000,10 @@ async def test_list_worker_index_follows_re_lease(q: TaskQueue, mock_clock: Mock
     await lease_one(q, "w1", lease_seconds=10)
     await advance(mock_clock, q, 10)
     await lease_one(q, "w2", lease_seconds=10)
-    assert listing(q, worker_id="w1") == ([], 0)
-    assert listing(q, worker_id="w2") == (["x"], 1)
+    assert await listing(q, worker_id="w1") == ([], 0)
+    assert await listing(q, worker_id="w2") == (["x"], 1)
     await q.delete(task.id)
-    assert listing(q, worker_id="w2") == ([], 0)
+    assert await listing(q, worker_id="w2") == ([], 0)
 
 
 # --------------------------------------------------------------------------- bugs
@@ -1011,7 +1011,7 @@ async def test_list_worker_index_follows_re_lease(q: TaskQueue, mock_clock: Mock
 
 async def test_list_same_commit_in_creation_order(q: TaskQueue) -> None:
     await q.create_many([TaskCreate(name=f"t{i:02}") for i in range(30)])
-    assert listing(q, order="asc", limit=100)[0] == [f"t{i:02}" for i in range(30)]
+    assert (await listing(q, order="asc", limit=100))[0] == [f"t{i:02}" for i in range(30)]
 
 
 async def order_after(settings: Settings, restart: bool, mock_clock: MockClock) -> list[str]:
@@ -1056,7 +1056,7 @@ async def test_restart_lease_with_sub_microsecond_expiry_still_expires(
     async with open_queue(settings, clock=clock) as q:
         await advance(mock_clock, q, 60)  # exactly the truncated key time
         await advance(mock_clock, q, 10)
-        assert q.get(task.id).status == S.PENDING
+        assert (await q.get(task.id)).status == S.PENDING
 
 
 async def test_restart_run_at_with_sub_microsecond_is_not_lost(
@@ -1083,13 +1083,13 @@ async def test_cancelled_lease_call_leaves_no_stale_ready_entry(q: TaskQueue) ->
             await lease(q, "gone")
 
     # hold the writer's thread, so that the grant is still being committed when cancelled
-    async with trio.open_nursery() as nursery, q.writer._one_thread:
+    async with trio.open_nursery() as nursery, q.store.writer._one_thread:
         nursery.start_soon(call)
         await trio.testing.wait_all_tasks_blocked()
         scope.cancel()
         await trio.testing.wait_all_tasks_blocked()
     await settle(q)
-    assert q.get(first.id).status == S.RUNNING  # granted to the caller that went away
+    assert (await q.get(first.id)).status == S.RUNNING  # granted to the caller that went away
     assert q.dispatcher.ready_count() == 1
     assert ids(await lease(q)) == [second.id]
 
@@ -1111,10 +1111,10 @@ async def test_cancelled_waiter_hands_its_task_to_the_next(
         await settle(q)
         # Commit two writes in one batch: the first one's on_commit cancels waiter a, the
         # second creates a task, which is handed to a before a has run.
-        async with q.writer._one_thread:
-            nursery.start_soon(q.writer.write, lambda tx: None)
+        async with q.store.writer._one_thread:
+            nursery.start_soon(q.store.write, lambda tx: None)
             await trio.testing.wait_all_tasks_blocked()  # the writer holds that one
-            nursery.start_soon(q.writer.write, lambda tx: None, lambda _: first_scope.cancel())
+            nursery.start_soon(q.store.write, lambda tx: None, lambda _: first_scope.cancel())
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(create, q, "x")
             await trio.testing.wait_all_tasks_blocked()
@@ -1168,7 +1168,7 @@ async def test_finished_leases_cost_the_reaper_no_storage_work(
     )
     await advance(mock_clock, q, 30)
     assert expire_calls == []
-    assert q.get(kept.id).status == TaskStatus.RUNNING
+    assert (await q.get(kept.id)).status == TaskStatus.RUNNING
 
 
 async def test_a_parked_worker_gets_a_new_task_in_the_creates_own_commit(q: TaskQueue) -> None:
@@ -1181,14 +1181,14 @@ async def test_a_parked_worker_gets_a_new_task_in_the_creates_own_commit(q: Task
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker)
         await settle(q)
-        commits = q.writer.stats.commits
+        commits = q.store.stats.commits
         task = await create(q, "x")
         await trio.testing.wait_all_tasks_blocked()
-        assert q.writer.stats.commits == commits + 1
+        assert q.store.stats.commits == commits + 1
     assert [t.id for t in got] == [task.id]
     assert got[0].status == TaskStatus.RUNNING and got[0].worker_id == "w1"
-    assert q.get(task.id).lease == got[0].lease
-    assert recount(q)[TaskStatus.RUNNING] == 1
+    assert (await q.get(task.id)).lease == got[0].lease
+    assert (await recount(q))[TaskStatus.RUNNING] == 1
 
 
 async def test_a_replayed_create_does_not_strand_the_parked_worker(q: TaskQueue) -> None:
@@ -1223,4 +1223,4 @@ async def test_the_lease_plan_stays_small_when_leases_finish(q: TaskQueue) -> No
                 [AckItem(id=t.id, lease_id=t.lease.id, status="completed") for t in leased]  # type: ignore[union-attr]
             )
             leased = await lease(q, max_tasks=100)
-    assert len(q._leases) <= 10_000 + 1
+    assert q.deadlines.lease_plan_size() <= 10_000 + 1

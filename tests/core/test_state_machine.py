@@ -1,12 +1,13 @@
 """Stateful test of the core against a simple model.
 
-Drives the synchronous pieces the way `TaskQueue` does, but without trio: write ops from
-`dtq.core.ops` run through `LmdbStore.run_batch` (the writer's own entry point) at an explicit `now`,
-and the queue's commit hooks (`_became_pending`, `_track_lease`, `_after_attempt`) and its
-`rebuild()` are called directly. Rules: create, lease, complete, fail, release, extend, cancel, delete,
-reprioritise, advance time (a reaper pass), restart (close and reopen LMDB, rebuild).
+Drives the public service, `TaskQueue`, at an explicit wall-clock `now`: each rule is one call
+(`create`, `lease`, `complete`, ..., `reap`) in its own `trio.run` with the group-commit writer
+running, so every commit hook runs as in the server. Rules: create, lease, complete, fail,
+release, extend, cancel, delete, reprioritise, advance time (a reaper pass), restart (close and
+reopen LMDB: `rebuild()`, then `grant_restart_grace()`).
 
-Invariants: no task is lost (each model task is stored with the model's state, nothing more),
+Every event the queue emits is the kind `dtq.core.events.task_event_kind` gives for the change
+(the event bus and webhooks name changes alike). Invariants: no task is lost (each model task is stored with the model's state, nothing more),
 at most one live lease per task (grants only from pending; one lease index entry per running
 task), dispatch order (priority, then FIFO by seq), counters equal a recount, and the storage
 indexes and the in-memory dispatcher agree with the model.
@@ -19,12 +20,12 @@ the priority part of the order; test_queue.py checks the exact order, live and a
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import shutil
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
+import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -35,13 +36,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dtq.core import ops
+from dtq.core.events import EventKind, task_event_kind
 from dtq.core.service import TaskQueue
-from dtq.errors import Conflict, InvalidTransition, LeaseLost
-from dtq.models import Priority, TaskCreate, TaskError, TaskStatus, TaskUpdate
+from dtq.errors import Conflict, DtqError, InvalidTransition, LeaseLost
+from dtq.models import LeaseRequest, Priority, Task, TaskCreate, TaskError, TaskStatus, TaskUpdate
 from dtq.settings import Settings
 from dtq.storage.lmdb.store import LmdbStore
-from dtq.storage.writer import GroupCommitWriter
 
 S = TaskStatus
 MAX_DELIVERIES = 3  # small, so runs reach the poison guard
@@ -96,6 +96,18 @@ class Model:
         self.lease_id = self.lease_exp = None
 
 
+T = TypeVar("T")
+
+
+def at_once(coro: Coroutine[Any, Any, T]) -> T:
+    """The result of a store read that never waits (LMDB answers at once)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    raise AssertionError("the read waited")
+
+
 class QueueMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -103,25 +115,45 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock = ManualClock(WALL0)
         self.settings = Settings(data_dir=self.dir, max_deliveries=MAX_DELIVERIES)
         self.store: LmdbStore | None = None
+        self.last: dict[str, Task] = {}  # each task as its last event showed it
+        self.events: list[tuple[EventKind, Task]] = []  # since the rule began
         self.open()
         self.model: dict[str, Model] = {}
         self.idem: dict[str, tuple[str, tuple[Any, ...]]] = {}
 
     # -- plumbing ----------------------------------------------------------------------
     def open(self) -> None:
-        self.store = LmdbStore(self.dir, fsync=False, map_size_bytes=8 << 20)
-        writer = GroupCommitWriter(self.store, self.clock)
-        self.q = TaskQueue(self.store, writer, self.clock, self.settings)
-        self.q.rebuild()
+        self.store = LmdbStore(self.dir, fsync=False, map_size_bytes=8 << 20, clock=self.clock)
+        self.q = TaskQueue(self.store, self.clock, self.settings)
+        self.q.task_listeners.append(self.heard)
+        trio.run(self.q.rebuild)
+
+    def heard(self, kind: EventKind, task: Task) -> None:
+        new = None if kind == EventKind.TASK_DELETED else task
+        assert task_event_kind(self.last.get(task.id), new) == kind, (kind, task)
+        self.events.append((kind, task))
+        self.last[task.id] = task
 
     @property
     def now(self) -> float:
         return self.clock.t
 
-    def run(self, fn: Callable[[Any], Any]) -> tuple[bool, Any]:
-        assert self.store is not None
-        [(ok, result)] = self.store.run_batch([fn], self.now)
-        return ok, result
+    def call(self, fn: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """(True, result) or (False, the DtqError it raised): one service call, in its own trio
+        run with the writer running (nothing else: no reaper, no long poll waits)."""
+        self.events = []
+
+        async def main() -> tuple[bool, Any]:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.q.store.run)
+                try:
+                    return True, await fn()
+                except DtqError as exc:
+                    return False, exc
+                finally:
+                    nursery.cancel_scope.cancel()
+
+        return trio.run(main)
 
     def teardown(self) -> None:
         if self.store is not None:
@@ -192,7 +224,7 @@ class QueueMachine(RuleBasedStateMachine):
             idempotency_key=idem,
         )
         shape = (priority, queue, delay, retry_count, timeout)
-        ok, res = self.run(lambda tx: ops.create(tx, body))
+        ok, res = self.call(lambda: self.q.create(body))
         seen = self.idem.get(idem) if idem else None
         if seen is not None and seen[1] != shape:
             assert not ok and isinstance(res, Conflict)
@@ -203,7 +235,6 @@ class QueueMachine(RuleBasedStateMachine):
             assert not created and task.id == seen[0]
             return
         assert created
-        self.q._became_pending(task)
         expected_run_at = self.now + delay if delay else None
         assert task.run_at == expected_run_at
         self.model[task.id] = Model(
@@ -230,21 +261,20 @@ class QueueMachine(RuleBasedStateMachine):
         self, queues: tuple[str, ...] | None, max_tasks: int, lease_s: float, worker: str
     ) -> None:
         wanted = frozenset(queues) if queues else None
-        claimed = self.q.dispatcher.take(wanted, None, max_tasks)
-        task_ids = [e.task_id for e in claimed]
         holder = f"key:{worker}"
-        ok, result = self.run(lambda tx: ops.lease(tx, task_ids, worker, lease_s, holder))
-        assert ok, result
-        granted, not_due = result
-        assert not not_due, "claimed a task that was not due"
-        assert [t.id for t in granted] == task_ids, "claimed a task that was not due"
+        req = LeaseRequest(
+            worker_id=worker, queues=list(queues) if queues else None, max_tasks=max_tasks,
+            wait=0, lease_seconds=lease_s,
+        )  # fmt: skip
+        ok, granted = self.call(lambda: self.q.lease(req, holder))
+        assert ok, granted
+        assert [k for k, _ in self.events] == [EventKind.TASK_LEASED] * len(granted)
         candidates = [
             m
             for m in self.model.values()
             if m.ready(self.now) and (wanted is None or m.queue in wanted)
         ]
         for task in granted:
-            self.q._track_lease(task)
             m = self.model[task.id]
             assert m in candidates, f"leased {m} which is not ready (no double lease)"
             best = min(candidates, key=lambda c: (c.rank, c.seq))
@@ -274,12 +304,11 @@ class QueueMachine(RuleBasedStateMachine):
         lease_id = self.lease_id_for(m, data)
         caller = self.caller_for(m, data)
         valid = self.lease_valid(m, lease_id, caller)
-        ok, res = self.run(lambda tx: ops.complete(tx, m.id, lease_id, {"ok": True}, caller))
+        ok, res = self.call(lambda: self.q.complete(m.id, lease_id, {"ok": True}, caller))
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
             return
-        self.q._after_attempt(res)
         m.status = S.COMPLETED
         m.error_type = None  # a success clears the last attempt's error
         m.drop_lease()
@@ -292,14 +321,11 @@ class QueueMachine(RuleBasedStateMachine):
         caller = self.caller_for(m, data)
         valid = self.lease_valid(m, lease_id, caller)
         error = TaskError(message="boom")
-        ok, res = self.run(
-            lambda tx: ops.fail(tx, m.id, lease_id, error, retry, self.q.policy, caller=caller)
-        )
+        ok, res = self.call(lambda: self.q.fail(m.id, lease_id, error, retry, caller))
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
             return
-        self.q._after_attempt(res)
         m.drop_lease()
         m.error_type = "Error"
         if retry is not False and m.retries_used < m.retry_count:
@@ -319,12 +345,11 @@ class QueueMachine(RuleBasedStateMachine):
         lease_id = self.lease_id_for(m, data)
         caller = self.caller_for(m, data)
         valid = self.lease_valid(m, lease_id, caller)
-        ok, res = self.run(lambda tx: ops.release(tx, m.id, lease_id, caller))
+        ok, res = self.call(lambda: self.q.release(m.id, lease_id, caller))
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
             return
-        self.q._became_pending(res)  # what TaskQueue.release does on commit
         m.status = S.PENDING
         m.attempts -= 1
         m.run_at = None
@@ -338,12 +363,12 @@ class QueueMachine(RuleBasedStateMachine):
         lease_id = self.lease_id_for(m, data)
         caller = self.caller_for(m, data)
         valid = self.lease_valid(m, lease_id, caller)
-        ok, res = self.run(lambda tx: ops.extend(tx, m.id, lease_id, lease_s, caller))
+        ok, res = self.call(lambda: self.q.extend(m.id, lease_id, lease_s, caller))
         assert ok == valid, res
         if not valid:
             assert isinstance(res, LeaseLost)
             return
-        self.q._track_lease(res)
+        assert self.events == [], "an extension is no event"
         assert m.lease_exp is not None and m.started_at is not None
         wanted = min(self.now + lease_s, m.started_at + m.timeout)
         if wanted > m.lease_exp:
@@ -355,12 +380,11 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         m = self.pick(data)
-        ok, res = self.run(lambda tx: ops.update(tx, m.id, TaskUpdate(status=S.CANCELLED)))
+        ok, res = self.call(lambda: self.q.cancel(m.id))
         if m.status in (S.COMPLETED, S.FAILED):
             assert not ok and isinstance(res, InvalidTransition)
             return
         assert ok, res
-        self.q.dispatcher.discard(m.id)
         m.status = S.CANCELLED
         m.drop_lease()
 
@@ -368,14 +392,12 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data(), priority=st.sampled_from(Priority))
     def reprioritise(self, data: st.DataObject, priority: Priority) -> None:
         m = self.pick(data, S.PENDING)
-        ok, res = self.run(lambda tx: ops.update(tx, m.id, TaskUpdate(priority=priority)))
+        ok, res = self.call(lambda: self.q.update(m.id, TaskUpdate(priority=priority)))
         if m.status != S.PENDING:
             assert not ok and isinstance(res, InvalidTransition)
             return
         assert ok, res
-        old, new = res
-        if new.priority != old.priority:
-            self.q._became_pending(new)  # what TaskQueue.update does on commit
+        if priority.rank != m.rank:
             m.rank = priority.rank
             m.reentered = True
 
@@ -383,29 +405,23 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
         m = self.pick(data)
-        ok, res = self.run(lambda tx: ops.delete(tx, m.id))
+        ok, res = self.call(lambda: self.q.delete(m.id))
         assert ok, res
-        self.q.dispatcher.discard(m.id)
         del self.model[m.id]
         if m.idem is not None:
             del self.idem[m.idem]
 
     @rule(dt=st.sampled_from([0.5, 1.0, 3.0, 5.0, 10.0, 31.0]))
     def advance(self, dt: float) -> None:
-        """Time passes; then one reaper pass, as TaskQueue.reap does it."""
+        """Time passes; then one reaper pass."""
         self.clock.t += dt
         now = self.now
-        self.q.dispatcher.promote_due(now)
-        due = []
-        while self.q._leases and self.q._leases[0][0] <= now:
-            _, task_id, lease_id = heapq.heappop(self.q._leases)
-            due.append((task_id, lease_id))
-        changed = []
-        if due:
-            ok, changed = self.run(lambda tx: ops.expire(tx, due, self.q.policy, MAX_DELIVERIES))
-            assert ok, changed
-            for task in changed:
-                self.q._after_attempt(task)
+        expiries = self.q.lease_expiries
+        ok, res = self.call(self.q.reap)
+        assert ok, res
+        changed = [task for _, task in self.events]
+        assert self.q.lease_expiries - expiries == len(changed)
+        assert {k for k, _ in self.events} <= {EventKind.TASK_RETRIED, EventKind.TASK_FAILED}
         expected = set()
         for m in self.model.values():
             if m.status != S.RUNNING or m.lease_exp is None or m.lease_exp > now:
@@ -431,24 +447,20 @@ class QueueMachine(RuleBasedStateMachine):
         self.store = None
         self.open()  # rebuild() restores the live order: (ready_at, seq) within a priority
         # ... and the start-up grace: each live lease gets its own length again from now
-        live = list(self.q._live_leases)
-        ok, renewed = self.run(lambda tx: ops.restart_grace(tx, live))
+        ok, renewed = self.call(self.q.grant_restart_grace)
         assert ok, renewed
-        for task in renewed:
-            self.q._track_lease(task)
+        assert self.events == [], "the start-up grace is no event"
         for m in self.model.values():
             if m.status == S.RUNNING and m.lease_exp is not None:
                 m.lease_exp, m.grace = max(m.lease_exp, self.now + m.lease_s), True
-        assert {t.id for t in renewed} == {
-            m.id for m in self.model.values() if m.status == S.RUNNING
-        }
+        assert renewed == sum(1 for m in self.model.values() if m.status == S.RUNNING)
 
     # -- invariants --------------------------------------------------------------------
     @invariant()
     def every_task_is_stored_as_modelled(self) -> None:
         assert self.store is not None
         for m in self.model.values():
-            task = self.store.get_task(m.id)
+            task = at_once(self.store.get_task(m.id))
             assert task is not None, f"lost {m}"
             assert task.status == m.status, (task, m)
             assert task.attempts == m.attempts
@@ -467,7 +479,7 @@ class QueueMachine(RuleBasedStateMachine):
         with self.store.env.begin() as txn:
             stored = txn.stat(self.store.db["tasks"])["entries"]
         assert stored == len(self.model), "a task exists that the model does not know"
-        counters = self.store.counters()
+        counters = at_once(self.store.counters())
         assert counters.get("total", 0) == len(self.model)
         for status in S:
             expected = sum(1 for m in self.model.values() if m.status == status)

@@ -72,11 +72,11 @@ async def test_disk_full_fails_the_batch_then_writes_work_again(q: TaskQueue) ->
         raise lmdb_error(lmdb.DiskError, "mdb_txn_commit", errno.ENOSPC)
 
     with pytest.raises(StorageError) as info:
-        await q.writer.write(disk_full)
+        await q.store.write(disk_full)
     assert info.value.details["reason"] == "disk_full"
     assert info.value.details["path"] == q.store.path
     after = await create(q, "after")  # no restart
-    assert {t.id for t in all_tasks(q)} == {before.id, after.id}
+    assert {t.id for t in await all_tasks(q)} == {before.id, after.id}
 
 
 async def test_a_map_that_cannot_grow_fails_the_batch_not_the_writer(
@@ -90,8 +90,8 @@ async def test_a_map_that_cannot_grow_fails_the_batch_not_the_writer(
 
     monkeypatch.setattr(q.store, "grow", cannot_grow)
     with pytest.raises(StorageError) as info:
-        await q.writer.write(map_full)
+        await q.store.write(map_full)
     assert info.value.details["reason"] == "storage_full"
     monkeypatch.undo()
     task = await create(q, "after")
-    assert [t.id for t in all_tasks(q)] == [task.id]
+    assert [t.id for t in await all_tasks(q)] == [task.id]

@@ -44,7 +44,7 @@ def table_sizes(store: LmdbStore) -> dict[str, int]:
 
 
 async def test_concurrent_writers_share_commits(q: TaskQueue) -> None:
-    before = (q.writer.stats.commits, q.writer.stats.ops)
+    before = (q.store.stats.commits, q.store.stats.ops)
     results: list[Any] = []
 
     async def one(i: int) -> None:
@@ -53,24 +53,24 @@ async def test_concurrent_writers_share_commits(q: TaskQueue) -> None:
     async with trio.open_nursery() as nursery:
         for i in range(50):
             nursery.start_soon(one, i)
-    commits = q.writer.stats.commits - before[0]
-    assert q.writer.stats.ops - before[1] == 50
+    commits = q.store.stats.commits - before[0]
+    assert q.store.stats.ops - before[1] == 50
     assert 1 <= commits < 50
-    assert q.writer.stats.max_batch > 1
+    assert q.store.stats.max_batch > 1
     assert len({t.id for t in results}) == 50
-    assert len(all_tasks(q)) == 50
-    assert q.dashboard().total_tasks == 50
+    assert len(await all_tasks(q)) == 50
+    assert (await q.dashboard()).total_tasks == 50
     assert len({t.seq for t in results}) == 50
 
 
 async def test_commit_hooks_see_each_batch(q: TaskQueue) -> None:
     seen: list[int] = []
-    q.writer.commit_hooks.append(lambda size, seconds: seen.append(size))
+    q.store.commit_hooks.append(lambda size, seconds: seen.append(size))
     async with trio.open_nursery() as nursery:
         for i in range(10):
             nursery.start_soon(create, q, f"t{i}")
     assert sum(seen) == 10
-    assert q.writer.stats.last_batch == seen[-1]
+    assert q.store.stats.last_batch == seen[-1]
 
 
 async def test_failing_op_does_not_affect_its_batch(q: TaskQueue) -> None:
@@ -79,13 +79,13 @@ async def test_failing_op_does_not_affect_its_batch(q: TaskQueue) -> None:
 
     async def run(key: str, fn: Any) -> None:
         try:
-            outcomes[key] = await q.writer.write(fn)
+            outcomes[key] = await q.store.write(fn)
         except Boom as exc:
             outcomes[key] = exc
 
     # Hold the writer's thread so that the next three writes are queued together, in this
     # order, and committed as one batch.
-    async with trio.open_nursery() as nursery, q.writer._one_thread:
+    async with trio.open_nursery() as nursery, q.store.writer._one_thread:
         nursery.start_soon(run, "first-batch", lambda tx: None)
         await trio.testing.wait_all_tasks_blocked()
         for key, fn in [
@@ -95,25 +95,25 @@ async def test_failing_op_does_not_affect_its_batch(q: TaskQueue) -> None:
         ]:
             nursery.start_soon(run, key, fn)
             await trio.testing.wait_all_tasks_blocked()
-    assert q.writer.stats.last_batch == 3
+    assert q.store.stats.last_batch == 3
     assert isinstance(outcomes["bad"], Boom)
     a, b = outcomes["a"][0], outcomes["b"][0]
-    assert sorted(t.name for t in all_tasks(q)) == ["a", "b"]
-    assert q.store.get_task(a.id) is not None and q.store.get_task(b.id) is not None
+    assert sorted(t.name for t in await all_tasks(q)) == ["a", "b"]
+    assert await q.store.get_task(a.id) is not None and await q.store.get_task(b.id) is not None
     # nothing of the failed op is left: no task, index entry, idempotency key or counter
     sizes = table_sizes(q.store)
     for table in ("tasks", "pending", "by_created", "by_updated", "by_status", "by_priority"):
         assert sizes[table] == before_sizes[table] + 2, table
     assert sizes["idem"] == before_sizes["idem"]
-    assert q.dashboard().total_tasks == 2
-    assert q.daily(1)[0]["created"] == 2
+    assert (await q.dashboard()).total_tasks == 2
+    assert (await q.daily(1))[0]["created"] == 2
     assert b.seq > a.seq
     # the key of the failed op was never taken
     _, created = await q.create(TaskCreate(name="doomed", idempotency_key="doomed-key"))
     assert created
 
 
-def test_run_batch_isolates_ops(tmp_path: Path) -> None:
+async def test_run_batch_isolates_ops(tmp_path: Path) -> None:
     store = LmdbStore(str(tmp_path), fsync=False)
     try:
         before = table_sizes(store)
@@ -131,15 +131,15 @@ def test_run_batch_isolates_ops(tmp_path: Path) -> None:
         assert after["tasks"] == before["tasks"] + 2
         assert after["pending"] == before["pending"] + 2
         assert after["idem"] == before["idem"]
-        counters = store.counters()
+        counters = await store.counters()
         assert counters["total"] == 2 and counters["pending"] == 2
-        [(_, day)] = list(store.day_stats(0, 10**9))
+        [(_, day)] = list(await store.day_stats(0, 10**9))
         assert day.created == 2
     finally:
         store.close()
 
 
-def test_run_batch_storage_error_aborts_everything(tmp_path: Path) -> None:
+async def test_run_batch_storage_error_aborts_everything(tmp_path: Path) -> None:
     store = LmdbStore(str(tmp_path), fsync=False)
     try:
         [(ok, _)] = store.run_batch([lambda tx: ops.create(tx, TaskCreate(name="a"))], NOW)
@@ -151,7 +151,7 @@ def test_run_batch_storage_error_aborts_everything(tmp_path: Path) -> None:
 
         with pytest.raises(lmdb.Error):
             store.run_batch([lambda tx: ops.create(tx, TaskCreate(name="b")), storage_fails], NOW)
-        assert store.counters()["total"] == 1
+        assert (await store.counters())["total"] == 1
         assert table_sizes(store)["tasks"] == 1
         # a seq handed out in the aborted batch is skipped, never reused
         [(ok, (task, _))] = store.run_batch([lambda tx: ops.create(tx, TaskCreate(name="c"))], NOW)
@@ -165,10 +165,10 @@ async def test_storage_error_fails_the_batch_and_writer_goes_on(q: TaskQueue) ->
         raise lmdb.BadValsizeError("simulated")
 
     with pytest.raises(StorageError) as info:
-        await q.writer.write(storage_fails)
+        await q.store.write(storage_fails)
     assert isinstance(info.value, Unavailable) and info.value.status == 503
     task = await create(q, "after")
-    assert [t.id for t in all_tasks(q)] == [task.id]
+    assert [t.id for t in await all_tasks(q)] == [task.id]
 
 
 async def test_write_after_close_is_unavailable(settings: Settings) -> None:
@@ -182,9 +182,9 @@ async def test_on_commit_runs_in_commit_order(q: TaskQueue) -> None:
     order: list[int] = []
 
     async def one(i: int) -> None:
-        await q.writer.write(lambda tx: i, order.append)
+        await q.store.write(lambda tx: i, order.append)
 
-    async with trio.open_nursery() as nursery, q.writer._one_thread:
+    async with trio.open_nursery() as nursery, q.store.writer._one_thread:
         nursery.start_soon(one, -1)
         await trio.testing.wait_all_tasks_blocked()
         for i in range(5):
@@ -213,19 +213,19 @@ async def test_map_grows_when_full(tmp_path: Path) -> None:
                 nursery.start_soon(create, q, f"c{i}")
         grown = q.store.env.info()["map_size"]
         assert grown >= 8 * small
-        assert len(all_tasks(q)) == 350
-        assert recount(q)[TaskStatus.PENDING] == q.dashboard().pending_tasks == 350
+        assert len(await all_tasks(q)) == 350
+        assert (await recount(q))[TaskStatus.PENDING] == (await q.dashboard()).pending_tasks == 350
         for task in made:
-            assert q.get(task.id).payload == payload
+            assert (await q.get(task.id)).payload == payload
     # reopening with the small setting keeps everything
     async with open_queue(settings, clock=TrioClock(WALL0)) as q:
         assert q.store.env.info()["map_size"] > small  # LMDB maps at least the file
-        assert len(all_tasks(q)) == 350
+        assert len(await all_tasks(q)) == 350
         assert q.dispatcher.ready_count() == 350
         # and it can grow again from there
         await q.create_many([TaskCreate(name="more", payload=payload) for _ in range(300)])
         assert q.store.env.info()["map_size"] >= grown
-        assert q.dashboard().total_tasks == len(all_tasks(q)) == 650
+        assert (await q.dashboard()).total_tasks == len(await all_tasks(q)) == 650
 
 
 def test_tiny_map_size_at_open(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,8 @@ import wsproto.events as wsevents
 
 from dtq.server import serve
 from dtq.settings import Settings
+
+from . import procs as worker_procs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "password"  # the API guide's example logs in with admin / password
@@ -64,6 +66,14 @@ class InProcessServer:
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=HTTP_TIMEOUT, **kwargs)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything in tests/e2e starts real servers or processes: marked `e2e`, each file or not."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.e2e)
 
 
 def e2e_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -446,3 +456,46 @@ async def wait_until_server_has_read(server_port: int, client_port: int) -> None
             if not pending:
                 return
             await trio.sleep(0.005)  # another process's socket buffer: nothing to await
+
+
+# --- `dtq serve` and `dtq worker` processes (the kit is procs.py) -----------------------------
+
+
+@dataclass
+class SharedServer:
+    server: worker_procs.Server
+    admin_key: str
+    worker_key: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(scope="session")
+def worker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding `tw_handlers.py`; workers run with it as their cwd."""
+    return worker_procs.write_worker_module(tmp_path_factory.mktemp("worker-module"))
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServer]:
+    """A real server for the session; tests keep apart by using their own queues."""
+    base = tmp_path_factory.mktemp("shared-server")
+    registry = worker_procs.Processes(base / "logs")
+    try:
+        server = worker_procs.Server(registry, base / "data").start()
+        admin_key, worker_key = server.create_keys("admin", "worker")
+        yield SharedServer(server, admin_key, worker_key)
+    finally:
+        registry.kill_all()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[worker_procs.Processes]:
+    """A per-test registry of processes, all killed when the test ends."""
+    registry = worker_procs.Processes(tmp_path / "logs")
+    try:
+        yield registry
+    finally:
+        registry.kill_all()

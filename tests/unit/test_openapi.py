@@ -11,7 +11,8 @@ import pytest
 from msgspec import Meta, Struct
 from openapi_spec_validator import validate
 
-from dtq.net.openapi import OpenApiRegistry, RouteSpec
+from dtq.net.openapi import OpenApiRegistry
+from dtq.net.routing import RouteSpec
 
 SCHEMAS = "#/components/schemas/"
 

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from msgspec import Meta, Struct
 
-from dtq.net.openapi import OpenApiRegistry, RouteSpec
+from dtq.net.openapi import OpenApiRegistry
 from dtq.net.postman import (
     POSTMAN_SCHEMA,
     Stage,
@@ -18,6 +18,7 @@ from dtq.net.postman import (
     build_postman_collection,
     example_from_schema,
 )
+from dtq.net.routing import RouteSpec
 
 
 class Level(enum.StrEnum):

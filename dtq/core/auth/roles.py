@@ -11,13 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from dtq.errors import Forbidden
-
-
-class Role(enum.StrEnum):
-    ADMIN = "admin"
-    OPERATOR = "operator"
-    WORKER = "worker"
-    VIEWER = "viewer"
+from dtq.models import Role as Role  # stored in user and key records: a ground-floor type
 
 
 class Permission(enum.StrEnum):

@@ -1,6 +1,6 @@
 """The webhook service: registration, and the loop that sends what the outbox owes.
 
-Storage is the only source of truth: the loop reads the due index (`delivery_due`), starts up
+Storage is the only source of truth: the loop reads the due index (`due_deliveries`), starts up
 to `webhook_concurrency` attempts at once, and records each outcome as one small write op.
 It never blocks the dispatcher or the writer: HTTP happens in its own tasks, outcomes go
 through the group commit like any other write. After a restart it simply finds what is
@@ -25,26 +25,21 @@ from dtq import __version__
 from dtq.clock import Clock
 from dtq.core.webhooks.outbox import (
     ALL_EVENTS,
-    DELIVERIES,
     DELIVERY_HEADER,
-    DUE,
     EVENT_HEADER,
     SIGNATURE_HEADER,
     Attempt,
     Delivery,
+    DeliveryRef,
     DeliveryStatus,
     Outbox,
     Webhook,
     WebhookCreate,
-    decode_delivery,
     delete_webhook,
-    delivery_created_at,
     drop_deliveries,
     put_webhook,
     record_attempt,
     sign,
-    split_due_key,
-    webhook_key,
 )
 from dtq.core.webhooks.targets import TargetRefused, check_url, refused_at_registration, url_host
 from dtq.core.webhooks.transport import (
@@ -59,8 +54,7 @@ from dtq.core.webhooks.transport import (
 from dtq.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from dtq.retry import RetryPolicy
 from dtq.settings import Settings
-from dtq.storage.lmdb.store import LmdbStore
-from dtq.storage.writer import GroupCommitWriter
+from dtq.storage.base import Store
 
 log = structlog.get_logger("dtq.webhooks")
 
@@ -102,8 +96,7 @@ def _small_body(reply: httpx.Response) -> bool:
 class WebhookService:
     def __init__(
         self,
-        store: LmdbStore,
-        writer: GroupCommitWriter,
+        store: Store,
         clock: Clock,
         settings: Settings,
         outbox: Outbox,
@@ -113,7 +106,6 @@ class WebhookService:
         resolver: Resolver = resolve,
     ) -> None:
         self.store = store
-        self.writer = writer
         self.clock = clock
         self.settings = settings
         self.outbox = outbox
@@ -125,10 +117,10 @@ class WebhookService:
         self._render = render
         self._rand = rand
         self._resolver = resolver
-        self._in_flight: set[bytes] = set()
+        self._in_flight: set[DeliveryRef] = set()
         self._wakeup = trio.Event()
         outbox.on_write = self._wake
-        writer.commit_hooks.append(outbox.after_commit)
+        store.commit_hooks.append(outbox.after_commit)
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -169,7 +161,7 @@ class WebhookService:
         def on_commit(added: Webhook) -> None:
             self.outbox.set_hooks([*self.outbox.hooks.values(), added])
 
-        created = await self.writer.write(lambda tx: put_webhook(tx, hook), on_commit)
+        created = await self.store.write(lambda tx: put_webhook(tx, hook), on_commit)
         # The URL itself can be a credential (many services put a token in it): log the host.
         log.info("webhook registered", webhook_id=hook.id, host=url_host(url),
                  events=events)  # fmt: skip
@@ -195,29 +187,22 @@ class WebhookService:
         def on_commit(found: bool) -> None:
             self.outbox.set_hooks(h for h in self.outbox.hooks.values() if h.id != hook.id)
 
-        if not await self.writer.write(lambda tx: delete_webhook(tx, hook.id), on_commit):
+        if not await self.store.write(lambda tx: delete_webhook(tx, hook.id), on_commit):
             raise NotFound(f"webhook {webhook_id} not found", field="webhook_id",
                            reason="no such webhook")  # fmt: skip
         # Nothing adds to its deliveries any more, so this terminates. Shielded: a caller that
         # goes away must not leave half a history behind with no webhook to reach it by.
-        prefix = webhook_key(hook.id)
         with trio.CancelScope(shield=True):
-            while rows := self.store.scan_raw(DELIVERIES, prefix, limit=_CHUNK, values=False):
-                await self.writer.write(partial(drop_deliveries, dkeys=[k for k, _ in rows]))
+            while rows := (await self.store.list_deliveries(hook.id, limit=_CHUNK))[0]:
+                await self.store.write(partial(drop_deliveries, refs=[d.ref for d in rows]))
         log.info("webhook deleted", webhook_id=hook.id)
 
-    def deliveries(
+    async def deliveries(
         self, webhook_id: str, status: DeliveryStatus | None, skip: int, limit: int
     ) -> tuple[list[Delivery], int]:
         """A webhook's deliveries, newest first, and how many match."""
-        prefix = webhook_key(self.get(webhook_id).id)
-        if status is None:  # count keys, decode only the page
-            keys = self.store.scan_raw(DELIVERIES, prefix, reverse=True, values=False)
-            page = [self.store.get_raw(DELIVERIES, key) for key, _ in keys[skip : skip + limit]]
-            return [decode_delivery(raw) for raw in page if raw is not None], len(keys)
-        rows = self.store.scan_raw(DELIVERIES, prefix, reverse=True)
-        matched = [d for d in (decode_delivery(raw) for _, raw in rows) if d.status == status]
-        return matched[skip : skip + limit], len(matched)
+        hook_id = self.get(webhook_id).id
+        return await self.store.list_deliveries(hook_id, status=status, skip=skip, limit=limit)
 
     # -- delivery ----------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -240,13 +225,13 @@ class WebhookService:
                 task_status.started()
                 while True:
                     self._wakeup = trio.Event()  # before looking, so no wake-up is missed
-                    with trio.move_on_at(self._start_due(nursery, client)):
+                    with trio.move_on_at(await self._start_due(nursery, client)):
                         await self._wakeup.wait()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await client.aclose()
 
-    def _start_due(self, nursery: trio.Nursery, client: httpx.AsyncClient) -> float:
+    async def _start_due(self, nursery: trio.Nursery, client: httpx.AsyncClient) -> float:
         """Start attempts for due deliveries (up to the free slots); the trio time to look
         again (inf: only when woken)."""
         free = self._concurrency - len(self._in_flight)
@@ -254,31 +239,29 @@ class WebhookService:
             return math.inf  # a finishing attempt wakes the loop
         now = self.clock.now()
         # In-flight deliveries are still in the index; past them there are `free` + 1 others.
-        for key, _ in self.store.scan_raw(DUE, limit=len(self._in_flight) + free + 1, values=False):
-            when, dkey = split_due_key(key)
-            if dkey in self._in_flight:
+        for when, ref in await self.store.due_deliveries(len(self._in_flight) + free + 1):
+            if ref in self._in_flight:
                 continue
             if when > now:
                 return self.clock.to_trio(when)
             if free == 0:
                 return math.inf
             free -= 1
-            self._in_flight.add(dkey)
+            self._in_flight.add(ref)
             self.stats.in_flight = len(self._in_flight)
-            nursery.start_soon(self._attempt, client, dkey)
+            nursery.start_soon(self._attempt, client, ref)
         return math.inf
 
-    async def _attempt(self, client: httpx.AsyncClient, dkey: bytes) -> None:
+    async def _attempt(self, client: httpx.AsyncClient, ref: DeliveryRef) -> None:
         try:
-            raw = self.store.get_raw(DELIVERIES, dkey)
-            if raw is None:
+            delivery = await self.store.get_delivery(ref)
+            if delivery is None:
                 return
-            delivery = decode_delivery(raw)
             if delivery.status != DeliveryStatus.PENDING:
                 return
             hook = self.outbox.hooks.get(delivery.webhook_id)
             if hook is None:  # deleted; its deliveries are being dropped
-                await self.writer.write(lambda tx: drop_deliveries(tx, [dkey]))
+                await self.store.write(lambda tx: drop_deliveries(tx, [ref]))
                 return
             body = self._render(delivery)
             headers = {
@@ -297,8 +280,8 @@ class WebhookService:
                 self.stats.failed_attempts += 1
             rand = self._rand()
             max_attempts = self._max_attempts
-            await self.writer.write(
-                lambda tx: record_attempt(tx, dkey, attempt, max_attempts=max_attempts,
+            await self.store.write(
+                lambda tx: record_attempt(tx, ref, attempt, max_attempts=max_attempts,
                                           policy=self.policy, rand=rand),
                 self._recorded,
             )  # fmt: skip
@@ -306,7 +289,7 @@ class WebhookService:
             log.warning("webhook outcome not recorded", error=exc.message)
             await trio.sleep(_STORAGE_TROUBLE_PAUSE_S)
         finally:
-            self._in_flight.discard(dkey)
+            self._in_flight.discard(ref)
             self.stats.in_flight = len(self._in_flight)
             self._wakeup.set()
 
@@ -365,18 +348,21 @@ class WebhookService:
         """Drop finished deliveries created before `before` (epoch s); returns how many."""
         dropped = 0
         for hook_id in list(self.outbox.hooks):
-            prefix = webhook_key(hook_id)
             while True:
-                old: list[bytes] = []
+                old: list[DeliveryRef] = []
                 reached_newer = False
-                for key, raw in self.store.scan_raw(DELIVERIES, prefix, limit=_CHUNK):
-                    if delivery_created_at(key) >= before:
+                rows, _ = await self.store.list_deliveries(
+                    hook_id, newest_first=False, limit=_CHUNK
+                )
+                for delivery in rows:
+                    ref = delivery.ref
+                    if ref.created_us / 1_000_000 >= before:
                         reached_newer = True
                         break
-                    if decode_delivery(raw).status != DeliveryStatus.PENDING:
-                        old.append(key)
+                    if delivery.status != DeliveryStatus.PENDING:
+                        old.append(ref)
                 if old:
-                    dropped += await self.writer.write(partial(drop_deliveries, dkeys=old))
+                    dropped += await self.store.write(partial(drop_deliveries, refs=old))
                 if reached_newer or len(old) < _CHUNK // 2:
                     break  # the rest is newer, or mostly still owed (the head moves on soon)
         return dropped

@@ -2,17 +2,11 @@
 
 Durability comes from an outbox. The store reports every task change to `Outbox.sink` inside
 the write transaction of the operation that makes it; the sink writes one `Delivery` per
-matching webhook into that same transaction (tables `deliveries` and the due index
-`delivery_due`). A change and the deliveries it owes therefore commit together or not at all,
+matching webhook into that same transaction (`StoreTxn.put_delivery`, which keeps the due
+index). A change and the deliveries it owes therefore commit together or not at all,
 and the delivery loop (`dtq.core.webhooks.delivery`) works only from what storage holds, so a
 delivery owed before a crash is sent after the restart (at least once: a receiver may see a
 delivery id twice and should deduplicate on `X-DTQ-Delivery`).
-
-Key layout (big-endian, so LMDB order is index order):
-
-    webhooks      webhook id (16)                          -> Webhook
-    deliveries    webhook id (16) | created_us (8) | id (16) -> Delivery
-    delivery_due  next_attempt_us (8) | deliveries key (40)  -> b""   (pending deliveries only)
 
 The sink runs in the writer's thread: it reads one immutable `_Snapshot`, swapped whole on the
 trio thread, and touches nothing but the transaction. With no webhook registered the store
@@ -21,92 +15,43 @@ holds no sink at all, so the task hot path pays one attribute check.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated, Literal
+from typing import Annotated
 
-import msgspec
 from msgspec import Meta, Struct
 from msgspec.structs import replace
 
-from dtq.models import Task, TaskStatus
+from dtq.core.events import ALL_EVENTS, TASK_EVENT_KINDS, WebhookEventName, task_event_kind
+from dtq.models import (
+    Attempt,
+    Delivery,
+    DeliveryRef,
+    DeliveryStatus,
+    Task,
+    TaskStatus,
+    Webhook,
+)
 from dtq.retry import RetryPolicy
-from dtq.storage import keys as K
-from dtq.storage.base import StoreTxn
-from dtq.storage.lmdb.store import LmdbStore
+from dtq.storage.base import Store, StoreTxn
+
+__all__ = [
+    "ALL_EVENTS", "DELIVERY_HEADER", "EVENT_HEADER", "EVENT_KINDS", "SIGNATURE_HEADER",
+    "Attempt", "Delivery", "DeliveryRef", "DeliveryStatus", "Outbox", "Webhook",
+    "WebhookCreate", "after_attempt", "delete_webhook", "drop_deliveries", "put_webhook",
+    "record_attempt", "sign", "task_event_kind", "verify",
+]  # fmt: skip
 
 S = TaskStatus
 
-WEBHOOKS = "webhooks"
-DELIVERIES = "deliveries"
-DUE = "delivery_due"
-
-EVENT_KINDS = (
-    "task.created", "task.leased", "task.completed", "task.failed", "task.retried",
-    "task.released", "task.cancelled", "task.deleted", "task.updated",
-)  # fmt: skip
-ALL_EVENTS = "*"
-EventKind = Literal[
-    "task.created", "task.leased", "task.completed", "task.failed", "task.retried",
-    "task.released", "task.cancelled", "task.deleted", "task.updated", "*",
-]  # fmt: skip
+EVENT_KINDS = TASK_EVENT_KINDS
 SIGNATURE_HEADER = "X-DTQ-Signature"
 EVENT_HEADER = "X-DTQ-Event"
 DELIVERY_HEADER = "X-DTQ-Delivery"
-
-_FINAL_KIND = {S.COMPLETED: "task.completed", S.FAILED: "task.failed",
-               S.CANCELLED: "task.cancelled"}  # fmt: skip
-
-
-class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"  # owed: in `delivery_due` until delivered or given up
-    DELIVERED = "delivered"  # a 2xx came back
-    FAILED = "failed"  # every allowed attempt failed
-
-
-# -- records ----------------------------------------------------------------------------------
-
-
-class Webhook(Struct, array_like=True, kw_only=True):
-    id: str
-    url: str
-    events: list[str]
-    secret: str  # kept in clear: it signs every delivery (never returned after creation)
-    created_at: float
-    description: str | None = None
-    created_by: str | None = None
-
-
-class Attempt(Struct, array_like=True, kw_only=True):
-    started_at: float
-    finished_at: float
-    status_code: int | None = None  # None: no response (connection error, timeout)
-    error: str | None = None  # None: delivered
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-class Delivery(Struct, array_like=True, kw_only=True):
-    id: str
-    webhook_id: str
-    event: str
-    task: Task  # the task as the change left it: every attempt sends the same body
-    created_at: float
-    status: DeliveryStatus = DeliveryStatus.PENDING
-    next_attempt_at: float | None = None
-    attempts: list[Attempt] = msgspec.field(default_factory=list)
-    completed_at: float | None = None
-
-    @property
-    def key(self) -> bytes:
-        return delivery_key(self.webhook_id, self.created_at, self.id)
 
 
 # What check_url accepts, as far as a pattern can say it (the document shows it).
@@ -125,59 +70,12 @@ class WebhookCreate(Struct, forbid_unknown_fields=True, kw_only=True):
             "characters.",
         ),
     ]
-    events: Annotated[list[EventKind], Meta(min_length=1, max_length=len(EVENT_KINDS) + 1)]
+    events: Annotated[list[WebhookEventName], Meta(min_length=1, max_length=len(EVENT_KINDS) + 1)]
     secret: Annotated[str, Meta(min_length=16, max_length=256)] | None = None
     description: Annotated[str, Meta(max_length=500)] | None = None
 
 
-_encode = msgspec.msgpack.Encoder().encode
-decode_webhook = msgspec.msgpack.Decoder(Webhook).decode
-decode_delivery = msgspec.msgpack.Decoder(Delivery).decode
-
-
-# -- keys -------------------------------------------------------------------------------------
-
-
-def webhook_key(webhook_id: str) -> bytes:
-    return uuid.UUID(webhook_id).bytes
-
-
-def delivery_key(webhook_id: str, created_at: float, delivery_id: str) -> bytes:
-    return webhook_key(webhook_id) + K.u64(K.micros(created_at)) + uuid.UUID(delivery_id).bytes
-
-
-def due_key(next_attempt_at: float, dkey: bytes) -> bytes:
-    return K.u64(K.micros(next_attempt_at)) + dkey
-
-
-def delivery_created_at(dkey: bytes) -> float:
-    return K.from_u64(dkey[16:24]) / 1_000_000
-
-
-def split_due_key(key: bytes) -> tuple[float, bytes]:
-    """(when, deliveries key) of a `delivery_due` key."""
-    return K.from_u64(key[:8]) / 1_000_000, key[8:]
-
-
 # -- pure decisions ---------------------------------------------------------------------------
-
-
-def task_event_kind(old: Task | None, new: Task | None) -> str | None:
-    """The event a task change is, from its before and after (None: inserted / deleted).
-
-    A lease extension (running -> running) is no event, as on the event bus.
-    """
-    if old is None:
-        return None if new is None else "task.created"
-    if new is None:
-        return "task.deleted"
-    if old.status == new.status:
-        return None if new.status == S.RUNNING else "task.updated"
-    if new.status == S.RUNNING:
-        return "task.leased"
-    if new.status == S.PENDING:  # running -> pending: a release gives its attempt back
-        return "task.released" if new.attempts < old.attempts else "task.retried"
-    return _FINAL_KIND[new.status]
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -218,32 +116,29 @@ def after_attempt(
 
 
 def put_webhook(tx: StoreTxn, hook: Webhook) -> Webhook:
-    tx.put_raw(WEBHOOKS, webhook_key(hook.id), _encode(hook))
+    tx.put_webhook(hook)
     return hook
 
 
 def delete_webhook(tx: StoreTxn, webhook_id: str) -> bool:
-    return tx.delete_raw(WEBHOOKS, webhook_key(webhook_id))
+    return tx.delete_webhook(webhook_id)
 
 
-def drop_deliveries(tx: StoreTxn, dkeys: Iterable[bytes]) -> int:
+def drop_deliveries(tx: StoreTxn, refs: Iterable[DeliveryRef]) -> int:
     """Remove deliveries (and their due entries); reads each, since it may have moved on."""
     dropped = 0
-    for dkey in dkeys:
-        raw = tx.get_raw(DELIVERIES, dkey)
-        if raw is None:
+    for ref in refs:
+        delivery = tx.get_delivery(ref)
+        if delivery is None:
             continue
-        delivery = decode_delivery(raw)
-        if delivery.next_attempt_at is not None:
-            tx.delete_raw(DUE, due_key(delivery.next_attempt_at, dkey))
-        tx.delete_raw(DELIVERIES, dkey)
+        tx.delete_delivery(delivery)
         dropped += 1
     return dropped
 
 
 def record_attempt(
     tx: StoreTxn,
-    dkey: bytes,
+    ref: DeliveryRef,
     attempt: Attempt,
     *,
     max_attempts: int,
@@ -251,20 +146,15 @@ def record_attempt(
     rand: float,
 ) -> Delivery | None:
     """Store an attempt's outcome and move the delivery in the due index (or out of it)."""
-    raw = tx.get_raw(DELIVERIES, dkey)
-    if raw is None:
+    old = tx.get_delivery(ref)
+    if old is None:
         return None  # its webhook was deleted meanwhile
-    old = decode_delivery(raw)
     if old.status != DeliveryStatus.PENDING:
         return old
     new = after_attempt(
         old, attempt, max_attempts=max_attempts, policy=policy, rand=rand, now=tx.now
     )
-    tx.put_raw(DELIVERIES, dkey, _encode(new))
-    if old.next_attempt_at is not None:
-        tx.delete_raw(DUE, due_key(old.next_attempt_at, dkey))
-    if new.next_attempt_at is not None:
-        tx.put_raw(DUE, due_key(new.next_attempt_at, dkey), b"")
+    tx.put_delivery(old, new)
     return new
 
 
@@ -273,7 +163,6 @@ def record_attempt(
 
 @dataclass(frozen=True)
 class _Route:
-    key: bytes
     webhook_id: str
     kinds: frozenset[str]
 
@@ -291,7 +180,6 @@ class _Snapshot:
         ordered = sorted(hooks, key=lambda h: (h.created_at, h.id))
         routes = tuple(
             _Route(
-                webhook_key(h.id),
                 h.id,
                 frozenset(EVENT_KINDS) if ALL_EVENTS in h.events else frozenset(h.events),
             )
@@ -306,14 +194,14 @@ class Outbox:
 
     def __init__(self) -> None:
         self._snapshot = _Snapshot.of(())
-        self._store: LmdbStore | None = None
+        self._store: Store | None = None
         self.wrote = False  # set in the writer thread, cleared on the trio thread after commit
         self.on_write: Callable[[], None] | None = None
 
-    def install(self, store: LmdbStore) -> None:
-        """Load the registered webhooks; call before the writer takes its first batch."""
+    async def install(self, store: Store) -> None:
+        """Load the registered webhooks; call before the store takes its first write."""
         self._store = store
-        self.set_hooks(decode_webhook(raw) for _, raw in store.iter_raw(WEBHOOKS))
+        self.set_hooks(await store.list_webhooks())
 
     @property
     def hooks(self) -> Mapping[str, Webhook]:
@@ -324,7 +212,7 @@ class Outbox:
         """Swap the snapshot (trio thread, after the commit that changed the webhooks)."""
         self._snapshot = _Snapshot.of(hooks)
         if self._store is not None:
-            self._store.event_sink = self.sink if self._snapshot.routes else None
+            self._store.set_event_sink(self.sink if self._snapshot.routes else None)
 
     def sink(self, tx: StoreTxn, old: Task | None, new: Task | None) -> None:
         snapshot = self._snapshot
@@ -337,12 +225,9 @@ class Outbox:
         for route in snapshot.routes:
             if kind not in route.kinds:
                 continue
-            delivery_id = str(uuid.uuid4())
-            delivery = Delivery(id=delivery_id, webhook_id=route.webhook_id, event=kind,
+            delivery = Delivery(id=str(uuid.uuid4()), webhook_id=route.webhook_id, event=kind,
                                 task=task, created_at=now, next_attempt_at=now)  # fmt: skip
-            dkey = route.key + K.u64(K.micros(now)) + uuid.UUID(delivery_id).bytes
-            tx.put_raw(DELIVERIES, dkey, _encode(delivery))
-            tx.put_raw(DUE, due_key(now, dkey), b"")
+            tx.put_delivery(None, delivery)
         self.wrote = True
 
     def after_commit(self, batch_size: int, seconds: float) -> None:

@@ -19,8 +19,7 @@ from dtq.core.accounts import (
 )
 from dtq.core.auth import Permission
 from dtq.net.envelope import iso, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, no_content, respond
+from dtq.net.routing import Api, Call, RouteSpec, no_content, respond
 
 AUTH_TAG = "Auth"
 ADMIN_TAG = "Admin"
@@ -90,7 +89,7 @@ def register(api: Api) -> None:
         Permission.ADMIN,
     )  # fmt: skip
     async def list_users(call: Call) -> Any:
-        return respond(success([user_out(u) for u in accounts.list_users()]))
+        return respond(success([user_out(u) for u in await accounts.list_users()]))
 
     @api.route(
         RouteSpec("POST", "/api/v1/users", "Create a user", ADMIN_TAG, "create_user",
@@ -128,7 +127,7 @@ def register(api: Api) -> None:
         Permission.ADMIN,
     )  # fmt: skip
     async def list_api_keys(call: Call) -> Any:
-        return respond(success([key_out(k) for k in accounts.list_api_keys()]))
+        return respond(success([key_out(k) for k in await accounts.list_api_keys()]))
 
     @api.route(
         RouteSpec("POST", "/api/v1/api-keys", "Create an API key (shown once)", ADMIN_TAG,

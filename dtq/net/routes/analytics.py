@@ -11,8 +11,7 @@ from quart import current_app, request
 from dtq.core.auth import Permission
 from dtq.models import Dashboard
 from dtq.net.envelope import now_iso, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, respond
+from dtq.net.routing import Api, Call, RouteSpec, respond
 
 TAG = "Analytics"
 P = "/api/v1/analytics"
@@ -80,7 +79,7 @@ def register(api: Api) -> None:
         Permission.ANALYTICS_READ,
     )  # fmt: skip
     async def dashboard(call: Call) -> Any:
-        d = queue.dashboard()
+        d = await queue.dashboard()
         fields = {f: getattr(d, f) for f in d.__struct_fields__}
         return respond(success(d, **fields))
 
@@ -91,7 +90,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def trends(call: Call) -> Any:
         q: TrendsQuery = call.query
-        return respond(success(queue.trends(q.days, q.metric)))
+        return respond(success(await queue.trends(q.days, q.metric)))
 
     @api.route(
         RouteSpec("GET", f"{P}/export", "Export daily analytics", TAG, "export",
@@ -103,7 +102,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def export(call: Call) -> Any:
         q: ExportQuery = call.query
-        rows = queue.daily(q.days)
+        rows = await queue.daily(q.days)
         wants_csv = q.format == "csv" or (
             q.format is None and request.accept_mimetypes.best_match(
                 ["application/json", "text/csv"], default="application/json"
@@ -112,7 +111,7 @@ def register(api: Api) -> None:
         if not wants_csv:
             return respond(
                 success({"generated_at": now_iso(), "days": q.days,
-                         "dashboard": queue.dashboard(), "daily": rows})
+                         "dashboard": await queue.dashboard(), "daily": rows})
             )  # fmt: skip
 
         async def stream() -> AsyncIterator[bytes]:

@@ -22,9 +22,8 @@ from dtq.models import (
     TaskUpdate,
     error_from_input,
 )
-from dtq.net.envelope import pagination, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, no_content, respond
+from dtq.net.envelope import error_info, pagination, success
+from dtq.net.routing import Api, Call, RouteSpec, no_content, respond
 from dtq.net.views import TaskOut, task_out
 
 TAG = "Tasks"
@@ -61,7 +60,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def list_tasks(call: Call) -> Any:
         q: ListTasksQuery = call.query
-        tasks, total = queue.list_tasks(q)
+        tasks, total = await queue.list_tasks(q)
         return respond(
             success([task_out(t) for t in tasks], pagination=pagination(q.skip, q.limit, total))
         )
@@ -92,7 +91,7 @@ def register(api: Api) -> None:
         Permission.TASKS_READ,
     )  # fmt: skip
     async def get_task(call: Call) -> Any:
-        return respond(success(task_out(queue.get(call.params["task_id"]))))
+        return respond(success(task_out(await queue.get(call.params["task_id"]))))
 
     @api.route(
         RouteSpec("PUT", f"{P}/{{task_id}}", "Update or cancel a task", TAG, "update_task",
@@ -135,7 +134,12 @@ def register(api: Api) -> None:
         Permission.TASKS_WORK,
     )  # fmt: skip
     async def ack_tasks(call: Call) -> Any:
-        outcomes = await queue.ack(call.body.acks, caller_of(call.principal))
+        outcomes = [
+            AckOutcome(id=a.id, ok=True, status=a.task.status)
+            if a.task is not None
+            else AckOutcome(id=a.id, ok=False, error=error_info(a.error) if a.error else None)
+            for a in await queue.ack(call.body.acks, caller_of(call.principal))
+        ]
         ok = sum(1 for o in outcomes if o.ok)
         return respond(success(AckResult(outcomes, ok, len(outcomes) - ok)))
 

@@ -14,8 +14,7 @@ from dtq.core.webhooks.outbox import Delivery, DeliveryStatus, Webhook, WebhookC
 from dtq.models import Skip
 from dtq.net.envelope import iso, pagination, success
 from dtq.net.events import Event
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, Services, no_content, respond
+from dtq.net.routing import Api, Call, RouteSpec, Services, no_content, respond
 
 TAG = "Webhooks"
 P = "/api/v1/webhooks"
@@ -171,7 +170,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def list_webhook_deliveries(call: Call) -> Any:
         q: DeliveriesQuery = call.query
-        rows, total = _service(services).deliveries(
+        rows, total = await _service(services).deliveries(
             call.params["webhook_id"], q.status, q.skip, q.limit
         )
         return respond(

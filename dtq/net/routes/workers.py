@@ -7,10 +7,9 @@ from typing import Any
 from msgspec import Struct
 
 from dtq.core.auth import Permission
-from dtq.models import Heartbeat, ListWorkersQuery, WorkerId, WorkerStatus
+from dtq.models import Heartbeat, ListWorkersQuery, WorkerId
 from dtq.net.envelope import iso, pagination, success
-from dtq.net.openapi import RouteSpec
-from dtq.net.routing import Api, Call, respond
+from dtq.net.routing import Api, Call, RouteSpec, respond
 from dtq.net.views import WorkerOut, worker_out
 
 TAG = "Workers"
@@ -47,7 +46,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def list_workers(call: Call) -> Any:
         q: ListWorkersQuery = call.query
-        workers, total = queue.list_workers(q)
+        workers, total = await queue.list_workers(q)
         return respond(
             success([worker_out(w) for w in workers], pagination=pagination(q.skip, q.limit, total))
         )
@@ -59,29 +58,22 @@ def register(api: Api) -> None:
         aliases=("/workers/status",),
     )  # fmt: skip
     async def workers_status(call: Call) -> Any:
-        workers, _ = queue.store.list_workers(None, 0, 1_000_000)
-        now = queue.clock.now()
-        timeout = queue.settings.worker_timeout_s
-        rows = []
-        for w in workers:
-            age = max(now - w.last_heartbeat, 0.0)
-            healthy = w.status == WorkerStatus.ACTIVE and age < timeout
-            rows.append(
-                WorkerHealth(w.worker_id, w.status.value, healthy, iso(w.last_heartbeat),
-                             round(age, 3), w.current_load, w.max_capacity)
-            )  # fmt: skip
-        active = [w for w in workers if w.status == WorkerStatus.ACTIVE]
-        capacity = sum(w.max_capacity for w in active)
-        load = sum(w.current_load for w in active)
+        health = await queue.workers_health()
+        rows = [
+            WorkerHealth(h.worker.worker_id, h.worker.status.value, h.healthy,
+                         iso(h.worker.last_heartbeat), round(h.seconds_since_heartbeat, 3),
+                         h.worker.current_load, h.worker.max_capacity)
+            for h in health.workers
+        ]  # fmt: skip
         return respond(
             success(
                 WorkersStatus(
-                    workers_total=len(workers),
-                    workers_active=len(active),
-                    workers_inactive=len(workers) - len(active),
-                    total_capacity=capacity,
-                    current_load=load,
-                    utilization=round(load / capacity, 4) if capacity else 0.0,
+                    workers_total=len(rows),
+                    workers_active=health.active,
+                    workers_inactive=len(rows) - health.active,
+                    total_capacity=health.total_capacity,
+                    current_load=health.current_load,
+                    utilization=health.utilization,
                     workers=rows,
                 )
             )
@@ -101,4 +93,4 @@ def register(api: Api) -> None:
         Permission.WORKERS_READ,
     )  # fmt: skip
     async def get_worker(call: Call) -> Any:
-        return respond(success(worker_out(queue.get_worker(call.params["worker_id"]))))
+        return respond(success(worker_out(await queue.get_worker(call.params["worker_id"]))))

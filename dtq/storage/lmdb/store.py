@@ -1,4 +1,4 @@
-"""LMDB backend: key layout, indexes and counters. Knows nothing of HTTP.
+"""LMDB backend: the environment, the batch a commit runs, and reads. Knows nothing of HTTP.
 
 Sub-databases (all keys big-endian so LMDB order is index order):
 
@@ -15,11 +15,12 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     workers     worker id                              -> Worker
     days        day number                             -> DayStats
     meta        b"counters" / b"seq"                   -> counters / next seq
-    users, api_keys, kv: owned by other modules, raw bytes.
-    webhooks, deliveries, delivery_due: the webhook outbox (layout in `dtq.core.webhooks.outbox`).
+    users, api_keys, kv, webhooks, deliveries, delivery_due: see `dtq.storage.lmdb.layouts`.
 
-`LmdbStore.event_sink`, when set, sees every task change (old, new; None for insert/delete)
-inside the operation's transaction, so it can write what the change owes in the same commit.
+Writes go through the group-commit writer (`dtq.storage.lmdb.writer`), which runs `run_batch`
+in one thread. The event sink, when set, sees every task change (old, new; None for
+insert/delete) inside the operation's transaction, so it can write what the change owes in the
+same commit.
 
 Pending tasks with a future `run_at` stay in `pending`; the dispatcher keeps them in a heap
 until due, so promotion costs no write.
@@ -27,263 +28,72 @@ until due, so promotion costs no write.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import lmdb
+import trio
 
-from dtq.errors import InvalidRequest, StorageError
-from dtq.models import DayStats, Priority, Task, TaskStatus, Worker, WorkerStatus
+from dtq.clock import Clock
+from dtq.errors import StorageError
+from dtq.models import (
+    ApiKey,
+    DayStats,
+    Delivery,
+    DeliveryRef,
+    DeliveryStatus,
+    Task,
+    TaskStatus,
+    User,
+    Webhook,
+    Worker,
+    WorkerStatus,
+)
 from dtq.storage import codec
 from dtq.storage import keys as K
-from dtq.storage.base import TaskQuery
+from dtq.storage.base import (
+    JWT_SECRET_SETTING,
+    EventSink,
+    PendingRow,
+    StoreTxn,
+    TaskQuery,
+    WriterStats,
+)
+from dtq.storage.lmdb import layouts as L
+from dtq.storage.lmdb.listing import COUNTERS, Listing
+from dtq.storage.lmdb.txn import Deltas, LmdbTxn
+from dtq.storage.lmdb.writer import GroupCommitWriter
 
 T = TypeVar("T")
 
 TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
-    "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta", "users", "api_keys", "kv",
-    "webhooks", "deliveries", "delivery_due",
+    "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
+    L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE,
 )  # fmt: skip
-_COUNTERS = b"counters"
 # Which listing indexes this data directory has: stores written before by_queue/by_name
 # existed get them built from the tasks at open.
 _INDEX_VERSION_KEY = b"index_version"
 _INDEX_VERSION = 1
 _SEQ = b"seq"
-_SECONDS_PER_DAY = 86400
-
 
 _PENDING_VALUE = struct.Struct(">QQ")  # run_at_us, ready_at_us (after the 16-byte task key)
 _SEQ_UNPACK = struct.Struct(">Q").unpack_from
 
 
-class PendingRow(NamedTuple):
-    queue: str
-    rank: int
-    seq: int
-    task_id: str
-    name: str
-    run_at: float | None
-    ready_at: float
-
-
-def day_number(t: float) -> int:
-    return int(t // _SECONDS_PER_DAY)
-
-
-class Deltas:
-    """Counter and per-day changes made by one operation, merged into the batch on success."""
-
-    __slots__ = ("counters", "days")
-
-    def __init__(self) -> None:
-        self.counters: dict[str, float] = {}
-        self.days: dict[int, dict[str, float]] = {}
-
-    def add(self, name: str, n: float = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
-
-    def day(self, t: float, name: str, n: float = 1) -> None:
-        d = self.days.setdefault(day_number(t), {})
-        d[name] = d.get(name, 0) + n
-
-    def merge(self, other: Deltas) -> None:
-        for k, v in other.counters.items():
-            self.add(k, v)
-        for day, fields in other.days.items():
-            mine = self.days.setdefault(day, {})
-            for k, v in fields.items():
-                mine[k] = mine.get(k, 0) + v
-
-
-class LmdbTxn:
-    """`StoreTxn` over one nested LMDB write transaction (one per operation)."""
-
-    def __init__(self, store: LmdbStore, txn: lmdb.Transaction, now: float) -> None:
-        self._s = store
-        self._txn = txn
-        self.now = now
-        self.deltas = Deltas()
-
-    # -- tasks --------------------------------------------------------------------------
-    def get_task(self, task_id: str) -> Task | None:
-        raw = self._txn.get(K.task_key(task_id), db=self._s.db["tasks"])
-        return None if raw is None else codec.decode_task(raw)
-
-    def next_seq(self) -> int:
-        return self._s.take_seq()
-
-    def insert_task(self, task: Task) -> Task:
-        tkey = K.task_key(task.id)
-        db = self._s.db
-        put = self._txn.put
-        put(tkey, codec.encode(task), db=db["tasks"])
-        put(K.time_id_key(task.created_at, task.seq, tkey), b"", db=db["by_created"])
-        put(K.time_id_key(task.updated_at, task.seq, tkey), b"", db=db["by_updated"])
-        put(K.status_key(task.status, task.created_at, task.seq, tkey), b"", db=db["by_status"])
-        put(
-            K.priority_key(task.priority, task.created_at, task.seq, tkey),
-            b"",
-            db=db["by_priority"],
-        )
-        put(K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=db["by_queue"])
-        put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=db["by_name"])
-        self._index_state(task, tkey, add=True)
-        self.deltas.add("total")
-        self.deltas.add(task.status)
-        self.deltas.day(task.created_at, "created")
-        if (sink := self._s.event_sink) is not None:
-            sink(self, None, task)
-        return task
-
-    def replace_task(self, old: Task, new: Task) -> None:
-        tkey = K.task_key(new.id)
-        db = self._s.db
-        txn = self._txn
-        txn.put(tkey, codec.encode(new), db=db["tasks"])
-        if old.updated_at != new.updated_at:
-            txn.delete(K.time_id_key(old.updated_at, old.seq, tkey), db=db["by_updated"])
-            txn.put(K.time_id_key(new.updated_at, new.seq, tkey), b"", db=db["by_updated"])
-        if old.status != new.status:
-            txn.delete(K.status_key(old.status, old.created_at, old.seq, tkey), db=db["by_status"])
-            txn.put(
-                K.status_key(new.status, new.created_at, new.seq, tkey), b"", db=db["by_status"]
-            )
-            self.deltas.add(old.status, -1)
-            self.deltas.add(new.status, 1)
-        if old.priority != new.priority:
-            txn.delete(
-                K.priority_key(old.priority, old.created_at, old.seq, tkey), db=db["by_priority"]
-            )
-            txn.put(
-                K.priority_key(new.priority, new.created_at, new.seq, tkey),
-                b"",
-                db=db["by_priority"],
-            )
-        if old.worker_id != new.worker_id:
-            if old.worker_id:
-                txn.delete(
-                    K.worker_index_key(old.worker_id, old.created_at, old.seq, tkey),
-                    db=db["by_worker"],
-                )
-            if new.worker_id:
-                txn.put(
-                    K.worker_index_key(new.worker_id, new.created_at, new.seq, tkey),
-                    b"",
-                    db=db["by_worker"],
-                )
-        if old.queue != new.queue:
-            txn.delete(
-                K.queue_index_key(old.queue, old.created_at, old.seq, tkey), db=db["by_queue"]
-            )
-            txn.put(
-                K.queue_index_key(new.queue, new.created_at, new.seq, tkey), b"", db=db["by_queue"]
-            )
-        if old.name != new.name:
-            txn.delete(K.name_index_key(old.name, old.created_at, old.seq, tkey), db=db["by_name"])
-            txn.put(
-                K.name_index_key(new.name, new.created_at, new.seq, tkey), b"", db=db["by_name"]
-            )
-        self._index_state(old, tkey, add=False)
-        self._index_state(new, tkey, add=True)
-        if (sink := self._s.event_sink) is not None:
-            sink(self, old, new)
-
-    def delete_task(self, task: Task) -> None:
-        tkey = K.task_key(task.id)
-        db = self._s.db
-        txn = self._txn
-        txn.delete(tkey, db=db["tasks"])
-        txn.delete(K.time_id_key(task.created_at, task.seq, tkey), db=db["by_created"])
-        txn.delete(K.time_id_key(task.updated_at, task.seq, tkey), db=db["by_updated"])
-        txn.delete(K.status_key(task.status, task.created_at, task.seq, tkey), db=db["by_status"])
-        txn.delete(
-            K.priority_key(task.priority, task.created_at, task.seq, tkey), db=db["by_priority"]
-        )
-        if task.worker_id:
-            txn.delete(
-                K.worker_index_key(task.worker_id, task.created_at, task.seq, tkey),
-                db=db["by_worker"],
-            )
-        txn.delete(
-            K.queue_index_key(task.queue, task.created_at, task.seq, tkey), db=db["by_queue"]
-        )
-        txn.delete(K.name_index_key(task.name, task.created_at, task.seq, tkey), db=db["by_name"])
-        self._index_state(task, tkey, add=False)
-        if task.idempotency_key:
-            txn.delete(task.idempotency_key.encode(), db=db["idem"])
-        self.deltas.add("total", -1)
-        self.deltas.add(task.status, -1)
-        if task.status == TaskStatus.COMPLETED and task.duration is not None:
-            self.deltas.add("duration_sum", -task.duration)
-            self.deltas.add("duration_n", -1)
-        if (sink := self._s.event_sink) is not None:
-            sink(self, task, None)
-
-    def _index_state(self, task: Task, tkey: bytes, *, add: bool) -> None:
-        """Keep the pending index in step with the task's state. (Leases need no index: on
-        start-up they are rebuilt from the running tasks, which saves two writes per lease.)"""
-        if task.status == TaskStatus.PENDING:
-            key = K.ready_key(task.queue, task.priority, task.seq)
-            if add:
-                run_at_us = K.micros_ceil(task.run_at) if task.run_at else 0
-                ready_us = K.micros(task.ready_at or task.created_at)
-                value = tkey + K.u64(run_at_us) + K.u64(ready_us) + task.name.encode()
-                self._txn.put(key, value, db=self._s.db["pending"])
-            else:
-                self._txn.delete(key, db=self._s.db["pending"])
-
-    def count(self, name: str, n: float = 1) -> None:
-        self.deltas.add(name, n)
-
-    def count_day(self, t: float, name: str, n: float = 1) -> None:
-        self.deltas.day(t, name, n)
-
-    # -- idempotency ----------------------------------------------------------------------
-    def get_idempotent(self, key: str) -> tuple[str, bytes] | None:
-        raw = self._txn.get(key.encode(), db=self._s.db["idem"])
-        if raw is None:
-            return None
-        raw = bytes(raw)
-        return K.task_id_from_key(raw[:16]), raw[16:]
-
-    def put_idempotent(self, key: str, task_id: str, fingerprint: bytes) -> None:
-        self._txn.put(key.encode(), K.task_key(task_id) + fingerprint, db=self._s.db["idem"])
-
-    # -- workers --------------------------------------------------------------------------
-    def get_worker(self, worker_id: str) -> Worker | None:
-        raw = self._txn.get(worker_id.encode(), db=self._s.db["workers"])
-        return None if raw is None else codec.decode_worker(raw)
-
-    def put_worker(self, old: Worker | None, new: Worker) -> None:
-        self._txn.put(new.worker_id.encode(), codec.encode(new), db=self._s.db["workers"])
-        if old is None:
-            self.deltas.add("workers_total")
-        was_active = old is not None and old.status == WorkerStatus.ACTIVE
-        is_active = new.status == WorkerStatus.ACTIVE
-        if was_active != is_active:
-            self.deltas.add("workers_active", 1 if is_active else -1)
-
-    # -- raw tables (users, api keys, ...) -------------------------------------------------
-    def get_raw(self, table: str, key: bytes) -> bytes | None:
-        raw = self._txn.get(key, db=self._s.db[table])
-        return None if raw is None else bytes(raw)
-
-    def put_raw(self, table: str, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value, db=self._s.db[table])
-
-    def delete_raw(self, table: str, key: bytes) -> bool:
-        return bool(self._txn.delete(key, db=self._s.db[table]))
-
-
-class LmdbStore:
+class LmdbStore(Listing):
     """The LMDB environment. Reads run here directly; writes go through `GroupCommitWriter`."""
 
-    def __init__(self, path: str, *, fsync: bool = True, map_size_bytes: int = 256 << 20) -> None:
-        import os
-
+    def __init__(
+        self,
+        path: str,
+        *,
+        fsync: bool = True,
+        map_size_bytes: int = 256 << 20,
+        clock: Clock | None = None,
+    ) -> None:
         os.makedirs(path, exist_ok=True)
         try:
             self.env = lmdb.open(
@@ -306,16 +116,50 @@ class LmdbStore:
                         self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
                     raw = txn.get(_SEQ, db=self.db["meta"])
                     self._build_missing_indexes(txn)
+                    self._adopt_secret_file(txn)
                 break
             except lmdb.MapFullError:  # a map too small for the tables or indexes: grow it
                 self.grow()
         self._seq = K.from_u64(raw) if raw else 1
         self._seq_dirty = False
         # Called in the writer thread with (txn view, old, new); swap it only between batches.
-        self.event_sink: Callable[[LmdbTxn, Task | None, Task | None], None] | None = None
+        self.event_sink: EventSink | None = None
+        self.durability = "fsync" if fsync else "os"
+        self.writer = GroupCommitWriter(self, clock)
+        self.stats: WriterStats = self.writer.stats
+        self.commit_hooks: list[Callable[[int, float], None]] = self.writer.commit_hooks
+
+    # -- the port's life cycle and writes ---------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.writer.run(task_status=task_status)
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+
+    async def write(
+        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
+    ) -> T:
+        return await self.writer.write(op, on_commit)
+
+    def set_event_sink(self, sink: EventSink | None) -> None:
+        self.event_sink = sink
 
     def close(self) -> None:
         self.env.close()
+
+    def _adopt_secret_file(self, txn: lmdb.Transaction) -> None:
+        """Data directories from before the JWT secret lived in the store kept it in a file
+        beside the environment: take it in, so tokens issued before stay valid."""
+        key = JWT_SECRET_SETTING.encode()
+        if txn.get(key, db=self.db[L.KV]) is not None:
+            return
+        try:
+            with open(os.path.join(self.path, "jwt-secret")) as fh:
+                secret = fh.read().strip()
+        except FileNotFoundError:
+            return
+        if secret:
+            txn.put(key, secret.encode(), db=self.db[L.KV])
 
     def _build_missing_indexes(self, txn: lmdb.Transaction) -> None:
         """Build by_queue and by_name from the tasks when this store predates them.
@@ -345,7 +189,7 @@ class LmdbStore:
         self._seq_dirty = True
         return seq
 
-    def run_batch(self, ops: list[Callable[[LmdbTxn], Any]], now: float) -> list[tuple[bool, Any]]:
+    def run_batch(self, ops: list[Callable[[StoreTxn], Any]], now: float) -> list[tuple[bool, Any]]:
         """Run ops in one write transaction, each in its own nested one; commit once.
 
         Returns (ok, result-or-exception) per op. Must begin and commit in one thread
@@ -385,11 +229,11 @@ class LmdbStore:
     def _apply_deltas(self, txn: lmdb.Transaction, d: Deltas) -> None:
         if d.counters:
             meta = self.db["meta"]
-            raw = txn.get(_COUNTERS, db=meta)
+            raw = txn.get(COUNTERS, db=meta)
             counters = codec.decode_counters(raw) if raw else {}
             for k, v in d.counters.items():
                 counters[k] = counters.get(k, 0) + v
-            txn.put(_COUNTERS, codec.encode(counters), db=meta)
+            txn.put(COUNTERS, codec.encode(counters), db=meta)
         days_db = self.db["days"]
         for day, fields in d.days.items():
             key = K.day_key(day)
@@ -406,36 +250,54 @@ class LmdbStore:
         return int(new_size)
 
     # -- reads (never wait for the writer; no transaction spans an await) ---------------
-    def get_task(self, task_id: str) -> Task | None:
+    def _get(self, table: str, key: bytes) -> bytes | None:
+        with self.env.begin(db=self.db[table]) as txn:
+            raw = txn.get(key)
+        return None if raw is None else bytes(raw)
+
+    def _values(self, table: str) -> list[bytes]:
+        with self.env.begin(db=self.db[table]) as txn:
+            return [bytes(v) for _, v in txn.cursor()]
+
+    async def get_task(self, task_id: str) -> Task | None:
         with self.env.begin(db=self.db["tasks"]) as txn:
             raw = txn.get(K.task_key(task_id))
             return None if raw is None else codec.decode_task(raw)
 
-    def counters(self) -> dict[str, float]:
+    async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
+        return self.list_tasks_now(query)
+
+    async def counters(self) -> dict[str, float]:
+        return self.counters_now()
+
+    def counters_now(self) -> dict[str, float]:
         with self.env.begin() as txn:
-            raw = txn.get(_COUNTERS, db=self.db["meta"])
+            raw = txn.get(COUNTERS, db=self.db["meta"])
         return codec.decode_counters(raw) if raw else {}
 
-    def day_stats(self, first_day: int, last_day: int) -> Iterator[tuple[int, DayStats]]:
-        """Stored days in [first_day, last_day], in order; days with no activity are absent."""
+    async def day_stats(self, first_day: int, last_day: int) -> list[tuple[int, DayStats]]:
+        rows: list[tuple[int, DayStats]] = []
         with self.env.begin(db=self.db["days"]) as txn:
             cur = txn.cursor()
             if not cur.set_range(K.day_key(first_day)):
-                return
-            rows = []
+                return rows
             for key, raw in cur:
                 day = K.from_u64(key)
                 if day > last_day:
                     break
                 rows.append((day, codec.decode_day(raw)))
-        yield from rows
+        return rows
 
-    def get_worker(self, worker_id: str) -> Worker | None:
-        with self.env.begin(db=self.db["workers"]) as txn:
-            raw = txn.get(worker_id.encode())
+    async def get_worker(self, worker_id: str) -> Worker | None:
+        raw = self._get("workers", worker_id.encode())
         return None if raw is None else codec.decode_worker(raw)
 
-    def list_workers(
+    async def list_workers(
+        self, status: WorkerStatus | None, skip: int, limit: int
+    ) -> tuple[list[Worker], int]:
+        return self.list_workers_now(status, skip, limit)
+
+    def list_workers_now(
         self, status: WorkerStatus | None, skip: int, limit: int
     ) -> tuple[list[Worker], int]:
         matched: list[Worker] = []
@@ -446,6 +308,69 @@ class LmdbStore:
                     matched.append(w)
         return matched[skip : skip + limit], len(matched)
 
+    # -- accounts -------------------------------------------------------------------------
+    async def get_user(self, username: str) -> User | None:
+        raw = self._get(L.USERS, username.encode())
+        return None if raw is None else L.decode_user(raw)
+
+    async def list_users(self) -> list[User]:
+        return [L.decode_user(v) for v in self._values(L.USERS)]
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        # One LMDB read (~2 us), no cache: a key created or revoked by `dtq keys` in another
+        # process takes effect at once.
+        raw = self._get(L.API_KEYS, key_id.encode())
+        return None if raw is None else L.decode_api_key(raw)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        return [L.decode_api_key(v) for v in self._values(L.API_KEYS)]
+
+    async def get_setting(self, name: str) -> str | None:
+        raw = self._get(L.KV, name.encode())
+        return None if raw is None else raw.decode()
+
+    # -- webhooks -------------------------------------------------------------------------
+    async def list_webhooks(self) -> list[Webhook]:
+        return [L.decode_webhook(v) for v in self._values(L.WEBHOOKS)]
+
+    async def get_delivery(self, ref: DeliveryRef) -> Delivery | None:
+        raw = self._get(L.DELIVERIES, L.delivery_key(ref))
+        return None if raw is None else L.decode_delivery(raw)
+
+    async def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: DeliveryStatus | None = None,
+        newest_first: bool = True,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[Delivery], int]:
+        db = self.db[L.DELIVERIES]
+        prefix = L.webhook_key(webhook_id)
+        end = None if limit is None else skip + limit
+        with self.env.begin(db=db) as txn:
+            keys = list(self._iter_keys(txn, db, prefix, newest_first))
+            if status is None:  # count keys, decode only the page
+                page = [txn.get(k) for k in keys[skip:end]]
+                return [L.decode_delivery(raw) for raw in page if raw is not None], len(keys)
+            matched = [
+                d for d in (L.decode_delivery(txn.get(k, b"")) for k in keys) if d.status == status
+            ]
+        return matched[skip:end], len(matched)
+
+    async def due_deliveries(self, limit: int) -> list[tuple[float, DeliveryRef]]:
+        db = self.db[L.DUE]
+        rows: list[tuple[float, DeliveryRef]] = []
+        with self.env.begin(db=db) as txn:
+            for key in self._iter_keys(txn, db, b"", False):
+                if len(rows) >= limit:
+                    break
+                when, dkey = L.split_due_key(key)
+                rows.append((when, L.ref_of_key(dkey)))
+        return rows
+
+    # -- start-up -------------------------------------------------------------------------
     def iter_pending(self) -> Iterator[PendingRow]:
         """Every pending task, in index order (queue, priority, seq).
 
@@ -486,172 +411,3 @@ class LmdbStore:
                 if task is not None and task.lease is not None:
                     rows.append((task.lease.expires_at, task.id, task.lease.id))
         yield from rows
-
-    def get_raw(self, table: str, key: bytes) -> bytes | None:
-        with self.env.begin(db=self.db[table]) as txn:
-            raw = txn.get(key)
-        return None if raw is None else bytes(raw)
-
-    def iter_raw(self, table: str) -> Iterator[tuple[bytes, bytes]]:
-        with self.env.begin(db=self.db[table]) as txn:
-            rows = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
-        yield from rows
-
-    def scan_raw(
-        self,
-        table: str,
-        prefix: bytes = b"",
-        *,
-        reverse: bool = False,
-        limit: int | None = None,
-        values: bool = True,
-    ) -> list[tuple[bytes, bytes]]:
-        """Rows whose key starts with `prefix`, in key order (or reversed), at most `limit`.
-        With `values=False` every value is b"" (cheaper: counting, collecting keys)."""
-        db = self.db[table]
-        rows: list[tuple[bytes, bytes]] = []
-        with self.env.begin(db=db) as txn:
-            for key in self._iter_keys(txn, db, prefix, reverse):
-                if limit is not None and len(rows) >= limit:
-                    break
-                rows.append((key, bytes(txn.get(key, b"")) if values else b""))
-        return rows
-
-    # -- listing --------------------------------------------------------------------------
-    def list_tasks(self, q: TaskQuery) -> tuple[list[Task], int]:
-        """Filter, sort and page. Walks the narrowest index; totals from counters when exact."""
-        desc = q.order == "desc"
-        filters: list[tuple[str, Any]] = []
-        if q.status is not None:
-            filters.append(("status", q.status))
-        if q.priority is not None:
-            filters.append(("priority", q.priority))
-        if q.worker_id is not None:
-            filters.append(("worker_id", q.worker_id))
-        if q.queue is not None:
-            filters.append(("queue", q.queue))
-        if q.name is not None:
-            filters.append(("name", q.name))
-        with self.env.begin() as txn:
-            if q.sort == "created_at":
-                db, prefix = self._created_index(q)
-                return self._walk(txn, db, prefix, desc, q, filters)
-            if q.sort == "updated_at":
-                return self._walk(txn, self.db["by_updated"], b"", desc, q, filters)
-            if q.sort == "duration":
-                db, prefix = self._created_index(q)
-                tasks = list(self._matching(txn, db, prefix, filters))
-                tasks.sort(key=_duration_key, reverse=desc)
-                return tasks[q.skip : q.skip + q.limit], len(tasks)
-        raise InvalidRequest(f"cannot sort by {q.sort!r}", field="sort")
-
-    def _created_index(self, q: TaskQuery) -> tuple[Any, bytes]:
-        # The index most likely to be narrowest first; the other filters check each task.
-        if q.worker_id is not None:
-            return self.db["by_worker"], q.worker_id.encode() + K.SEP
-        if q.name is not None:
-            return self.db["by_name"], K.name_prefix(q.name)
-        if q.queue is not None:
-            return self.db["by_queue"], K.queue_prefix(q.queue)
-        if q.status is not None:
-            return self.db["by_status"], K.STATUS_BYTE[q.status]
-        if q.priority is not None:
-            return self.db["by_priority"], K.PRIORITY_BYTE[Priority(q.priority)]
-        return self.db["by_created"], b""
-
-    def _iter_keys(
-        self, txn: lmdb.Transaction, db: Any, prefix: bytes, desc: bool
-    ) -> Iterator[bytes]:
-        cur = txn.cursor(db)
-        if desc:
-            end = _prefix_end(prefix) if prefix else None
-            positioned = cur.prev() if end is not None and cur.set_range(end) else cur.last()
-            if not positioned:
-                return
-            walk = cur.iterprev(values=False)
-        else:
-            if not cur.set_range(prefix):
-                return
-            walk = cur.iternext(values=False)
-        for key in walk:
-            key = bytes(key)
-            if not key.startswith(prefix):
-                return
-            yield key
-
-    def _matching(
-        self,
-        txn: lmdb.Transaction,
-        db: Any,
-        prefix: bytes,
-        filters: list[tuple[str, Any]],
-        desc: bool = False,
-    ) -> Iterator[Task]:
-        tasks_db = self.db["tasks"]
-        for key in self._iter_keys(txn, db, prefix, desc):
-            raw = txn.get(key[-16:], db=tasks_db)
-            if raw is None:
-                continue
-            task = codec.decode_task(raw)
-            if all(getattr(task, f) == v for f, v in filters):
-                yield task
-
-    def _walk(
-        self,
-        txn: lmdb.Transaction,
-        db: Any,
-        prefix: bytes,
-        desc: bool,
-        q: TaskQuery,
-        filters: list[tuple[str, Any]],
-    ) -> tuple[list[Task], int]:
-        page: list[Task] = []
-        index_is_exact = not filters or (len(filters) == 1 and q.sort == "created_at")
-        if not index_is_exact:
-            total = 0
-            for task in self._matching(txn, db, prefix, filters, desc):
-                if total >= q.skip and len(page) < q.limit:
-                    page.append(task)
-                total += 1
-            return page, total
-        # The index holds exactly the matching tasks: skip without decoding.
-        tasks_db = self.db["tasks"]
-        for i, key in enumerate(self._iter_keys(txn, db, prefix, desc)):
-            if i < q.skip:
-                continue
-            if len(page) >= q.limit:
-                break
-            raw = txn.get(key[-16:], db=tasks_db)
-            if raw is not None:
-                page.append(codec.decode_task(raw))
-        return page, self._exact_total(txn, db, prefix, q, filters)
-
-    def _exact_total(
-        self,
-        txn: lmdb.Transaction,
-        db: Any,
-        prefix: bytes,
-        q: TaskQuery,
-        filters: list[tuple[str, Any]],
-    ) -> int:
-        if not prefix:
-            return int(txn.stat(self.db["tasks"])["entries"])
-        if q.status is not None and len(filters) == 1:
-            raw = txn.get(_COUNTERS, db=self.db["meta"])
-            return int((codec.decode_counters(raw) if raw else {}).get(q.status.value, 0))
-        return sum(1 for _ in self._iter_keys(txn, db, prefix, False))
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with `prefix` (None: no such key)."""
-    p = bytearray(prefix)
-    while p and p[-1] == 0xFF:
-        p.pop()
-    if not p:
-        return None
-    p[-1] += 1
-    return bytes(p)
-
-
-def _duration_key(task: Task) -> tuple[bool, float]:
-    return (task.duration is not None, task.duration or 0.0)

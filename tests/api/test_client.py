@@ -29,7 +29,7 @@ from dtq import (
 )
 from dtq.models import AckItem
 
-from .procs import ADMIN_PASSWORD
+from .helpers import SERVE_ADMIN_PASSWORD as ADMIN_PASSWORD
 
 
 def when(iso: str | None) -> datetime:

@@ -31,7 +31,7 @@ T = TypeVar("T")
 # The handlers that `dtq worker` runs in these tests. Configured from the environment so one
 # module serves every scenario (lease length, grace period).
 WORKER_MODULE = '''
-"""Handlers for tests/workers (written to a temporary directory by the tests)."""
+"""Handlers for the worker tests (written to a temporary directory by the tests)."""
 
 import os
 import time

@@ -9,7 +9,7 @@ import pytest
 from dtq.core.auth import Role
 from dtq.net.app import build_openapi
 
-from .conftest import Server
+from .webhook_support import Server
 
 P = "/api/v1/webhooks"
 HOOK = {"url": "https://example.com/hook", "events": ["task.completed"]}

@@ -16,7 +16,7 @@ import trio
 from dtq.core.webhooks import delivery as webhook_delivery
 from dtq.core.webhooks.transport import REFUSED_ERROR
 
-from .conftest import FakeDNS, Received, Reply, Server, in_process, run_receiver
+from .webhook_support import FakeDNS, Received, Reply, Server, in_process, run_receiver
 
 P = "/api/v1/webhooks"
 STRICT = {"webhook_allow_private_networks": False}

@@ -1,4 +1,4 @@
-"""Webhook test kit: a receiver on 127.0.0.1, the server in process or as a process.
+"""Webhook test kit (its fixtures, `server` and `fake_dns`, are in conftest.py): a receiver on 127.0.0.1, the server in process or as a process.
 
 The receiver is a small HTTP/1.1 server on a plain trio socket (h11 for framing): it records
 every request as it arrives and answers with whatever status the test's `respond` returns
@@ -22,12 +22,11 @@ from typing import Any
 
 import h11
 import httpx
-import pytest
 import trio
 from quart.typing import TestClientProtocol
 
 from dtq.core.accounts import UserCreate
-from dtq.core.auth import Role, passwords
+from dtq.core.auth import Role
 from dtq.net.app import create_app
 from dtq.net.routing import Services
 from dtq.server import open_services
@@ -45,11 +44,6 @@ FAST = {
 # The receivers run on 127.0.0.1, which the target policy refuses by default: these tests opt
 # in as a local setup does. Tests of the policy itself pass `webhook_allow_private_networks=False`.
 LOCAL_RECEIVERS = {"webhook_allow_private_networks": True}
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(passwords, "SCRYPT_N", 2**8)
 
 
 # --- the receiver ------------------------------------------------------------------------------
@@ -204,14 +198,6 @@ class FakeDNS(trio.abc.HostnameResolver):
         raise NotImplementedError
 
 
-@pytest.fixture
-async def fake_dns() -> FakeDNS:
-    """Installed for this test's trio run only (pytest-trio runs each test in its own)."""
-    dns = FakeDNS({})
-    trio.socket.set_custom_hostname_resolver(dns)
-    return dns
-
-
 # --- the server in process (Quart's test client in, real sockets out) ----------------------------
 
 
@@ -291,12 +277,6 @@ async def in_process(data_dir: Path, **overrides: Any) -> AsyncIterator[Server]:
     async with open_services(server_settings(data_dir, **overrides)) as services:
         anonymous = Api(create_app(services).test_client())
         yield Server(services, anonymous, await anonymous.login())
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with in_process(tmp_path / "data") as running:
-        yield running
 
 
 # --- the server as a process (`python -m dtq.cli serve`), for kill -9 ----------------------------

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import trio
 
-from dtq.core.webhooks.outbox import DELIVERIES, DUE, verify
+from dtq.core.webhooks.outbox import verify
 
-from .conftest import Received, Server, in_process, reserved_port, run_receiver
+from .webhook_support import Received, Server, in_process, reserved_port, run_receiver
 
 P = "/api/v1/webhooks"
 SECRET = "a-long-enough-secret"
@@ -109,7 +109,7 @@ async def test_marked_failed_after_the_limit(server: Server) -> None:
         assert len(receiver.requests) == 3
         assert len({r.headers["x-dtq-delivery"] for r in receiver.requests}) == 1
         # nothing is owed any more
-        assert server.services.queue.store.scan_raw(DUE) == []
+        assert await server.services.queue.store.due_deliveries(10) == []
         failed = await server.admin.ok("GET", f"{P}/{hook_id}/deliveries?status=failed")
         assert [r["id"] for r in failed] == [row["id"]]
         assert await server.admin.ok("GET", f"{P}/{hook_id}/deliveries?status=pending") == []
@@ -204,8 +204,8 @@ async def test_deleting_a_webhook_stops_its_deliveries(server: Server) -> None:
         await receiver.wait_count(1)
         await server.admin.ok("DELETE", f"{P}/{hook_id}", status=204)
         store = server.services.queue.store
-        assert store.scan_raw(DELIVERIES, bytes.fromhex(hook_id.replace("-", ""))) == []
-        assert store.scan_raw(DUE) == []
+        assert await store.list_deliveries(hook_id) == ([], 0)
+        assert await store.due_deliveries(10) == []
         await server.admin.ok("DELETE", f"/api/v1/tasks/{task_id}", status=204)
         rows = await server.admin.ok("GET", f"{P}/{kept}/deliveries")
         assert [r["event"] for r in rows] == ["task.deleted"]

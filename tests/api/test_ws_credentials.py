@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_websockets import Server, _refused, _start
 from trio_websocket import open_websocket_url
+
+from .test_websockets import Server, _refused, _start
 
 
 @pytest.fixture

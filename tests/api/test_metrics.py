@@ -170,7 +170,7 @@ async def test_metrics_after_a_few_tasks(
     assert commits > 0
     assert value(m, "dtq_writer_commit_batch_size_sum") >= commits
     assert value(m, "dtq_writer_commit_duration_seconds_count") == commits
-    assert svc.queue.writer.stats.commits >= commits
+    assert svc.queue.store.stats.commits >= commits
 
     assert ("dtq_build_info", frozenset({("version", "1.0.0")})) in m
     assert any(name == "process_cpu_seconds_total" for name, _ in m)
@@ -276,7 +276,7 @@ async def test_queue_labels_are_capped(svc: Services) -> None:
     metrics = Metrics(svc.queue, max_queues=2)
     for queue in ("a", "b", "c", "d"):
         metrics.on_task("task.created", make_task(queue=queue))
-    m = parse(metrics.render().decode())
+    m = parse((await metrics.render()).decode())
     assert value(m, "dtq_task_events_total", event="created", queue="a") == 1
     assert value(m, "dtq_task_events_total", event="created", queue=OTHER_QUEUE) == 2
     assert not any(dict(labels).get("queue") == "c" for _, labels in m)
@@ -362,7 +362,7 @@ async def test_queue_wait_of_delayed_task_survives_restart(
         mock_clock.jump(70)
         await settle(svc)
         assert len(await svc.queue.lease(LeaseRequest(worker_id="w", wait=0))) == 1
-        m = parse(svc.metrics.render().decode())
+        m = parse((await svc.metrics.render()).decode())
         assert value(m, "dtq_task_queue_wait_seconds_count", queue="default") == 1
         assert value(m, "dtq_task_queue_wait_seconds_sum", queue="default") < 20
 
@@ -371,5 +371,5 @@ async def settle(svc: Services) -> None:
     """Let the reaper and the writer finish what the clock jump made due."""
     for _ in range(3):
         await trio.testing.wait_all_tasks_blocked()
-        await svc.queue.writer.write(lambda tx: None)
+        await svc.queue.store.write(lambda tx: None)
     await trio.testing.wait_all_tasks_blocked()

@@ -19,7 +19,7 @@ from dtq.client.worker import load_worker
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome
 
-from .procs import ADMIN_PASSWORD
+from .helpers import SERVE_ADMIN_PASSWORD as ADMIN_PASSWORD
 
 BOUND_S = 10.0
 

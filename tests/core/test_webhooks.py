@@ -18,8 +18,6 @@ import pytest
 from dtq.core import ops
 from dtq.core import states as lifecycle
 from dtq.core.webhooks.outbox import (
-    DELIVERIES,
-    DUE,
     EVENT_KINDS,
     Attempt,
     Delivery,
@@ -27,11 +25,9 @@ from dtq.core.webhooks.outbox import (
     Outbox,
     Webhook,
     after_attempt,
-    decode_delivery,
     drop_deliveries,
     record_attempt,
     sign,
-    split_due_key,
     task_event_kind,
     verify,
 )
@@ -39,7 +35,8 @@ from dtq.core.webhooks.targets import check_url
 from dtq.errors import InvalidRequest
 from dtq.models import Task, TaskCreate, TaskError, TaskUpdate
 from dtq.retry import RetryPolicy
-from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
+from dtq.storage.base import StoreTxn
+from dtq.storage.lmdb.store import LmdbStore
 
 NOW = 1_700_000_000.0
 POLICY = RetryPolicy(base_s=1.0, cap_s=30.0)
@@ -199,19 +196,27 @@ def _hook(events: list[str]) -> Webhook:
                    secret="x" * 20, created_at=NOW)  # fmt: skip
 
 
-def _create(tx: LmdbTxn) -> Task:
+def _create(tx: StoreTxn) -> Task:
     task, _ = ops.create(tx, TaskCreate(name="t"))
     return task
 
 
-def _create_then_fail(tx: LmdbTxn) -> Task:
+def _create_then_fail(tx: StoreTxn) -> Task:
     _create(tx)
     raise InvalidRequest("changed my mind")
 
 
-def test_no_webhooks_no_sink(store: LmdbStore) -> None:
+async def all_deliveries(store: LmdbStore, *hooks: Webhook) -> list[Delivery]:
+    found = []
+    for hook in hooks:
+        rows, _ = await store.list_deliveries(hook.id, newest_first=False)
+        found += rows
+    return found
+
+
+async def test_no_webhooks_no_sink(store: LmdbStore) -> None:
     outbox = Outbox()
-    outbox.install(store)
+    await outbox.install(store)
     assert store.event_sink is None  # the hot path pays one attribute check
     hook = _hook(["*"])
     outbox.set_hooks([hook])
@@ -220,9 +225,9 @@ def test_no_webhooks_no_sink(store: LmdbStore) -> None:
     assert store.event_sink is None
 
 
-def test_delivery_written_in_the_same_transaction_as_the_change(store: LmdbStore) -> None:
+async def test_delivery_written_in_the_same_transaction_as_the_change(store: LmdbStore) -> None:
     outbox = Outbox()
-    outbox.install(store)
+    await outbox.install(store)
     all_events, completed_only = _hook(["*"]), _hook(["task.completed"])
     outbox.set_hooks([all_events, completed_only])
 
@@ -230,53 +235,55 @@ def test_delivery_written_in_the_same_transaction_as_the_change(store: LmdbStore
     assert [ok for ok, _ in outcomes] == [True, False]
     created: Task = outcomes[0][1]
 
-    rows = store.scan_raw(DELIVERIES)
+    rows = await all_deliveries(store, all_events, completed_only)
     assert len(rows) == 1  # the rolled-back op left neither a task nor a delivery
-    delivery = decode_delivery(rows[0][1])
+    delivery = rows[0]
     assert delivery.webhook_id == all_events.id
     assert (delivery.event, delivery.task.id) == ("task.created", created.id)
     assert delivery.status is DeliveryStatus.PENDING and delivery.next_attempt_at == NOW
-    assert rows[0][0] == delivery.key
-    assert [split_due_key(k) for k, _ in store.scan_raw(DUE)] == [(NOW, delivery.key)]
+    assert await store.due_deliveries(10) == [(pytest.approx(NOW), delivery.ref)]
     assert outbox.wrote
 
 
-def test_a_failed_batch_leaves_nothing(store: LmdbStore) -> None:
+async def test_a_failed_batch_leaves_nothing(store: LmdbStore) -> None:
     outbox = Outbox()
-    outbox.install(store)
-    outbox.set_hooks([_hook(["*"])])
+    await outbox.install(store)
+    hook = _hook(["*"])
+    outbox.set_hooks([hook])
 
-    def crash(tx: LmdbTxn) -> None:
+    def crash(tx: StoreTxn) -> None:
         _create(tx)
         raise lmdb.Error("disk trouble")  # storage failure: the whole batch is rolled back
 
     with pytest.raises(lmdb.Error):
-        store.run_batch([_create, crash], NOW)  # type: ignore[list-item]
-    assert store.scan_raw(DELIVERIES) == [] and store.scan_raw(DUE) == []
+        store.run_batch([_create, crash], NOW)
+    assert await all_deliveries(store, hook) == [] and await store.due_deliveries(10) == []
 
 
-def test_installed_webhooks_are_loaded_from_storage(store: LmdbStore) -> None:
+async def test_installed_webhooks_are_loaded_from_storage(store: LmdbStore) -> None:
     from dtq.core.webhooks.outbox import put_webhook
 
     hook = _hook(["task.created"])
     store.run_batch([lambda tx: put_webhook(tx, hook)], NOW)
     outbox = Outbox()
-    outbox.install(store)
+    await outbox.install(store)
     assert list(outbox.hooks) == [hook.id]
     store.run_batch([_create], NOW)
-    assert len(store.scan_raw(DELIVERIES)) == 1
+    assert len(await all_deliveries(store, hook)) == 1
 
 
-def test_record_attempt_moves_the_due_entry_then_removes_it(store: LmdbStore) -> None:
+async def test_record_attempt_moves_the_due_entry_then_removes_it(store: LmdbStore) -> None:
     outbox = Outbox()
-    outbox.install(store)
-    outbox.set_hooks([_hook(["*"])])
+    await outbox.install(store)
+    hook = _hook(["*"])
+    outbox.set_hooks([hook])
     store.run_batch([_create], NOW)
-    (dkey, _), = store.scan_raw(DELIVERIES)  # fmt: skip
+    (first,) = await all_deliveries(store, hook)
+    ref = first.ref
 
     def record(code: int) -> Delivery | None:
         [(ok, result)] = store.run_batch(
-            [lambda tx: record_attempt(tx, dkey, _attempt(code), max_attempts=8, policy=POLICY,
+            [lambda tx: record_attempt(tx, ref, _attempt(code), max_attempts=8, policy=POLICY,
                                        rand=0.5)], NOW + 1,
         )  # fmt: skip
         assert ok, result
@@ -284,21 +291,12 @@ def test_record_attempt_moves_the_due_entry_then_removes_it(store: LmdbStore) ->
 
     retry = record(500)
     assert retry is not None and retry.next_attempt_at == pytest.approx(NOW + 2)
-    assert [split_due_key(k) for k, _ in store.scan_raw(DUE)] == [(pytest.approx(NOW + 2), dkey)]
+    assert await store.due_deliveries(10) == [(pytest.approx(NOW + 2), ref)]
     done = record(200)
     assert done is not None and done.status is DeliveryStatus.DELIVERED
-    assert store.scan_raw(DUE) == []
-    stored = decode_delivery(store.scan_raw(DELIVERIES)[0][1])
+    assert await store.due_deliveries(10) == []
+    (stored,) = await all_deliveries(store, hook)
     assert [a.status_code for a in stored.attempts] == [500, 200]
 
-    [(_, dropped)] = store.run_batch([lambda tx: drop_deliveries(tx, [dkey])], NOW + 2)
-    assert dropped == 1 and store.scan_raw(DELIVERIES) == []
-
-
-def test_scan_raw_prefix_order_and_limit(store: LmdbStore) -> None:
-    keys = [b"a1", b"a2", b"a3", b"b1"]
-    store.run_batch([lambda tx: [tx.put_raw("kv", k, k.upper()) for k in keys]], NOW)
-    assert store.scan_raw("kv", b"a") == [(b"a1", b"A1"), (b"a2", b"A2"), (b"a3", b"A3")]
-    assert [k for k, _ in store.scan_raw("kv", b"a", reverse=True, limit=2)] == [b"a3", b"a2"]
-    assert [k for k, _ in store.scan_raw("kv", limit=1)] == [b"a1"]
-    assert [k for k, _ in store.scan_raw("kv", reverse=True)] == keys[::-1]
+    [(_, dropped)] = store.run_batch([lambda tx: drop_deliveries(tx, [ref])], NOW + 2)
+    assert dropped == 1 and await all_deliveries(store, hook) == []

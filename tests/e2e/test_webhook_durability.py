@@ -13,10 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from api.webhook_support import BOUND_S, reserved_port, run_receiver, spawn_server
 
 from dtq.core.webhooks.outbox import verify
-
-from .conftest import BOUND_S, reserved_port, run_receiver, spawn_server
 
 pytestmark = pytest.mark.e2e
 

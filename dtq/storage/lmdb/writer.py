@@ -1,4 +1,4 @@
-"""Group commit: one writer owns every write transaction.
+"""Group commit for the LMDB backend: one writer owns every write transaction.
 
 Callers `await writer.write(op)`. The writer takes every operation waiting at that moment,
 runs them in ONE LMDB transaction in ONE worker thread (begin, write and commit in the same
@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import lmdb
 import structlog
 import trio
 
-from dtq.clock import Clock
+from dtq.clock import Clock, TrioClock
 from dtq.errors import StorageError, Unavailable
+from dtq.storage.base import StoreTxn, WriterStats
 from dtq.storage.faults import write_failure
-from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
+
+if TYPE_CHECKING:
+    from dtq.storage.lmdb.store import LmdbStore
 
 T = TypeVar("T")
 log = structlog.get_logger("dtq.writer")
@@ -30,7 +33,7 @@ _MAX_BATCH = 4096
 class _Pending(Generic[T]):
     __slots__ = ("done", "fn", "ok", "on_commit", "result")
 
-    def __init__(self, fn: Callable[[LmdbTxn], T], on_commit: Callable[[T], None] | None) -> None:
+    def __init__(self, fn: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None) -> None:
         self.fn = fn
         self.on_commit = on_commit
         self.done = trio.Event()
@@ -38,21 +41,10 @@ class _Pending(Generic[T]):
         self.result: Any = None
 
 
-class WriterStats:
-    __slots__ = ("commit_seconds_total", "commits", "last_batch", "max_batch", "ops")
-
-    def __init__(self) -> None:
-        self.commits = 0
-        self.ops = 0
-        self.last_batch = 0
-        self.max_batch = 0
-        self.commit_seconds_total = 0.0
-
-
 class GroupCommitWriter:
-    def __init__(self, store: LmdbStore, clock: Clock) -> None:
+    def __init__(self, store: LmdbStore, clock: Clock | None) -> None:
         self._store = store
-        self._clock = clock
+        self._clock = clock  # None: a TrioClock, made when the writer starts
         self._queue: list[_Pending[Any]] = []
         self._wakeup = trio.Event()
         self._closing = False
@@ -65,7 +57,7 @@ class GroupCommitWriter:
         self.commit_hooks: list[Callable[[int, float], None]] = []  # (batch size, seconds)
 
     async def write(
-        self, op: Callable[[LmdbTxn], T], on_commit: Callable[[T], None] | None = None
+        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
     ) -> T:
         """Run `op` in the next group commit and return its result once durable.
 
@@ -83,6 +75,8 @@ class GroupCommitWriter:
         raise pending.result
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._clock is None:
+            self._clock = TrioClock()
         task_status.started()
         try:
             while True:
@@ -106,12 +100,14 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[_Pending[Any]]) -> None:
         fns = [p.fn for p in batch]
+        clock = self._clock
+        assert clock is not None, "the writer runs"
         while True:
             started = time.perf_counter()
             try:
                 # Never abandon: a cancelled caller must not leave a commit half-known.
                 outcomes = await trio.to_thread.run_sync(
-                    self._store.run_batch, fns, self._clock.now(), limiter=self._one_thread
+                    self._store.run_batch, fns, clock.now(), limiter=self._one_thread
                 )
             except lmdb.MapFullError:
                 # No transaction is open now (reads never span an await), so growing is safe.
@@ -133,11 +129,7 @@ class GroupCommitWriter:
             log.warning("storage writes work again", after=self._failing)
             self._failing = None
         elapsed = time.perf_counter() - started
-        self.stats.commits += 1
-        self.stats.ops += len(batch)
-        self.stats.last_batch = len(batch)
-        self.stats.max_batch = max(self.stats.max_batch, len(batch))
-        self.stats.commit_seconds_total += elapsed
+        self.stats.record(len(batch), elapsed)
         for hook in self.commit_hooks:
             hook(len(batch), elapsed)
         for p, (ok, result) in zip(batch, outcomes, strict=True):

@@ -1,0 +1,41 @@
+"""Counter and per-day changes of one operation: merged into its commit only if it succeeds."""
+
+from __future__ import annotations
+
+from dtq.models import DayStats
+from dtq.storage.base import day_number
+
+
+class Deltas:
+    """Counter and per-day changes made by one operation, merged into the batch on success."""
+
+    __slots__ = ("counters", "days")
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = {}
+        self.days: dict[int, dict[str, float]] = {}
+
+    def add(self, name: str, n: float = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def day(self, t: float, name: str, n: float = 1) -> None:
+        d = self.days.setdefault(day_number(t), {})
+        d[name] = d.get(name, 0) + n
+
+    def merge(self, other: Deltas) -> None:
+        for k, v in other.counters.items():
+            self.add(k, v)
+        for day, fields in other.days.items():
+            mine = self.days.setdefault(day, {})
+            for k, v in fields.items():
+                mine[k] = mine.get(k, 0) + v
+
+
+def apply_counters(counters: dict[str, float], d: Deltas) -> None:
+    for k, v in d.counters.items():
+        counters[k] = counters.get(k, 0) + v
+
+
+def apply_day(stats: DayStats, fields: dict[str, float]) -> None:
+    for k, v in fields.items():
+        setattr(stats, k, getattr(stats, k) + v)

@@ -1,0 +1,57 @@
+"""LMDB key layouts of the accounts and webhook tables (task layouts: `dtq.storage.keys`).
+
+    users         username (utf-8)                          -> User
+    api_keys      key id (utf-8)                            -> ApiKey
+    kv            setting name (utf-8)                      -> value (utf-8)
+    webhooks      webhook id (16)                           -> Webhook
+    deliveries    webhook id (16) | created_us (8) | id (16) -> Delivery
+    delivery_due  next_attempt_us (8) | deliveries key (40)  -> b""   (pending deliveries only)
+
+Big-endian numbers, so LMDB order is index order.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from dtq.models import ApiKey, Delivery, DeliveryRef, User, Webhook
+from dtq.storage import keys as K
+
+USERS = "users"
+API_KEYS = "api_keys"
+KV = "kv"
+WEBHOOKS = "webhooks"
+DELIVERIES = "deliveries"
+DUE = "delivery_due"
+
+decode_user = msgspec.msgpack.Decoder(User).decode
+decode_api_key = msgspec.msgpack.Decoder(ApiKey).decode
+decode_webhook = msgspec.msgpack.Decoder(Webhook).decode
+decode_delivery = msgspec.msgpack.Decoder(Delivery).decode
+
+
+def webhook_key(webhook_id: str) -> bytes:
+    return uuid.UUID(webhook_id).bytes
+
+
+def delivery_key(ref: DeliveryRef) -> bytes:
+    return webhook_key(ref.webhook_id) + K.u64(ref.created_us) + uuid.UUID(ref.id).bytes
+
+
+def due_key(next_attempt_at: float, dkey: bytes) -> bytes:
+    return K.u64(K.micros(next_attempt_at)) + dkey
+
+
+def split_due_key(key: bytes) -> tuple[float, bytes]:
+    """(when, deliveries key) of a `delivery_due` key."""
+    return K.from_u64(key[:8]) / 1_000_000, key[8:]
+
+
+def ref_of_key(dkey: bytes) -> DeliveryRef:
+    return DeliveryRef(
+        str(uuid.UUID(bytes=dkey[:16])),
+        K.from_u64(dkey[16:24]),
+        str(uuid.UUID(bytes=dkey[24:40])),
+    )

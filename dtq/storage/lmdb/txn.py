@@ -1,0 +1,258 @@
+"""The write-transaction view of the LMDB backend: `StoreTxn` over one nested transaction.
+
+Every task change keeps the listing indexes, the pending index and the counters in step; the
+writer thread runs it (stack-findings trap 3), so nothing here touches trio.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from dtq.models import (
+    ApiKey,
+    Delivery,
+    DeliveryRef,
+    Task,
+    TaskStatus,
+    User,
+    Webhook,
+    Worker,
+    WorkerStatus,
+)
+from dtq.storage import codec
+from dtq.storage import keys as K
+from dtq.storage.counting import Deltas
+from dtq.storage.lmdb import layouts as L
+
+if TYPE_CHECKING:
+    from dtq.storage.lmdb.store import LmdbStore
+
+
+class LmdbTxn:
+    """`StoreTxn` over one nested LMDB write transaction (one per operation)."""
+
+    def __init__(self, store: LmdbStore, txn: lmdb.Transaction, now: float) -> None:
+        self._s = store
+        self._txn = txn
+        self.now = now
+        self.deltas = Deltas()
+
+    # -- tasks --------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> Task | None:
+        raw = self._txn.get(K.task_key(task_id), db=self._s.db["tasks"])
+        return None if raw is None else codec.decode_task(raw)
+
+    def next_seq(self) -> int:
+        return self._s.take_seq()
+
+    def insert_task(self, task: Task) -> Task:
+        tkey = K.task_key(task.id)
+        db = self._s.db
+        put = self._txn.put
+        put(tkey, codec.encode(task), db=db["tasks"])
+        put(K.time_id_key(task.created_at, task.seq, tkey), b"", db=db["by_created"])
+        put(K.time_id_key(task.updated_at, task.seq, tkey), b"", db=db["by_updated"])
+        put(K.status_key(task.status, task.created_at, task.seq, tkey), b"", db=db["by_status"])
+        put(
+            K.priority_key(task.priority, task.created_at, task.seq, tkey),
+            b"",
+            db=db["by_priority"],
+        )
+        if task.worker_id:  # (tasks are created pending, without one; the port allows it)
+            put(
+                K.worker_index_key(task.worker_id, task.created_at, task.seq, tkey),
+                b"",
+                db=db["by_worker"],
+            )
+        put(K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=db["by_queue"])
+        put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=db["by_name"])
+        self._index_state(task, tkey, add=True)
+        self.deltas.add("total")
+        self.deltas.add(task.status)
+        self.deltas.day(task.created_at, "created")
+        if (sink := self._s.event_sink) is not None:
+            sink(self, None, task)
+        return task
+
+    def replace_task(self, old: Task, new: Task) -> None:
+        tkey = K.task_key(new.id)
+        db = self._s.db
+        txn = self._txn
+        txn.put(tkey, codec.encode(new), db=db["tasks"])
+        if old.updated_at != new.updated_at:
+            txn.delete(K.time_id_key(old.updated_at, old.seq, tkey), db=db["by_updated"])
+            txn.put(K.time_id_key(new.updated_at, new.seq, tkey), b"", db=db["by_updated"])
+        if old.status != new.status:
+            txn.delete(K.status_key(old.status, old.created_at, old.seq, tkey), db=db["by_status"])
+            txn.put(
+                K.status_key(new.status, new.created_at, new.seq, tkey), b"", db=db["by_status"]
+            )
+            self.deltas.add(old.status, -1)
+            self.deltas.add(new.status, 1)
+        if old.priority != new.priority:
+            txn.delete(
+                K.priority_key(old.priority, old.created_at, old.seq, tkey), db=db["by_priority"]
+            )
+            txn.put(
+                K.priority_key(new.priority, new.created_at, new.seq, tkey),
+                b"",
+                db=db["by_priority"],
+            )
+        if old.worker_id != new.worker_id:
+            if old.worker_id:
+                txn.delete(
+                    K.worker_index_key(old.worker_id, old.created_at, old.seq, tkey),
+                    db=db["by_worker"],
+                )
+            if new.worker_id:
+                txn.put(
+                    K.worker_index_key(new.worker_id, new.created_at, new.seq, tkey),
+                    b"",
+                    db=db["by_worker"],
+                )
+        if old.queue != new.queue:
+            txn.delete(
+                K.queue_index_key(old.queue, old.created_at, old.seq, tkey), db=db["by_queue"]
+            )
+            txn.put(
+                K.queue_index_key(new.queue, new.created_at, new.seq, tkey), b"", db=db["by_queue"]
+            )
+        if old.name != new.name:
+            txn.delete(K.name_index_key(old.name, old.created_at, old.seq, tkey), db=db["by_name"])
+            txn.put(
+                K.name_index_key(new.name, new.created_at, new.seq, tkey), b"", db=db["by_name"]
+            )
+        self._index_state(old, tkey, add=False)
+        self._index_state(new, tkey, add=True)
+        if (sink := self._s.event_sink) is not None:
+            sink(self, old, new)
+
+    def delete_task(self, task: Task) -> None:
+        tkey = K.task_key(task.id)
+        db = self._s.db
+        txn = self._txn
+        txn.delete(tkey, db=db["tasks"])
+        txn.delete(K.time_id_key(task.created_at, task.seq, tkey), db=db["by_created"])
+        txn.delete(K.time_id_key(task.updated_at, task.seq, tkey), db=db["by_updated"])
+        txn.delete(K.status_key(task.status, task.created_at, task.seq, tkey), db=db["by_status"])
+        txn.delete(
+            K.priority_key(task.priority, task.created_at, task.seq, tkey), db=db["by_priority"]
+        )
+        if task.worker_id:
+            txn.delete(
+                K.worker_index_key(task.worker_id, task.created_at, task.seq, tkey),
+                db=db["by_worker"],
+            )
+        txn.delete(
+            K.queue_index_key(task.queue, task.created_at, task.seq, tkey), db=db["by_queue"]
+        )
+        txn.delete(K.name_index_key(task.name, task.created_at, task.seq, tkey), db=db["by_name"])
+        self._index_state(task, tkey, add=False)
+        if task.idempotency_key:
+            txn.delete(task.idempotency_key.encode(), db=db["idem"])
+        self.deltas.add("total", -1)
+        self.deltas.add(task.status, -1)
+        if task.status == TaskStatus.COMPLETED and task.duration is not None:
+            self.deltas.add("duration_sum", -task.duration)
+            self.deltas.add("duration_n", -1)
+        if (sink := self._s.event_sink) is not None:
+            sink(self, task, None)
+
+    def _index_state(self, task: Task, tkey: bytes, *, add: bool) -> None:
+        """Keep the pending index in step with the task's state. (Leases need no index: on
+        start-up they are rebuilt from the running tasks, which saves two writes per lease.)"""
+        if task.status == TaskStatus.PENDING:
+            key = K.ready_key(task.queue, task.priority, task.seq)
+            if add:
+                run_at_us = K.micros_ceil(task.run_at) if task.run_at else 0
+                ready_us = K.micros(task.ready_at or task.created_at)
+                value = tkey + K.u64(run_at_us) + K.u64(ready_us) + task.name.encode()
+                self._txn.put(key, value, db=self._s.db["pending"])
+            else:
+                self._txn.delete(key, db=self._s.db["pending"])
+
+    def count(self, name: str, n: float = 1) -> None:
+        self.deltas.add(name, n)
+
+    def count_day(self, t: float, name: str, n: float = 1) -> None:
+        self.deltas.day(t, name, n)
+
+    # -- idempotency ----------------------------------------------------------------------
+    def get_idempotent(self, key: str) -> tuple[str, bytes] | None:
+        raw = self._txn.get(key.encode(), db=self._s.db["idem"])
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        return K.task_id_from_key(raw[:16]), raw[16:]
+
+    def put_idempotent(self, key: str, task_id: str, fingerprint: bytes) -> None:
+        self._txn.put(key.encode(), K.task_key(task_id) + fingerprint, db=self._s.db["idem"])
+
+    # -- workers --------------------------------------------------------------------------
+    def get_worker(self, worker_id: str) -> Worker | None:
+        raw = self._txn.get(worker_id.encode(), db=self._s.db["workers"])
+        return None if raw is None else codec.decode_worker(raw)
+
+    def put_worker(self, old: Worker | None, new: Worker) -> None:
+        self._txn.put(new.worker_id.encode(), codec.encode(new), db=self._s.db["workers"])
+        if old is None:
+            self.deltas.add("workers_total")
+        was_active = old is not None and old.status == WorkerStatus.ACTIVE
+        is_active = new.status == WorkerStatus.ACTIVE
+        if was_active != is_active:
+            self.deltas.add("workers_active", 1 if is_active else -1)
+
+    # -- accounts -----------------------------------------------------------------------------
+    def get_user(self, username: str) -> User | None:
+        raw = self._txn.get(username.encode(), db=self._s.db[L.USERS])
+        return None if raw is None else L.decode_user(raw)
+
+    def put_user(self, user: User) -> None:
+        self._txn.put(user.username.encode(), codec.encode(user), db=self._s.db[L.USERS])
+
+    def delete_user(self, username: str) -> bool:
+        return bool(self._txn.delete(username.encode(), db=self._s.db[L.USERS]))
+
+    def put_api_key(self, key: ApiKey) -> None:
+        self._txn.put(key.key_id.encode(), codec.encode(key), db=self._s.db[L.API_KEYS])
+
+    def delete_api_key(self, key_id: str) -> bool:
+        return bool(self._txn.delete(key_id.encode(), db=self._s.db[L.API_KEYS]))
+
+    def get_setting(self, name: str) -> str | None:
+        raw = self._txn.get(name.encode(), db=self._s.db[L.KV])
+        return None if raw is None else bytes(raw).decode()
+
+    def put_setting(self, name: str, value: str) -> None:
+        self._txn.put(name.encode(), value.encode(), db=self._s.db[L.KV])
+
+    # -- webhooks and the delivery outbox -----------------------------------------------------
+    def put_webhook(self, hook: Webhook) -> None:
+        self._txn.put(L.webhook_key(hook.id), codec.encode(hook), db=self._s.db[L.WEBHOOKS])
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        return bool(self._txn.delete(L.webhook_key(webhook_id), db=self._s.db[L.WEBHOOKS]))
+
+    def get_delivery(self, ref: DeliveryRef) -> Delivery | None:
+        raw = self._txn.get(L.delivery_key(ref), db=self._s.db[L.DELIVERIES])
+        return None if raw is None else L.decode_delivery(raw)
+
+    def put_delivery(self, old: Delivery | None, new: Delivery) -> None:
+        dkey = L.delivery_key(new.ref)
+        db = self._s.db
+        self._txn.put(dkey, codec.encode(new), db=db[L.DELIVERIES])
+        if old is not None and old.next_attempt_at is not None:
+            if old.next_attempt_at == new.next_attempt_at:
+                return
+            self._txn.delete(L.due_key(old.next_attempt_at, dkey), db=db[L.DUE])
+        if new.next_attempt_at is not None:
+            self._txn.put(L.due_key(new.next_attempt_at, dkey), b"", db=db[L.DUE])
+
+    def delete_delivery(self, delivery: Delivery) -> None:
+        dkey = L.delivery_key(delivery.ref)
+        db = self._s.db
+        if delivery.next_attempt_at is not None:
+            self._txn.delete(L.due_key(delivery.next_attempt_at, dkey), db=db[L.DUE])
+        self._txn.delete(dkey, db=db[L.DELIVERIES])
