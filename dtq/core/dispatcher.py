@@ -278,8 +278,8 @@ class Dispatcher:
                 if head is not None and (best_entry is None or head.order < best_entry.order):
                     best, best_entry = dq, head
             if best is not None and best_entry is not None:
-                if names is None:
-                    best.popleft()
+                if names is None or best[0] is best_entry:
+                    best.popleft()  # the usual case, also with a names filter: the head
                 else:
                     best.remove(best_entry)
                 del self._ready[best_entry.task_id]
