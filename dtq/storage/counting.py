@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dtq.models import DayStats
+from dtq.models import DayStats, Worker, WorkerStatus
 from dtq.storage.base import day_number
 
 
@@ -21,6 +21,15 @@ class Deltas:
     def day(self, t: float, name: str, n: float = 1) -> None:
         d = self.days.setdefault(day_number(t), {})
         d[name] = d.get(name, 0) + n
+
+    def worker_changed(self, old: Worker | None, new: Worker) -> None:
+        """The dashboard's worker counters follow a worker record's insert or status change."""
+        if old is None:
+            self.add("workers_total")
+        was_active = old is not None and old.status == WorkerStatus.ACTIVE
+        is_active = new.status == WorkerStatus.ACTIVE
+        if was_active != is_active:
+            self.add("workers_active", 1 if is_active else -1)
 
     def merge(self, other: Deltas) -> None:
         for k, v in other.counters.items():

@@ -183,12 +183,7 @@ class MemoryTxn:
 
     def put_worker(self, old: Worker | None, new: Worker) -> None:
         self._set(self._s.workers, new.worker_id, codec.encode(new))
-        if old is None:
-            self.deltas.add("workers_total")
-        was_active = old is not None and old.status == WorkerStatus.ACTIVE
-        is_active = new.status == WorkerStatus.ACTIVE
-        if was_active != is_active:
-            self.deltas.add("workers_active", 1 if is_active else -1)
+        self.deltas.worker_changed(old, new)
 
     # -- accounts -----------------------------------------------------------------------
     def get_user(self, username: str) -> User | None:

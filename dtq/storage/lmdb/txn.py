@@ -19,7 +19,6 @@ from dtq.models import (
     User,
     Webhook,
     Worker,
-    WorkerStatus,
 )
 from dtq.storage import codec
 from dtq.storage import keys as K
@@ -197,12 +196,7 @@ class LmdbTxn:
 
     def put_worker(self, old: Worker | None, new: Worker) -> None:
         self._txn.put(new.worker_id.encode(), codec.encode(new), db=self._s.db["workers"])
-        if old is None:
-            self.deltas.add("workers_total")
-        was_active = old is not None and old.status == WorkerStatus.ACTIVE
-        is_active = new.status == WorkerStatus.ACTIVE
-        if was_active != is_active:
-            self.deltas.add("workers_active", 1 if is_active else -1)
+        self.deltas.worker_changed(old, new)
 
     # -- accounts -----------------------------------------------------------------------------
     def get_user(self, username: str) -> User | None:
