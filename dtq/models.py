@@ -102,6 +102,7 @@ class Task(Struct, array_like=True, kw_only=True):
     ready_at: float | None = None  # when it last became ready to run: the FIFO order key
     deliveries: int = 0  # leases granted, whatever became of them
     lost_leases: int = 0  # leases that ran out without a result: no retry used (max_deliveries)
+    concurrency_key: str | None = None  # e.g. a customer id: the queue's per-key limit applies
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name!r} {self.status} attempts={self.attempts}>"
@@ -146,6 +147,16 @@ WorkerId = Annotated[
 ]
 Tag = Annotated[str, Meta(min_length=1, max_length=64, pattern=_NO_NUL)]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=_NO_NUL)]
+ConcurrencyKey = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=_NO_NUL,
+        description="Tasks sharing a key (e.g. a customer id) count against the queue's "
+        "concurrency_limit_per_key together.",
+    ),
+]
 
 PAYLOAD_RULES = (
     "A JSON object, stored and handed to the worker as sent. Integers in it must fit in 64 bits "
@@ -200,6 +211,7 @@ class TaskCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     tags: Annotated[list[Tag], Meta(max_length=20)] = msgspec.field(default_factory=list)
     retry_backoff_s: Annotated[float, Meta(gt=0, le=86400)] | None = None
     retry_backoff_max_s: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
+    concurrency_key: ConcurrencyKey | None = None
 
     def __post_init__(self) -> None:
         _check_run_at(self.run_at)
@@ -423,3 +435,45 @@ class Delivery(Struct, array_like=True, kw_only=True):
     @property
     def ref(self) -> DeliveryRef:
         return DeliveryRef(self.webhook_id, int(self.created_at * 1_000_000), self.id)
+
+
+# -- queues (DESIGN.md "Operating") ----------------------------------------------------------
+
+
+class QueueConfig(Struct, array_like=True, kw_only=True):
+    """A queue's stored settings. A queue without a record has no limits and is not paused."""
+
+    name: str
+    paused: bool = False
+    concurrency_limit: int | None = None  # running tasks of the queue, across all workers
+    concurrency_limit_per_key: int | None = None  # running tasks per concurrency_key
+    rate_limit_per_second: float | None = None  # leases started per second (token bucket)
+    updated_at: float = 0.0
+
+    @property
+    def is_default(self) -> bool:
+        """Nothing set: the queue behaves as if it had no record."""
+        return (
+            not self.paused
+            and self.concurrency_limit is None
+            and self.concurrency_limit_per_key is None
+            and self.rate_limit_per_second is None
+        )
+
+
+PositiveLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
+PositiveRate = Annotated[float, Meta(gt=0, le=1_000_000)]
+
+
+class QueueUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """PUT /queues/{name}: fields left out stay as they are; `null` removes a limit."""
+
+    paused: bool | msgspec.UnsetType = msgspec.UNSET
+    concurrency_limit: PositiveLimit | None | msgspec.UnsetType = msgspec.UNSET
+    concurrency_limit_per_key: PositiveLimit | None | msgspec.UnsetType = msgspec.UNSET
+    rate_limit_per_second: PositiveRate | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class ListQueuesQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    skip: Skip = 0
+    limit: Annotated[int, Meta(ge=1, le=100)] = 50

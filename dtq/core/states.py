@@ -74,6 +74,7 @@ def new_task(body: TaskCreate, *, task_id: str, seq: int, now: float) -> Task:
         retry_backoff_s=body.retry_backoff_s,
         retry_backoff_max_s=body.retry_backoff_max_s,
         ready_at=run_at or now,
+        concurrency_key=body.concurrency_key,
     )
 
 

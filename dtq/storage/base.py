@@ -36,6 +36,7 @@ from dtq.models import (
     Delivery,
     DeliveryRef,
     DeliveryStatus,
+    QueueConfig,
     Task,
     TaskStatus,
     User,
@@ -48,7 +49,24 @@ T = TypeVar("T")
 
 SECONDS_PER_DAY = 86400
 # Counter names a backend keeps itself (besides one per TaskStatus value and what ops count):
-# total, workers_total, workers_active, duration_sum, duration_n.
+# total, workers_total, workers_active, duration_sum, duration_n, and per queue one per status
+# (`queue_counter`), so a queue's pending/running/failed figures cost one read.
+QUEUE_COUNTER_PREFIX = "queue\x00"
+
+
+def queue_counter(queue: str, status: str) -> str:
+    """The counter of tasks of `queue` in `status` (queue names never hold NUL)."""
+    return f"{QUEUE_COUNTER_PREFIX}{queue}\x00{status}"
+
+
+def queue_counts(counters: dict[str, float]) -> dict[str, dict[str, int]]:
+    """queue -> status -> count, from `Store.counters()` (every queue a task ever named)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in counters.items():
+        if name.startswith(QUEUE_COUNTER_PREFIX):
+            queue, _, status = name[len(QUEUE_COUNTER_PREFIX) :].rpartition("\x00")
+            out.setdefault(queue, {})[status] = int(value)
+    return out
 
 
 def day_number(t: float) -> int:
@@ -78,6 +96,7 @@ class PendingRow(NamedTuple):
     name: str
     run_at: float | None
     ready_at: float
+    concurrency_key: str | None = None
 
 
 # (txn, old, new): a task change, inside the op that makes it (None: inserted / deleted)
@@ -176,6 +195,11 @@ class StoreTxn(Protocol):
 
     def delete_delivery(self, delivery: Delivery) -> None: ...
 
+    # -- queue configs ------------------------------------------------------------------------
+    def get_queue_config(self, name: str) -> QueueConfig | None: ...
+    def put_queue_config(self, config: QueueConfig) -> None: ...
+    def delete_queue_config(self, name: str) -> bool: ...
+
 
 class Store(Protocol):
     """A backend. Open it with `dtq.server.open_store`; run `run` in a nursery before the first
@@ -238,6 +262,16 @@ class Store(Protocol):
 
     def iter_leases(self) -> Iterator[tuple[float, str, str]]:
         """(expires_at, task id, lease id) of every running task."""
+        ...
+
+    def iter_running(self) -> Iterator[tuple[str, str, str | None]]:
+        """(task id, queue, concurrency_key) of every running task (the limits' count)."""
+        ...
+
+    # -- queue configs ------------------------------------------------------------------------
+    async def get_queue_config(self, name: str) -> QueueConfig | None: ...
+    async def list_queue_configs(self) -> list[QueueConfig]:
+        """In name (byte) order."""
         ...
 
     # -- accounts -----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from dtq.models import (
     DeliveryRef,
     DeliveryStatus,
     Priority,
+    QueueConfig,
     Task,
     TaskStatus,
     User,
@@ -50,6 +51,7 @@ _dec_user = msgspec.msgpack.Decoder(User).decode
 _dec_key = msgspec.msgpack.Decoder(ApiKey).decode
 _dec_hook = msgspec.msgpack.Decoder(Webhook).decode
 _dec_delivery = msgspec.msgpack.Decoder(Delivery).decode
+_dec_queue = msgspec.msgpack.Decoder(QueueConfig).decode
 
 
 def _us(t: float) -> int:
@@ -94,6 +96,7 @@ class _State:
         self.deliveries: dict[DeliveryRef, bytes] = {}
         self.due: dict[tuple[int, DeliveryRef], None] = {}
         self.counters: dict[str, float] = {}
+        self.queues: dict[str, bytes] = {}
         self.days: dict[int, DayStats] = {}
 
 
@@ -137,7 +140,7 @@ class MemoryTxn:
     def insert_task(self, task: Task) -> Task:
         self._set(self._s.tasks, task.id, codec.encode(task))
         self.deltas.add("total")
-        self.deltas.add(task.status)
+        self.deltas.task_status(task.queue, task.status, 1)
         self.deltas.day(task.created_at, "created")
         if (sink := self._store.event_sink) is not None:
             sink(self, None, task)
@@ -146,8 +149,8 @@ class MemoryTxn:
     def replace_task(self, old: Task, new: Task) -> None:
         self._set(self._s.tasks, new.id, codec.encode(new))
         if old.status != new.status:
-            self.deltas.add(old.status, -1)
-            self.deltas.add(new.status, 1)
+            self.deltas.task_status(old.queue, old.status, -1)
+            self.deltas.task_status(new.queue, new.status, 1)
         if (sink := self._store.event_sink) is not None:
             sink(self, old, new)
 
@@ -156,7 +159,7 @@ class MemoryTxn:
         if task.idempotency_key:
             self._del(self._s.idem, task.idempotency_key)
         self.deltas.add("total", -1)
-        self.deltas.add(task.status, -1)
+        self.deltas.task_status(task.queue, task.status, -1)
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
             self.deltas.add("duration_sum", -task.duration)
             self.deltas.add("duration_n", -1)
@@ -232,6 +235,17 @@ class MemoryTxn:
         if delivery.next_attempt_at is not None:
             self._del(self._s.due, (_us(delivery.next_attempt_at), ref))
         self._del(self._s.deliveries, ref)
+
+    # -- queue configs --------------------------------------------------------------------
+    def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self._s.queues.get(name)
+        return None if raw is None else _dec_queue(raw)
+
+    def put_queue_config(self, config: QueueConfig) -> None:
+        self._set(self._s.queues, config.name, codec.encode(config))
+
+    def delete_queue_config(self, name: str) -> bool:
+        return self._del(self._s.queues, name)
 
 
 class MemoryStore:
@@ -375,6 +389,7 @@ class MemoryStore:
                 t.name,
                 math.ceil(t.run_at * 1_000_000) / 1_000_000 if t.run_at else None,
                 _us(t.ready_at or t.created_at) / 1_000_000,
+                t.concurrency_key,
             )
             for t in self._all_tasks()
             if t.status == TaskStatus.PENDING
@@ -387,6 +402,20 @@ class MemoryStore:
             (t for t in self._all_tasks() if t.status == TaskStatus.RUNNING), key=_created_order
         )
         yield from ((t.lease.expires_at, t.id, t.lease.id) for t in running if t.lease)
+
+    def iter_running(self) -> Iterator[tuple[str, str, str | None]]:
+        for t in self._all_tasks():
+            if t.status == TaskStatus.RUNNING:
+                yield t.id, t.queue, t.concurrency_key
+
+    # -- queue configs ----------------------------------------------------------------------
+    async def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self.state.queues.get(name)
+        return None if raw is None else _dec_queue(raw)
+
+    async def list_queue_configs(self) -> list[QueueConfig]:
+        rows = sorted(self.state.queues.items(), key=lambda kv: kv[0].encode())
+        return [_dec_queue(raw) for _, raw in rows]
 
     # -- accounts ---------------------------------------------------------------------------
     async def get_user(self, username: str) -> User | None:

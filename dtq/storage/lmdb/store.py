@@ -44,6 +44,7 @@ from dtq.models import (
     Delivery,
     DeliveryRef,
     DeliveryStatus,
+    QueueConfig,
     Task,
     TaskStatus,
     User,
@@ -60,6 +61,7 @@ from dtq.storage.base import (
     StoreTxn,
     TaskQuery,
     WriterStats,
+    queue_counter,
 )
 from dtq.storage.lmdb import layouts as L
 from dtq.storage.lmdb.listing import COUNTERS, Listing
@@ -71,12 +73,15 @@ T = TypeVar("T")
 TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
     "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
-    L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE,
+    L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE, L.QUEUES,
 )  # fmt: skip
 # Which listing indexes this data directory has: stores written before by_queue/by_name
 # existed get them built from the tasks at open.
 _INDEX_VERSION_KEY = b"index_version"
 _INDEX_VERSION = 1
+# Per-queue status counters (`queue_counter`): stores written before them get them counted
+# from the tasks at open.
+_QUEUE_COUNTERS_KEY = b"queue_counters_version"
 _SEQ = b"seq"
 
 _PENDING_VALUE = struct.Struct(">QQ")  # run_at_us, ready_at_us (after the 16-byte task key)
@@ -116,6 +121,7 @@ class LmdbStore(Listing):
                         self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
                     raw = txn.get(_SEQ, db=self.db["meta"])
                     self._build_missing_indexes(txn)
+                    self._build_queue_counters(txn)
                     self._adopt_secret_file(txn)
                 break
             except lmdb.MapFullError:  # a map too small for the tables or indexes: grow it
@@ -181,6 +187,20 @@ class LmdbStore(Listing):
             )
             txn.put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=by_name)
         txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
+
+    def _build_queue_counters(self, txn: lmdb.Transaction) -> None:
+        """Count tasks per (queue, status) once, for stores that predate those counters."""
+        meta = self.db["meta"]
+        if txn.get(_QUEUE_COUNTERS_KEY, db=meta) is not None:
+            return
+        raw = txn.get(COUNTERS, db=meta)
+        counters = codec.decode_counters(raw) if raw else {}
+        for _, value in txn.cursor(db=self.db["tasks"]):
+            task = codec.decode_task(value)
+            name = queue_counter(task.queue, task.status)
+            counters[name] = counters.get(name, 0) + 1
+        txn.put(COUNTERS, codec.encode(counters), db=meta)
+        txn.put(_QUEUE_COUNTERS_KEY, K.u64(1), db=meta)
 
     # -- used by the writer thread ----------------------------------------------------------
     def take_seq(self) -> int:
@@ -387,6 +407,10 @@ class LmdbStore(Listing):
                 qraw = key[:sep]
                 queue = queues.get(qraw) or queues.setdefault(qraw, qraw.decode())
                 nraw = bytes(val[32:])
+                ckey = None
+                if K.SEP in nraw:  # name NUL concurrency key
+                    nraw, _, kraw = nraw.partition(K.SEP)
+                    ckey = kraw.decode()
                 name = names.get(nraw) or names.setdefault(nraw, nraw.decode())
                 h = bytes(val[:16]).hex()
                 run_at_us, ready_us = unpack(val, 16)
@@ -398,6 +422,7 @@ class LmdbStore(Listing):
                     name,
                     run_at_us / 1_000_000 if run_at_us else None,
                     ready_us / 1_000_000,
+                    ckey,
                 )
 
     def iter_leases(self) -> Iterator[tuple[float, str, str]]:
@@ -411,3 +436,23 @@ class LmdbStore(Listing):
                 if task is not None and task.lease is not None:
                     rows.append((task.lease.expires_at, task.id, task.lease.id))
         yield from rows
+
+    def iter_running(self) -> Iterator[tuple[str, str, str | None]]:
+        """(task id, queue, concurrency_key) of every running task."""
+        prefix = K.STATUS_BYTE[TaskStatus.RUNNING]
+        rows = []
+        with self.env.begin() as txn:
+            for key in self._iter_keys(txn, self.db["by_status"], prefix, False):
+                raw = txn.get(key[-16:], db=self.db["tasks"])
+                if raw is not None:
+                    task = codec.decode_task(raw)
+                    rows.append((task.id, task.queue, task.concurrency_key))
+        yield from rows
+
+    # -- queue configs ----------------------------------------------------------------------
+    async def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self._get(L.QUEUES, name.encode())
+        return None if raw is None else L.decode_queue(raw)
+
+    async def list_queue_configs(self) -> list[QueueConfig]:
+        return [L.decode_queue(v) for v in self._values(L.QUEUES)]

@@ -14,6 +14,7 @@ from dtq.models import (
     ApiKey,
     Delivery,
     DeliveryRef,
+    QueueConfig,
     Task,
     TaskStatus,
     User,
@@ -69,7 +70,7 @@ class LmdbTxn:
         put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=db["by_name"])
         self._index_state(task, tkey, add=True)
         self.deltas.add("total")
-        self.deltas.add(task.status)
+        self.deltas.task_status(task.queue, task.status, 1)
         self.deltas.day(task.created_at, "created")
         if (sink := self._s.event_sink) is not None:
             sink(self, None, task)
@@ -88,8 +89,8 @@ class LmdbTxn:
             txn.put(
                 K.status_key(new.status, new.created_at, new.seq, tkey), b"", db=db["by_status"]
             )
-            self.deltas.add(old.status, -1)
-            self.deltas.add(new.status, 1)
+            self.deltas.task_status(old.queue, old.status, -1)
+            self.deltas.task_status(new.queue, new.status, 1)
         if old.priority != new.priority:
             txn.delete(
                 K.priority_key(old.priority, old.created_at, old.seq, tkey), db=db["by_priority"]
@@ -152,7 +153,7 @@ class LmdbTxn:
         if task.idempotency_key:
             txn.delete(task.idempotency_key.encode(), db=db["idem"])
         self.deltas.add("total", -1)
-        self.deltas.add(task.status, -1)
+        self.deltas.task_status(task.queue, task.status, -1)
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
             self.deltas.add("duration_sum", -task.duration)
             self.deltas.add("duration_n", -1)
@@ -168,6 +169,8 @@ class LmdbTxn:
                 run_at_us = K.micros_ceil(task.run_at) if task.run_at else 0
                 ready_us = K.micros(task.ready_at or task.created_at)
                 value = tkey + K.u64(run_at_us) + K.u64(ready_us) + task.name.encode()
+                if task.concurrency_key:  # after a NUL: names hold none (validated)
+                    value += K.SEP + task.concurrency_key.encode()
                 self._txn.put(key, value, db=self._s.db["pending"])
             else:
                 self._txn.delete(key, db=self._s.db["pending"])
@@ -250,3 +253,14 @@ class LmdbTxn:
         if delivery.next_attempt_at is not None:
             self._txn.delete(L.due_key(delivery.next_attempt_at, dkey), db=db[L.DUE])
         self._txn.delete(dkey, db=db[L.DELIVERIES])
+
+    # -- queue configs --------------------------------------------------------------------
+    def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self._txn.get(name.encode(), db=self._s.db[L.QUEUES])
+        return None if raw is None else L.decode_queue(raw)
+
+    def put_queue_config(self, config: QueueConfig) -> None:
+        self._txn.put(config.name.encode(), codec.encode(config), db=self._s.db[L.QUEUES])
+
+    def delete_queue_config(self, name: str) -> bool:
+        return bool(self._txn.delete(name.encode(), db=self._s.db[L.QUEUES]))
