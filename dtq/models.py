@@ -469,11 +469,27 @@ class QueueUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     """PUT /queues/{name}: fields left out stay as they are; `null` removes a limit."""
 
     paused: bool | msgspec.UnsetType = msgspec.UNSET
-    concurrency_limit: PositiveLimit | None | msgspec.UnsetType = msgspec.UNSET
-    concurrency_limit_per_key: PositiveLimit | None | msgspec.UnsetType = msgspec.UNSET
-    rate_limit_per_second: PositiveRate | None | msgspec.UnsetType = msgspec.UNSET
+    concurrency_limit: PositiveLimit | msgspec.UnsetType | None = msgspec.UNSET
+    concurrency_limit_per_key: PositiveLimit | msgspec.UnsetType | None = msgspec.UNSET
+    rate_limit_per_second: PositiveRate | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class ListQueuesQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     skip: Skip = 0
     limit: Annotated[int, Meta(ge=1, le=100)] = 50
+
+
+class QueueInfo(Struct, kw_only=True):
+    """A queue as GET /api/v1/queues/{name} shows it."""
+
+    name: str
+    paused: bool
+    pending: int  # ready to run now
+    scheduled: int  # pending with run_at or a retry backoff in the future
+    running: int
+    failed: int
+    concurrency_limit: int | None
+    concurrency_limit_per_key: int | None
+    rate_limit_per_second: float | None
+    oldest_pending_age_s: float | None
+    workers_polling: int

@@ -154,6 +154,7 @@ async def open_services(
         bus = EventBus(settings.ws_buffer_events)
         queue.task_listeners.append(bus.on_task)
         queue.worker_listeners.append(bus.on_worker)
+        queue.queue_listeners.append(bus.on_queue)
         metrics = Metrics(queue)
         queue.task_listeners.append(metrics.on_task)
         queue.store.commit_hooks.append(metrics.on_commit)

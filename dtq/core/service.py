@@ -21,6 +21,8 @@ from dtq.core.dispatcher import Dispatcher, Entry
 from dtq.core.events import EventKind, attempt_kind
 from dtq.core.events import EventKind as K
 from dtq.core.longpoll import wait_for_tasks
+from dtq.core.polls import Polls
+from dtq.core.queues import Queues
 from dtq.core.reaper import reap, run_reaper
 from dtq.core.rebuild import rebuild
 from dtq.errors import DtqError, NotFound
@@ -31,6 +33,7 @@ from dtq.models import (
     LeaseRequest,
     ListTasksQuery,
     ListWorkersQuery,
+    QueueConfig,
     Task,
     TaskCreate,
     TaskError,
@@ -46,12 +49,15 @@ from dtq.storage.base import Store
 S = TaskStatus
 EventListener = Callable[[EventKind, Task], None]
 WorkerListener = Callable[[EventKind, Worker], None]
+QueueListener = Callable[[EventKind, QueueConfig], None]
 __all__ = ["EventListener", "TaskQueue", "WorkerListener", "run_reaper"]
 
 
 def _entry(task: Task) -> Entry:
     ready_at = task.ready_at if task.ready_at is not None else task.created_at
-    return Entry(task.id, task.queue, task.priority.rank, task.seq, task.name, ready_at)
+    return Entry(
+        task.id, task.queue, task.priority.rank, task.seq, task.name, ready_at, task.concurrency_key
+    )
 
 
 class TaskQueue:
@@ -60,7 +66,10 @@ class TaskQueue:
         self.clock = clock
         self.settings = settings
         self.policy = RetryPolicy(settings.retry_backoff_base_s, settings.retry_backoff_max_s)
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(clock.now)
+        self.polls = Polls()  # who asked for which queue/name, when (explain, workers_polling)
+        self.queue_listeners: list[QueueListener] = []
+        self.queues = Queues(self)  # queue records, limits, purge, explain
         self.deadlines = Deadlines()
         self.analytics = Analytics(store, clock)
         self.task_listeners: list[EventListener] = []
@@ -73,6 +82,8 @@ class TaskQueue:
     async def rebuild(self) -> int:
         """Rebuild the in-memory structures from storage; running tasks keep their expiry."""
         workers, _ = await self.store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
+        for config in await self.store.list_queue_configs():
+            self.dispatcher.configure(config)
         return rebuild(
             self.store,
             workers,
@@ -102,6 +113,9 @@ class TaskQueue:
     def _emit(self, event: EventKind, task: Task) -> None:
         if task.status != S.RUNNING or event == K.TASK_DELETED:
             self.deadlines.drop_lease(task.id)
+            self.dispatcher.finished(task.id)  # a queue-limit slot frees
+        else:
+            self.dispatcher.started(task.id, task.queue, task.concurrency_key)
         for listener in self.task_listeners:
             listener(event, task)
 
@@ -226,6 +240,7 @@ class TaskQueue:
         queues = frozenset(req.queues) if req.queues else None
         names = frozenset(req.names) if req.names else None
         lease_s = req.lease_seconds or self.settings.lease_default_s
+        self.polls.record(req.worker_id, req.queues, req.names, self.clock.now())
         claimed = self.dispatcher.take(queues, names, req.max_tasks)
         if not claimed and req.wait > 0 and not self.closing:
             claimed, granted = await self._wait_for_tasks(
@@ -242,6 +257,11 @@ class TaskQueue:
             for task in granted:
                 self._track_lease(task)
                 self._emit(K.TASK_LEASED, task)
+            if len(granted) < len(ids):  # claims that fell through give their slots back
+                leased = {task.id for task in granted}
+                for task_id in ids:
+                    if task_id not in leased:
+                        self.dispatcher.finished(task_id)
             for task in not_due:  # claimed a hair early: back to the schedule
                 self._became_pending(task)
 
