@@ -173,3 +173,31 @@ class AsyncClient(_Base):
 
     async def heartbeat(self, worker_id: str, **fields: Any) -> WorkerOut:
         return await self._send(self._req_heartbeat(worker_id, **fields))
+
+    # -- queues (reads: any role but worker; changes: admin or operator) -------------------
+    async def list_queues(self, skip: int = 0, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """One page of queues (name order) with their figures and limits."""
+        return await self._send(self._req_queues(skip, limit))
+
+    async def get_queue(self, name: str) -> dict[str, Any]:
+        return await self._send(self._req_queue(name))
+
+    async def update_queue(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Set `paused`, `concurrency_limit`, `concurrency_limit_per_key` or
+        `rate_limit_per_second`; a field given as None removes that limit."""
+        return await self._send(self._req_update_queue(name, fields))
+
+    async def pause_queue(self, name: str) -> dict[str, Any]:
+        return await self._send(self._req_queue_action(name, "pause"))
+
+    async def resume_queue(self, name: str) -> dict[str, Any]:
+        return await self._send(self._req_queue_action(name, "resume"))
+
+    async def purge_queue(self, name: str) -> int:
+        """Delete the queue's pending tasks; returns how many."""
+        data = await self._send(self._req_queue_action(name, "purge"))
+        return int(data["purged"])
+
+    async def explain_task(self, task_id: str) -> dict[str, Any]:
+        """Why a task is (not) running: `{status, runnable, reasons: [{code, message, ...}]}`."""
+        return await self._send(self._req_explain(task_id))

@@ -112,6 +112,7 @@ class _Requests:
         timeout: float | None = None,
         idempotency_key: str | None = None,
         tags: Sequence[str] | None = None,
+        concurrency_key: str | None = None,
     ) -> dict[str, Any]:
         if isinstance(run_at, datetime):
             run_at = run_at.isoformat()
@@ -128,6 +129,7 @@ class _Requests:
                 "timeout": timeout,
                 "idempotency_key": idempotency_key,
                 "tags": list(tags) if tags is not None else None,
+                "concurrency_key": concurrency_key,
             }
         )
 
@@ -194,6 +196,26 @@ class _Requests:
 
     def _req_analytics(self, what: str, params: dict[str, Any]) -> _Req[dict[str, Any]]:
         return _Req("GET", f"/api/v1/analytics/{what}", None, _clean(params), True, dict[str, Any])
+
+    # -- queues ----------------------------------------------------------------------------
+    def _req_queues(self, skip: int, limit: int) -> _Req[list[dict[str, Any]]]:
+        params = {"skip": skip, "limit": limit}
+        return _Req("GET", "/api/v1/queues", None, params, True, list[dict[str, Any]])
+
+    def _req_queue(self, name: str) -> _Req[dict[str, Any]]:
+        return _Req("GET", f"/api/v1/queues/{name}", None, None, True, dict[str, Any])
+
+    def _req_update_queue(self, name: str, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Not `_clean`ed: a None is sent as null, which removes that limit.
+        return _Req("PUT", f"/api/v1/queues/{name}", body, None, True, dict[str, Any])
+
+    def _req_queue_action(self, name: str, action: str) -> _Req[dict[str, Any]]:
+        # pause/resume are safe to resend; a resent purge removes only what is pending then
+        return _Req("POST", f"/api/v1/queues/{name}/{action}", None, None, True, dict[str, Any])
+
+    def _req_explain(self, task_id: str) -> _Req[dict[str, Any]]:
+        path = f"/api/v1/tasks/{task_id}/explain"
+        return _Req("GET", path, None, None, True, dict[str, Any])
 
     # -- users and API keys (admin) --------------------------------------------------------
     def _req_api_keys(self) -> _Req[list[dict[str, Any]]]:

@@ -169,3 +169,31 @@ class Client(_Base):
 
     def heartbeat(self, worker_id: str, **fields: Any) -> WorkerOut:
         return self._send(self._req_heartbeat(worker_id, **fields))
+
+    # -- queues (reads: any role but worker; changes: admin or operator) -------------------
+    def list_queues(self, skip: int = 0, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """One page of queues (name order) with their figures and limits."""
+        return self._send(self._req_queues(skip, limit))
+
+    def get_queue(self, name: str) -> dict[str, Any]:
+        return self._send(self._req_queue(name))
+
+    def update_queue(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Set `paused`, `concurrency_limit`, `concurrency_limit_per_key` or
+        `rate_limit_per_second`; a field given as None removes that limit."""
+        return self._send(self._req_update_queue(name, fields))
+
+    def pause_queue(self, name: str) -> dict[str, Any]:
+        return self._send(self._req_queue_action(name, "pause"))
+
+    def resume_queue(self, name: str) -> dict[str, Any]:
+        return self._send(self._req_queue_action(name, "resume"))
+
+    def purge_queue(self, name: str) -> int:
+        """Delete the queue's pending tasks; returns how many."""
+        data = self._send(self._req_queue_action(name, "purge"))
+        return int(data["purged"])
+
+    def explain_task(self, task_id: str) -> dict[str, Any]:
+        """Why a task is (not) running: `{status, runnable, reasons: [{code, message, ...}]}`."""
+        return self._send(self._req_explain(task_id))
