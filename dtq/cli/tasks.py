@@ -11,6 +11,7 @@ from typing import Any
 from dtq.cli.common import UsageError, add_json_flag, add_parser, add_remote_flags
 from dtq.cli.config import resolve_remote
 from dtq.cli.output import print_record, print_rows, progress, wants_json
+from dtq.cli.queues import print_explanation
 from dtq.client import Client
 from dtq.errors import DtqError
 from dtq.settings import load_settings
@@ -88,6 +89,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             print_record(client.get(args.task_id), args.json)
         elif args.action == "cancel":
             print_record(client.cancel(args.task_id), args.json)
+        elif args.action == "explain":
+            print_explanation(client.explain_task(args.task_id), args.json)
         else:
             client.delete(args.task_id)
             print(f"deleted {args.task_id}")
@@ -230,6 +233,7 @@ def register(sub: Any) -> None:
         ("get", "show a task"),
         ("cancel", "cancel a pending or running task"),
         ("delete", "delete a task"),
+        ("explain", "say why a task is (not) running"),
     ):
         p = add_parser(tasks, action, what)
         p.add_argument("task_id", help="the task's id")
