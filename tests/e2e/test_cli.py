@@ -466,8 +466,9 @@ def test_queues_commands_and_tasks_explain(dtq: InProcessCli, client: Client) ->
     assert (info["concurrency_limit"], info["rate_limit_per_second"]) == (2, 5.0)
     info = dtq.json("queues", "set", "cli-queues", "--concurrency-limit", "none")
     assert (info["concurrency_limit"], info["rate_limit_per_second"]) == (None, 5.0)
-    rc, _, err = dtq("queues", "set", "cli-queues", "--concurrency-limit", "0")
-    assert rc == 2 and "must be positive" in err
+    with pytest.raises(SystemExit) as exited:  # argparse refuses it before any request
+        dtq("queues", "set", "cli-queues", "--concurrency-limit", "0")
+    assert exited.value.code == 2
     assert dtq.json("queues", "purge", "cli-queues") == {"queue": "cli-queues", "purged": 1}
     rc, _, err = dtq("queues", "get", "no-such-queue")
     assert rc == 1 and "not found" in one_line_error(err)
