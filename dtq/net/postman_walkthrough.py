@@ -217,6 +217,59 @@ WORKER = Stage(
     ),
 )
 
+_PURGED = f"{RUN}-purge"  # a queue of its own, so the purge leaves the run's other tasks alone
+
+QUEUES = Stage(
+    name="3b. Queues",
+    description="List and read queues, set limits, pause, explain a task, resume, purge.",
+    steps=(
+        Step(operation="list_queues"),
+        Step(
+            operation="get_queue",
+            path={"name": RUN},
+            checks={
+                "names the queue": "pm.expect(body.data.name).to.eql("
+                "'postman-' + pm.collectionVariables.get('run_id'));"
+            },
+        ),
+        Step(
+            operation="update_queue",
+            path={"name": RUN},
+            body={
+                "concurrency_limit": 5,
+                "concurrency_limit_per_key": 2,
+                "rate_limit_per_second": 50,
+            },
+            checks={"limits set": "pm.expect(body.data.concurrency_limit).to.eql(5);"},
+        ),
+        Step(
+            operation="pause_queue",
+            path={"name": RUN},
+            checks={"paused": "pm.expect(body.data.paused).to.eql(true);"},
+        ),
+        Step(
+            operation="explain_task",
+            path={"task_id": _TASK},
+            checks={"has reasons": "pm.expect(body.data.reasons).to.be.an('array');"},
+        ),
+        Step(
+            operation="resume_queue",
+            path={"name": RUN},
+            checks={"resumed": "pm.expect(body.data.paused).to.eql(false);"},
+        ),
+        Step(
+            operation="create_task",
+            name="Create a task to purge",
+            body={"name": "Process Data", "queue": _PURGED, "payload": {}},
+        ),
+        Step(
+            operation="purge_queue",
+            path={"name": _PURGED},
+            checks={"purged one": "pm.expect(body.data.purged).to.eql(1);"},
+        ),
+    ),
+)
+
 ANALYTICS = Stage(
     name="4. Analytics",
     description="The dashboard figures, trends and the export.",
@@ -322,7 +375,7 @@ WALKTHROUGH = Walkthrough(
         "for the requests after it, tests the status code of every response, and deletes what "
         "it created at the end."
     ),
-    stages=(SIGN_IN, TASKS, WORKER, ANALYTICS, ADMIN, WEBHOOKS, SYSTEM, CLEAN_UP),
+    stages=(SIGN_IN, TASKS, WORKER, QUEUES, ANALYTICS, ADMIN, WEBHOOKS, SYSTEM, CLEAN_UP),
     variables=(
         ("username", "admin", "who the login step signs in as"),
         ("password", "password", "that user's password"),
