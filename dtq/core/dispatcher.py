@@ -379,12 +379,17 @@ class Dispatcher:
     def _claimed(self, entry: Entry) -> None:
         limits = self.limits
         limits.claim(entry.task_id, entry.queue, entry.key, self._now())
-        if entry.key is not None and limits.key_blocked(entry.queue, entry.key):
-            keys = self._unblocked.get(entry.queue)
-            if keys is not None:
-                keys.discard(entry.key)
-                if not keys:
-                    del self._unblocked[entry.queue]
+        keys = self._unblocked.get(entry.queue)
+        if keys is None or entry.key not in keys:
+            return
+        slot = (entry.queue, entry.key)
+        drained = not any(self._parked[slot])
+        if drained:
+            del self._parked[slot]  # nobody of this key waits any more
+        if drained or limits.key_blocked(entry.queue, entry.key):
+            keys.discard(entry.key)
+            if not keys:
+                del self._unblocked[entry.queue]
 
     def _park_blocked(
         self, queue: str, dq: deque[Entry], names: frozenset[str] | None

@@ -116,3 +116,37 @@ def test_explain_codes() -> None:
     assert running.reasons[0]["code"] == "running"
     assert running.reasons[0]["lease_expires_at"] == NOW + 30
     assert codes(task(status=S.COMPLETED), facts()) == ["finished"]
+
+
+def test_fingerprint_of_a_body_without_concurrency_key_is_as_before() -> None:
+    import hashlib
+    from datetime import UTC, datetime
+
+    import msgspec
+
+    from dtq.core.states import fingerprint
+    from dtq.models import TaskCreate
+
+    class Before(msgspec.Struct, kw_only=True):  # TaskCreate's fields before concurrency_key
+        name: str
+        description: str | None = None
+        priority: Priority = Priority.MEDIUM
+        retry_count: int = 0
+        timeout: float = 3600.0
+        payload: dict[str, object] = msgspec.field(default_factory=dict)
+        queue: str = "default"
+        run_at: datetime | None = None
+        delay: float | None = None
+        idempotency_key: str | None = None
+        tags: list[str] = msgspec.field(default_factory=list)
+        retry_backoff_s: float | None = None
+        retry_backoff_max_s: float | None = None
+
+    fields: dict[str, object] = {"name": "j", "payload": {"z": 1, "a": [1, {"y": 2, "b": 3}]},
+              "run_at": datetime(2030, 1, 1, tzinfo=UTC), "tags": ["t"], "idempotency_key": "k"}  # fmt: skip
+    old = hashlib.blake2b(
+        msgspec.msgpack.Encoder(order="deterministic").encode(Before(**fields)),  # type: ignore[arg-type]
+        digest_size=16,
+    ).digest()
+    assert fingerprint(TaskCreate(**fields)) == old  # type: ignore[arg-type]
+    assert fingerprint(TaskCreate(**fields, concurrency_key="c")) != old  # type: ignore[arg-type]
