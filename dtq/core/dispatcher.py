@@ -378,7 +378,8 @@ class Dispatcher:
 
     def _claimed(self, entry: Entry) -> None:
         limits = self.limits
-        limits.claim(entry.task_id, entry.queue, entry.key, self._now())
+        now = self._now() if entry.queue in limits.buckets else 0.0  # (only a bucket asks)
+        limits.claim(entry.task_id, entry.queue, entry.key, now)
         keys = self._unblocked.get(entry.queue)
         if keys is None or entry.key not in keys:
             return
@@ -450,6 +451,8 @@ class Dispatcher:
 
     def serve_waiters(self, queue: str) -> None:
         """Hand `queue`'s ready tasks to its waiters, oldest first, while its limits allow."""
+        if not self._waiting:
+            return  # the usual case under load: workers are busy, nobody is parked
         lines = [self._waiters_any, self._waiters_by_queue.get(queue, deque())]
         waiters = sorted(
             (w for line in lines for w in line
