@@ -347,6 +347,13 @@ CASES = [
     Case("GET", "/api/v1/webhooks/{hook}", Permission.WEBHOOKS, needs="hook"),
     Case("DELETE", "/api/v1/webhooks/{hook}", Permission.WEBHOOKS, 204, needs="hook"),
     Case("GET", "/api/v1/webhooks/{hook}/deliveries", Permission.WEBHOOKS, needs="hook"),
+    Case("GET", "/api/v1/tasks/{task}/explain", Permission.TASKS_READ, needs="task"),
+    Case("GET", "/api/v1/queues", Permission.QUEUES_READ),
+    Case("GET", "/api/v1/queues/{queue}", Permission.QUEUES_READ, needs="task"),
+    Case("PUT", "/api/v1/queues/{queue}", Permission.QUEUES_WRITE, body={"concurrency_limit": 9}),
+    Case("POST", "/api/v1/queues/{queue}/pause", Permission.QUEUES_WRITE, needs="task"),
+    Case("POST", "/api/v1/queues/{queue}/resume", Permission.QUEUES_WRITE, needs="task"),
+    Case("POST", "/api/v1/queues/{queue}/purge", Permission.QUEUES_WRITE, needs="task"),
 ]
 
 
@@ -357,6 +364,7 @@ def werkzeug_rule(path: str) -> str:
         ("user", "username"),
         ("key", "key_id"),
         ("hook", "webhook_id"),
+        ("queue", "name"),
     ):
         path = path.replace(f"{{{name}}}", f"<{param}>")
     return path
@@ -379,7 +387,7 @@ def preparer(
     may act on it, so an allowed caller must have taken it itself."""
 
     async def prepare() -> dict[str, str]:
-        values: dict[str, str] = {}
+        values: dict[str, str] = {"queue": "default"}  # the queue tasks go to by default
         if case.needs in ("task", "leased"):
             values["task"] = (await create_task(admin, f"t{n}"))["id"]
         if case.needs == "leased":
@@ -469,6 +477,7 @@ def test_the_role_table_matches_design() -> None:
         Permission.TASKS_READ,
         Permission.WORKERS_READ,
         Permission.ANALYTICS_READ,
+        Permission.QUEUES_READ,  # a queue's figures and limits; changing them is an operator's
     }
 
 
