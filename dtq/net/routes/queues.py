@@ -22,6 +22,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 WRITE_ROLES = ("admin", "operator")
 
 
+class NoBody(Struct, forbid_unknown_fields=True):
+    """These actions take no fields: an empty body (or `{}`), anything else is a 400."""
+
+
 class PurgeResult(Struct):
     queue: str
     purged: int
@@ -74,7 +78,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{name}}/pause", "Pause a queue", TAG, "pause_queue",
                   path_types=NAME, response=QueueInfo, errors=(404,), roles=WRITE_ROLES,
-                  body_required=False,
+                  body=NoBody, body_required=False,
                   description="No task of the queue is leased until it is resumed; running "
                   "tasks finish."),
         Permission.QUEUES_WRITE,
@@ -85,7 +89,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{name}}/resume", "Resume a queue", TAG, "resume_queue",
                   path_types=NAME, response=QueueInfo, errors=(404,), roles=WRITE_ROLES,
-                  body_required=False),
+                  body=NoBody, body_required=False),
         Permission.QUEUES_WRITE,
     )  # fmt: skip
     async def resume_queue(call: Call) -> Any:
@@ -94,7 +98,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{name}}/purge", "Delete a queue's pending tasks", TAG,
                   "purge_queue", path_types=NAME, response=PurgeResult, errors=(404,),
-                  roles=WRITE_ROLES, body_required=False,
+                  roles=WRITE_ROLES, body=NoBody, body_required=False,
                   description="Deletes every pending (ready or scheduled) task of the queue, "
                   "in batches; running tasks are left alone. Returns how many were deleted."),
         Permission.QUEUES_WRITE,
