@@ -98,3 +98,30 @@ def name_index_key(name: str, created_at: float, seq: int, tkey: bytes) -> bytes
 def day_key(day_number: int) -> bytes:
     """Days since the epoch (UTC)."""
     return u64(day_number)
+
+
+def finished_key(status: TaskStatus, completed_at: float, seq: int, tkey: bytes) -> bytes:
+    """status | completed_us | seq | task key: the finish-time index (final states only),
+    which retention, redrive and purge walk in time order without a scan."""
+    return STATUS_BYTE[status] + time_id_key(completed_at, seq, tkey)
+
+
+def finished_position(status: TaskStatus, completed_us: int, seq: int) -> bytes:
+    """The smallest `finished_key` at or after (completed_us, seq) of `status`."""
+    return STATUS_BYTE[status] + _pack_u64x2(completed_us, seq)
+
+
+def tag_prefix(tag: str) -> bytes:
+    return tag.encode() + SEP  # tags hold no NUL (validated at the boundary), <= 64 chars
+
+
+def tag_index_key(tag: str, created_at: float, seq: int, tkey: bytes) -> bytes:
+    return tag_prefix(tag) + time_id_key(created_at, seq, tkey)
+
+
+_pack_u32 = struct.Struct(">I").pack
+
+
+def event_key(tkey: bytes, n: int) -> bytes:
+    """task key (16) | event number (4): one range read gives a task's events in order."""
+    return tkey + _pack_u32(n)
