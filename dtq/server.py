@@ -17,6 +17,7 @@ from dtq.clock import Clock, TrioClock
 from dtq.core.accounts import Accounts
 from dtq.core.ratelimit import RateLimiter
 from dtq.core.reaper import run_reaper
+from dtq.core.retention import run_retention
 from dtq.core.service import TaskQueue
 from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
@@ -107,6 +108,7 @@ async def open_queue(
             await nursery.start(store.run)
             await queue.grant_restart_grace()
             await nursery.start(run_reaper, queue)
+            nursery.start_soon(run_retention, queue)
             try:
                 yield queue
             finally:
