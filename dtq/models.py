@@ -317,13 +317,23 @@ class ListTasksQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[Name, Meta(description="Only tasks of this name")] | None = None
     tag: Annotated[Tag, Meta(description="Only tasks carrying this tag")] | None = None
     created_after: (
-        Annotated[datetime, Meta(description="Only tasks created at or after this time",
-                                 extra_json_schema={"format": "date-time"})]
+        Annotated[
+            datetime,
+            Meta(
+                description="Only tasks created at or after this time",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
         | None
     ) = None
     created_before: (
-        Annotated[datetime, Meta(description="Only tasks created before this time",
-                                 extra_json_schema={"format": "date-time"})]
+        Annotated[
+            datetime,
+            Meta(
+                description="Only tasks created before this time",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
         | None
     ) = None
     sort: Annotated[str, Meta(pattern="^(created_at|updated_at|duration)$")] = "created_at"

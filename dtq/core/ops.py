@@ -17,9 +17,9 @@ from msgspec.structs import replace
 
 from dtq.core import history
 from dtq.core import states as lifecycle
+from dtq.core.history import E
 from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
 from dtq.ids import new_task_id
-from dtq.core.history import E
 from dtq.models import (
     SYSTEM_ACTOR,
     AckItem,

@@ -90,9 +90,7 @@ class _Walk:
         self.affected = 0
         self.done = False
 
-    def batch(
-        self, tx: StoreTxn, act: Callable[[StoreTxn, Task], Task | None]
-    ) -> list[Task]:
+    def batch(self, tx: StoreTxn, act: Callable[[StoreTxn, Task], Task | None]) -> list[Task]:
         """One write op's share: look at up to SCAN entries, act on up to BATCH matches."""
         f = self.filter
         rows = tx.finished_tasks(
@@ -145,9 +143,7 @@ async def _run(queue: TaskQueue, walk: _Walk, act: Callable[[StoreTxn, Task], Ta
     return BulkResult(matched=walk.matched, affected=walk.affected)
 
 
-async def retry_matching(
-    queue: TaskQueue, f: TaskFilter, actor: str = SYSTEM_ACTOR
-) -> BulkResult:
+async def retry_matching(queue: TaskQueue, f: TaskFilter, actor: str = SYSTEM_ACTOR) -> BulkResult:
     check_filter(f, RETRYABLE, "retry")
 
     def on_commit(tasks: list[Task]) -> None:

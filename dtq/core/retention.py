@@ -8,6 +8,7 @@ counted under `pruned_*` counters, so the dashboard's "what happened" figures do
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import trio
@@ -54,8 +55,9 @@ async def prune_due(queue: TaskQueue, batch: int = BATCH) -> int:
     pruned = 0
     for status, before in cutoffs(queue.clock.now(), s.retention_completed_s,
                                   s.retention_failed_s):  # fmt: skip
+        op = functools.partial(prune_batch, status=status, before=before, limit=batch)
         while True:
-            tasks = await queue.store.write(lambda tx: prune_batch(tx, status, before, batch))
+            tasks = await queue.store.write(op)
             pruned += len(tasks)
             for task in tasks:
                 queue.dispatcher.discard(task.id)

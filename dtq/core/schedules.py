@@ -11,6 +11,7 @@ store shared by several servers the compare and set makes only one of them fire.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from typing import TYPE_CHECKING, Any
 
@@ -256,7 +257,9 @@ class Schedules:
         fired = 0
         for i, (name, tick) in enumerate(due):
             try:
-                res = await self.queue.store.write(lambda tx: fire_op(tx, name, tick), self._fired)
+                res = await self.queue.store.write(
+                    functools.partial(fire_op, name=name, tick=tick), self._fired
+                )
             except BaseException:
                 for rest, at in due[i:]:  # not fired: keep them planned, due at once
                     self.times.set(rest, at)

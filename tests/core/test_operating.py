@@ -3,6 +3,7 @@ by the injected clock (see conftest.py: `advance` moves a manual MockClock)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ async def test_events_in_order_across_retries_and_lease_expiry(
     assert events[4].error is not None and events[4].error.type == "lease_expired"
     assert events[4].worker_id == "w1" and events[5].worker_id == "w2"
     assert second.lease is not None and events[3].lease_id == second.lease.id
-    assert all(a.at <= b.at for a, b in zip(events, events[1:], strict=False))
+    assert all(a.at <= b.at for a, b in itertools.pairwise(events))
 
 
 async def test_timeout_release_cancel_update_events(q: TaskQueue, mock_clock: MockClock) -> None:
@@ -288,7 +289,11 @@ async def test_pause_resume_update_delete_trigger(q: TaskQueue, mock_clock: Mock
 
 @pytest.mark.parametrize(
     ("cron", "tz", "field"),
-    [("* * *", "UTC", "cron"), ("61 * * * *", "UTC", "cron"), ("* * * * *", "Mars/Base", "timezone")],
+    [
+        ("* * *", "UTC", "cron"),
+        ("61 * * * *", "UTC", "cron"),
+        ("* * * * *", "Mars/Base", "timezone"),
+    ],
 )
 async def test_bad_cron_or_timezone(q: TaskQueue, cron: str, tz: str, field: str) -> None:
     with pytest.raises(InvalidRequest) as err:

@@ -101,9 +101,13 @@ def register(api: Api) -> None:
         Permission.TASKS_WRITE,
     )  # fmt: skip
     async def update_task(call: Call) -> Any:
-        return respond(success(task_out(
-            await queue.update(call.params["task_id"], call.body, call.principal.identity)
-        )))
+        return respond(
+            success(
+                task_out(
+                    await queue.update(call.params["task_id"], call.body, call.principal.identity)
+                )
+            )
+        )
 
     @api.route(
         RouteSpec("DELETE", f"{P}/{{task_id}}", "Delete a task", TAG, "delete_task",

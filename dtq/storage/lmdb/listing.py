@@ -89,10 +89,7 @@ class Listing:
         cur = txn.cursor(db)
         if desc:
             end = hi if hi is not None else (_prefix_end(prefix) if prefix else None)
-            if end is not None and cur.set_range(end):
-                positioned = cur.prev()
-            else:
-                positioned = cur.last()
+            positioned = cur.prev() if end is not None and cur.set_range(end) else cur.last()
             if not positioned:
                 return
             walk = cur.iterprev(values=False)
