@@ -79,6 +79,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retention_completed_s: float = 7 * 86400.0
     retention_failed_s: float = 30 * 86400.0  # failed and cancelled ones
     retention_interval_s: float = 60.0  # how often the pruner looks for expired tasks
+    # Test only, honoured only with env "test": the server's clock runs this many times as fast,
+    # from test_clock_start_s (epoch seconds; default now). See dtq.clock.ScaledClock.
+    test_clock_speed: float = 1.0
+    test_clock_start_s: float | None = None
 
     @property
     def data_path(self) -> Path:
