@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from dtq.core.service import TaskQueue
 
 S = TaskStatus
-BATCH = 500
+BATCH = 250  # per write op: a commit that holds one stays short for other writers
 PRUNED_PREFIX = "pruned_"
 
 
