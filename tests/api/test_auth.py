@@ -364,13 +364,9 @@ CASES = [
         Permission.TASKS_WRITE,
         body={"paused": True},
         needs="schedule",
-    ),  # fmt: skip
-    Case(
-        "DELETE", "/api/v1/schedules/{schedule}", Permission.TASKS_WRITE, 204, needs="schedule"
-    ),  # fmt: skip
-    Case(
-        "POST", "/api/v1/schedules/{schedule}/trigger", Permission.TASKS_WRITE, needs="schedule"
-    ),  # fmt: skip
+    ),
+    Case("DELETE", "/api/v1/schedules/{schedule}", Permission.TASKS_WRITE, 204, needs="schedule"),
+    Case("POST", "/api/v1/schedules/{schedule}/trigger", Permission.TASKS_WRITE, needs="schedule"),
 ]
 
 
