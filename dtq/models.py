@@ -567,3 +567,7 @@ def epoch(value: datetime | None) -> float | None:
     if value is None:
         return None
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class EmptyBody(Struct, forbid_unknown_fields=True):
+    """A POST that takes no fields: no body, or `{}` (anything else is a 400)."""

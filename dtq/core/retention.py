@@ -76,9 +76,10 @@ async def run_retention(
     if s.retention_completed_s <= 0 and s.retention_failed_s <= 0:
         return
     while not queue.closing:
+        # First look one interval after start: start-up writes (restart grace) go first.
+        await trio.sleep_until(queue.clock.to_trio(queue.clock.now() + s.retention_interval_s))
         try:
             await prune_due(queue)
         except Unavailable:
             if queue.closing:
                 return
-        await trio.sleep_until(queue.clock.to_trio(queue.clock.now() + s.retention_interval_s))

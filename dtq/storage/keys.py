@@ -119,9 +119,6 @@ def tag_index_key(tag: str, created_at: float, seq: int, tkey: bytes) -> bytes:
     return tag_prefix(tag) + time_id_key(created_at, seq, tkey)
 
 
-_pack_u32 = struct.Struct(">I").pack
-
-
 def event_key(tkey: bytes, n: int) -> bytes:
-    """task key (16) | event number (4): one range read gives a task's events in order."""
-    return tkey + _pack_u32(n)
+    """task key (16) | event number (8): one range read gives a task's events in order."""
+    return tkey + _pack_u64(n)

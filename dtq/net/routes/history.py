@@ -10,7 +10,7 @@ from msgspec import UNSET, Struct, UnsetType
 from dtq.core import redrive
 from dtq.core.auth import Permission, Role
 from dtq.messages import ErrorOut
-from dtq.models import BulkResult, TaskEvent, TaskFilter
+from dtq.models import BulkResult, EmptyBody, TaskEvent, TaskFilter
 from dtq.net.envelope import iso, success
 from dtq.net.routing import Api, Call, RouteSpec, respond
 from dtq.net.views import TaskOut, task_out
@@ -74,7 +74,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/retry", "Retry a failed or cancelled task", TAG,
                   "retry_task", path_types=TASK_ID, response=TaskOut, errors=(404, 409),
-                  body_required=False,
+                  body=EmptyBody, body_required=False,
                   description="The task is pending again at once; `attempts` is kept and one "
                   "more attempt is allowed. A task in any other state is 409 `CONFLICT`."),
         Permission.TASKS_WRITE,

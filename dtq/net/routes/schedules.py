@@ -7,7 +7,14 @@ from typing import Any
 from msgspec import Struct
 
 from dtq.core.auth import Permission
-from dtq.models import ListSchedulesQuery, Schedule, ScheduleCreate, ScheduleName, ScheduleUpdate
+from dtq.models import (
+    EmptyBody,
+    ListSchedulesQuery,
+    Schedule,
+    ScheduleCreate,
+    ScheduleName,
+    ScheduleUpdate,
+)
 from dtq.net.envelope import iso, pagination, success
 from dtq.net.routing import Api, Call, RouteSpec, no_content, respond
 from dtq.net.views import TaskOut, task_out
@@ -115,7 +122,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{name}}/trigger", "Run a schedule's task now", TAG,
                   "trigger_schedule", path_types=NAME, response=TriggerOut, errors=(404,),
-                  body_required=False,
+                  body=EmptyBody, body_required=False,
                   description="Submits the task at once; the next planned tick is unchanged."),
         Permission.TASKS_WRITE,
     )  # fmt: skip

@@ -13,7 +13,7 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     by_name     name hash (16) | created_us | seq | task key -> b""
     by_tag      tag NUL | created_us | seq | task key     -> b""
     by_finished status | completed_us | seq | task key  -> b""   (final states only)
-    events      task key (16) | event number (4)        -> TaskEvent
+    events      task key (16) | event number (8)        -> TaskEvent (numbered by seq)
     schedules   schedule name (utf-8)                   -> Schedule
     idem        idempotency key                        -> task key + body fingerprint
     workers     worker id                              -> Worker

@@ -224,15 +224,10 @@ class LmdbTxn:
 
     # -- history ----------------------------------------------------------------------------
     def append_task_event(self, task_id: str, event: TaskEvent) -> None:
-        tkey = K.task_key(task_id)
-        db = self._s.db["events"]
-        cur = self._txn.cursor(db=db)
-        # The last event of this task: the key just before the next task's first one.
-        n = 0
-        positioned = cur.set_range(tkey + b"\xff\xff\xff\xff")
-        if (cur.prev() if positioned else cur.last()) and bytes(cur.key()[:16]) == tkey:
-            n = K.from_u64(bytes(cur.key()[16:])) + 1
-        self._txn.put(K.event_key(tkey, n), codec.encode(event), db=db)
+        # Numbered from the store's sequence (increasing across commits and restarts): one
+        # put, no read, and a task's events sort in the order they were appended.
+        key = K.event_key(K.task_key(task_id), self._s.take_seq())
+        self._txn.put(key, codec.encode(event), db=self._s.db["events"])
 
     def _delete_events(self, tkey: bytes) -> None:
         cur = self._txn.cursor(db=self._s.db["events"])
