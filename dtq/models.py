@@ -546,15 +546,22 @@ FilterTime = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})
 
 
 class TaskFilter(Struct, forbid_unknown_fields=True, kw_only=True):
-    """Bulk redrive and purge: finished tasks of one status, optionally narrowed."""
+    """Bulk purge (and, as `RetryFilter`, redrive): finished tasks of one status, narrowed."""
 
-    status: TaskStatus
+    # Any status decodes (so the refusal can say why); the document lists the ones accepted.
+    status: Annotated[
+        TaskStatus, Meta(extra_json_schema={"enum": ["completed", "failed", "cancelled"]})
+    ]
     queue: QueueName | None = None
     name: Name | None = None
     tag: Tag | None = None
     finished_after: FilterTime | None = None  # completed_at >= this
     finished_before: FilterTime | None = None  # completed_at < this
     limit: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+
+
+class RetryFilter(TaskFilter, forbid_unknown_fields=True, kw_only=True):
+    status: Annotated[TaskStatus, Meta(extra_json_schema={"enum": ["failed", "cancelled"]})]
 
 
 class BulkResult(Struct):

@@ -107,8 +107,10 @@ def finished_key(status: TaskStatus, completed_at: float, seq: int, tkey: bytes)
 
 
 def finished_position(status: TaskStatus, completed_us: int, seq: int) -> bytes:
-    """The smallest `finished_key` at or after (completed_us, seq) of `status`."""
-    return STATUS_BYTE[status] + _pack_u64x2(completed_us, seq)
+    """The smallest `finished_key` at or after (completed_us, seq) of `status` (times before
+    the epoch or past 2**64 µs clamp to the ends of the index)."""
+    us = min(max(completed_us, 0), 2**64 - 1)
+    return STATUS_BYTE[status] + _pack_u64x2(us, min(max(seq, 0), 2**64 - 1))
 
 
 def tag_prefix(tag: str) -> bytes:

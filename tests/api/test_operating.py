@@ -170,3 +170,13 @@ async def test_openapi_documents_the_new_routes(admin: Client) -> None:
     for path in (f"{T}/{{task_id}}/events", f"{T}/{{task_id}}/retry", f"{T}/retry",
                  f"{T}/purge", S, f"{S}/{{name}}", f"{S}/{{name}}/trigger"):  # fmt: skip
         assert path in paths, path
+
+
+async def test_filter_times_far_from_now(admin: Client) -> None:
+    for when in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        for what in ("retry", "purge"):
+            for bound in ("finished_after", "finished_before"):
+                reply = await admin.post(f"{T}/{what}", {"status": "failed", bound: when})
+                assert ok(reply) == {"matched": 0, "affected": 0}
+        for bound in ("created_after", "created_before"):
+            ok(await admin.get(f"{T}?{bound}={when}"))

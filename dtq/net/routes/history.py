@@ -10,7 +10,7 @@ from msgspec import UNSET, Struct, UnsetType
 from dtq.core import redrive
 from dtq.core.auth import Permission, Role
 from dtq.messages import ErrorOut
-from dtq.models import BulkResult, EmptyBody, TaskEvent, TaskFilter
+from dtq.models import BulkResult, EmptyBody, RetryFilter, TaskEvent, TaskFilter
 from dtq.net.envelope import iso, success
 from dtq.net.routing import Api, Call, RouteSpec, respond
 from dtq.net.views import TaskOut, task_out
@@ -85,7 +85,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("POST", f"{P}/retry", "Retry every failed or cancelled task that matches",
-                  TAG, "retry_tasks", body=TaskFilter, response=BulkResult,
+                  TAG, "retry_tasks", body=RetryFilter, response=BulkResult,
                   description="`status` is `failed` or `cancelled`; `finished_after` (inclusive) "
                   "and `finished_before` (exclusive) bound `completed_at`; `limit` caps how many. "
                   "Runs in batches that let other writes through."),
