@@ -12,5 +12,4 @@ decode_worker = msgspec.msgpack.Decoder(Worker).decode
 decode_day = msgspec.msgpack.Decoder(DayStats).decode
 decode_counters = msgspec.msgpack.Decoder(dict[str, float]).decode
 decode_event = msgspec.msgpack.Decoder(TaskEvent).decode
-decode_events = msgspec.msgpack.Decoder(list[TaskEvent]).decode
 decode_schedule = msgspec.msgpack.Decoder(Schedule).decode
