@@ -327,6 +327,27 @@ class ListTasksQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     worker_id: WorkerId | None = None
     queue: Annotated[QueueName, Meta(description="Only tasks of this queue")] | None = None
     name: Annotated[Name, Meta(description="Only tasks of this name")] | None = None
+    tag: Annotated[Tag, Meta(description="Only tasks carrying this tag")] | None = None
+    created_after: (
+        Annotated[
+            datetime,
+            Meta(
+                description="Only tasks created at or after this time",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
+    created_before: (
+        Annotated[
+            datetime,
+            Meta(
+                description="Only tasks created before this time",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
     sort: Annotated[str, Meta(pattern="^(created_at|updated_at|duration)$")] = "created_at"
     order: Annotated[str, Meta(pattern="^(asc|desc)$")] = "desc"
 
@@ -479,6 +500,102 @@ class ListQueuesQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=100)] = 50
 
 
+# -- history, redrive, schedules (issue 12) ---------------------------------------------------
+
+
+class TaskEventKind(enum.StrEnum):
+    """What happened to a task: one stored `TaskEvent` per transition."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    LEASED = "leased"
+    EXTENDED = "extended"
+    RELEASED = "released"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRY_SCHEDULED = "retry_scheduled"
+    LEASE_EXPIRED = "lease_expired"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    RETRIED = "retried"  # redrive: a failed or cancelled task sent back to pending
+
+
+SYSTEM_ACTOR = "system"
+
+
+class TaskEvent(Struct, array_like=True, kw_only=True, omit_defaults=True):
+    """One transition of a task, written in the transaction that made it."""
+
+    at: float
+    event: TaskEventKind
+    attempt: int
+    worker_id: str | None = None
+    actor: str | None = None  # `Principal.identity` (key:<id>, user:<name>) or "system"
+    lease_id: str | None = None  # a holder's secret: the API shows it to admins only
+    error: TaskError | None = None
+    details: dict[str, Any] | None = None
+
+
+class CatchUp(enum.StrEnum):
+    NONE = "none"  # ticks missed while the server was down are skipped
+    ONE = "one"  # after downtime, the latest missed tick fires once
+
+
+class Schedule(Struct, array_like=True, kw_only=True):
+    """A cron schedule. `task` is the create body (as JSON-able builtins) each tick submits."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: dict[str, Any]
+    created_at: float
+    updated_at: float
+    paused: bool = False
+    catch_up: CatchUp = CatchUp.NONE
+    next_run_at: float | None = None  # None while paused
+    last_run_at: float | None = None
+    last_task_id: str | None = None
+    created_by: str | None = None
+
+
+ScheduleName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
+CronExpr = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        description="5 fields: minute hour day-of-month month day-of-week (e.g. `*/5 * * * *`)",
+    ),
+]
+TimeZone = Annotated[
+    str, Meta(min_length=1, max_length=64, description="IANA time zone, e.g. `Europe/Berlin`")
+]
+
+
+class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    name: ScheduleName
+    cron: CronExpr
+    timezone: TimeZone = "UTC"
+    task: TaskCreate
+    paused: bool = False
+    catch_up: CatchUp = CatchUp.NONE
+
+
+class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """PUT /schedules/{name}: the fields given replace the stored ones."""
+
+    cron: CronExpr | None = None
+    timezone: TimeZone | None = None
+    task: TaskCreate | None = None
+    paused: bool | None = None
+    catch_up: CatchUp | None = None
+
+
+class ListSchedulesQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    skip: Skip = 0
+    limit: Annotated[int, Meta(ge=1, le=100)] = 50
+
+
 class QueueInfo(Struct, kw_only=True):
     """A queue as GET /api/v1/queues/{name} shows it."""
 
@@ -493,3 +610,41 @@ class QueueInfo(Struct, kw_only=True):
     rate_limit_per_second: float | None
     oldest_pending_age_s: float | None
     workers_polling: int
+
+
+FilterTime = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
+
+
+class TaskFilter(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Bulk purge (and, as `RetryFilter`, redrive): finished tasks of one status, narrowed."""
+
+    # Any status decodes (so the refusal can say why); the document lists the ones accepted.
+    status: Annotated[
+        TaskStatus, Meta(extra_json_schema={"enum": ["completed", "failed", "cancelled"]})
+    ]
+    queue: QueueName | None = None
+    name: Name | None = None
+    tag: Tag | None = None
+    finished_after: FilterTime | None = None  # completed_at >= this
+    finished_before: FilterTime | None = None  # completed_at < this
+    limit: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+
+
+class RetryFilter(TaskFilter, forbid_unknown_fields=True, kw_only=True):
+    status: Annotated[TaskStatus, Meta(extra_json_schema={"enum": ["failed", "cancelled"]})]
+
+
+class BulkResult(Struct):
+    matched: int
+    affected: int
+
+
+def epoch(value: datetime | None) -> float | None:
+    """A timestamp from the API (naive means UTC) as epoch seconds."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class EmptyBody(Struct, forbid_unknown_fields=True):
+    """A POST that takes no fields: no body, or `{}` (anything else is a 400)."""

@@ -201,3 +201,47 @@ class AsyncClient(_Base):
     async def explain_task(self, task_id: str) -> dict[str, Any]:
         """Why a task is (not) running: `{status, runnable, reasons: [{code, message, ...}]}`."""
         return await self._send(self._req_explain(task_id))
+
+    # -- history, redrive and schedules (operators) -----------------------------------------
+    async def task_events(self, task_id: str) -> builtins.list[dict[str, Any]]:
+        """Everything that happened to a task, oldest first."""
+        return await self._send(self._req_task_events(task_id))
+
+    async def retry_task(self, task_id: str) -> TaskOut:
+        """Send a failed or cancelled task back to pending (409 for any other state)."""
+        return await self._send(self._req_retry_task(task_id))
+
+    async def retry_tasks(self, status: str = "failed", **filters: Any) -> dict[str, Any]:
+        """Redrive every task that matches: `queue`, `name`, `tag`, `finished_after`,
+        `finished_before` (datetimes or RFC 3339 text), `limit`. Returns matched, affected."""
+        return await self._send(self._req_bulk("retry", {"status": status, **filters}))
+
+    async def purge_tasks(self, status: str, **filters: Any) -> dict[str, Any]:
+        """Delete every finished task that matches (filters as for `retry_tasks`)."""
+        return await self._send(self._req_bulk("purge", {"status": status, **filters}))
+
+    async def create_schedule(
+        self, name: str, cron: str, task: dict[str, Any], **options: Any
+    ) -> dict[str, Any]:
+        """`options`: timezone (IANA, default UTC), paused, catch_up ("none" or "one")."""
+        body = {"name": name, "cron": cron, "task": task, **options}
+        return await self._send(self._req_create_schedule(body))
+
+    async def list_schedules(
+        self, skip: int = 0, limit: int = 100
+    ) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_schedules({"skip": skip, "limit": limit}))
+
+    async def get_schedule(self, name: str) -> dict[str, Any]:
+        return await self._send(self._req_schedule("GET", name))
+
+    async def update_schedule(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change any of cron, timezone, task, paused, catch_up."""
+        return await self._send(self._req_schedule("PUT", name, changes))
+
+    async def delete_schedule(self, name: str) -> None:
+        await self._send(self._req_schedule("DELETE", name))
+
+    async def trigger_schedule(self, name: str) -> dict[str, Any]:
+        """Run its task now; returns {schedule, task}."""
+        return await self._send(self._req_schedule("POST", name, None, "trigger"))

@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -244,6 +244,43 @@ class _Requests:
             "GET", "/api/v1/analytics/export", None, {"days": days}, True, dict[str, Any],
             raw=fmt == "csv", headers={"Accept": accept},
         )  # fmt: skip
+
+    # -- history, redrive and schedules ----------------------------------------------------
+    def _req_task_events(self, task_id: str) -> _Req[list[dict[str, Any]]]:
+        path = f"/api/v1/tasks/{task_id}/events"
+        return _Req("GET", path, None, None, True, list[dict[str, Any]])
+
+    def _req_retry_task(self, task_id: str) -> _Req[TaskOut]:
+        # Not resent: after a lost answer the task is pending and a second try is a 409.
+        return _Req("POST", f"/api/v1/tasks/{task_id}/retry", None, None, False, TaskOut)
+
+    def _req_bulk(self, action: str, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        body = _clean({k: _when(v) for k, v in body.items()})
+        # A purge resent matches nothing more; a resent retry could redrive tasks twice.
+        safe = action == "purge"
+        return _Req("POST", f"/api/v1/tasks/{action}", body, None, safe, dict[str, Any])
+
+    def _req_schedules(self, params: dict[str, Any]) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/schedules", None, _clean(params), True, list[dict[str, Any]])
+
+    def _req_schedule(
+        self, method: str, name: str, body: dict[str, Any] | None = None, action: str = ""
+    ) -> _Req[Any]:
+        path = f"/api/v1/schedules/{name}" + (f"/{action}" if action else "")
+        safe = method in ("GET", "PUT", "DELETE")
+        data_type = None if method == "DELETE" else dict[str, Any]
+        return _Req(method, path, body, None, safe, data_type)
+
+    def _req_create_schedule(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Resending is safe: a second create of the same name is a 409, never a second one.
+        return _Req("POST", "/api/v1/schedules", _clean(body), None, False, dict[str, Any])
+
+
+def _when(value: Any) -> Any:
+    """A datetime filter as the API takes it (RFC 3339); anything else as given."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value
 
 
 class _Base(_Requests):

@@ -270,6 +270,56 @@ QUEUES = Stage(
     ),
 )
 
+OPERATING = Stage(
+    name="3b. History, redrive and schedules",
+    description=(
+        "The failed report task's history, sent back to work; bulk retry and purge with "
+        "filters; a paused schedule, changed, run once by hand."
+    ),
+    steps=(
+        Step(
+            operation="task_events",
+            path={"task_id": "{{report_task_id}}"},
+            checks={
+                "created first, failed last": (
+                    "pm.expect(body.data[0].event).to.eql('created');\n"
+                    "pm.expect(body.data[body.data.length - 1].event).to.eql('failed');"
+                )
+            },
+        ),
+        Step(
+            operation="retry_task",
+            path={"task_id": "{{report_task_id}}"},
+            checks=_status_is("pending"),
+        ),
+        Step(operation="retry_tasks", body={"status": "failed", "queue": RUN}),
+        Step(operation="purge_tasks", body={"status": "cancelled", "queue": RUN}),
+        Step(
+            operation="create_schedule",
+            body={
+                "name": RUN,
+                "cron": "0 3 * * *",
+                "timezone": "Europe/Berlin",
+                "task": {"name": "Send Report", "queue": RUN, "payload": {"report": "nightly"}},
+                "paused": True,
+            },
+            store={"schedule_name": "body.data.name"},
+        ),
+        Step(operation="list_schedules"),
+        Step(operation="get_schedule", path={"name": "{{schedule_name}}"}),
+        Step(
+            operation="update_schedule",
+            path={"name": "{{schedule_name}}"},
+            body={"cron": "30 3 * * 1-5"},
+        ),
+        Step(
+            operation="trigger_schedule",
+            path={"name": "{{schedule_name}}"},
+            store={"scheduled_task_id": "body.data.task.id"},
+        ),
+    ),
+)
+
 ANALYTICS = Stage(
     name="4. Analytics",
     description="The dashboard figures, trends and the export.",
@@ -361,6 +411,12 @@ CLEAN_UP = Stage(
             name="Delete the image task",
             path={"task_id": "{{image_task_id}}"},
         ),
+        Step(
+            operation="delete_task",
+            name="Delete the task the schedule submitted",
+            path={"task_id": "{{scheduled_task_id}}"},
+        ),
+        Step(operation="delete_schedule", path={"name": "{{schedule_name}}"}),
         Step(operation="revoke_api_key", path={"key_id": "{{api_key_id}}"}),
         Step(operation="delete_user", path={"username": "{{new_username}}"}),
         Step(operation="delete_webhook", path={"webhook_id": "{{webhook_id}}"}),
@@ -375,7 +431,18 @@ WALKTHROUGH = Walkthrough(
         "for the requests after it, tests the status code of every response, and deletes what "
         "it created at the end."
     ),
-    stages=(SIGN_IN, TASKS, WORKER, QUEUES, ANALYTICS, ADMIN, WEBHOOKS, SYSTEM, CLEAN_UP),
+    stages=(
+        SIGN_IN,
+        TASKS,
+        WORKER,
+        QUEUES,
+        OPERATING,
+        ANALYTICS,
+        ADMIN,
+        WEBHOOKS,
+        SYSTEM,
+        CLEAN_UP,
+    ),
     variables=(
         ("username", "admin", "who the login step signs in as"),
         ("password", "password", "that user's password"),
@@ -390,6 +457,8 @@ WALKTHROUGH = Walkthrough(
         ("api_key_id", "", "the API key created by the run"),
         ("new_api_key", "", "that key itself (shown once)"),
         ("webhook_id", "", "the webhook created by the run"),
+        ("schedule_name", "", "the schedule created by the run"),
+        ("scheduled_task_id", "", "the task its trigger submitted"),
     ),
 )
 

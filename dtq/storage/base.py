@@ -26,6 +26,7 @@ Sync reads (`iter_pending`, `iter_leases`) are start-up only.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import trio
@@ -37,7 +38,9 @@ from dtq.models import (
     DeliveryRef,
     DeliveryStatus,
     QueueConfig,
+    Schedule,
     Task,
+    TaskEvent,
     TaskStatus,
     User,
     Webhook,
@@ -80,6 +83,9 @@ class TaskQuery(Protocol):
     worker_id: str | None
     queue: str | None
     name: str | None
+    tag: str | None
+    created_after: datetime | None  # inclusive (naive: UTC)
+    created_before: datetime | None  # exclusive
     sort: str  # created_at | updated_at | duration
     order: str  # asc | desc
     skip: int
@@ -145,6 +151,35 @@ class StoreTxn(Protocol):
     def delete_task(self, task: Task) -> None:
         """Remove the task, its index entries and its idempotency key; counters follow."""
         ...
+
+    def prune_task(self, task: Task) -> None:
+        """Remove it as `delete_task` does (events included), but tell no event sink: retention
+        ages data out, nobody deleted it. Counters follow as for `delete_task`."""
+        ...
+
+    def finished_tasks(
+        self,
+        status: TaskStatus,
+        *,
+        after: tuple[int, int] | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int = 500,
+    ) -> list[Task]:
+        """Up to `limit` tasks of a final `status` in (completed_at µs, seq) order, from the
+        finish-time index: only those with `since <= completed_at < before`, and strictly
+        after the position `after` = (completed_at in whole µs, seq) of the last one seen."""
+        ...
+
+    # -- history: one event per transition, in the transaction that made it -------------------
+    def append_task_event(self, task_id: str, event: TaskEvent) -> None:
+        """Add an event after the task's others (its history is removed with the task)."""
+        ...
+
+    # -- schedules ------------------------------------------------------------------------------
+    def get_schedule(self, name: str) -> Schedule | None: ...
+    def put_schedule(self, schedule: Schedule) -> None: ...
+    def delete_schedule(self, name: str) -> bool: ...
 
     def next_seq(self) -> int:
         """A new enqueue sequence number, larger than every one handed out before (numbers
@@ -237,9 +272,13 @@ class Store(Protocol):
     async def get_task(self, task_id: str) -> Task | None: ...
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
         """One page and the number of matching tasks. Filters (all given must match): status,
-        priority, worker_id, queue, name. Sorts: created_at and updated_at (ties in enqueue
+        priority, worker_id, queue, name, tag, created_after <= created_at < created_before. Sorts: created_at and updated_at (ties in enqueue
         order), duration (tasks without one first in asc). Raises InvalidRequest on another
         sort."""
+        ...
+
+    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+        """A task's events in the order they were appended (empty for an unknown task)."""
         ...
 
     async def counters(self) -> dict[str, float]: ...
@@ -286,6 +325,14 @@ class Store(Protocol):
         ...
 
     async def get_setting(self, name: str) -> str | None: ...
+
+    # -- schedules ----------------------------------------------------------------------------
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+    async def list_schedules(self, skip: int = 0, limit: int | None = None) -> list[Schedule]:
+        """In name order (byte order of the UTF-8 name)."""
+        ...
+
+    async def count_schedules(self) -> int: ...
 
     # -- webhooks -----------------------------------------------------------------------------
     async def list_webhooks(self) -> list[Webhook]:

@@ -33,12 +33,15 @@ from dtq.models import (
     DeliveryStatus,
     Priority,
     QueueConfig,
+    Schedule,
     Task,
+    TaskEvent,
     TaskStatus,
     User,
     Webhook,
     Worker,
     WorkerStatus,
+    epoch,
 )
 from dtq.storage import codec
 from dtq.storage.base import EventSink, PendingRow, StoreTxn, TaskQuery, WriterStats
@@ -98,6 +101,8 @@ class _State:
         self.counters: dict[str, float] = {}
         self.queues: dict[str, bytes] = {}
         self.days: dict[int, DayStats] = {}
+        self.events: dict[str, tuple[bytes, ...]] = {}  # task id -> its events, in order
+        self.schedules: dict[str, bytes] = {}
 
 
 class MemoryTxn:
@@ -155,7 +160,14 @@ class MemoryTxn:
             sink(self, old, new)
 
     def delete_task(self, task: Task) -> None:
+        self._remove_task(task, notify=True)
+
+    def prune_task(self, task: Task) -> None:
+        self._remove_task(task, notify=False)
+
+    def _remove_task(self, task: Task, *, notify: bool) -> None:
         self._del(self._s.tasks, task.id)
+        self._del(self._s.events, task.id)
         if task.idempotency_key:
             self._del(self._s.idem, task.idempotency_key)
         self.deltas.add("total", -1)
@@ -163,8 +175,45 @@ class MemoryTxn:
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
             self.deltas.add("duration_sum", -task.duration)
             self.deltas.add("duration_n", -1)
-        if (sink := self._store.event_sink) is not None:
+        if notify and (sink := self._store.event_sink) is not None:
             sink(self, task, None)
+
+    def finished_tasks(
+        self,
+        status: TaskStatus,
+        *,
+        after: tuple[int, int] | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int = 500,
+    ) -> list[Task]:
+        lo = (_us(since), 0) if since is not None else (-1, -1)
+        hi = (_us(before), 0) if before is not None else None
+        rows = []
+        for task in (codec.decode_task(raw) for raw in self._s.tasks.values()):
+            if task.status != status or task.completed_at is None:
+                continue
+            pos = (_us(task.completed_at), task.seq)
+            if pos < lo or (hi is not None and pos >= hi) or (after is not None and pos <= after):
+                continue
+            rows.append((pos, task))
+        rows.sort(key=lambda r: r[0])
+        return [task for _, task in rows[:limit]]
+
+    # -- history ------------------------------------------------------------------------
+    def append_task_event(self, task_id: str, event: TaskEvent) -> None:
+        self._set(self._s.events, task_id, (*self._s.events.get(task_id, ()), codec.encode(event)))
+
+    # -- schedules ----------------------------------------------------------------------
+    def get_schedule(self, name: str) -> Schedule | None:
+        raw = self._s.schedules.get(name)
+        return None if raw is None else codec.decode_schedule(raw)
+
+    def put_schedule(self, schedule: Schedule) -> None:
+        self._set(self._s.schedules, schedule.name, codec.encode(schedule))
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._del(self._s.schedules, name)
 
     def count(self, name: str, n: float = 1) -> None:
         self.deltas.add(name, n)
@@ -336,6 +385,7 @@ class MemoryStore:
             raise InvalidRequest(f"cannot sort by {q.sort!r}", field="sort")
         desc = q.order == "desc"
         priority = None if q.priority is None else Priority(q.priority)
+        after, before = epoch(q.created_after), epoch(q.created_before)
         matched = [
             t
             for t in self._all_tasks()
@@ -344,6 +394,9 @@ class MemoryStore:
             and (q.worker_id is None or t.worker_id == q.worker_id)
             and (q.queue is None or t.queue == q.queue)
             and (q.name is None or t.name == q.name)
+            and (q.tag is None or q.tag in t.tags)
+            and (after is None or _us(t.created_at) >= _us(after))
+            and (before is None or _us(t.created_at) < _us(before))
         ]
         if q.sort == "updated_at":
             matched.sort(key=_updated_order, reverse=desc)
@@ -355,8 +408,24 @@ class MemoryStore:
                 matched.reverse()
         return matched[q.skip : q.skip + q.limit], len(matched)
 
+    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+        return [codec.decode_event(raw) for raw in self.state.events.get(task_id, ())]
+
     async def counters(self) -> dict[str, float]:
         return dict(self.state.counters)
+
+    # -- schedules --------------------------------------------------------------------------
+    async def get_schedule(self, name: str) -> Schedule | None:
+        raw = self.state.schedules.get(name)
+        return None if raw is None else codec.decode_schedule(raw)
+
+    async def list_schedules(self, skip: int = 0, limit: int | None = None) -> list[Schedule]:
+        names = sorted(self.state.schedules, key=str.encode)
+        end = None if limit is None else skip + limit
+        return [codec.decode_schedule(self.state.schedules[n]) for n in names[skip:end]]
+
+    async def count_schedules(self) -> int:
+        return len(self.state.schedules)
 
     async def day_stats(self, first_day: int, last_day: int) -> list[tuple[int, DayStats]]:
         return [

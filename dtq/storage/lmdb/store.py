@@ -11,6 +11,10 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     by_worker   worker NUL | created_us | seq | task key -> b""
     by_queue    queue NUL | created_us | seq | task key  -> b""
     by_name     name hash (16) | created_us | seq | task key -> b""
+    by_tag      tag NUL | created_us | seq | task key     -> b""
+    by_finished status | completed_us | seq | task key  -> b""   (final states only)
+    events      task key (16) | event number (8)        -> TaskEvent (numbered by seq)
+    schedules   schedule name (utf-8)                   -> Schedule
     idem        idempotency key                        -> task key + body fingerprint
     workers     worker id                              -> Worker
     days        day number                             -> DayStats
@@ -45,7 +49,9 @@ from dtq.models import (
     DeliveryRef,
     DeliveryStatus,
     QueueConfig,
+    Schedule,
     Task,
+    TaskEvent,
     TaskStatus,
     User,
     Webhook,
@@ -74,11 +80,12 @@ TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
     "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
     L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE, L.QUEUES,
+    "by_tag", "by_finished", "events", "schedules",
 )  # fmt: skip
 # Which listing indexes this data directory has: stores written before by_queue/by_name
 # existed get them built from the tasks at open.
 _INDEX_VERSION_KEY = b"index_version"
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: by_tag and by_finished
 # Per-queue status counters (`queue_counter`): stores written before them get them counted
 # from the tasks at open.
 _QUEUE_COUNTERS_KEY = b"queue_counters_version"
@@ -177,8 +184,9 @@ class LmdbStore(Listing):
         if raw is not None and K.from_u64(bytes(raw)) >= _INDEX_VERSION:
             return
         by_queue, by_name = self.db["by_queue"], self.db["by_name"]
-        txn.drop(by_queue, delete=False)
-        txn.drop(by_name, delete=False)
+        by_tag, by_finished = self.db["by_tag"], self.db["by_finished"]
+        for db in (by_queue, by_name, by_tag, by_finished):
+            txn.drop(db, delete=False)
         for key, value in txn.cursor(db=self.db["tasks"]):
             tkey = bytes(key)
             task = codec.decode_task(value)
@@ -186,6 +194,11 @@ class LmdbStore(Listing):
                 K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=by_queue
             )
             txn.put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=by_name)
+            for tag in set(task.tags):
+                txn.put(K.tag_index_key(tag, task.created_at, task.seq, tkey), b"", db=by_tag)
+            if task.status.is_final and task.completed_at is not None:
+                fkey = K.finished_key(task.status, task.completed_at, task.seq, tkey)
+                txn.put(fkey, b"", db=by_finished)
         txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
 
     def _build_queue_counters(self, txn: lmdb.Transaction) -> None:
@@ -287,6 +300,14 @@ class LmdbStore(Listing):
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
         return self.list_tasks_now(query)
 
+    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+        tkey = K.task_key(task_id)
+        with self.env.begin(db=self.db["events"]) as txn:
+            return [
+                codec.decode_event(txn.get(key, b""))
+                for key in self._iter_keys(txn, self.db["events"], tkey, False)
+            ]
+
     async def counters(self) -> dict[str, float]:
         return self.counters_now()
 
@@ -348,6 +369,27 @@ class LmdbStore(Listing):
     async def get_setting(self, name: str) -> str | None:
         raw = self._get(L.KV, name.encode())
         return None if raw is None else raw.decode()
+
+    # -- schedules ------------------------------------------------------------------------
+    async def get_schedule(self, name: str) -> Schedule | None:
+        raw = self._get("schedules", name.encode())
+        return None if raw is None else codec.decode_schedule(raw)
+
+    async def list_schedules(self, skip: int = 0, limit: int | None = None) -> list[Schedule]:
+        end = None if limit is None else skip + limit
+        rows: list[Schedule] = []
+        with self.env.begin(db=self.db["schedules"]) as txn:
+            for i, (_, raw) in enumerate(txn.cursor()):
+                if i < skip:
+                    continue
+                if end is not None and i >= end:
+                    break
+                rows.append(codec.decode_schedule(raw))
+        return rows
+
+    async def count_schedules(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.db["schedules"])["entries"])
 
     # -- webhooks -------------------------------------------------------------------------
     async def list_webhooks(self) -> list[Webhook]:
