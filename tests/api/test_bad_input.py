@@ -26,7 +26,8 @@ TASK_ID = "123e4567-e89b-12d3-a456-426614174000"
 
 def fill(openapi_path: str) -> str:
     """An OpenAPI path as `body_routes` fills it in."""
-    return openapi_path.replace("{task_id}", TASK_ID).replace("{", "<").replace("}", ">")
+    path = openapi_path.replace("{task_id}", TASK_ID).replace("{name}", "default")
+    return path.replace("{", "<").replace("}", ">")
 
 
 def body_routes(app: QuartTrio) -> list[tuple[str, str]]:
