@@ -160,6 +160,17 @@ class AsyncLane:
         assert result is not None
         return result
 
+    async def send(self, req: Any) -> None:
+        """Send without waiting for the reply (it is read and dropped): `started` notes."""
+        conn = await self.connect()
+        payload = conn.codec.encode(encoder.encode(req.lane_message(next(self._ids))))
+        try:
+            async with self._send_lock:
+                with anyio.CancelScope(shield=True):
+                    await conn.stream.send(payload)
+        except _GONE as exc:
+            self._broken(conn, exc)
+
     def _dispatch(self, conn: _Connection) -> None:
         for message in self._take(conn):
             if isinstance(message, ReplyIn | Error) and message.id:
