@@ -33,6 +33,7 @@ class AsyncClient(_Base):
         )
         self._lane: _io.Lane | None = None  # the fast lane, once a call opened it
         self._lane_off = self.transport == "http"  # auto found no lane: HTTP from now on
+        self._lane_lock = _io.Lock()  # concurrent first calls open one lane, not one each
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -49,30 +50,35 @@ class AsyncClient(_Base):
         """The fast-lane connection (opened on first use), or None when calls go over HTTP:
         `transport="http"`, or "auto" and the server offers no lane or it is unreachable."""
         if self._lane is None and not self._lane_off:
-            port = None
-            if self.transport != "ws":
-                try:
-                    health = (await self._http.get("/health")).json()
-                    port = health.get("protocol_port") if isinstance(health, dict) else None
-                except (httpx.HTTPError, ValueError):
-                    if self.transport != "auto":
-                        raise
-            address = _io.lane_address(self.url, "ws" if self.transport == "ws" else "tcp", port)
-            if address is None:
-                if self.transport == "tcp":
-                    raise httpx.ConnectError(f"the server at {self.url} has no fast lane")
-                self._lane_off = True
-                return None
-            lane = _io.Lane(address, self._hello(), self.timeout_s)
+            async with self._lane_lock:
+                if self._lane is None and not self._lane_off:
+                    self._lane = await self._open_lane()
+        return self._lane
+
+    async def _open_lane(self) -> _io.Lane | None:
+        port = None
+        if self.transport != "ws":
             try:
-                await lane.connect()
-            except httpx.TransportError:
+                health = (await self._http.get("/health")).json()
+                port = health.get("protocol_port") if isinstance(health, dict) else None
+            except (httpx.HTTPError, ValueError):
                 if self.transport != "auto":
                     raise
-                self._lane_off = True  # unreachable (a firewall, a proxy): HTTP it is
-                return None
-            self._lane = lane
-        return self._lane
+        address = _io.lane_address(self.url, "ws" if self.transport == "ws" else "tcp", port)
+        if address is None:
+            if self.transport == "tcp":
+                raise httpx.ConnectError(f"the server at {self.url} has no fast lane")
+            self._lane_off = True
+            return None
+        lane = _io.Lane(address, self._hello(), self.timeout_s)
+        try:
+            await lane.connect()
+        except httpx.TransportError:
+            if self.transport != "auto":
+                raise
+            self._lane_off = True  # unreachable (a firewall, a proxy): HTTP it is
+            return None
+        return lane
 
     async def _send(self, req: _Req[T]) -> T:
         attempt = 0

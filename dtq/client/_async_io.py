@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from dtq.client._async import AsyncClient
 
 sleep = anyio.sleep
-__all__ = ["Deadline", "Lane", "fail_after", "lane_address", "sleep", "wait_ws"]
+Lock = anyio.Lock
+__all__ = ["Deadline", "Lane", "Lock", "fail_after", "lane_address", "sleep", "wait_ws"]
 
 
 class Deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
     from dtq.client._sync import Client
 
 sleep = time.sleep
-__all__ = ["Deadline", "Lane", "fail_after", "lane_address", "sleep", "wait_ws"]
+Lock = threading.Lock
+__all__ = ["Deadline", "Lane", "Lock", "fail_after", "lane_address", "sleep", "wait_ws"]
 
 
 class Deadline:

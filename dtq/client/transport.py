@@ -22,6 +22,7 @@ import msgspec
 from dtq.client.transport_base import (
     READ_BYTES,
     LaneAddress,
+    check_size,
     client_ssl_context,
     connection_lost,
     lane_address,
@@ -74,8 +75,12 @@ class AsyncLane:
     # -- connecting ----------------------------------------------------------------------
     async def connect(self) -> _Connection:
         async with self._connect_lock:
-            if self._conn is not None and self._conn.broken is None:
-                return self._conn
+            if self._conn is not None:
+                if self._conn.broken is None:
+                    return self._conn
+                old, self._conn = self._conn, None
+                with anyio.CancelScope(shield=True):
+                    await old.stream.aclose()
             try:
                 with anyio.fail_after(self.timeout_s):
                     conn = await self._open()
@@ -135,7 +140,8 @@ class AsyncLane:
         rid = next(self._ids)
         waiter = conn.waiters[rid] = _Waiter()
         try:
-            payload = conn.codec.encode(encoder.encode(req.lane_message(rid)))
+            payload = conn.codec.encode(check_size(encoder.encode(req.lane_message(rid)),
+                                                   self.welcome))  # fmt: skip
             async with self._send_lock:
                 with anyio.CancelScope(shield=True):  # half a frame would break the stream
                     await conn.stream.send(payload)

@@ -25,7 +25,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from dtq.wire import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
+from dtq.errors import InvalidRequest
+from dtq.wire import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, Welcome, frame
 
 WS_PATH = "/ws/session"
 READ_BYTES = 65536
@@ -67,6 +68,19 @@ def connection_lost(message: str) -> httpx.TransportError:
     """Connection trouble is an httpx transport error on every transport, so callers (and
     the retry rules) see the same exceptions as over HTTP."""
     return httpx.ReadError(message)
+
+
+def check_size(payload: bytes, welcome: Welcome | None) -> bytes:
+    """Refuse, before sending, a message larger than the server takes (it would close the
+    connection): the same exception REST's 413 becomes."""
+    if welcome is not None and len(payload) > welcome.max_frame_bytes:
+        exc = InvalidRequest(
+            f"Request body too large: {len(payload)} bytes, the server takes at most "
+            f"{welcome.max_frame_bytes}", field="body", reason="too large",
+        )  # fmt: skip
+        exc.http_status = 413  # type: ignore[attr-defined]
+        raise exc
+    return payload
 
 
 class TcpCodec:

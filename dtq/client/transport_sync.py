@@ -16,6 +16,7 @@ import httpx
 from dtq.client.transport_base import (
     READ_BYTES,
     LaneAddress,
+    check_size,
     client_ssl_context,
     connection_lost,
     lane_address,
@@ -106,7 +107,8 @@ class SyncLane:
             assert self._sock is not None
             rid = next(self._ids)
             try:
-                self._sock.sendall(self._codec.encode(encoder.encode(req.lane_message(rid))))
+                payload = check_size(encoder.encode(req.lane_message(rid)), self.welcome)
+                self._sock.sendall(self._codec.encode(payload))
                 while True:
                     for message in self._take():
                         if isinstance(message, ReplyIn | Error) and message.id == rid:

@@ -60,8 +60,8 @@ def protocol_port_problem(settings: Settings) -> str | None:
 
 
 def max_frame_bytes(settings: Settings) -> int:
-    """A frame holds what a REST body may hold, and the message around it."""
-    return settings.max_body_bytes + 64 * 1024
+    """A message may be as large as a REST body (MessagePack is smaller than the same JSON)."""
+    return settings.max_body_bytes
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
