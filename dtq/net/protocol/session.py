@@ -112,7 +112,7 @@ def _request_id(payload: bytes) -> int:
 
 def _malformed(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequest:
     text = str(exc)
-    if isinstance(exc, msgspec.DecodeError):
+    if not isinstance(exc, msgspec.ValidationError):  # (a ValidationError is a DecodeError)
         return InvalidRequest("Malformed frame: not one MessagePack message", field="frame",
                               reason=text)  # fmt: skip
     field = "op" if "`$.op`" in text or "`op`" in text else "frame"
