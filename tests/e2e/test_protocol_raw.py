@@ -297,3 +297,45 @@ def test_push_mode_and_dropped_connections_hand_unstarted_tasks_back(lane: Any) 
         other.close()
     finally:
         producer.close()
+
+
+def test_kill_9_with_pipelined_submits_in_flight_loses_no_acknowledged_task(
+    tmp_path: Path,
+) -> None:
+    procs = Processes(tmp_path / "logs")
+    try:
+        server = Server(procs, tmp_path / "data")
+        server.env["DTQ_DURABILITY"] = "fsync"
+        server.start()
+        (admin_key,) = server.create_keys("admin")
+        port = int(server.env["DTQ_PROTOCOL_PORT"])
+        raw = connect(port, admin_key)
+        for i in range(2000):  # all sent before any reply is read: pipelined
+            raw.request("submit", body={"name": "crash", "queue": "crash", "payload": {"i": i}})
+        acknowledged: list[str] = []
+        while len(acknowledged) < 300:
+            message = raw.recv()
+            assert message is not None
+            if message["op"] == "reply":
+                acknowledged.append(message["data"]["id"])
+        assert server.proc is not None
+        server.proc.popen.kill()  # kill -9 with most of the 2,000 still in flight
+        server.proc.popen.wait(timeout=TIMEOUT_S)
+        while (message := _recv_or_none(raw)) is not None:  # replies already on the wire
+            if message["op"] == "reply":
+                acknowledged.append(message["data"]["id"])
+        raw.close()
+        server.start()
+        survivor = connect(port, admin_key)
+        lost = [tid for tid in acknowledged if survivor.call("get", task_id=tid)["op"] != "reply"]
+        survivor.close()
+        assert lost == [], f"{len(lost)} of {len(acknowledged)} acknowledged tasks lost"
+    finally:
+        procs.kill_all()
+
+
+def _recv_or_none(raw: Raw) -> dict[str, Any] | None:
+    try:
+        return raw.recv()
+    except OSError:  # reset by the dead server
+        return None
