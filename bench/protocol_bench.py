@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     create_admin_key,
     format_table,
     free_port,
@@ -80,10 +80,22 @@ class Workers:
                "DTQ_LOG_LEVEL": "warning"}  # fmt: skip
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "dtq.cli", "worker", "bench_fastlane_worker:worker",
-                 "--worker-id", f"bench-{transport}-{i}", "--log-format", "json"],
-                env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "dtq.cli",
+                    "worker",
+                    "bench_fastlane_worker:worker",
+                    "--worker-id",
+                    f"bench-{transport}-{i}",
+                    "--log-format",
+                    "json",
+                ],
+                env=env,
+                cwd=workdir,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             for i in range(n)
         ]
         self.url, self.api_key, self.n = url, api_key, n

@@ -20,7 +20,7 @@ deleted) and `error` with `id` 0 (about the connection itself, e.g. a frame it c
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -30,7 +30,7 @@ from dtq.models import LeaseSeconds, Name, QueueName, WorkerId
 
 PROTOCOL_VERSION = 1
 HEADER_BYTES = 4  # the length prefix: unsigned, big-endian
-BYTE_ORDER = "big"
+BYTE_ORDER: Literal["big"] = "big"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024  # the server's limit is in `welcome`
 MAX_REQUEST_ID = 2**63 - 1
 
@@ -218,7 +218,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._start = 0  # consumed bytes at the front, dropped in one go (no copy per frame)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if self._start and self._start == len(self._buffer):
             self._buffer.clear()
             self._start = 0

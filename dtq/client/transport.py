@@ -95,10 +95,12 @@ class AsyncLane:
 
     async def _open(self) -> _Connection:
         a = self.address
-        stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-            a.host, a.port, tls=a.tls, ssl_context=client_ssl_context() if a.tls else None,
-            tls_standard_compatible=False,
-        )  # fmt: skip
+        stream: anyio.abc.ByteStream
+        if a.tls:
+            stream = await anyio.connect_tcp(a.host, a.port, ssl_context=client_ssl_context(),
+                                             tls_standard_compatible=False)  # fmt: skip
+        else:
+            stream = await anyio.connect_tcp(a.host, a.port)
         sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         if sock is not None:  # small frames go out at once
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

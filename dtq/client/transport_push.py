@@ -10,6 +10,7 @@ connection hands them back at once. Everything else goes through the client, ove
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import trio
 
 from dtq.client._async import AsyncClient
 from dtq.client.transport import AsyncLane
+from dtq.errors import DtqError
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome
 
@@ -130,11 +132,9 @@ class PushTransport:
         self._outstanding = 0
         for task in left:
             if task.lease is not None and isinstance(task.lease.id, str):
-                with trio.move_on_after(5):
-                    try:
-                        await self.client.release(task.id, task.lease.id)
-                    except Exception:  # noqa: BLE001 - best effort: its lease expires otherwise
-                        pass
+                # best effort: its lease expires otherwise
+                with trio.move_on_after(5), contextlib.suppress(DtqError, httpx.TransportError):
+                    await self.client.release(task.id, task.lease.id)
 
     async def ack(self, acks: Sequence[AckItem]) -> list[AckOutcome]:
         return await self.client.ack(acks)

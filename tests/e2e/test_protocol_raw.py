@@ -130,24 +130,35 @@ def test_every_operation_on_raw_frames(lane: Any) -> None:
                                             "max_tasks": 2, "wait": 1})  # fmt: skip
         first, second = leased["data"]
         assert first["lease"]["id"] and first["status"] == "running"
-        ext = worker.call("extend", task_id=first["id"],
-                          body={"lease_id": first["lease"]["id"], "lease_seconds": 30})
+        ext = worker.call(
+            "extend",
+            task_id=first["id"],
+            body={"lease_id": first["lease"]["id"], "lease_seconds": 30},
+        )
         assert ext["status"] == 200 and "id" not in ext["data"]["lease"]  # never shown again
-        done = worker.call("complete", task_id=first["id"],
-                           body={"lease_id": first["lease"]["id"], "result": {"ok": True}})
+        done = worker.call(
+            "complete",
+            task_id=first["id"],
+            body={"lease_id": first["lease"]["id"], "result": {"ok": True}},
+        )
         assert done["data"]["status"] == "completed" and done["data"]["result"] == {"ok": True}
-        stale = worker.call("complete", task_id=first["id"],
-                            body={"lease_id": first["lease"]["id"]})
+        stale = worker.call(
+            "complete", task_id=first["id"], body={"lease_id": first["lease"]["id"]}
+        )
         assert (stale["op"], stale["status"], stale["code"]) == ("error", 409, "CONFLICT")
-        back = worker.call("release", task_id=second["id"],
-                           body={"lease_id": second["lease"]["id"]})
+        back = worker.call(
+            "release", task_id=second["id"], body={"lease_id": second["lease"]["id"]}
+        )
         assert back["data"]["status"] == "pending"
 
         leased = worker.call("lease", body={"worker_id": "raw-w", "queues": ["raw"],
                                             "max_tasks": 3, "wait": 1})["data"]  # fmt: skip
         assert len(leased) == 3
-        failed = worker.call("fail", task_id=leased[0]["id"],
-                             body={"lease_id": leased[0]["lease"]["id"], "error": "nope"})
+        failed = worker.call(
+            "fail",
+            task_id=leased[0]["id"],
+            body={"lease_id": leased[0]["lease"]["id"], "error": "nope"},
+        )
         assert failed["data"]["status"] == "failed"
         acked = worker.call("ack", body={"acks": [
             {"id": t["id"], "lease_id": t["lease"]["id"], "status": "completed"}
@@ -184,7 +195,10 @@ def test_errors_carry_the_guides_codes_and_rest_field_names(lane: Any) -> None:
     try:
         bad = raw.call("submit", body={"name": "x", "priority": "urgent"})
         assert (bad["status"], bad["code"], bad["details"]["field"]) == (
-            400, "INVALID_REQUEST", "priority")
+            400,
+            "INVALID_REQUEST",
+            "priority",
+        )
         unknown = raw.call("submit", body={"name": "x", "nope": 1})
         assert unknown["details"]["field"] == "nope"
         missing = raw.call("get", task_id=str(uuid.uuid4()))
@@ -230,7 +244,10 @@ def test_malformed_and_unknown_frames_get_an_error_and_the_connection_survives(
         raw.send_bytes(b"\xc1\xc1 not msgpack")
         err = raw.recv()
         assert err is not None and (err["op"], err["id"], err["code"]) == (
-            "error", 0, "INVALID_REQUEST")
+            "error",
+            0,
+            "INVALID_REQUEST",
+        )
         unknown = raw.call("teleport")
         assert (unknown["code"], unknown["details"]["field"]) == ("INVALID_REQUEST", "op")
         extra = raw.call("ping", colour="blue")

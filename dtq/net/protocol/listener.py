@@ -137,7 +137,7 @@ async def _handle(svc: Services, hub: Hub, limit: int, stream: trio.abc.Stream) 
 def _peer(stream: trio.abc.Stream) -> str:
     inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
     try:
-        host = inner.socket.getpeername()[0]  # type: ignore[attr-defined]
+        host = inner.socket.getpeername()[0]  # type: ignore[union-attr]
     except (AttributeError, OSError):
         return "unknown"
     return str(host)

@@ -18,6 +18,7 @@ batches of encoded replies to `write`; `listener` (TCP/TLS) and `ws` (`/ws/sessi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -148,10 +149,8 @@ class Session:
                     writer_done = trio.Event()
                     nursery.start_soon(self._write_loop, write, writer_done)
                     nursery.start_soon(self._push_loop)
-                    try:
+                    with contextlib.suppress(CloseConnection):
                         await self._read_loop(receive, nursery)
-                    except CloseConnection:
-                        pass
                     # Flush what is queued (an error frame saying why we close), then stop.
                     self._out_send.close()
                     with trio.move_on_after(WRITE_TIMEOUT_S):
@@ -208,10 +207,9 @@ class Session:
         self._closing = True
         frame = error_frame(0, Unavailable("Server shutting down", reason="shutting down"),
                             closing=True)  # fmt: skip
-        try:
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError,
+                                 trio.BrokenResourceError):  # fmt: skip
             self._out_send.send_nowait(encoder.encode(frame))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
         self._scope.deadline = trio.current_time() + 1.0  # time to write the notice
 
     def abort(self, why: str) -> None:
@@ -220,10 +218,9 @@ class Session:
 
     # -- output --------------------------------------------------------------------------
     async def _send(self, message: Any) -> None:
-        try:
+        # closing: nothing more goes out
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self._out_send.send(encoder.encode(message))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # closing: nothing more goes out
 
     def _send_nowait(self, message: Any) -> None:
         try:
@@ -474,10 +471,9 @@ class Session:
         """Pushed tasks the worker never said it started are ready again at once."""
         pushed, self.pushed = self.pushed, {}
         for task_id, lease_id in pushed.items():
-            try:
+            # finished, cancelled or re-leased meanwhile: nothing to hand back
+            with contextlib.suppress(DtqError):
                 await self.svc.queue.release(task_id, lease_id, None)
-            except DtqError:
-                pass  # finished, cancelled or re-leased meanwhile: nothing to hand back
         if pushed:
             log.info("handed back unstarted pushed tasks", peer=self.peer, tasks=len(pushed))
 
