@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 
 import structlog
 import trio
@@ -25,6 +24,12 @@ from dtq.net.app import create_app
 from dtq.net.banner import StartupReport
 from dtq.net.events import EventBus
 from dtq.net.metrics import Metrics
+from dtq.net.protocol import (
+    Hub,
+    protocol_port_to_bind,
+    register_session_websocket,
+    serve_protocol,
+)
 from dtq.net.routes.webhooks import delivery_body
 from dtq.net.routing import Services
 from dtq.net.serve import BoundAddress, serve_app, shutdown_on_signals
@@ -199,13 +204,18 @@ async def serve(
     async with open_services(settings, report=report) as services:
         trigger = shutdown_trigger or shutdown_on_signals()
 
+        hub = Hub()  # the fast lane's connections (cancel notices, shutdown)
+        services.queue.task_listeners.append(hub.on_task)
+
         async def shutdown() -> None:
             await trigger()
             log.info("shutting down")
             services.queue.begin_shutdown()  # open long-polls answer now
             services.bus.close()  # WebSockets close with 1001
+            hub.close_all()  # fast-lane connections are told and closed
 
         app = create_app(services)
+        register_session_websocket(app, services, hub)
         if freeze_gc:
             # Everything made so far (modules, app, the rebuilt queues) lives as long as the
             # process: keep the cyclic collector from rescanning it, which otherwise shows up
@@ -213,9 +223,17 @@ async def serve(
             gc.collect()
             gc.freeze()
         async with trio.open_nursery() as nursery:
-            address: BoundAddress = await nursery.start(
-                partial(serve_app, app, settings, shutdown_trigger=shutdown)
-            )
-            # The protocol port, once `dtq serve` opens one, goes in as `protocol_url=`.
-            report.started(address.port)
+            protocol_url = None
+            if (protocol_port := protocol_port_to_bind(settings)) is not None:
+                lane: BoundAddress = await nursery.start(serve_protocol, services, hub,
+                                                         protocol_port)  # fmt: skip
+                app.config["DTQ_PROTOCOL_PORT"] = lane.port  # /health tells clients
+                protocol_url = lane.url("tls" if settings.certfile else "tcp")
+
+            async def serve_http(task_status: trio.TaskStatus[BoundAddress]) -> None:
+                await serve_app(app, settings, shutdown_trigger=shutdown, task_status=task_status)
+                nursery.cancel_scope.cancel()  # HTTP has stopped: so does the fast lane
+
+            address: BoundAddress = await nursery.start(serve_http)
+            report.started(address.port, protocol_url=protocol_url)
             task_status.started(address)

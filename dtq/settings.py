@@ -26,6 +26,9 @@ MEMORY_STORE = "memory://"
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 5000
+    # The fast lane (docs/protocol.md) on its own port: unset = 5001 (any free port when `port`
+    # is 0), 0 = off.
+    protocol_port: int | None = None
     data_dir: str = "./dtq-data"
     # Where the state lives: "" = LMDB in data_dir; "memory://" = in memory (nothing survives
     # a stop; for tests and trying things out).

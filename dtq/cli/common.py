@@ -70,6 +70,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         for name in (
             "host",
             "port",
+            "protocol_port",
             "data_dir",
             "store",
             "durability",

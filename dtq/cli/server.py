@@ -25,8 +25,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings)
     report = StartupReport(settings, terminal=sys.stderr if sys.stderr.isatty() else None)
+    from dtq.net.protocol.listener import protocol_port_problem
+
     try:
         check_can_listen(settings)
+        if (problem := protocol_port_problem(settings)) is not None:
+            print(problem, file=sys.stderr)  # a usage error too: one line, exit 2
+            return 2
         trio.run(partial(serve, settings, freeze_gc=True, report=report))
     except KeyboardInterrupt:  # a second Ctrl+C: stop now
         return 130
@@ -77,6 +82,11 @@ def register(sub: Any) -> None:
     p = add_parser(sub, "serve", "run the server")
     p.add_argument("--host", help="address to bind (else DTQ_HOST, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (else DTQ_PORT, else 5000)")
+    p.add_argument(
+        "--protocol-port", type=int,
+        help="the fast lane (persistent-connection protocol, docs/protocol.md) on --host: "
+        "else DTQ_PROTOCOL_PORT, else 5001; 0 turns it off",
+    )  # fmt: skip
     p.add_argument("--data-dir", help="data directory (else DTQ_DATA_DIR, else ./dtq-data)")
     p.add_argument(
         "--store",

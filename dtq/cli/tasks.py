@@ -229,6 +229,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.worker_id = args.worker_id
     if args.any_name:
         worker.any_name = True
+    if args.transport:
+        worker.transport = args.transport
     try:
         worker.run()
     except KeyboardInterrupt:
@@ -250,6 +252,11 @@ def register(sub: Any) -> None:
     p.add_argument("--queues", help="comma-separated queues to take tasks from (default: all)")
     p.add_argument("--concurrency", type=int, help="tasks run at once (default: the Worker's)")
     p.add_argument("--worker-id", help="worker id (default: host-pid-random)")
+    p.add_argument(
+        "--transport", choices=["auto", "tcp", "ws", "http"],
+        help="how to reach the server (else DTQ_TRANSPORT, else auto: the fast lane when the "
+        "server offers it, else HTTP); over tcp or ws the server pushes tasks",
+    )  # fmt: skip
     p.add_argument(
         "--any-name", action="store_true",
         help="lease tasks of any name, also those without a handler (they fail as UnknownTask); "

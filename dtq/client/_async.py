@@ -31,6 +31,9 @@ class AsyncClient(_Base):
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
         )
+        self._lane: _io.Lane | None = None  # the fast lane, once a call opened it
+        self._lane_off = self.transport == "http"  # auto found no lane: HTTP from now on
+        self._lane_lock = _io.Lock()  # concurrent first calls open one lane, not one each
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -39,12 +42,52 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._lane is not None:
+            await self._lane.aclose()
         await self._http.aclose()
+
+    async def lane(self) -> _io.Lane | None:
+        """The fast-lane connection (opened on first use), or None when calls go over HTTP:
+        `transport="http"`, or "auto" and the server offers no lane or it is unreachable."""
+        if self._lane is None and not self._lane_off:
+            async with self._lane_lock:
+                if self._lane is None and not self._lane_off:
+                    self._lane = await self._open_lane()
+        return self._lane
+
+    async def _open_lane(self) -> _io.Lane | None:
+        port = None
+        if self.transport != "ws":
+            try:
+                health = (await self._http.get("/health")).json()
+                port = health.get("protocol_port") if isinstance(health, dict) else None
+            except (httpx.HTTPError, ValueError):
+                if self.transport != "auto":
+                    raise
+        address = _io.lane_address(self.url, "ws" if self.transport == "ws" else "tcp", port)
+        if address is None:
+            if self.transport == "tcp":
+                raise httpx.ConnectError(f"the server at {self.url} has no fast lane")
+            self._lane_off = True
+            return None
+        lane = _io.Lane(address, self._hello(), self.timeout_s)
+        try:
+            await lane.connect()
+        except httpx.TransportError:
+            if self.transport != "auto":
+                raise
+            self._lane_off = True  # unreachable (a firewall, a proxy): HTTP it is
+            return None
+        return lane
 
     async def _send(self, req: _Req[T]) -> T:
         attempt = 0
         while True:
             try:
+                if req.op is not None and not self._lane_off:
+                    lane = await self.lane()
+                    if lane is not None:
+                        return self._lane_result(req, await lane.call(req))
                 response = await self._http.request(
                     req.method, req.path, content=self._body(req), params=req.params,
                     headers=self._headers(req),
@@ -64,6 +107,9 @@ class AsyncClient(_Base):
         """Log in and use the token from now on; returns `token`, `expires_in` (s), `role`."""
         data = await self._send(self._req_login(username, password))
         self.token = str(data["token"])
+        if self._lane is not None:  # it said hello with the old credentials
+            await self._lane.aclose()
+            self._lane = None
         return data
 
     async def submit(self, name: str, payload: Any = None, **options: Any) -> TaskOut:

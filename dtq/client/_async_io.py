@@ -15,12 +15,16 @@ import httpx
 import msgspec
 
 from dtq.client._common import FINAL_STATUSES
+from dtq.client.transport import AsyncLane as Lane
+from dtq.client.transport import lane_address
 from dtq.messages import TaskOut
 
 if TYPE_CHECKING:
     from dtq.client._async import AsyncClient
 
 sleep = anyio.sleep
+Lock = anyio.Lock
+__all__ = ["Deadline", "Lane", "Lock", "fail_after", "lane_address", "sleep", "wait_ws"]
 
 
 class Deadline:

@@ -31,6 +31,7 @@ from dtq.errors import (
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem
 from dtq.retry import RetryPolicy
+from dtq.wire import ReplyIn
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:5000"
@@ -74,6 +75,17 @@ def api_error(response: httpx.Response) -> DtqError:
     return exc
 
 
+TRANSPORTS = ("auto", "tcp", "ws", "http")
+
+
+def transport_choice(transport: str | None) -> str:
+    """The transport asked for, else DTQ_TRANSPORT, else "auto"; anything else is a ValueError."""
+    chosen = (transport or os.environ.get("DTQ_TRANSPORT") or "auto").strip().lower()
+    if chosen not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {chosen!r}")
+    return chosen
+
+
 class _Envelope(msgspec.Struct, Generic[T]):
     data: T
     pagination: dict[str, int] | None = None
@@ -89,6 +101,36 @@ class _Req(Generic[T]):
     data_type: Any = Any
     raw: bool = False  # return the body as text, not the envelope's data
     headers: dict[str, str] = field(default_factory=dict)
+    op: str | None = None  # its fast-lane message (dtq.wire), when it has one
+    task_id: str | None = None  # the path's task id, for the fast lane
+
+    def lane_message(self, request_id: int) -> dict[str, Any]:
+        """This request as a fast-lane message: the same body, the path's task id."""
+        message: dict[str, Any] = {"op": self.op, "id": request_id}
+        if self.task_id is not None:
+            message["task_id"] = self.task_id
+        if self.json is not None and self.op not in _NO_BODY_OPS:
+            message["body"] = self.json
+        return message
+
+
+_NO_BODY_OPS = frozenset({"get", "cancel"})
+
+
+def wire_error(err: Any) -> DtqError:
+    """A fast-lane `error` frame as the same exception REST's error envelope becomes."""
+    reason = err.details.get("reason")
+    cls = error_class(err.code, reason if isinstance(reason, str) else None)
+    if cls is RateLimited:
+        exc: DtqError = RateLimited(err.message, retry_after_s=err.retry_after_s or 1,
+                                    **err.details)  # fmt: skip
+    else:
+        exc = cls(err.message, **err.details)
+        if isinstance(exc, Unavailable) and err.retry_after_s:
+            exc.retry_after_s = err.retry_after_s
+    exc.http_status = err.status  # type: ignore[attr-defined]
+    exc.code_from_server = err.code  # type: ignore[attr-defined]
+    return exc
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -139,20 +181,24 @@ class _Requests:
 
     def _req_submit(self, body: dict[str, Any]) -> _Req[TaskOut]:
         # With an idempotency key a resend cannot create a second task.
-        return _Req("POST", "/api/v1/tasks", body, None, "idempotency_key" in body, TaskOut)
+        return _Req("POST", "/api/v1/tasks", body, None, "idempotency_key" in body, TaskOut,
+                    op="submit")  # fmt: skip
 
     def _req_submit_many(self, bodies: list[dict[str, Any]]) -> _Req[list[TaskOut]]:
         safe = all("idempotency_key" in b for b in bodies)
-        return _Req("POST", "/api/v1/tasks/batch", {"tasks": bodies}, None, safe, list[TaskOut])
+        return _Req("POST", "/api/v1/tasks/batch", {"tasks": bodies}, None, safe, list[TaskOut],
+                    op="submit_many")  # fmt: skip
 
     def _req_get(self, task_id: str) -> _Req[TaskOut]:
-        return _Req("GET", f"/api/v1/tasks/{task_id}", retry_on_disconnect=True, data_type=TaskOut)
+        return _Req("GET", f"/api/v1/tasks/{task_id}", retry_on_disconnect=True, data_type=TaskOut,
+                    op="get", task_id=task_id)  # fmt: skip
 
     def _req_list(self, params: dict[str, Any]) -> _Req[list[TaskOut]]:
         return _Req("GET", "/api/v1/tasks", None, _clean(params), True, list[TaskOut])
 
     def _req_cancel(self, task_id: str) -> _Req[TaskOut]:
-        return _Req("PUT", f"/api/v1/tasks/{task_id}", {"status": "cancelled"}, None, True, TaskOut)
+        return _Req("PUT", f"/api/v1/tasks/{task_id}", {"status": "cancelled"}, None, True, TaskOut,
+                    op="cancel", task_id=task_id)  # fmt: skip
 
     def _req_delete(self, task_id: str) -> _Req[None]:
         return _Req("DELETE", f"/api/v1/tasks/{task_id}", retry_on_disconnect=True, data_type=None)
@@ -177,19 +223,21 @@ class _Requests:
                 "lease_seconds": lease_seconds,
             }
         )
-        return _Req("POST", "/api/v1/tasks/lease", body, None, False, list[TaskOut])
+        return _Req("POST", "/api/v1/tasks/lease", body, None, False, list[TaskOut], op="lease")
 
     def _req_ack(self, acks: Sequence[AckItem]) -> _Req[dict[str, Any]]:
         body = {"acks": list(acks)}  # msgspec encodes the structs directly
         # A resent ack is safe: a result is recorded at most once (the lease fences it).
-        return _Req("POST", "/api/v1/tasks/ack", body, None, True, dict[str, Any])
+        return _Req("POST", "/api/v1/tasks/ack", body, None, True, dict[str, Any], op="ack")
 
     def _req_task_action(self, task_id: str, action: str, body: dict[str, Any]) -> _Req[TaskOut]:
-        return _Req("POST", f"/api/v1/tasks/{task_id}/{action}", _clean(body), None, True, TaskOut)
+        return _Req("POST", f"/api/v1/tasks/{task_id}/{action}", _clean(body), None, True, TaskOut,
+                    op=action, task_id=task_id)  # fmt: skip
 
     def _req_heartbeat(self, worker_id: str, **fields: Any) -> _Req[WorkerOut]:
         body = _clean({"worker_id": worker_id, **fields})
-        return _Req("POST", "/api/v1/workers/heartbeat", body, None, True, WorkerOut)
+        return _Req("POST", "/api/v1/workers/heartbeat", body, None, True, WorkerOut,
+                    op="heartbeat")  # fmt: skip
 
     def _req_workers(self, params: dict[str, Any]) -> _Req[list[WorkerOut]]:
         return _Req("GET", "/api/v1/workers", None, _clean(params), True, list[WorkerOut])
@@ -292,12 +340,15 @@ class _Base(_Requests):
         token: str | None = None,
         timeout_s: float = 75.0,
         max_retries: int = 3,
+        transport: str | None = None,
     ) -> None:
         self.url = (url or os.environ.get("DTQ_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key or os.environ.get("DTQ_API_KEY")
         self.token = token or os.environ.get("DTQ_TOKEN")
         self.timeout_s = timeout_s  # > the longest long poll (60 s)
         self.max_retries = max_retries
+        # "auto" (the fast lane when the server offers it, else HTTP), "tcp", "ws" or "http"
+        self.transport = transport_choice(transport)
 
     @staticmethod
     def _body(req: _Req[Any]) -> bytes | None:
@@ -327,6 +378,17 @@ class _Base(_Requests):
         envelope_type: Any = _Envelope[req.data_type]  # type: ignore[name-defined]
         return msgspec.json.decode(response.content, type=envelope_type).data
 
+    @staticmethod
+    def _lane_result(req: _Req[T], reply: Any) -> T:
+        """A fast-lane reply as `_result` reads a REST response: the same data, the same
+        exceptions."""
+        if not isinstance(reply, ReplyIn):
+            raise wire_error(reply)
+        if req.data_type is None:
+            return None  # type: ignore[return-value]
+        decoded: T = msgspec.msgpack.decode(reply.data, type=req.data_type)
+        return decoded
+
     def _backoff_s(self, attempt: int, exc: Exception) -> float | None:
         """Seconds to wait before resend number `attempt + 1`, or None to give up and raise."""
         if attempt >= self.max_retries:
@@ -334,6 +396,9 @@ class _Base(_Requests):
         if isinstance(exc, RateLimited):
             return float(exc.retry_after_s)
         return CLIENT_RETRY.delay_s(attempt + 1, random.random())
+
+    def _hello(self) -> dict[str, Any]:
+        return {"api_key": self.api_key} if self.api_key else {"token": self.token}
 
     def _retryable(self, req: _Req[Any], exc: Exception) -> bool:
         if isinstance(exc, RateLimited | Unavailable):

@@ -32,6 +32,9 @@ class Client(_Base):
         self._http = httpx.Client(
             base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
         )
+        self._lane: _io.Lane | None = None  # the fast lane, once a call opened it
+        self._lane_off = self.transport == "http"  # auto found no lane: HTTP from now on
+        self._lane_lock = _io.Lock()  # concurrent first calls open one lane, not one each
 
     def __enter__(self) -> Client:
         return self
@@ -40,12 +43,52 @@ class Client(_Base):
         self.close()
 
     def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
         self._http.close()
+
+    def lane(self) -> _io.Lane | None:
+        """The fast-lane connection (opened on first use), or None when calls go over HTTP:
+        `transport="http"`, or "auto" and the server offers no lane or it is unreachable."""
+        if self._lane is None and not self._lane_off:
+            with self._lane_lock:
+                if self._lane is None and not self._lane_off:
+                    self._lane = self._open_lane()
+        return self._lane
+
+    def _open_lane(self) -> _io.Lane | None:
+        port = None
+        if self.transport != "ws":
+            try:
+                health = (self._http.get("/health")).json()
+                port = health.get("protocol_port") if isinstance(health, dict) else None
+            except (httpx.HTTPError, ValueError):
+                if self.transport != "auto":
+                    raise
+        address = _io.lane_address(self.url, "ws" if self.transport == "ws" else "tcp", port)
+        if address is None:
+            if self.transport == "tcp":
+                raise httpx.ConnectError(f"the server at {self.url} has no fast lane")
+            self._lane_off = True
+            return None
+        lane = _io.Lane(address, self._hello(), self.timeout_s)
+        try:
+            lane.connect()
+        except httpx.TransportError:
+            if self.transport != "auto":
+                raise
+            self._lane_off = True  # unreachable (a firewall, a proxy): HTTP it is
+            return None
+        return lane
 
     def _send(self, req: _Req[T]) -> T:
         attempt = 0
         while True:
             try:
+                if req.op is not None and not self._lane_off:
+                    lane = self.lane()
+                    if lane is not None:
+                        return self._lane_result(req, lane.call(req))
                 response = self._http.request(
                     req.method, req.path, content=self._body(req), params=req.params,
                     headers=self._headers(req),
@@ -65,6 +108,9 @@ class Client(_Base):
         """Log in and use the token from now on; returns `token`, `expires_in` (s), `role`."""
         data = self._send(self._req_login(username, password))
         self.token = str(data["token"])
+        if self._lane is not None:  # it said hello with the old credentials
+            self._lane.close()
+            self._lane = None
         return data
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> TaskOut:

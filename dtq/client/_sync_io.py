@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from dtq.client.transport_sync import SyncLane as Lane
+from dtq.client.transport_sync import lane_address
 from dtq.messages import TaskOut
 
 if TYPE_CHECKING:
     from dtq.client._sync import Client
 
 sleep = time.sleep
+Lock = threading.Lock
+__all__ = ["Deadline", "Lane", "Lock", "fail_after", "lane_address", "sleep", "wait_ws"]
 
 
 class Deadline:

@@ -12,7 +12,7 @@
 Leases as many tasks as it has free slots (one long poll), of the names it has handlers for
 (`any_name=True` for every name), extends each lease at a third of its
 length, reports results in batches, and hands unfinished tasks back on shutdown. It only uses
-the public HTTP API, through `WorkerTransport` (a WebSocket transport can slot in later).
+the public HTTP API or the fast lane (push mode, `transport_push`), through `WorkerTransport`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import structlog
 import trio
 
 from dtq.client._async import AsyncClient
+from dtq.client.transport_push import worker_transport
 from dtq.errors import Conflict, DtqError, NotFound, RateLimited, Unavailable
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import DEFAULT_LEASE_S, AckItem, AckOutcome, TaskErrorIn
@@ -143,8 +144,11 @@ class Worker:
         grace_period_s: float = _DEFAULTS.grace_period_s,
         poll_wait_s: float = _DEFAULTS.poll_wait_s,
         any_name: bool = _DEFAULTS.any_name,
+        transport: str | None = None,
     ) -> None:
         self.url = url
+        # "auto" | "tcp" | "ws" | "http" (else DTQ_TRANSPORT): over tcp/ws, tasks are pushed
+        self.transport = transport
         self.api_key = api_key
         self.token = token
         self.worker_id = worker_id or _default_worker_id()
@@ -231,12 +235,17 @@ class Worker:
         """Work until `stop` is set, then drain: finish running tasks within the grace period,
         hand the rest back, flush results."""
         names = self.lease_names()  # a worker that could lease nothing fails here, in one line
-        client = transport or AsyncClient(self.url, api_key=self.api_key, token=self.token)
+        client = transport or AsyncClient(
+            self.url, api_key=self.api_key, token=self.token, transport=self.transport
+        )
         log.info("worker started", worker_id=self.worker_id, handlers=sorted(self.handlers),
                  concurrency=self.concurrency, queues=self.queues,
                  leases="any name" if names is None else "handled names only")  # fmt: skip
         try:
             async with trio.open_nursery() as background:
+                client = await worker_transport(client)  # push mode over the fast lane
+                if (run_push := getattr(client, "run_push", None)) is not None:
+                    await background.start(run_push, self._task_cancelled)
                 background.start_soon(self._ack_loop, client)
                 background.start_soon(self._heartbeat_loop, client)
                 background.start_soon(self._lease_keeper, client)
@@ -245,6 +254,8 @@ class Worker:
                     with trio.CancelScope() as lease_scope:
                         tasks.start_soon(self._cancel_on, stop, lease_scope)
                         await self._lease_loop(client, tasks)
+                    if (stop_leasing := getattr(client, "stop_leasing", None)) is not None:
+                        await stop_leasing()  # push mode: no more pushes, untaken ones back
                     await self._drain(client, tasks)
                 await self._flush_acks(client)
                 background.cancel_scope.cancel()
@@ -258,6 +269,13 @@ class Worker:
                 await client.aclose()
         log.info("worker stopped", worker_id=self.worker_id, completed=self.completed,
                  failed=self.failed)  # fmt: skip
+
+    def _task_cancelled(self, task_id: str) -> None:
+        """The server says a task we run was cancelled or deleted: stop its handler."""
+        running = self._running.get(task_id)
+        if running is not None:
+            running.lost = True
+            running.scope.cancel()
 
     @staticmethod
     async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:

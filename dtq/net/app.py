@@ -35,10 +35,13 @@ API_PREFIX = "/api/v1"
 APP_NAME = "Distributed Task Queue System"
 
 
-class Health(Struct):
+class Health(Struct, omit_defaults=True):
     status: str
     version: str
     timestamp: str
+    # The fast lane's TCP port (docs/protocol.md), for clients that find it by themselves;
+    # left out when it is off (and by /ready).
+    protocol_port: int | None = None
 
 
 class Info(Struct):
@@ -97,9 +100,10 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> Any:
-        return respond(
-            encode({"status": "healthy", "version": __version__, "timestamp": now_iso()})
-        )
+        body = {"status": "healthy", "version": __version__, "timestamp": now_iso()}
+        if (protocol_port := app.config.get("DTQ_PROTOCOL_PORT")) is not None:
+            body["protocol_port"] = protocol_port
+        return respond(encode(body))
 
     @app.get("/ready")
     async def ready() -> Any:

@@ -451,7 +451,9 @@ async def fake() -> AsyncIterator[Callable[..., Any]]:
 
     async def make(*script: Callable[[httpx.Request], httpx.Response], **kw: Any) -> Any:
         server = FakeServer(*script)
-        client = AsyncClient("http://dtq.invalid", api_key="dtq_test", **kw)
+        client = AsyncClient(
+            "http://dtq.invalid", api_key="dtq_test", **{"transport": "http", **kw}
+        )
         await client._http.aclose()
         client._http = httpx.AsyncClient(base_url=client.url, transport=httpx.MockTransport(server))
         clients.append(client)

@@ -153,6 +153,7 @@ def free_port() -> int:
 def clean_environ(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without any DTQ_* setting, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DTQ_")}
+    env["DTQ_PROTOCOL_PORT"] = "0"  # no fast lane unless asked for (parallel runs, port 5001)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -115,12 +115,16 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any DTQ_* setting, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DTQ_")}
+    # The fast lane is off unless a test asks for it: servers of parallel runs would all
+    # want the default port 5001.
+    env["DTQ_PROTOCOL_PORT"] = "0"
     env.update(extra)
     return env
 
 
 def server_env(**extra: str) -> dict[str, str]:
     return clean_env(
+        DTQ_PROTOCOL_PORT=str(free_port()),  # the fast lane, on a port of its own
         DTQ_ADMIN_PASSWORD=ADMIN_PASSWORD,
         DTQ_RATE_LIMIT_PER_MINUTE="0",
         DTQ_RATE_LIMIT_PER_HOUR="0",

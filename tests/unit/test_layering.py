@@ -2,7 +2,7 @@
 
 From the ground up (each layer may import the ones below it, nothing above):
 
-    ground floor  errors models messages settings clock ids retry logs   (each other only)
+    ground floor  errors models messages settings clock ids retry logs wire   (each other only)
     storage       the ground floor                    (nothing of core, net, client, cli, server)
     core          the ground floor, and of storage only the port `dtq.storage.base`
     net           the ground floor, core, storage     (nothing of client, cli, server)
@@ -24,7 +24,7 @@ DTQ = Path(__file__).resolve().parents[2] / "dtq"
 
 GROUND_FLOOR = (
     "dtq.errors", "dtq.models", "dtq.messages", "dtq.settings", "dtq.clock", "dtq.ids",
-    "dtq.retry", "dtq.logs",
+    "dtq.retry", "dtq.logs", "dtq.wire",
 )  # fmt: skip
 CLIENT_MAY_IMPORT = (*GROUND_FLOOR, "dtq.client")
 STORAGE_MAY_IMPORT = (*GROUND_FLOOR, "dtq.storage")
