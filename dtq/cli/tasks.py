@@ -145,6 +145,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     if args.concurrency:
         worker.concurrency = args.concurrency
+    if args.threads:
+        worker.threads = args.threads
     if args.worker_id:
         worker.worker_id = args.worker_id
     if args.any_name:
@@ -169,6 +171,8 @@ def register(sub: Any) -> None:
     p.add_argument("target", help="MODULE:ATTR of a dtq.Worker")
     p.add_argument("--queues", help="comma-separated queues to take tasks from (default: all)")
     p.add_argument("--concurrency", type=int, help="tasks run at once (default: the Worker's)")
+    p.add_argument("--threads", type=int,
+                   help="threads for sync (def) handlers, a fixed pool (default: --concurrency)")  # fmt: skip
     p.add_argument("--worker-id", help="worker id (default: host-pid-random)")
     p.add_argument(
         "--any-name", action="store_true",
