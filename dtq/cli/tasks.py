@@ -208,6 +208,9 @@ def cmd_workers(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
+    if args.processes is not None:
+        return _supervise_workers(args)
+
     from dtq.client.worker import load_worker
     from dtq.logs import configure_logging
 
@@ -225,6 +228,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     if args.concurrency:
         worker.concurrency = args.concurrency
+    if args.threads:
+        worker.threads = args.threads
     if args.worker_id:
         worker.worker_id = args.worker_id
     if args.any_name:
@@ -246,11 +251,53 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# Given to children through the environment, not their command line (`ps` shows argv).
+_CHILD_ENV = {"url": "DTQ_URL", "api_key": "DTQ_API_KEY", "token": "DTQ_TOKEN"}
+
+
+def _supervise_workers(args: argparse.Namespace) -> int:
+    """`dtq worker --processes N`: the same command N times, under `dtq.cli.supervisor`."""
+    import os
+
+    from dtq.cli.supervisor import supervise
+    from dtq.logs import configure_logging
+
+    if args.processes < 1:
+        raise UsageError("--processes", "must be at least 1")
+    configure_logging(load_settings({"log_format": args.log_format}))
+    env = dict(os.environ)
+    flags: list[str] = []
+    for action in args.worker_parser._actions:  # every flag as given, less --processes
+        dest = action.dest
+        value = getattr(args, dest, None)
+        if dest in ("help", "processes", "worker_id") or value is None or value is False:
+            continue
+        if dest in _CHILD_ENV:
+            env[_CHILD_ENV[dest]] = str(value)
+        elif not action.option_strings:
+            flags.append(str(value))
+        elif value is True:
+            flags.append(action.option_strings[-1])
+        elif value != action.default:
+            flags += [action.option_strings[-1], str(value)]
+
+    def command_for(slot: int) -> list[str]:
+        own_id = ["--worker-id", f"{args.worker_id}-{slot}"] if args.worker_id else []
+        return [sys.executable, "-m", "dtq.cli", "worker", *flags, *own_id]
+
+    return supervise(command_for, args.processes, env=env)
+
+
 def register(sub: Any) -> None:
     p = add_parser(sub, "worker", "run a worker: dtq worker MODULE:ATTR")
     p.add_argument("target", help="MODULE:ATTR of a dtq.Worker")
     p.add_argument("--queues", help="comma-separated queues to take tasks from (default: all)")
     p.add_argument("--concurrency", type=int, help="tasks run at once (default: the Worker's)")
+    p.add_argument("--processes", type=int,
+                   help="run N worker processes under one supervisor that restarts a child that "
+                   "dies and passes SIGTERM/SIGINT on (for CPU-bound handlers)")  # fmt: skip
+    p.add_argument("--threads", type=int,
+                   help="threads for sync (def) handlers, a fixed pool (default: --concurrency)")  # fmt: skip
     p.add_argument("--worker-id", help="worker id (default: host-pid-random)")
     p.add_argument(
         "--transport", choices=["auto", "tcp", "ws", "http"],
@@ -269,7 +316,7 @@ def register(sub: Any) -> None:
         help="auto: console on a terminal, else JSON lines",
     )
     add_remote_flags(p)
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=cmd_worker, worker_parser=p)
 
     p = add_parser(sub, "submit", "submit a task (and wait for its result with --wait)")
     p.add_argument("name", nargs="?", default="", help="task name")

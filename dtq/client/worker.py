@@ -4,7 +4,7 @@
     worker = Worker()                      # DTQ_URL / DTQ_API_KEY / DTQ_TOKEN
 
     @worker.task("Process Data")
-    def process(payload: dict) -> dict:    # sync handlers run in threads, async ones in trio
+    def process(payload: dict) -> dict:    # sync handlers run on a pool of threads, async in trio
         ...
 
     worker.run()                           # or: dtq worker mymodule:worker
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gc
 import inspect
-import math
 import os
 import random
 import signal
@@ -36,6 +35,7 @@ import structlog
 import trio
 
 from dtq.client._async import AsyncClient
+from dtq.client._threadpool import HandlerThreads
 from dtq.client.transport_push import worker_transport
 from dtq.errors import Conflict, DtqError, NotFound, RateLimited, Unavailable
 from dtq.messages import TaskOut, WorkerOut
@@ -59,6 +59,7 @@ class WorkerConfig:
 
     queues: list[str] | None = None  # None: every queue
     concurrency: int = 4  # tasks at once
+    threads: int | None = None  # sync handlers at once, on a fixed pool; None: `concurrency`
     lease_seconds: float = DEFAULT_LEASE_S  # extended at a third of it while the handler runs
     heartbeat_interval_s: float = 10.0
     grace_period_s: float = 30.0  # on shutdown, for running tasks to finish
@@ -71,6 +72,8 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1")
 
 
 _DEFAULTS = WorkerConfig()  # `Worker(...)` keyword defaults: the config's, written once
@@ -124,6 +127,7 @@ class Worker:
 
     queues: _Tunable[list[str] | None] = _Tunable()
     concurrency: _Tunable[int] = _Tunable()
+    threads: _Tunable[int | None] = _Tunable()
     lease_seconds: _Tunable[float] = _Tunable()
     heartbeat_interval_s: _Tunable[float] = _Tunable()
     grace_period_s: _Tunable[float] = _Tunable()
@@ -138,6 +142,7 @@ class Worker:
         token: str | None = None,
         queues: Sequence[str] | None = None,
         concurrency: int = _DEFAULTS.concurrency,
+        threads: int | None = _DEFAULTS.threads,
         worker_id: str | None = None,
         lease_seconds: float = _DEFAULTS.lease_seconds,
         heartbeat_interval_s: float = _DEFAULTS.heartbeat_interval_s,
@@ -155,6 +160,7 @@ class Worker:
         self.config = WorkerConfig(
             queues=list(queues) if queues else None,
             concurrency=concurrency,
+            threads=threads,
             lease_seconds=lease_seconds,
             heartbeat_interval_s=heartbeat_interval_s,
             grace_period_s=grace_period_s,
@@ -166,10 +172,10 @@ class Worker:
         self._slot_freed = trio.Event()
         self._acks: list[AckItem] = []
         self._acks_ready = trio.Event()
-        # Live handlers are bounded by the lease loop (`concurrency`, which `dtq worker
-        # --concurrency` may change after this); a sync handler abandoned after its timeout or a
-        # lost lease keeps its thread, which must not take a slot from new work.
-        self._threads = trio.CapacityLimiter(math.inf)
+        # Sync handlers: a fixed pool, made in `serve` (`dtq worker --concurrency/--threads` may
+        # change the sizes after this); a handler abandoned after its timeout or a lost lease
+        # keeps its thread, and the pool replaces it so it takes no slot from new work.
+        self._pool: HandlerThreads | None = None
         self.completed = 0
         self.failed = 0
 
@@ -238,6 +244,7 @@ class Worker:
         client = transport or AsyncClient(
             self.url, api_key=self.api_key, token=self.token, transport=self.transport
         )
+        pool = self._pool = HandlerThreads(self.threads or self.concurrency)
         log.info("worker started", worker_id=self.worker_id, handlers=sorted(self.handlers),
                  concurrency=self.concurrency, queues=self.queues,
                  leases="any name" if names is None else "handled names only")  # fmt: skip
@@ -265,6 +272,7 @@ class Worker:
         except* _TRANSIENT:
             pass  # the final heartbeat is best effort
         finally:
+            pool.close()
             with trio.CancelScope(shield=True):
                 await client.aclose()
         log.info("worker stopped", worker_id=self.worker_id, completed=self.completed,
@@ -364,9 +372,8 @@ class Worker:
                 if inspect.iscoroutinefunction(handler):
                     result = await handler(task.payload)
                 else:
-                    result = await trio.to_thread.run_sync(
-                        handler, task.payload, limiter=self._threads, abandon_on_cancel=True
-                    )
+                    assert self._pool is not None, "serve() made the pool"
+                    result = await self._pool.run(handler, task.payload)
                 _json_check(result)
             except Exception as exc:
                 tb = _user_traceback(exc)
@@ -467,7 +474,12 @@ class Worker:
             await trio.sleep(self.heartbeat_interval_s)
 
 
-_PLUMBING = ("/trio/", "/outcome/", os.sep + os.path.join("dtq", "client", "worker.py"))
+_PLUMBING = (
+    "/trio/",
+    "/outcome/",
+    os.sep + os.path.join("dtq", "client", "worker.py"),
+    os.sep + os.path.join("dtq", "client", "_threadpool.py"),
+)
 
 
 def _user_traceback(exc: BaseException) -> str:

@@ -196,19 +196,37 @@ def decode_body(raw: bytes, model: type[T]) -> T:
     integer (`116.0`) are retried off the hot path."""
     if not raw.strip():
         raise InvalidRequest("A JSON body is required", field="body", reason="empty body")
+    fixed = False
     try:
         value = msgspec.json.decode(raw, type=model)
     except msgspec.ValidationError as exc:
         value = _whole_floats_as_ints(raw, model, exc)
+        fixed = True  # `1e19` became an integer: its digits are not in the text
     except msgspec.DecodeError as exc:
         raise validation_error(exc) from None
     except UnicodeDecodeError:
         raise _not_utf8() from None
     except RecursionError:
         raise _too_deep() from None
-    if _needs_storable_check(model):  # a lease or heartbeat body holds no free-form JSON
+    # A lease or heartbeat body holds no free-form JSON; a body with no long digit run and few
+    # brackets cannot hold a too-large integer or deep nesting: skip the trial encode then.
+    if _needs_storable_check(model) and (fixed or _may_be_unstorable(raw)):
         _check_storable(value)
     return value
+
+
+# An integer beyond 64 bits has at least 19 digits in its JSON text (2**63 has 19); nesting
+# needs at least one `[` or `{` per level. Either test may be true of a storable body (digits
+# in a string, brackets in text): then the trial encode decides.
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
+_MAX_UNCHECKED_BRACKETS = 200  # far below the encoders' recursion limit (~1,000 levels)
+
+
+def _may_be_unstorable(raw: bytes) -> bool:
+    return (
+        raw.count(b"[") + raw.count(b"{") > _MAX_UNCHECKED_BRACKETS
+        or _LONG_DIGIT_RUN.search(raw) is not None
+    )
 
 
 def _decode_untyped(raw: bytes) -> Any:
