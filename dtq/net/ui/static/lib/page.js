@@ -2,8 +2,11 @@
 import { startClock } from "./dom.js";
 import { requireSession, setupChrome } from "./session.js";
 
-export function startPage() {
+/** The session; when there is none, the page is left for sign-in and this never resolves, so
+ * nothing after `await startPage()` runs. */
+export async function startPage() {
   const session = requireSession();
+  if (!session) await new Promise(() => {});
   setupChrome(session);
   startClock();
   return session;

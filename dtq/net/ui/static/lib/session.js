@@ -33,13 +33,10 @@ export function saveSession({ token, username, role, expires_in }) {
   return session;
 }
 
-/** The session, or a redirect to the sign-in page (which brings the user back here). */
+/** The session; without one, off to the sign-in page (which brings the user back here). */
 export function requireSession() {
   const session = getSession();
-  if (!session) {
-    location.replace(loginUrl(location.pathname + location.search));
-    throw new Error("not signed in");
-  }
+  if (!session) location.replace(loginUrl(location.pathname + location.search));
   return session;
 }
 

@@ -5,7 +5,7 @@ import { $, confirmDialog, count, h, showError, timeEl, toast } from "../lib/dom
 import { readQuery, startPage, writeQuery } from "../lib/page.js";
 import { can, root } from "../lib/session.js";
 
-startPage();
+await startPage();
 const SAMPLE = 100; // the newest tasks grouped: never an unbounded list
 const DEFAULTS = { status: "failed", queue: "", name: "" };
 const state = readQuery(DEFAULTS);

@@ -6,7 +6,7 @@ import { live } from "../lib/live.js";
 import { startPage } from "../lib/page.js";
 import { root } from "../lib/session.js";
 
-startPage();
+await startPage();
 const errorBox = $("overview-error");
 const percent = (v) => `${(v * 100).toFixed(v > 0 && v < 0.1 ? 1 : 0)}%`;
 

@@ -5,7 +5,7 @@ import { live } from "../lib/live.js";
 import { startPage } from "../lib/page.js";
 import { can, root } from "../lib/session.js";
 
-startPage();
+await startPage();
 const state = { skip: 0, limit: 50 };
 const errorBox = $("queues-error");
 const mayChange = () => can("queues:write") || can("tasks:write");

@@ -5,7 +5,7 @@ import { startPage } from "../lib/page.js";
 import { can } from "../lib/session.js";
 import { taskUrl } from "../lib/tasks.js";
 
-startPage();
+await startPage();
 const state = { skip: 0, limit: 50 };
 const errorBox = $("schedules-error");
 const mayChange = () => can("schedules:write") || can("tasks:write");

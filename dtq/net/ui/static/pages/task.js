@@ -7,7 +7,7 @@ import { startPage } from "../lib/page.js";
 import { root } from "../lib/session.js";
 import { allowedActions } from "../lib/tasks.js";
 
-startPage();
+await startPage();
 const id = document.body.dataset.taskId;
 const errorBox = $("task-error");
 let current = null;

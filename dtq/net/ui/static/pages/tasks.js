@@ -6,7 +6,7 @@ import { live } from "../lib/live.js";
 import { readQuery, startPage, writeQuery } from "../lib/page.js";
 import { TASK_EVENTS, matches, taskRow, taskUrl } from "../lib/tasks.js";
 
-startPage();
+await startPage();
 
 const DEFAULTS = {
   status: "", priority: "", queue: "", name: "", tag: "", worker_id: "",

@@ -7,7 +7,7 @@ import { readQuery, startPage, writeQuery } from "../lib/page.js";
 import { root } from "../lib/session.js";
 import { taskUrl } from "../lib/tasks.js";
 
-startPage();
+await startPage();
 const RUNNING_SAMPLE = 100; // running tasks fetched to show against their workers
 const DEFAULTS = { status: "", skip: 0, limit: 50 };
 const state = readQuery(DEFAULTS);
