@@ -71,7 +71,9 @@ async def test_static_files_are_versioned_cached_and_compressed(client: Client) 
     assert stale.status == 200 and stale.headers["Cache-Control"] == "no-cache"
 
 
-@pytest.mark.parametrize("name", ["nope.js", "../routes.py", "%2e%2e/routes.py", "pages/../../routes.py"])
+@pytest.mark.parametrize(
+    "name", ["nope.js", "../routes.py", "%2e%2e/routes.py", "pages/../../routes.py"]
+)
 async def test_only_shipped_files_are_served(client: Client, name: str) -> None:
     reply = await client.get(f"/ui/static/abc/{name}")
     assert reply.status == 404

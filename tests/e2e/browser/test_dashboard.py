@@ -19,6 +19,7 @@ except ImportError:  # the fixtures skip (or fail under CI) with the reason
 
 LIVE_S = 2.0  # "appears within 2 s without a reload"
 SOON_MS = 5000
+DASH = "\u2013"  # the en dash of "Showing 1-25 of 30"
 
 
 def unique(prefix: str) -> str:
@@ -58,7 +59,7 @@ def test_sign_in_and_out(new_page: Any) -> None:
 def test_overview_counters_follow_the_api(page: Page, ui_server: UiServer) -> None:
     api = ui_server.api
     total = page.raw.locator('[data-metric="total_tasks"]')
-    expect(total).not_to_have_text("–")
+    expect(total).not_to_have_text(DASH)  # the placeholder until the figures come
     before = api.call("GET", "/analytics/dashboard")["data"]["total_tasks"]
     for _ in range(3):
         api.create(name=unique("counted"), queue=unique("overview"))
@@ -117,23 +118,25 @@ def test_filters_pagination_and_search(page: Page, ui_server: UiServer) -> None:
     page.goto("/ui/tasks")
     page.raw.fill("#f-queue", queue)
     page.raw.select_option("#f-limit", "25")  # applies the form at once
-    expect(page.raw.locator("#tasks-summary")).to_have_text("Showing 1–25 of 30 tasks")
+    expect(page.raw.locator("#tasks-summary")).to_have_text(f"Showing 1{DASH}25 of 30 tasks")
     expect(page.raw.locator("#tasks-body tr")).to_have_count(25)
     expect(page.raw.locator("#page-info")).to_have_text("Page 1 of 2")
     assert "queue=" in page.raw.url  # the filters are in the URL: a reload keeps them
     page.raw.click("#next")
-    expect(page.raw.locator("#tasks-summary")).to_have_text("Showing 26–30 of 30 tasks")
+    expect(page.raw.locator("#tasks-summary")).to_have_text(f"Showing 26{DASH}30 of 30 tasks")
     expect(page.raw.locator("#next")).to_be_disabled()
     # newest first by default, so the last page holds the first five created
     first_five = {t["id"] for t in tasks[:5]}
-    shown = set(page.raw.locator("#tasks-body tr").evaluate_all("rows => rows.map(r => r.dataset.id)"))
+    shown = set(
+        page.raw.locator("#tasks-body tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
+    )
     assert shown == first_five
     page.raw.select_option("#f-priority", "high")
-    expect(page.raw.locator("#tasks-summary")).to_have_text("Showing 1–10 of 10 tasks")
+    expect(page.raw.locator("#tasks-summary")).to_have_text(f"Showing 1{DASH}10 of 10 tasks")
     page.raw.select_option("#f-order", "asc")
     expect(page.raw.locator("#tasks-body tr").first).to_have_attribute("data-id", tasks[0]["id"])
     page.raw.reload()
-    expect(page.raw.locator("#tasks-summary")).to_have_text("Showing 1–10 of 10 tasks")
+    expect(page.raw.locator("#tasks-summary")).to_have_text(f"Showing 1{DASH}10 of 10 tasks")
     expect(page.raw.locator("#f-priority")).to_have_value("high")
     # a task id typed in the search box opens that task
     page.raw.fill("#search", tasks[7]["id"])
@@ -163,7 +166,9 @@ def test_cancel_and_delete_from_the_task_page(page: Page, ui_server: UiServer) -
     api.call("GET", f"/tasks/{task['id']}", status=404)
 
 
-def test_a_failed_task_shows_its_error_and_timeline_and_retries(page: Page, ui_server: UiServer) -> None:
+def test_a_failed_task_shows_its_error_and_timeline_and_retries(
+    page: Page, ui_server: UiServer
+) -> None:
     api = ui_server.api
     queue = unique("retry")
     task = api.create(name=unique("flaky"), queue=queue, retry_count=0)
@@ -288,8 +293,11 @@ def test_screenshots_for_the_readme(page: Page, ui_server: UiServer, tmp_path: P
                           "error": {"message": "timeout talking to smtp", "type": "TimeoutError"},
                           "retry": False})  # fmt: skip
         else:
-            api.as_worker("POST", f"/tasks/{t['id']}/complete",
-                          {"lease_id": t["lease"]["id"], "result": {"rows": 100 + i}})
+            api.as_worker(
+                "POST",
+                f"/tasks/{t['id']}/complete",
+                {"lease_id": t["lease"]["id"], "result": {"rows": 100 + i}},
+            )
     target = screenshot_dir(tmp_path)
     page.goto("/ui/")
     expect(page.raw.locator("#chart-throughput rect.bar").last).to_be_visible()
