@@ -91,7 +91,7 @@ function row(g) {
 async function load() {
   writeQuery(state, DEFAULTS);
   try {
-    const reply = await get("/tasks", { ...filterBody(), sort: "updated_at", order: "desc", limit: SAMPLE });
+    const reply = await get("/tasks", { ...filterBody(), limit: SAMPLE });
     showError(errorBox, null);
     const total = reply.pagination.total;
     const list = groups(reply.data);

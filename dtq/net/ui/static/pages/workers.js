@@ -54,7 +54,7 @@ async function load() {
   try {
     const [ws, rs] = await Promise.all([
       get("/workers", { status: state.status, skip: state.skip, limit: state.limit }),
-      get("/tasks", { status: "running", sort: "updated_at", order: "desc", limit: RUNNING_SAMPLE }),
+      get("/tasks", { status: "running", limit: RUNNING_SAMPLE }),
     ]);
     showError(errorBox, null);
     workers.clear();
