@@ -286,6 +286,8 @@ def test_screenshots_for_the_readme(page: Page, ui_server: UiServer, tmp_path: P
          "payload": {"file_path": f"/data/input-{i}.csv"}, "tags": ["import"]}
         for i in range(16)
     ]}, status=201)["data"]  # fmt: skip
+    beat = {"worker_id": "worker-01", "status": "active", "current_load": 2, "max_capacity": 8}
+    api.as_worker("POST", "/workers/heartbeat", beat)
     leased = api.lease(queue, worker_id="worker-01")
     for i, t in enumerate(leased[:8]):
         if i % 4 == 3:
