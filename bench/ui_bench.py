@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -193,12 +194,141 @@ def measure(http: httpx.Client, calls: list[tuple[str, dict[str, Any]]], samples
     return latency_summary_ms(totals), [latency_summary_ms(c) for c in per_call], statuses
 
 
+# Counts what the page's WebSockets deliver (events inside batches too), without touching the
+# dashboard's code: the page's own `WebSocket` is wrapped before any of its modules run.
+COUNT_EVENTS_JS = """
+(() => {
+  const Real = window.WebSocket;
+  window.__events = 0;
+  window.WebSocket = class extends Real {
+    constructor(...args) {
+      super(...args);
+      // The server writes a batch as {"event":"batch","count":N,...}: read N, don't parse.
+      this.addEventListener("message", (m) => {
+        const batch = /^\{"event":"batch","count":(\d+)/.exec(m.data);
+        window.__events += batch ? Number(batch[1]) : 1;
+      });
+    }
+  };
+})();
+"""
+# Frame gaps and long tasks (> 50 ms of main-thread work) while the events pour in.
+WATCH_FRAMES_JS = """
+(seconds) => new Promise((resolve) => {
+  const longTasks = [];
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) longTasks.push(e.duration);
+  }).observe({ entryTypes: ["longtask"] });
+  const gaps = [];
+  const start = performance.now();
+  const events0 = window.__events;
+  let last = start;
+  const frame = (now) => {
+    gaps.push(now - last);
+    last = now;
+    if (now - start < seconds * 1000) requestAnimationFrame(frame);
+    else resolve({ gaps, longTasks, events: window.__events - events0,
+                   elapsed: (now - start) / 1000 });
+  };
+  requestAnimationFrame(frame);
+})
+"""
+
+
+def produce(url: str, token: str, rate: float, seconds: float, stop: threading.Event) -> dict:
+    """Creates tasks in batches of 500 at `rate` tasks/s (one task.created event each)."""
+    batch = 500
+    sent = 0
+    t0 = time.perf_counter()
+    bodies = [{"name": "live.load", "queue": "live", "payload": {"i": i}} for i in range(batch)]
+    with httpx.Client(base_url=url, timeout=60,
+                      headers={"Authorization": f"Bearer {token}"}) as http:  # fmt: skip
+        while not stop.is_set() and time.perf_counter() - t0 < seconds:
+            due = t0 + sent / rate
+            if (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)  # pacing the producer: nothing to await
+            reply = http.post("/api/v1/tasks/batch", json={"tasks": bodies})
+            reply.raise_for_status()
+            sent += batch
+    elapsed = time.perf_counter() - t0
+    return {"created": sent, "seconds": round(elapsed, 2), "rate": round(sent / elapsed, 1)}
+
+
+def live_load(url: str, token: str, rate: float, seconds: float) -> dict[str, Any] | None:
+    """The tasks and overview pages in Chromium while `rate` task events/s arrive."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("  (skipping the browser part: playwright is not installed)")
+        return None
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("  (skipping the browser part: chromium is not installed)")
+        return None
+    args = [
+        "--no-sandbox",
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    out: dict[str, Any] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=args)
+        try:
+            for page_path in ("/ui/tasks", "/ui/"):
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = context.new_page()
+                page.add_init_script(COUNT_EVENTS_JS)
+                page.goto(f"{url}/ui/login")
+                page.evaluate(
+                    "t => sessionStorage.setItem('dtq.session', JSON.stringify("
+                    "{token: t, username: 'admin', role: 'admin', expires_at: Date.now() + 3.6e6}))",
+                    token,
+                )
+                page.goto(url + page_path)
+                page.wait_for_selector("#live-state:has-text('live')", timeout=30_000)
+                stop = threading.Event()
+                made: dict[str, Any] = {}
+                producer = threading.Thread(
+                    target=lambda made=made, stop=stop: made.update(
+                        produce(url, token, rate, seconds + 1, stop)
+                    )
+                )
+                producer.start()
+                try:
+                    seen = page.evaluate(WATCH_FRAMES_JS, seconds)
+                finally:
+                    stop.set()
+                    producer.join(timeout=60)
+                gaps = sorted(seen["gaps"])
+                out[page_path] = {
+                    "producer": made,
+                    "events_received": seen["events"],
+                    "events_per_s": round(seen["events"] / seen["elapsed"], 1),
+                    "frames": len(gaps),
+                    "frame_gap_p50_ms": round(gaps[len(gaps) // 2], 1),
+                    "frame_gap_p99_ms": round(gaps[int(len(gaps) * 0.99)], 1),
+                    "frame_gap_max_ms": round(gaps[-1], 1),
+                    "long_tasks": len(seen["longTasks"]),
+                    "long_task_max_ms": round(max(seen["longTasks"], default=0), 1),
+                }
+                context.close()
+        finally:
+            browser.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tasks", type=int)
     parser.add_argument("--samples", type=int)
     parser.add_argument("--rebuild-store", action="store_true")
+    parser.add_argument("--no-browser", action="store_true", help="skip the live-load part")
+    parser.add_argument("--event-rate", type=float, default=5000.0, help="task events/s")
     args = parser.parse_args()
     tasks = args.tasks or (100_000 if args.quick else 1_000_000)
     samples = args.samples or (5 if args.quick else 20)
@@ -210,6 +340,7 @@ def main() -> int:
     proc, url, startup_s = start_server(data)
     rows = []
     results: dict[str, Any] = {}
+    token = ""
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             login = http.post(
@@ -226,6 +357,9 @@ def main() -> int:
                 rows.append([page, len(calls), f"{total['p50_ms']:.1f}", f"{total['p90_ms']:.1f}",
                              ",".join(map(str, sorted(statuses))),
                              verdict(ok) if statuses <= {200} else "n/a (endpoint missing)"])  # fmt: skip
+            token = http.headers["Authorization"].split()[1]
+        if not args.no_browser:
+            results["live_load"] = live_load(url, token, args.event_rate, 5 if args.quick else 10)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -238,6 +372,12 @@ def main() -> int:
           f"server ready in {startup_s:.1f} s; {samples} samples per page\n")  # fmt: skip
     print(format_table(["page", "calls", "p50 ms", "p90 ms", "HTTP", f"< {TARGET_PAGE_MS:.0f} ms"],
                        rows))  # fmt: skip
+    for page_path, seen in (results.get("live_load") or {}).items():
+        print(f"\n{page_path} in Chromium at {seen['producer'].get('rate', 0):,.0f} created/s: "
+              f"{seen['events_per_s']:,.0f} events/s received, frame gap p50 "
+              f"{seen['frame_gap_p50_ms']} ms, p99 {seen['frame_gap_p99_ms']} ms, max "
+              f"{seen['frame_gap_max_ms']} ms, {seen['long_tasks']} long tasks "
+              f"(max {seen['long_task_max_ms']} ms)")  # fmt: skip
     path = write_json("ui-quick.json" if args.quick else "ui.json", {
         "machine": machine_facts(), "tasks": tasks, "store": built, "samples": samples,
         "startup_s": round(startup_s, 2), "target_page_ms": TARGET_PAGE_MS, "pages": results,

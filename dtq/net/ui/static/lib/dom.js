@@ -75,9 +75,11 @@ export function relative(iso, now = Date.now()) {
   return "just now";
 }
 
+const EXACT = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
 export function exact(iso) {
   const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? "" : `${d.toLocaleString()} (${d.toISOString()})`;
+  return Number.isNaN(d.getTime()) ? "" : `${EXACT.format(d)} (${d.toISOString()})`;
 }
 
 /** <time> showing "3 min ago", the exact time on hover; kept fresh by startClock(). */

@@ -132,7 +132,7 @@ function apply(events) {
     latest.set(e.task.id, e);
   }
   let countMayDrift = false;
-  const top = [];
+  const top = []; // tasks that go to the top of the list, oldest first
   for (const e of latest.values()) {
     const t = e.task;
     const tr = rows.get(t.id);
@@ -143,35 +143,35 @@ function apply(events) {
         tr.remove();
         rows.delete(t.id);
         total = Math.max(0, total - 1);
+      } else if (liveTop() && state.sort === "updated_at") {
+        tr.remove();
+        rows.delete(t.id);
+        top.push(t);
       } else {
         const fresh = taskRow(t);
         rows.set(t.id, fresh);
-        if (liveTop() && state.sort === "updated_at") {
-          tr.remove();
-          top.push(fresh);
-        } else {
-          tr.replaceWith(fresh);
-        }
+        tr.replaceWith(fresh);
       }
       continue;
     }
     if (e.event === "task.created") {
       if (!fits) continue;
       total += 1;
-      if (liveTop()) top.push(taskRow(t));
+      if (liveTop()) top.push(t);
       else unseen += 1;
     } else if (state.status || state.worker_id) {
       countMayDrift = true; // a task not shown may have entered or left the filter
     } else if (deleted && matches(t, state)) {
       total = Math.max(0, total - 1);
     } else if (fits && liveTop() && state.sort === "updated_at") {
-      top.push(taskRow(t));
+      top.push(t);
     }
   }
   if (top.length) {
-    top.reverse(); // newest first
-    for (const tr of top) rows.set(tr.dataset.id, tr);
-    body.prepend(...top);
+    // Only the newest `limit` can be on the page: under load, most never get a row at all.
+    const fresh = top.slice(-state.limit).reverse().map(taskRow);
+    for (const tr of fresh) rows.set(tr.dataset.id, tr);
+    body.prepend(...fresh);
     while (rows.size > state.limit) {
       const last = body.lastElementChild;
       rows.delete(last.dataset.id);
