@@ -196,7 +196,7 @@ def measure(http: httpx.Client, calls: list[tuple[str, dict[str, Any]]], samples
 
 # Counts what the page's WebSockets deliver (events inside batches too), without touching the
 # dashboard's code: the page's own `WebSocket` is wrapped before any of its modules run.
-COUNT_EVENTS_JS = """
+COUNT_EVENTS_JS = r"""
 (() => {
   const Real = window.WebSocket;
   window.__events = 0;
