@@ -314,3 +314,49 @@ def test_screenshots_for_the_readme(page: Page, ui_server: UiServer, tmp_path: P
     page.raw.screenshot(path=str(target / "task.png"), full_page=True)
     for name in ("overview.png", "tasks.png", "task.png"):
         assert (target / name).stat().st_size > 10_000
+
+
+def test_failed_work_is_grouped_and_retried_in_bulk(page: Page, ui_server: UiServer) -> None:
+    api = ui_server.api
+    queue = unique("redrive")
+    for name, kind in (("import", "ValueError"), ("import", "ValueError"), ("mail", "SMTPError")):
+        task = api.create(name=name, queue=queue, retry_count=0)
+        (leased,) = api.lease(queue)
+        api.as_worker("POST", f"/tasks/{task['id']}/fail",
+                      {"lease_id": leased["lease"]["id"],
+                       "error": {"message": f"{kind} happened", "type": kind}})  # fmt: skip
+    page.goto(f"/ui/failed?queue={queue}")
+    rows = page.raw.locator("#groups-body tr")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("import")
+    expect(rows.first).to_contain_text("ValueError")
+    expect(rows.first.locator("td.num")).to_have_text("2")
+    page.raw.click('#bulk-actions [data-action="retry"]')
+    confirm(page)
+    expect(page.raw.locator("#toasts")).to_contain_text("3 of 3 matching tasks retried")
+    listed = api.call("GET", f"/tasks?queue={queue}&status=pending")
+    assert listed["pagination"]["total"] == 3  # checked through the API
+    expect(page.raw.locator("#failed-summary")).to_have_text(f"No failed tasks in queue “{queue}”")
+
+
+def test_schedules_pause_run_now_and_delete(page: Page, ui_server: UiServer) -> None:
+    api = ui_server.api
+    name = unique("nightly")
+    queue = unique("scheduled")
+    api.call("POST", "/schedules", {"name": name, "cron": "0 3 * * *",
+                                    "task": {"name": "report", "queue": queue}},
+             status=201)  # fmt: skip
+    page.goto("/ui/schedules")
+    row = page.raw.locator(f'#schedules-body tr[data-schedule="{name}"]')
+    expect(row).to_contain_text("0 3 * * *")
+    expect(row.locator("time").first).to_have_attribute("title", re.compile(r"\d"))
+    row.locator('[data-action="pause"]').click()
+    expect(row.locator(".badge")).to_have_text("paused")
+    assert api.call("GET", f"/schedules/{name}")["data"]["paused"] is True
+    row.locator('[data-action="trigger"]').click()
+    expect(row.locator("a")).to_have_text("task")  # the last run's task, linked
+    assert api.call("GET", f"/tasks?queue={queue}")["pagination"]["total"] == 1
+    row.locator('[data-action="delete"]').click()
+    confirm(page)
+    expect(row).to_have_count(0)
+    api.call("GET", f"/schedules/{name}", status=404)

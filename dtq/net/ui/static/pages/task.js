@@ -112,7 +112,12 @@ function eventItem(e) {
   if (e.attempt !== undefined && e.attempt !== null) detail.push(h("span", { text: `attempt ${e.attempt}` }));
   const extra = [];
   if (e.error) extra.push(h("p", { class: "event-error", text: `${e.error.type ? `${e.error.type}: ` : ""}${e.error.message || ""}` }));
-  if (e.details && Object.keys(e.details).length) extra.push(h("pre", { class: "json small", text: JSON.stringify(e.details, null, 2) }));
+  if (e.details && Object.keys(e.details).length) {
+    const text = Object.entries(e.details)
+      .map(([k, v]) => `${k}: ${typeof v === "object" && v !== null ? JSON.stringify(v) : v}`)
+      .join(", ");
+    extra.push(h("p", { class: "event-details muted small", text }));
+  }
   return h(
     "li",
     { class: `event event-${String(e.event).replace(/[^a-z_]/g, "")}` },
