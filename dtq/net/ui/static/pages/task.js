@@ -141,15 +141,28 @@ async function loadEvents() {
   }
 }
 
+// A reason's figures: times (ISO strings, or epoch seconds under a time-like key) shown
+// relative with the exact time on hover, the rest as text.
+const TIME_KEY = /(_at|until)$/;
+function reasonFigure(key, value) {
+  const label = key.replace(/_/g, " ");
+  let iso = null;
+  if (typeof value === "string" && TIME_KEY.test(key) && !Number.isNaN(Date.parse(value))) iso = value;
+  if (typeof value === "number" && TIME_KEY.test(key)) iso = new Date(value * 1000).toISOString();
+  if (iso) return h("span", { class: "figure-part" }, `${label} `, timeEl(iso));
+  const text = typeof value === "object" && value !== null ? JSON.stringify(value) : String(value);
+  return h("span", { class: "figure-part", text: `${label}: ${text}` });
+}
+
 function reasonItem(r) {
-  const extra = Object.entries(r)
-    .filter(([k]) => k !== "code" && k !== "message")
-    .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
+  const figures = Object.entries(r)
+    .filter(([k, v]) => k !== "code" && k !== "message" && v !== null && v !== undefined)
+    .map(([k, v]) => reasonFigure(k, v));
   return h(
     "li",
     { dataset: { code: r.code } },
     h("strong", { text: r.message || r.code }),
-    extra.length ? h("span", { class: "muted small", text: ` (${extra.join(", ")})` }) : null,
+    figures.length ? h("span", { class: "muted small reason-figures" }, ...figures) : null,
   );
 }
 
