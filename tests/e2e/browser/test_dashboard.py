@@ -360,3 +360,34 @@ def test_schedules_pause_run_now_and_delete(page: Page, ui_server: UiServer) -> 
     confirm(page)
     expect(row).to_have_count(0)
     api.call("GET", f"/schedules/{name}", status=404)
+
+
+def test_keyboard_only(page: Page, ui_server: UiServer) -> None:
+    task = ui_server.api.create(name=unique("keyboard"), queue=unique("keys"))
+    page.goto(f"/ui/tasks?queue={task['queue']}")
+    expect(page.raw.locator("#tasks-body tr")).to_have_count(1)
+    page.raw.keyboard.press("Tab")
+    assert page.raw.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.raw.keyboard.press("Enter")
+    assert page.raw.evaluate("document.activeElement.id") == "main"
+    # Tab order reaches the task's link; Enter opens it.
+    for _ in range(40):
+        page.raw.keyboard.press("Tab")
+        if page.raw.evaluate("document.activeElement.classList.contains('task-name')"):
+            break
+    else:
+        raise AssertionError("Tab never reached the task link")
+    page.raw.keyboard.press("Enter")
+    page.raw.wait_for_url(f"{page.url}/ui/tasks/{task['id']}")
+    # Times are relative, with the exact time on hover.
+    created = page.raw.locator("#task-fields time").first
+    expect(created).to_have_text(re.compile(r"just now|\d+ s ago"))
+    expect(created).to_have_attribute("title", re.compile(task["created_at"][:16]))
+    # The confirmation takes the keyboard: Escape cancels, focus starts inside the dialog.
+    page.raw.locator('#task-actions [data-action="cancel"]').focus()
+    page.raw.keyboard.press("Enter")
+    expect(page.raw.locator("dialog[open]")).to_have_count(1)
+    assert page.raw.evaluate("document.activeElement.closest('dialog') !== null")
+    page.raw.keyboard.press("Escape")
+    expect(page.raw.locator("dialog[open]")).to_have_count(0)
+    assert ui_server.api.task(task["id"])["status"] == "pending"
