@@ -391,3 +391,23 @@ def test_keyboard_only(page: Page, ui_server: UiServer) -> None:
     page.raw.keyboard.press("Escape")
     expect(page.raw.locator("dialog[open]")).to_have_count(0)
     assert ui_server.api.task(task["id"])["status"] == "pending"
+
+
+def test_workers_show_load_heartbeat_and_running_tasks_live(
+    page: Page, ui_server: UiServer
+) -> None:
+    api = ui_server.api
+    worker = unique("w")
+    queue = unique("busy")
+    beat = {"worker_id": worker, "status": "active", "current_load": 1, "max_capacity": 4}
+    api.as_worker("POST", "/workers/heartbeat", beat)
+    task = api.create(name=unique("crunch"), queue=queue)
+    page.goto("/ui/workers")
+    row = page.raw.locator(f'#workers-body tr[data-worker="{worker}"]')
+    expect(row).to_contain_text("1 / 4")
+    expect(row.locator(".badge")).to_have_text("active")
+    expect(row.locator("time")).to_have_attribute("title", re.compile(r"\d"))
+    assert [t["id"] for t in api.lease(queue, worker_id=worker)] == [task["id"]]
+    expect(row).to_contain_text(task["name"], timeout=LIVE_S * 1000)  # live: no reload
+    api.as_worker("POST", "/workers/heartbeat", {**beat, "current_load": 3})
+    expect(row).to_contain_text("3 / 4", timeout=LIVE_S * 1000)

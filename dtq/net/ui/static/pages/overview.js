@@ -46,7 +46,7 @@ async function loadCharts() {
     drawChart($("chart-throughput"), rows.map((r) => ({ label: label(r), value: r.completed + r.failed })), {
       kind: "bar",
       label: "Tasks finished per day",
-      format: (v) => count(Math.round(v)),
+      format: (v) => Number(v.toFixed(1)).toLocaleString(),
     });
     drawChart(
       $("chart-errors"),
