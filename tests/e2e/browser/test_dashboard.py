@@ -112,7 +112,7 @@ def test_filters_pagination_and_search(page: Page, ui_server: UiServer) -> None:
     queue = unique("paged")
     tasks = api.call("POST", "/tasks/batch", {"tasks": [
         {"name": "paged job", "queue": queue, "priority": "high" if i % 3 == 0 else "low",
-         "payload": {"i": i}}
+         "payload": {"i": i}, "tags": ["even"] if i % 2 == 0 else []}
         for i in range(30)
     ]}, status=201)["data"]  # fmt: skip
     page.goto("/ui/tasks")
@@ -138,6 +138,16 @@ def test_filters_pagination_and_search(page: Page, ui_server: UiServer) -> None:
     page.raw.reload()
     expect(page.raw.locator("#tasks-summary")).to_have_text(f"Showing 1{DASH}10 of 10 tasks")
     expect(page.raw.locator("#f-priority")).to_have_value("high")
+    # tag and time filters (issue 12's list filters)
+    page.raw.select_option("#f-priority", "")
+    page.raw.fill("#f-tag", "even")
+    page.raw.click("#filters button[type=submit]")
+    expect(page.raw.locator("#tasks-summary")).to_have_text(f"Showing 1{DASH}15 of 15 tasks")
+    page.raw.fill("#f-before", "2000-01-01T00:00")
+    page.raw.click("#filters button[type=submit]")
+    expect(page.raw.locator("#tasks-summary")).to_have_text("No tasks match")
+    page.raw.click("#f-clear")
+    expect(page.raw.locator("#f-queue")).to_have_value("")
     # a task id typed in the search box opens that task
     page.raw.fill("#search", tasks[7]["id"])
     page.raw.press("#search", "Enter")
