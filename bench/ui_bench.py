@@ -16,6 +16,7 @@ bench/results/ui.json (ui-quick.json).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -95,17 +96,26 @@ async def build(path: Path, tasks: int) -> dict[str, Any]:
         return {"tasks": tasks, "finished": finished, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def fingerprint() -> str:
+    """Changes with the storage code or models: a store built by other code is built again."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_DIR / "dtq" / "storage").rglob("*.py")):
+        digest.update(path.read_bytes())
+    digest.update((REPO_DIR / "dtq" / "models.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ensure_store(path: Path, tasks: int, rebuild: bool) -> dict[str, Any]:
     marker = path / "ui-bench-store.json"
     if not rebuild and marker.exists():
         info: dict[str, Any] = json.loads(marker.read_text())
-        if info.get("tasks") == tasks:
+        if info.get("tasks") == tasks and info.get("fingerprint") == fingerprint():
             return {**info, "reused": True}
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
     print(f"  building a {tasks:,}-task store in {path} ...", flush=True)
-    info = trio.run(build, path, tasks)
+    info = {**trio.run(build, path, tasks), "fingerprint": fingerprint()}
     marker.write_text(json.dumps(info))
     return {**info, "reused": False}
 
