@@ -109,7 +109,7 @@ async function load() {
 let timer = null;
 await load();
 // Depths change with every task event: reload at most every 2 s while tasks move.
-live("/ws/tasks", { events: "task.created,task.leased,task.completed,task.failed,task.cancelled,task.deleted,task.retried" }, () => {
+live("/ws/tasks", { events: "task.created,task.leased,task.completed,task.failed,task.cancelled,task.deleted,task.retried,queue.paused,queue.resumed,queue.updated" }, () => {
   if (timer) return;
   timer = setTimeout(() => {
     timer = null;
