@@ -66,6 +66,7 @@ class TaskOut(Struct):
             "error type `lease_expired`."
         ),
     ] = 0
+    concurrency_key: str | None = None
 
 
 class WorkerOut(Struct):

@@ -102,6 +102,7 @@ class Task(Struct, array_like=True, kw_only=True):
     ready_at: float | None = None  # when it last became ready to run: the FIFO order key
     deliveries: int = 0  # leases granted, whatever became of them
     lost_leases: int = 0  # leases that ran out without a result: no retry used (max_deliveries)
+    concurrency_key: str | None = None  # e.g. a customer id: the queue's per-key limit applies
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name!r} {self.status} attempts={self.attempts}>"
@@ -146,6 +147,16 @@ WorkerId = Annotated[
 ]
 Tag = Annotated[str, Meta(min_length=1, max_length=64, pattern=_NO_NUL)]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=_NO_NUL)]
+ConcurrencyKey = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=_NO_NUL,
+        description="Tasks sharing a key (e.g. a customer id) count against the queue's "
+        "concurrency_limit_per_key together.",
+    ),
+]
 
 PAYLOAD_RULES = (
     "A JSON object, stored and handed to the worker as sent. Integers in it must fit in 64 bits "
@@ -200,6 +211,7 @@ class TaskCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     tags: Annotated[list[Tag], Meta(max_length=20)] = msgspec.field(default_factory=list)
     retry_backoff_s: Annotated[float, Meta(gt=0, le=86400)] | None = None
     retry_backoff_max_s: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
+    concurrency_key: ConcurrencyKey | None = None
 
     def __post_init__(self) -> None:
         _check_run_at(self.run_at)
@@ -315,6 +327,27 @@ class ListTasksQuery(Struct, forbid_unknown_fields=True, kw_only=True):
     worker_id: WorkerId | None = None
     queue: Annotated[QueueName, Meta(description="Only tasks of this queue")] | None = None
     name: Annotated[Name, Meta(description="Only tasks of this name")] | None = None
+    tag: Annotated[Tag, Meta(description="Only tasks carrying this tag")] | None = None
+    created_after: (
+        Annotated[
+            datetime,
+            Meta(
+                description="Only tasks created at or after this time",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
+    created_before: (
+        Annotated[
+            datetime,
+            Meta(
+                description="Only tasks created before this time",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
     sort: Annotated[str, Meta(pattern="^(created_at|updated_at|duration)$")] = "created_at"
     order: Annotated[str, Meta(pattern="^(asc|desc)$")] = "desc"
 
@@ -423,3 +456,195 @@ class Delivery(Struct, array_like=True, kw_only=True):
     @property
     def ref(self) -> DeliveryRef:
         return DeliveryRef(self.webhook_id, int(self.created_at * 1_000_000), self.id)
+
+
+# -- queues (DESIGN.md "Operating") ----------------------------------------------------------
+
+
+class QueueConfig(Struct, array_like=True, kw_only=True):
+    """A queue's stored settings. A queue without a record has no limits and is not paused."""
+
+    name: str
+    paused: bool = False
+    concurrency_limit: int | None = None  # running tasks of the queue, across all workers
+    concurrency_limit_per_key: int | None = None  # running tasks per concurrency_key
+    rate_limit_per_second: float | None = None  # leases started per second (token bucket)
+    updated_at: float = 0.0
+
+    @property
+    def is_default(self) -> bool:
+        """Nothing set: the queue behaves as if it had no record."""
+        return (
+            not self.paused
+            and self.concurrency_limit is None
+            and self.concurrency_limit_per_key is None
+            and self.rate_limit_per_second is None
+        )
+
+
+PositiveLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
+PositiveRate = Annotated[float, Meta(gt=0, le=1_000_000)]
+
+
+class QueueUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """PUT /queues/{name}: fields left out stay as they are; `null` removes a limit."""
+
+    paused: bool | msgspec.UnsetType = msgspec.UNSET
+    concurrency_limit: PositiveLimit | msgspec.UnsetType | None = msgspec.UNSET
+    concurrency_limit_per_key: PositiveLimit | msgspec.UnsetType | None = msgspec.UNSET
+    rate_limit_per_second: PositiveRate | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class ListQueuesQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    skip: Skip = 0
+    limit: Annotated[int, Meta(ge=1, le=100)] = 50
+
+
+# -- history, redrive, schedules (issue 12) ---------------------------------------------------
+
+
+class TaskEventKind(enum.StrEnum):
+    """What happened to a task: one stored `TaskEvent` per transition."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    LEASED = "leased"
+    EXTENDED = "extended"
+    RELEASED = "released"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRY_SCHEDULED = "retry_scheduled"
+    LEASE_EXPIRED = "lease_expired"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    RETRIED = "retried"  # redrive: a failed or cancelled task sent back to pending
+
+
+SYSTEM_ACTOR = "system"
+
+
+class TaskEvent(Struct, array_like=True, kw_only=True, omit_defaults=True):
+    """One transition of a task, written in the transaction that made it."""
+
+    at: float
+    event: TaskEventKind
+    attempt: int
+    worker_id: str | None = None
+    actor: str | None = None  # `Principal.identity` (key:<id>, user:<name>) or "system"
+    lease_id: str | None = None  # a holder's secret: the API shows it to admins only
+    error: TaskError | None = None
+    details: dict[str, Any] | None = None
+
+
+class CatchUp(enum.StrEnum):
+    NONE = "none"  # ticks missed while the server was down are skipped
+    ONE = "one"  # after downtime, the latest missed tick fires once
+
+
+class Schedule(Struct, array_like=True, kw_only=True):
+    """A cron schedule. `task` is the create body (as JSON-able builtins) each tick submits."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: dict[str, Any]
+    created_at: float
+    updated_at: float
+    paused: bool = False
+    catch_up: CatchUp = CatchUp.NONE
+    next_run_at: float | None = None  # None while paused
+    last_run_at: float | None = None
+    last_task_id: str | None = None
+    created_by: str | None = None
+
+
+ScheduleName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
+CronExpr = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        description="5 fields: minute hour day-of-month month day-of-week (e.g. `*/5 * * * *`)",
+    ),
+]
+TimeZone = Annotated[
+    str, Meta(min_length=1, max_length=64, description="IANA time zone, e.g. `Europe/Berlin`")
+]
+
+
+class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    name: ScheduleName
+    cron: CronExpr
+    timezone: TimeZone = "UTC"
+    task: TaskCreate
+    paused: bool = False
+    catch_up: CatchUp = CatchUp.NONE
+
+
+class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """PUT /schedules/{name}: the fields given replace the stored ones."""
+
+    cron: CronExpr | None = None
+    timezone: TimeZone | None = None
+    task: TaskCreate | None = None
+    paused: bool | None = None
+    catch_up: CatchUp | None = None
+
+
+class ListSchedulesQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    skip: Skip = 0
+    limit: Annotated[int, Meta(ge=1, le=100)] = 50
+
+
+class QueueInfo(Struct, kw_only=True):
+    """A queue as GET /api/v1/queues/{name} shows it."""
+
+    name: str
+    paused: bool
+    pending: int  # ready to run now
+    scheduled: int  # pending with run_at or a retry backoff in the future
+    running: int
+    failed: int
+    concurrency_limit: int | None
+    concurrency_limit_per_key: int | None
+    rate_limit_per_second: float | None
+    oldest_pending_age_s: float | None
+    workers_polling: int
+
+
+FilterTime = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
+
+
+class TaskFilter(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Bulk purge (and, as `RetryFilter`, redrive): finished tasks of one status, narrowed."""
+
+    # Any status decodes (so the refusal can say why); the document lists the ones accepted.
+    status: Annotated[
+        TaskStatus, Meta(extra_json_schema={"enum": ["completed", "failed", "cancelled"]})
+    ]
+    queue: QueueName | None = None
+    name: Name | None = None
+    tag: Tag | None = None
+    finished_after: FilterTime | None = None  # completed_at >= this
+    finished_before: FilterTime | None = None  # completed_at < this
+    limit: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+
+
+class RetryFilter(TaskFilter, forbid_unknown_fields=True, kw_only=True):
+    status: Annotated[TaskStatus, Meta(extra_json_schema={"enum": ["failed", "cancelled"]})]
+
+
+class BulkResult(Struct):
+    matched: int
+    affected: int
+
+
+def epoch(value: datetime | None) -> float | None:
+    """A timestamp from the API (naive means UTC) as epoch seconds."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class EmptyBody(Struct, forbid_unknown_fields=True):
+    """A POST that takes no fields: no body, or `{}` (anything else is a 400)."""

@@ -13,10 +13,11 @@ from functools import partial
 import structlog
 import trio
 
-from dtq.clock import Clock, TrioClock
+from dtq.clock import Clock, ScaledClock, TrioClock
 from dtq.core.accounts import Accounts
 from dtq.core.ratelimit import RateLimiter
 from dtq.core.reaper import run_reaper
+from dtq.core.retention import run_retention
 from dtq.core.service import TaskQueue
 from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
@@ -83,6 +84,14 @@ async def open_store(settings: Settings, clock: Clock | None = None) -> AsyncIte
         store.close()
 
 
+def server_clock(settings: Settings) -> Clock:
+    """The real clock; a test clock only in a test environment (`test` or `test-*`)."""
+    testing = settings.env == "test" or settings.env.startswith("test-")
+    if testing and (settings.test_clock_speed != 1.0 or settings.test_clock_start_s):
+        return ScaledClock(settings.test_clock_speed, settings.test_clock_start_s)
+    return TrioClock()
+
+
 @asynccontextmanager
 async def open_queue(
     settings: Settings,
@@ -96,7 +105,7 @@ async def open_queue(
     `await on_open(queue)` runs before the store takes its first write (e.g. to install a
     store hook that must see every change).
     """
-    clock = clock or TrioClock()
+    clock = clock or server_clock(settings)
     store = make_store(settings, clock)
     try:
         queue = TaskQueue(store, clock, settings)
@@ -107,6 +116,7 @@ async def open_queue(
             await nursery.start(store.run)
             await queue.grant_restart_grace()
             await nursery.start(run_reaper, queue)
+            nursery.start_soon(run_retention, queue)
             try:
                 yield queue
             finally:
@@ -154,6 +164,7 @@ async def open_services(
         bus = EventBus(settings.ws_buffer_events)
         queue.task_listeners.append(bus.on_task)
         queue.worker_listeners.append(bus.on_worker)
+        queue.queue_listeners.append(bus.on_queue)
         metrics = Metrics(queue)
         queue.task_listeners.append(metrics.on_task)
         queue.store.commit_hooks.append(metrics.on_commit)

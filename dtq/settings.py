@@ -75,6 +75,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_backoff_max_s: float = 300.0
     webhook_retention_s: float = 7 * 86400.0  # finished deliveries are kept this long
     webhook_allow_private_networks: bool = False  # true: loopback/private targets (local setups)
+    # Finished tasks are pruned this long after they finished (0 keeps them for ever).
+    retention_completed_s: float = 7 * 86400.0
+    retention_failed_s: float = 30 * 86400.0  # failed and cancelled ones
+    retention_interval_s: float = 60.0  # how often the pruner looks for expired tasks
+    # Test only, honoured only with env "test": the server's clock runs this many times as fast,
+    # from test_clock_start_s (epoch seconds; default now). See dtq.clock.ScaledClock.
+    test_clock_speed: float = 1.0
+    test_clock_start_s: float | None = None
 
     @property
     def data_path(self) -> Path:

@@ -10,7 +10,7 @@ import httpx
 import msgspec
 
 from dtq import __version__
-from dtq.cli import accounts, server, tasks
+from dtq.cli import accounts, queues, schedules, server, tasks
 from dtq.cli.common import HelpFormatter, UsageError
 from dtq.errors import DtqError, Unauthorized
 
@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server.register(sub)
     tasks.register(sub)
+    schedules.register(sub)
     accounts.register(sub)
+    queues.register(sub)
     return parser
 
 

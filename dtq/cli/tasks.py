@@ -11,6 +11,7 @@ from typing import Any
 from dtq.cli.common import UsageError, add_json_flag, add_parser, add_remote_flags
 from dtq.cli.config import resolve_remote
 from dtq.cli.output import print_record, print_rows, progress, wants_json
+from dtq.cli.queues import print_explanation
 from dtq.client import Client
 from dtq.errors import DtqError
 from dtq.settings import load_settings
@@ -88,6 +89,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             print_record(client.get(args.task_id), args.json)
         elif args.action == "cancel":
             print_record(client.cancel(args.task_id), args.json)
+        elif args.action == "explain":
+            print_explanation(client.explain_task(args.task_id), args.json)
         else:
             client.delete(args.task_id)
             print(f"deleted {args.task_id}")
@@ -101,7 +104,8 @@ def _list_tasks(client: Client, args: argparse.Namespace) -> int:
         raise UsageError("--skip", "must be 0 or more")
     filters = {"status": args.status, "priority": args.priority, "worker_id": args.worker_id,
                "queue": args.queue, "name": args.name, "sort": args.sort,
-               "order": args.order}  # fmt: skip
+               "order": args.order, "tag": args.tag, "created_after": args.created_after,
+               "created_before": args.created_before}  # fmt: skip
     rows = []
     pages = client.list(
         page_size=min(args.limit, 100), skip=args.skip, **{k: v for k, v in filters.items() if v}
@@ -117,6 +121,82 @@ def _list_tasks(client: Client, args: argparse.Namespace) -> int:
                      "queue": t.queue, "attempts": t.attempts, "created_at": t.created_at}
                     for t in rows], False)  # fmt: skip
     return 0
+
+
+def cmd_task_events(args: argparse.Namespace) -> int:
+    with client_for(args) as client:
+        events = client.task_events(args.task_id)
+    if wants_json(args.json):
+        print_rows(events, True)
+    else:
+        print_rows([{"at": e["at"], "event": e["event"], "attempt": e["attempt"],
+                     "worker_id": e.get("worker_id"), "actor": e.get("actor"),
+                     "error": (e.get("error") or {}).get("message")}
+                    for e in events], False)  # fmt: skip
+    return 0
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in {
+        "queue": args.queue, "name": args.name, "tag": args.tag,
+        "finished_after": args.finished_after, "finished_before": args.finished_before,
+        "limit": args.limit}.items() if v is not None}  # fmt: skip
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with client_for(args) as client:
+        if args.task_id:
+            if args.status:
+                raise UsageError("--status", "give a task id or --status, not both")
+            print_record(client.retry_task(args.task_id), args.json)
+            return 0
+        if not args.status:
+            raise UsageError("--status", "give a task id, or --status failed|cancelled")
+        result = client.retry_tasks(args.status, **_filters(args))
+    _print_bulk(result, "retried", args.json)
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    with client_for(args) as client:
+        result = client.purge_tasks(args.status, **_filters(args))
+    _print_bulk(result, "purged", args.json)
+    return 0
+
+
+def _print_bulk(result: dict[str, Any], verb: str, as_json: bool) -> None:
+    if wants_json(as_json):
+        print_rows(result, True)
+    else:
+        print(f"{verb} {result['affected']} of {result['matched']} matching tasks")
+
+
+def register_operating(tasks: Any) -> None:
+    """`dtq tasks events|retry|purge`."""
+    p = add_parser(tasks, "events", "show everything that happened to a task, oldest first")
+    p.add_argument("task_id", help="the task's id")
+    add_remote_flags(p)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_task_events)
+    for action, what, statuses in (
+        ("retry", "send a failed/cancelled task (or every matching one) back to pending",
+         ["failed", "cancelled"]),
+        ("purge", "delete every finished task that matches", ["completed", "failed", "cancelled"]),
+    ):  # fmt: skip
+        p = add_parser(tasks, action, what)
+        if action == "retry":
+            p.add_argument("task_id", nargs="?", help="one task's id (or use --status)")
+        p.add_argument("--status", choices=statuses, required=action == "purge",
+                       help="the tasks' state")  # fmt: skip
+        p.add_argument("--queue", help="only tasks of this queue")
+        p.add_argument("--name", help="only tasks of this name")
+        p.add_argument("--tag", help="only tasks with this tag")
+        p.add_argument("--finished-after", help="finished at or after (RFC 3339)")
+        p.add_argument("--finished-before", help="finished before (RFC 3339)")
+        p.add_argument("--limit", type=int, help="at most this many")
+        add_remote_flags(p)
+        add_json_flag(p)
+        p.set_defaults(func=cmd_retry if action == "retry" else cmd_purge)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -209,15 +289,18 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_submit)
 
-    tasks = add_parser(sub, "tasks", "list, get, cancel, delete tasks").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    tasks = add_parser(
+        sub, "tasks", "list, get, cancel, delete, retry, purge tasks; events"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
     p = add_parser(tasks, "list", "list tasks, newest first")
     p.add_argument("--status", choices=STATUSES, help="only tasks in this state")
     p.add_argument("--priority", choices=PRIORITIES, help="only tasks of this priority")
     p.add_argument("--queue", help="only tasks of this queue")
     p.add_argument("--name", help="only tasks of this name")
     p.add_argument("--worker-id", help="only tasks run by this worker")
+    p.add_argument("--tag", help="only tasks with this tag")
+    p.add_argument("--created-after", help="only tasks created at or after (RFC 3339)")
+    p.add_argument("--created-before", help="only tasks created before (RFC 3339)")
     p.add_argument("--sort", choices=["created_at", "updated_at", "duration"], default="created_at",
                    help="sort by")  # fmt: skip
     p.add_argument("--order", choices=["asc", "desc"], default="desc", help="sort order")
@@ -230,12 +313,15 @@ def register(sub: Any) -> None:
         ("get", "show a task"),
         ("cancel", "cancel a pending or running task"),
         ("delete", "delete a task"),
+        ("explain", "say why a task is (not) running"),
     ):
         p = add_parser(tasks, action, what)
         p.add_argument("task_id", help="the task's id")
         add_remote_flags(p)
         add_json_flag(p)
         p.set_defaults(func=cmd_tasks)
+
+    register_operating(tasks)
 
     workers = add_parser(sub, "workers", "list workers").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -112,6 +112,7 @@ class _Requests:
         timeout: float | None = None,
         idempotency_key: str | None = None,
         tags: Sequence[str] | None = None,
+        concurrency_key: str | None = None,
     ) -> dict[str, Any]:
         if isinstance(run_at, datetime):
             run_at = run_at.isoformat()
@@ -128,6 +129,7 @@ class _Requests:
                 "timeout": timeout,
                 "idempotency_key": idempotency_key,
                 "tags": list(tags) if tags is not None else None,
+                "concurrency_key": concurrency_key,
             }
         )
 
@@ -195,6 +197,26 @@ class _Requests:
     def _req_analytics(self, what: str, params: dict[str, Any]) -> _Req[dict[str, Any]]:
         return _Req("GET", f"/api/v1/analytics/{what}", None, _clean(params), True, dict[str, Any])
 
+    # -- queues ----------------------------------------------------------------------------
+    def _req_queues(self, skip: int, limit: int) -> _Req[list[dict[str, Any]]]:
+        params = {"skip": skip, "limit": limit}
+        return _Req("GET", "/api/v1/queues", None, params, True, list[dict[str, Any]])
+
+    def _req_queue(self, name: str) -> _Req[dict[str, Any]]:
+        return _Req("GET", f"/api/v1/queues/{name}", None, None, True, dict[str, Any])
+
+    def _req_update_queue(self, name: str, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Not `_clean`ed: a None is sent as null, which removes that limit.
+        return _Req("PUT", f"/api/v1/queues/{name}", body, None, True, dict[str, Any])
+
+    def _req_queue_action(self, name: str, action: str) -> _Req[dict[str, Any]]:
+        # pause/resume are safe to resend; a resent purge removes only what is pending then
+        return _Req("POST", f"/api/v1/queues/{name}/{action}", None, None, True, dict[str, Any])
+
+    def _req_explain(self, task_id: str) -> _Req[dict[str, Any]]:
+        path = f"/api/v1/tasks/{task_id}/explain"
+        return _Req("GET", path, None, None, True, dict[str, Any])
+
     # -- users and API keys (admin) --------------------------------------------------------
     def _req_api_keys(self) -> _Req[list[dict[str, Any]]]:
         return _Req("GET", "/api/v1/api-keys", None, None, True, list[dict[str, Any]])
@@ -222,6 +244,43 @@ class _Requests:
             "GET", "/api/v1/analytics/export", None, {"days": days}, True, dict[str, Any],
             raw=fmt == "csv", headers={"Accept": accept},
         )  # fmt: skip
+
+    # -- history, redrive and schedules ----------------------------------------------------
+    def _req_task_events(self, task_id: str) -> _Req[list[dict[str, Any]]]:
+        path = f"/api/v1/tasks/{task_id}/events"
+        return _Req("GET", path, None, None, True, list[dict[str, Any]])
+
+    def _req_retry_task(self, task_id: str) -> _Req[TaskOut]:
+        # Not resent: after a lost answer the task is pending and a second try is a 409.
+        return _Req("POST", f"/api/v1/tasks/{task_id}/retry", None, None, False, TaskOut)
+
+    def _req_bulk(self, action: str, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        body = _clean({k: _when(v) for k, v in body.items()})
+        # A purge resent matches nothing more; a resent retry could redrive tasks twice.
+        safe = action == "purge"
+        return _Req("POST", f"/api/v1/tasks/{action}", body, None, safe, dict[str, Any])
+
+    def _req_schedules(self, params: dict[str, Any]) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/schedules", None, _clean(params), True, list[dict[str, Any]])
+
+    def _req_schedule(
+        self, method: str, name: str, body: dict[str, Any] | None = None, action: str = ""
+    ) -> _Req[Any]:
+        path = f"/api/v1/schedules/{name}" + (f"/{action}" if action else "")
+        safe = method in ("GET", "PUT", "DELETE")
+        data_type = None if method == "DELETE" else dict[str, Any]
+        return _Req(method, path, body, None, safe, data_type)
+
+    def _req_create_schedule(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Resending is safe: a second create of the same name is a 409, never a second one.
+        return _Req("POST", "/api/v1/schedules", _clean(body), None, False, dict[str, Any])
+
+
+def _when(value: Any) -> Any:
+    """A datetime filter as the API takes it (RFC 3339); anything else as given."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value
 
 
 class _Base(_Requests):

@@ -169,3 +169,73 @@ class Client(_Base):
 
     def heartbeat(self, worker_id: str, **fields: Any) -> WorkerOut:
         return self._send(self._req_heartbeat(worker_id, **fields))
+
+    # -- queues (reads: any role but worker; changes: admin or operator) -------------------
+    def list_queues(self, skip: int = 0, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """One page of queues (name order) with their figures and limits."""
+        return self._send(self._req_queues(skip, limit))
+
+    def get_queue(self, name: str) -> dict[str, Any]:
+        return self._send(self._req_queue(name))
+
+    def update_queue(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Set `paused`, `concurrency_limit`, `concurrency_limit_per_key` or
+        `rate_limit_per_second`; a field given as None removes that limit."""
+        return self._send(self._req_update_queue(name, fields))
+
+    def pause_queue(self, name: str) -> dict[str, Any]:
+        return self._send(self._req_queue_action(name, "pause"))
+
+    def resume_queue(self, name: str) -> dict[str, Any]:
+        return self._send(self._req_queue_action(name, "resume"))
+
+    def purge_queue(self, name: str) -> int:
+        """Delete the queue's pending tasks; returns how many."""
+        data = self._send(self._req_queue_action(name, "purge"))
+        return int(data["purged"])
+
+    def explain_task(self, task_id: str) -> dict[str, Any]:
+        """Why a task is (not) running: `{status, runnable, reasons: [{code, message, ...}]}`."""
+        return self._send(self._req_explain(task_id))
+
+    # -- history, redrive and schedules (operators) -----------------------------------------
+    def task_events(self, task_id: str) -> builtins.list[dict[str, Any]]:
+        """Everything that happened to a task, oldest first."""
+        return self._send(self._req_task_events(task_id))
+
+    def retry_task(self, task_id: str) -> TaskOut:
+        """Send a failed or cancelled task back to pending (409 for any other state)."""
+        return self._send(self._req_retry_task(task_id))
+
+    def retry_tasks(self, status: str = "failed", **filters: Any) -> dict[str, Any]:
+        """Redrive every task that matches: `queue`, `name`, `tag`, `finished_after`,
+        `finished_before` (datetimes or RFC 3339 text), `limit`. Returns matched, affected."""
+        return self._send(self._req_bulk("retry", {"status": status, **filters}))
+
+    def purge_tasks(self, status: str, **filters: Any) -> dict[str, Any]:
+        """Delete every finished task that matches (filters as for `retry_tasks`)."""
+        return self._send(self._req_bulk("purge", {"status": status, **filters}))
+
+    def create_schedule(
+        self, name: str, cron: str, task: dict[str, Any], **options: Any
+    ) -> dict[str, Any]:
+        """`options`: timezone (IANA, default UTC), paused, catch_up ("none" or "one")."""
+        body = {"name": name, "cron": cron, "task": task, **options}
+        return self._send(self._req_create_schedule(body))
+
+    def list_schedules(self, skip: int = 0, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_schedules({"skip": skip, "limit": limit}))
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        return self._send(self._req_schedule("GET", name))
+
+    def update_schedule(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change any of cron, timezone, task, paused, catch_up."""
+        return self._send(self._req_schedule("PUT", name, changes))
+
+    def delete_schedule(self, name: str) -> None:
+        self._send(self._req_schedule("DELETE", name))
+
+    def trigger_schedule(self, name: str) -> dict[str, Any]:
+        """Run its task now; returns {schedule, task}."""
+        return self._send(self._req_schedule("POST", name, None, "trigger"))

@@ -53,18 +53,24 @@ class Analytics:
 
     async def dashboard(self) -> Dashboard:
         c = await self.store.counters()
-        total = int(c.get("total", 0))
-        completed = int(c.get(S.COMPLETED.value, 0))
-        n = c.get("duration_n", 0)
+
+        def happened(name: str) -> float:
+            # what is stored plus what retention pruned (dtq.core.retention): pruning
+            # changes no figure of what happened
+            return c.get(name, 0) + c.get("pruned_" + name, 0)
+
+        total = int(happened("total"))
+        completed = int(happened(S.COMPLETED.value))
+        n = happened("duration_n")
         return Dashboard(
             total_tasks=total,
             completed_tasks=completed,
-            failed_tasks=int(c.get(S.FAILED.value, 0)),
+            failed_tasks=int(happened(S.FAILED.value)),
             pending_tasks=int(c.get(S.PENDING.value, 0)),
             running_tasks=int(c.get(S.RUNNING.value, 0)),
-            cancelled_tasks=int(c.get(S.CANCELLED.value, 0)),
+            cancelled_tasks=int(happened(S.CANCELLED.value)),
             completion_rate=round(completed / total, 4) if total else 0.0,
-            average_duration=round(c.get("duration_sum", 0.0) / n, 4) if n else 0.0,
+            average_duration=round(happened("duration_sum") / n, 4) if n else 0.0,
             workers_active=int(c.get("workers_active", 0)),
             workers_total=int(c.get("workers_total", 0)),
         )

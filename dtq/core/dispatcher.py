@@ -6,6 +6,11 @@ double lease. Single trio thread: no locks.
 
 Order: priority (high, medium, low), then enqueue sequence (FIFO), across the asked queues.
 Waiters are served in arrival order, and a ready task wakes exactly one waiter.
+
+Limits (`dtq.core.limits`): a paused or full queue is skipped as a whole; a task whose
+concurrency key is at its limit is parked in a per-(queue, key) line and comes back into play
+when a slot of that key frees; a rate-limited queue asks the reaper to wake it when its next
+token is there. So a limited queue costs nothing per lease while it waits.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from dtq.models import DEFAULT_LEASE_S
+from dtq.core.limits import Block, Limits
+from dtq.models import DEFAULT_LEASE_S, QueueConfig
 
 RANKS = (0, 1, 2)
 
@@ -27,12 +34,20 @@ RANKS = (0, 1, 2)
 class Entry:
     """A task that is ready to run (or scheduled to become ready)."""
 
-    __slots__ = ("name", "order", "queue", "rank", "task_id")
+    __slots__ = ("key", "name", "order", "queue", "rank", "task_id")
 
     def __init__(
-        self, task_id: str, queue: str, rank: int, seq: int, name: str, ready_at: float = 0.0
+        self,
+        task_id: str,
+        queue: str,
+        rank: int,
+        seq: int,
+        name: str,
+        ready_at: float = 0.0,
+        key: str | None = None,
     ) -> None:
         self.task_id = task_id
+        self.key = key  # the concurrency key (queue limits per key)
         self.queue = queue
         self.rank = rank
         self.name = name
@@ -101,8 +116,29 @@ class Waiter:
         )
 
 
+Ranks = tuple[deque[Entry], deque[Entry], deque[Entry]]
+
+
+def _insert_sorted(dq: deque[Entry], entry: Entry) -> None:
+    """Keep `dq` sorted by `order`: an append, except for the rare older entry."""
+    if not dq or dq[-1].order <= entry.order:
+        dq.append(entry)
+        return
+    i = len(dq)
+    while i > 0 and dq[i - 1].order > entry.order:
+        i -= 1
+    dq.insert(i, entry)
+
+
 class Dispatcher:
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._now = now
+        self.limits = Limits()
+        # (queue, key) -> parked entries per rank: their key was at its limit when met
+        self._parked: dict[tuple[str, str | None], Ranks] = {}
+        # queue -> keys with parked entries that may run again (a slot freed)
+        self._unblocked: dict[str, set[str | None]] = {}
+        self._rate_wake: dict[str, float] = {}  # queue -> when its next token is there
         # queue -> one deque per priority rank; entries are live only while _ready maps
         # their task id to that very Entry object (lazy deletion).
         self._queues: dict[str, tuple[deque[Entry], deque[Entry], deque[Entry]]] = {}
@@ -137,6 +173,18 @@ class Dispatcher:
     def push(self, entry: Entry) -> None:
         """A task became ready: hand it to the oldest matching waiter, else queue it."""
         self.discard(entry.task_id)
+        limits = self.limits
+        if limits.constrains(entry.queue):
+            now = self._now()
+            block = limits.queue_block(entry.queue, now)
+            if block is not None:
+                if block == Block.RATE:
+                    self._arm_rate_wake(entry.queue, now)
+                self._enqueue(entry)
+                return
+            if limits.key_blocked(entry.queue, entry.key):
+                self._park(entry)
+                return
         chosen = self._first_taker(self._waiters_any, entry)
         by_queue = self._waiters_by_queue.get(entry.queue)
         if by_queue is not None:
@@ -146,6 +194,7 @@ class Dispatcher:
         if chosen is None:
             self._enqueue(entry)
             return
+        limits.claim(entry.task_id, entry.queue, entry.key, self._now())
         chosen.claimed.append(entry)
         chosen.event.set()
 
@@ -153,6 +202,8 @@ class Dispatcher:
         """The waiter a new task for (queue, name) would go to, taken out of line so that a
         create can lease the task to it in its own commit. Only idle waiters (nothing
         claimed yet) are reserved; None when there is none."""
+        if self.limits.constrains(queue):
+            return None  # limits decide per task, in `push` and `take`
         probe = Entry("", queue, 0, 0, name)
         chosen = self._first_taker(self._waiters_any, probe)
         by_queue = self._waiters_by_queue.get(queue)
@@ -193,6 +244,7 @@ class Dispatcher:
     def give_back(self, entries: Iterable[Entry]) -> None:
         """Claimed tasks that were not leased: to a waiting worker, else back in line."""
         for entry in entries:
+            self.limits.release(entry.task_id)
             self.push(entry)
 
     def _enqueue(self, entry: Entry) -> None:
@@ -201,14 +253,18 @@ class Dispatcher:
         if self._ready.get(entry.task_id) is None:
             self._ready_per_queue[entry.queue] += 1
         self._ready[entry.task_id] = entry
-        dq = self._deques(entry.queue)[entry.rank]
-        if not dq or dq[-1].order <= entry.order:
-            dq.append(entry)
-            return
-        i = len(dq)
-        while i > 0 and dq[i - 1].order > entry.order:
-            i -= 1
-        dq.insert(i, entry)
+        _insert_sorted(self._deques(entry.queue)[entry.rank], entry)
+
+    def _park(self, entry: Entry) -> None:
+        """Ready, but its key is at its limit: out of the queue's line until a slot frees."""
+        if self._ready.get(entry.task_id) is None:
+            self._ready_per_queue[entry.queue] += 1
+        self._ready[entry.task_id] = entry
+        slot = (entry.queue, entry.key)
+        parked = self._parked.get(slot)
+        if parked is None:
+            parked = self._parked[slot] = (deque(), deque(), deque())
+        _insert_sorted(parked[entry.rank], entry)
 
     def _deques(self, queue: str) -> tuple[deque[Entry], deque[Entry], deque[Entry]]:
         qs = self._queues.get(queue)
@@ -228,10 +284,26 @@ class Dispatcher:
         heap = self._scheduled
         while heap and self._scheduled_live.get(heap[0][3].task_id) is not heap[0][3]:
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        first = heap[0][0] if heap else None
+        if self._rate_wake:
+            wake = min(self._rate_wake.values())
+            first = wake if first is None else min(first, wake)
+        return first
+
+    def _arm_rate_wake(self, queue: str, now: float) -> None:
+        at = self.limits.next_token_at(queue, now)
+        if at is None or queue in self._rate_wake:
+            return
+        self._rate_wake[queue] = at
+        self.schedule_changed.set()
 
     def promote_due(self, now: float) -> int:
-        """Move scheduled tasks whose time has come to the ready queues."""
+        """Move scheduled tasks whose time has come to the ready queues (and wake waiters of
+        rate-limited queues whose next token is there)."""
+        for queue, at in list(self._rate_wake.items()):
+            if at <= now:
+                del self._rate_wake[queue]
+                self.serve_waiters(queue)
         moved = 0
         heap = self._scheduled
         while heap and heap[0][0] <= now:
@@ -264,28 +336,79 @@ class Dispatcher:
     def _take_one(
         self, queues: frozenset[str] | None, names: frozenset[str] | None
     ) -> Entry | None:
+        limits = self.limits
         candidates = (
-            list(self._queues.values())
-            if queues is None
-            else [self._queues[q] for q in queues if q in self._queues]
+            list(self._queues) if queues is None else [q for q in queues if q in self._queues]
         )
+        if limits.configs:
+            now = self._now()
+            open_queues = []
+            for q in candidates:
+                block = limits.queue_block(q, now)
+                if block is None:
+                    open_queues.append(q)
+                elif block == Block.RATE:
+                    self._arm_rate_wake(q, now)
+            candidates = open_queues
         for rank in RANKS:
             best: deque[Entry] | None = None
             best_entry: Entry | None = None
-            for qs in candidates:
-                dq = qs[rank]
+            for q in candidates:
+                dq = self._queues[q][rank]
                 head = self._live_head(dq, names)
+                if head is not None and limits.key_blocked(q, head.key):
+                    head = self._park_blocked(q, dq, names)
                 if head is not None and (best_entry is None or head.order < best_entry.order):
                     best, best_entry = dq, head
+                for key in self._unblocked.get(q, ()):
+                    pdq = self._parked[(q, key)][rank]
+                    phead = self._live_head(pdq, names)
+                    if phead is not None and (best_entry is None or phead.order < best_entry.order):
+                        best, best_entry = pdq, phead
             if best is not None and best_entry is not None:
-                if names is None or best[0] is best_entry:
+                if best[0] is best_entry:
                     best.popleft()  # the usual case, also with a names filter: the head
                 else:
                     best.remove(best_entry)
                 del self._ready[best_entry.task_id]
                 self._ready_per_queue[best_entry.queue] -= 1
+                self._claimed(best_entry)
                 return best_entry
         return None
+
+    def _claimed(self, entry: Entry) -> None:
+        limits = self.limits
+        now = self._now() if entry.queue in limits.buckets else 0.0  # (only a bucket asks)
+        limits.claim(entry.task_id, entry.queue, entry.key, now)
+        keys = self._unblocked.get(entry.queue)
+        if keys is None or entry.key not in keys:
+            return
+        slot = (entry.queue, entry.key)
+        drained = not any(self._parked[slot])
+        if drained:
+            del self._parked[slot]  # nobody of this key waits any more
+        if drained or limits.key_blocked(entry.queue, entry.key):
+            keys.discard(entry.key)
+            if not keys:
+                del self._unblocked[entry.queue]
+
+    def _park_blocked(
+        self, queue: str, dq: deque[Entry], names: frozenset[str] | None
+    ) -> Entry | None:
+        """Move key-blocked entries met at the front of `dq` to their parking lines; the first
+        entry that may run, or None."""
+        limits = self.limits
+        while True:
+            head = self._live_head(dq, names)
+            if head is None or not limits.key_blocked(queue, head.key):
+                return head
+            if dq[0] is head:
+                dq.popleft()
+            else:
+                dq.remove(head)
+            del self._ready[head.task_id]
+            self._ready_per_queue[queue] -= 1
+            self._park(head)
 
     def _live_head(self, dq: deque[Entry], names: frozenset[str] | None) -> Entry | None:
         ready = self._ready
@@ -297,6 +420,99 @@ class Dispatcher:
             if entry.name in names and ready.get(entry.task_id) is entry:
                 return entry
         return None
+
+    # -- limits: slots taken and freed, configs, and the waiters they affect --------------
+    def configure(self, config: QueueConfig) -> None:
+        """A queue's config changed: apply it, and serve waiters it may now let through."""
+        self.limits.configure(config, self._now())
+        self._rate_wake.pop(config.name, None)
+        keys = {k for (q, k) in self._parked if q == config.name}
+        keys = {k for k in keys if not self.limits.key_blocked(config.name, k)}
+        if keys:
+            self._unblocked[config.name] = keys
+        else:
+            self._unblocked.pop(config.name, None)
+        self.serve_waiters(config.name)
+
+    def started(self, task_id: str, queue: str, key: str | None) -> None:
+        """A task is running (granted without passing through `take`, or found at start-up)."""
+        self.limits.hold(task_id, queue, key)
+
+    def finished(self, task_id: str) -> None:
+        """A task's lease ended (or its claim fell through): its slot frees, and tasks that
+        were waiting for that slot go ahead."""
+        slot = self.limits.release(task_id)
+        if slot is None or not self.limits.constrains(slot[0]):
+            return
+        queue, key = slot
+        if (queue, key) in self._parked and not self.limits.key_blocked(queue, key):
+            self._unblocked.setdefault(queue, set()).add(key)
+        self.serve_waiters(queue)
+
+    def serve_waiters(self, queue: str) -> None:
+        """Hand `queue`'s ready tasks to its waiters, oldest first, while its limits allow."""
+        if not self._waiting:
+            return  # the usual case under load: workers are busy, nobody is parked
+        lines = [self._waiters_any, self._waiters_by_queue.get(queue, deque())]
+        waiters = sorted(
+            (w for line in lines for w in line
+             if w.active and len(w.claimed) < w.max_tasks
+             and (w.queues is None or queue in w.queues)),
+            key=lambda w: w.arrival,
+        )  # fmt: skip
+        only = frozenset((queue,))
+        for waiter in waiters:
+            got = False
+            while len(waiter.claimed) < waiter.max_tasks:
+                entry = self._take_one(only, waiter.names)
+                if entry is None:
+                    break
+                waiter.claimed.append(entry)
+                got = True
+            if got:
+                waiter.event.set()
+            if self.limits.queue_block(queue, self._now()) is not None:
+                return
+
+    def queue_head_age(self, queue: str, now: float) -> float | None:
+        """Seconds since the oldest ready task of `queue` became ready (None: none ready)."""
+        oldest: float | None = None
+        lines = list(self._queues.get(queue, ()))
+        for (q, _), parked in self._parked.items():
+            if q == queue:
+                lines.extend(parked)
+        for dq in lines:
+            for entry in dq:  # sorted: the first live entry is the oldest of its line
+                if self._ready.get(entry.task_id) is entry:
+                    if oldest is None or entry.order[0] < oldest:
+                        oldest = entry.order[0]
+                    break
+        return None if oldest is None else max(0.0, now - oldest)
+
+    def position(self, task_id: str) -> int | None:
+        """How many ready tasks of its queue go before this one (None: it is not ready)."""
+        entry = self._ready.get(task_id)
+        if entry is None:
+            return None
+        mine = (entry.rank, entry.order)
+        lines = list(self._queues.get(entry.queue, ()))
+        lines.extend(p for (q, _), ps in self._parked.items() if q == entry.queue for p in ps)
+        return sum(
+            1
+            for dq in lines
+            for e in dq
+            if self._ready.get(e.task_id) is e and (e.rank, e.order) < mine
+        )
+
+    def ready_entry(self, task_id: str) -> Entry | None:
+        return self._ready.get(task_id)
+
+    def is_parked(self, task_id: str) -> bool:
+        entry = self._ready.get(task_id)
+        if entry is None:
+            return False
+        parked = self._parked.get((entry.queue, entry.key))
+        return parked is not None and entry in parked[entry.rank]
 
     def add_waiter(self, waiter: Waiter) -> None:
         waiter.arrival = next(self._arrivals)

@@ -25,6 +25,9 @@ class EventKind(enum.StrEnum):
     WORKER_ACTIVE = "worker.active"
     WORKER_INACTIVE = "worker.inactive"
     WORKER_HEARTBEAT = "worker.heartbeat"
+    QUEUE_PAUSED = "queue.paused"
+    QUEUE_RESUMED = "queue.resumed"
+    QUEUE_UPDATED = "queue.updated"
 
 
 K = EventKind

@@ -15,10 +15,13 @@ from typing import Any
 
 from msgspec.structs import replace
 
+from dtq.core import history
 from dtq.core import states as lifecycle
+from dtq.core.history import E
 from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
 from dtq.ids import new_task_id
 from dtq.models import (
+    SYSTEM_ACTOR,
     AckItem,
     Heartbeat,
     Task,
@@ -54,7 +57,7 @@ def _require(tx: StoreTxn, task_id: str) -> Task:
 # -- producers ---------------------------------------------------------------------------
 
 
-def create(tx: StoreTxn, body: TaskCreate) -> tuple[Task, bool]:
+def create(tx: StoreTxn, body: TaskCreate, actor: str = SYSTEM_ACTOR) -> tuple[Task, bool]:
     """(task, created). A replay under the same idempotency key returns the first task."""
     fp = b""
     if body.idempotency_key is not None:
@@ -73,37 +76,61 @@ def create(tx: StoreTxn, body: TaskCreate) -> tuple[Task, bool]:
                 return existing, False
     task = lifecycle.new_task(body, task_id=new_task_id(), seq=tx.next_seq(), now=tx.now)
     tx.insert_task(task)
+    history.record(tx, E.CREATED, task, actor)
     if body.idempotency_key is not None:
         tx.put_idempotent(body.idempotency_key, task.id, fp)
     return task, True
 
 
 def create_leased(
-    tx: StoreTxn, body: TaskCreate, worker_id: str, lease_s: float, holder: str | None = None
+    tx: StoreTxn,
+    body: TaskCreate,
+    worker_id: str,
+    lease_s: float,
+    holder: str | None = None,
+    actor: str = SYSTEM_ACTOR,
 ) -> tuple[Task, Task | None, bool]:
     """Create and, when it is due at once, lease it to a worker that is already waiting for
     it: one commit instead of two on the wake-up path. Returns (as created, leased, created)."""
-    task, created = create(tx, body)
+    task, created = create(tx, body, actor)
     if not created or not lifecycle.is_due(task, tx.now):
         return task, None, created
     leased = lifecycle.grant_lease(
         task, worker_id=worker_id, lease_s=lease_s, now=tx.now, holder=holder
     )
     tx.replace_task(task, leased)
+    _record_leased(tx, leased, holder)
     return task, leased, True
 
 
-def create_many(tx: StoreTxn, bodies: Sequence[TaskCreate]) -> list[tuple[Task, bool]]:
-    return [create(tx, body) for body in bodies]
+def _record_leased(tx: StoreTxn, task: Task, holder: str | None) -> None:
+    lease = task.lease
+    assert lease is not None
+    history.record(tx, E.LEASED, task, holder, worker_id=lease.worker_id, lease_id=lease.id,
+                   details={"expires_at": lease.expires_at})  # fmt: skip
 
 
-def update(tx: StoreTxn, task_id: str, change: TaskUpdate) -> tuple[Task, Task]:
+def create_many(
+    tx: StoreTxn, bodies: Sequence[TaskCreate], actor: str = SYSTEM_ACTOR
+) -> list[tuple[Task, bool]]:
+    return [create(tx, body, actor) for body in bodies]
+
+
+def update(
+    tx: StoreTxn, task_id: str, change: TaskUpdate, actor: str = SYSTEM_ACTOR
+) -> tuple[Task, Task]:
     old = _require(tx, task_id)
     new = lifecycle.apply_update(old, change, now=tx.now)
     if new is not old:
         tx.replace_task(old, new)
         if new.status == S.CANCELLED and old.status != S.CANCELLED:
             tx.count_day(tx.now, "cancelled")
+            history.record(tx, E.CANCELLED, old, actor, worker_id=old.worker_id,
+                           details={"from": old.status.value})  # fmt: skip
+        else:
+            fields = [f for f in change.__struct_fields__
+                      if f != "status" and getattr(old, f) != getattr(new, f)]  # fmt: skip
+            history.record(tx, E.UPDATED, new, actor, details={"fields": fields})
     return old, new
 
 
@@ -138,6 +165,7 @@ def lease(
             task, worker_id=worker_id, lease_s=lease_s, now=tx.now, holder=holder
         )
         tx.replace_task(task, new)
+        _record_leased(tx, new, holder)
         granted.append(new)
     return granted, not_due
 
@@ -169,12 +197,18 @@ def _replace_worker(worker: Worker, **changes: Any) -> Worker:
 
 
 def complete(
-    tx: StoreTxn, task_id: str, lease_id: str, result: Any, caller: str | None = None
+    tx: StoreTxn,
+    task_id: str,
+    lease_id: str,
+    result: Any,
+    caller: str | None = None,
+    actor: str = SYSTEM_ACTOR,
 ) -> Task:
     old = _require(tx, task_id)
     new = lifecycle.complete(old, lease_id=lease_id, result=result, now=tx.now, caller=caller)
     tx.replace_task(old, new)
     _record_finish(tx, old, new)
+    history.record_lease_end(tx, E.COMPLETED, old, new, actor)
     return new
 
 
@@ -187,6 +221,7 @@ def fail(
     policy: RetryPolicy,
     rand: Callable[[], float] = random.random,
     caller: str | None = None,
+    actor: str = SYSTEM_ACTOR,
 ) -> Task:
     old = _require(tx, task_id)
     new = lifecycle.fail(
@@ -195,13 +230,22 @@ def fail(
     )  # fmt: skip
     tx.replace_task(old, new)
     _record_finish(tx, old, new)
+    kind = E.RETRY_SCHEDULED if new.status == S.PENDING else E.FAILED
+    history.record_lease_end(tx, kind, old, new, actor)
     return new
 
 
-def release(tx: StoreTxn, task_id: str, lease_id: str, caller: str | None = None) -> Task:
+def release(
+    tx: StoreTxn,
+    task_id: str,
+    lease_id: str,
+    caller: str | None = None,
+    actor: str = SYSTEM_ACTOR,
+) -> Task:
     old = _require(tx, task_id)
     new = lifecycle.release(old, lease_id=lease_id, now=tx.now, caller=caller)
     tx.replace_task(old, new)
+    history.record_lease_end(tx, E.RELEASED, old, new, actor)
     return new
 
 
@@ -214,17 +258,31 @@ def release_orphans(tx: StoreTxn, leases: Sequence[tuple[str, str]]) -> list[Tas
             continue
         new = lifecycle.release(task, lease_id=lease_id, now=tx.now)
         tx.replace_task(task, new)
+        history.record_lease_end(tx, E.RELEASED, task, new, SYSTEM_ACTOR)
         released.append(new)
     return released
 
 
 def extend(
-    tx: StoreTxn, task_id: str, lease_id: str, lease_s: float, caller: str | None = None
+    tx: StoreTxn,
+    task_id: str,
+    lease_id: str,
+    lease_s: float,
+    caller: str | None = None,
+    actor: str = SYSTEM_ACTOR,
 ) -> Task:
     old = _require(tx, task_id)
     new = lifecycle.extend_lease(old, lease_id=lease_id, lease_s=lease_s, now=tx.now, caller=caller)
     tx.replace_task(old, new)
+    _record_extended(tx, new, actor)
     return new
+
+
+def _record_extended(tx: StoreTxn, task: Task, actor: str, **details: Any) -> None:
+    lease = task.lease
+    assert lease is not None
+    history.record(tx, E.EXTENDED, task, actor, worker_id=lease.worker_id, lease_id=lease.id,
+                   details={"expires_at": lease.expires_at, **details})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +299,11 @@ class Acked:
 
 
 def ack(
-    tx: StoreTxn, items: Sequence[AckItem], policy: RetryPolicy, caller: str | None = None
+    tx: StoreTxn,
+    items: Sequence[AckItem],
+    policy: RetryPolicy,
+    caller: str | None = None,
+    actor: str = SYSTEM_ACTOR,
 ) -> tuple[list[Acked], list[Task]]:
     """Many completions/failures at once; a stale lease fails only its own item."""
     outcomes: list[Acked] = []
@@ -250,10 +312,11 @@ def ack(
         try:
             task_id = parse_task_id(item.id, field="id")
             if item.status == "completed":
-                task = complete(tx, task_id, item.lease_id, item.result, caller)
+                task = complete(tx, task_id, item.lease_id, item.result, caller, actor)
             else:
                 error = error_from_input(item.error)
-                task = fail(tx, task_id, item.lease_id, error, item.retry, policy, caller=caller)
+                task = fail(tx, task_id, item.lease_id, error, item.retry, policy,
+                            caller=caller, actor=actor)  # fmt: skip
         except DtqError as exc:
             outcomes.append(Acked(item.id, error=exc))
             continue
@@ -282,6 +345,9 @@ def expire(
         )
         tx.replace_task(task, new)
         _record_finish(tx, task, new)
+        timed_out = new.error is not None and new.error.type == lifecycle.TIMED_OUT
+        kind = E.TIMED_OUT if timed_out else E.LEASE_EXPIRED
+        history.record_lease_end(tx, kind, task, new, SYSTEM_ACTOR)
         changed.append(new)
     return changed
 
@@ -295,6 +361,7 @@ def restart_grace(tx: StoreTxn, task_ids: Sequence[str]) -> list[Task]:
             continue
         new = lifecycle.restart_grace(task, now=tx.now)
         tx.replace_task(task, new)
+        _record_extended(tx, new, SYSTEM_ACTOR, restart=True)
         changed.append(new)
     return changed
 

@@ -1,5 +1,5 @@
-"""The reaper: at each deadline, promote due tasks, expire due leases, mark silent workers
-inactive and hand back tasks granted to long polls that had gone."""
+"""The reaper: at each deadline, promote due tasks, expire due leases, fire due schedules,
+mark silent workers inactive and hand back tasks granted to long polls that had gone."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ async def reap(queue: TaskQueue) -> None:
         except BaseException:
             deadlines.retry_leases(due, now)  # not expired yet: keep them for the next pass
             raise
+    await queue.schedules.fire_due(now)
     silent = deadlines.due_workers(now)
     if silent:
         timeout_s = queue.settings.worker_timeout_s

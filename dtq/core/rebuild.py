@@ -29,7 +29,10 @@ def rebuild(
     gc.disable()  # a million new objects would trigger many useless collections
     try:
         for row in store.iter_pending():
-            entry = Entry(row.task_id, row.queue, row.rank, row.seq, row.name, row.ready_at)
+            entry = Entry(
+                row.task_id, row.queue, row.rank, row.seq, row.name, row.ready_at,
+                row.concurrency_key,
+            )  # fmt: skip
             if row.run_at is not None and row.run_at > now:
                 scheduled.append((row.run_at, entry))
             else:
@@ -42,6 +45,9 @@ def rebuild(
     if count > 100_000:
         # Long-lived: keep the cyclic collector from rescanning them (long pauses at 1M).
         gc.freeze()
+    # Leases already running hold their queue-limit slots (before any new lease is granted).
+    for task_id, queue, key in store.iter_running():
+        dispatcher.started(task_id, queue, key)
     active_workers.update(worker.worker_id for worker in workers)
     count += deadlines.load(
         store.iter_leases(),

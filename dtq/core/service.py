@@ -21,16 +21,21 @@ from dtq.core.dispatcher import Dispatcher, Entry
 from dtq.core.events import EventKind, attempt_kind
 from dtq.core.events import EventKind as K
 from dtq.core.longpoll import wait_for_tasks
+from dtq.core.polls import Polls
+from dtq.core.queues import Queues
 from dtq.core.reaper import reap, run_reaper
 from dtq.core.rebuild import rebuild
+from dtq.core.schedules import Schedules
 from dtq.errors import DtqError, NotFound
 from dtq.models import (
+    SYSTEM_ACTOR,
     AckItem,
     Dashboard,
     Heartbeat,
     LeaseRequest,
     ListTasksQuery,
     ListWorkersQuery,
+    QueueConfig,
     Task,
     TaskCreate,
     TaskError,
@@ -46,12 +51,15 @@ from dtq.storage.base import Store
 S = TaskStatus
 EventListener = Callable[[EventKind, Task], None]
 WorkerListener = Callable[[EventKind, Worker], None]
+QueueListener = Callable[[EventKind, QueueConfig], None]
 __all__ = ["EventListener", "TaskQueue", "WorkerListener", "run_reaper"]
 
 
 def _entry(task: Task) -> Entry:
     ready_at = task.ready_at if task.ready_at is not None else task.created_at
-    return Entry(task.id, task.queue, task.priority.rank, task.seq, task.name, ready_at)
+    return Entry(
+        task.id, task.queue, task.priority.rank, task.seq, task.name, ready_at, task.concurrency_key
+    )
 
 
 class TaskQueue:
@@ -60,12 +68,17 @@ class TaskQueue:
         self.clock = clock
         self.settings = settings
         self.policy = RetryPolicy(settings.retry_backoff_base_s, settings.retry_backoff_max_s)
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(clock.now)
+        self.polls = Polls()  # who asked for which queue/name, when (explain, workers_polling)
+        self.queue_listeners: list[QueueListener] = []
+        self.queues = Queues(self)  # queue records, limits, purge, explain
         self.deadlines = Deadlines()
         self.analytics = Analytics(store, clock)
         self.task_listeners: list[EventListener] = []
         self.worker_listeners: list[WorkerListener] = []
         self.lease_expiries = 0
+        self.tasks_pruned = 0  # by retention, since start (dtq.core.retention)
+        self.schedules = Schedules(self)
         self._active_workers: set[str] = set()
         self.closing = False
 
@@ -73,6 +86,9 @@ class TaskQueue:
     async def rebuild(self) -> int:
         """Rebuild the in-memory structures from storage; running tasks keep their expiry."""
         workers, _ = await self.store.list_workers(WorkerStatus.ACTIVE, 0, 1_000_000)
+        for config in await self.store.list_queue_configs():
+            self.dispatcher.configure(config)
+        await self.schedules.load()
         return rebuild(
             self.store,
             workers,
@@ -102,6 +118,9 @@ class TaskQueue:
     def _emit(self, event: EventKind, task: Task) -> None:
         if task.status != S.RUNNING or event == K.TASK_DELETED:
             self.deadlines.drop_lease(task.id)
+            self.dispatcher.finished(task.id)  # a queue-limit slot frees
+        else:
+            self.dispatcher.started(task.id, task.queue, task.concurrency_key)
         for listener in self.task_listeners:
             listener(event, task)
 
@@ -122,7 +141,8 @@ class TaskQueue:
         self._emit(attempt_kind(task), task)
 
     # -- producers ----------------------------------------------------------------------
-    async def create(self, body: TaskCreate) -> tuple[Task, bool]:
+    # `actor`: who acts (`Principal.identity`, or "system"), as the task's history records it.
+    async def create(self, body: TaskCreate, actor: str = SYSTEM_ACTOR) -> tuple[Task, bool]:
         waiter = None
         if body.run_at is None and body.delay is None and not self.closing:
             waiter = self.dispatcher.reserve(body.queue, body.name)
@@ -134,7 +154,7 @@ class TaskQueue:
                     self._became_pending(task)
                     self._emit(K.TASK_CREATED, task)
 
-            return await self.store.write(lambda tx: ops.create(tx, body), on_commit)
+            return await self.store.write(lambda tx: ops.create(tx, body, actor), on_commit)
 
         # A worker is parked waiting for exactly this: lease the task to it in the same
         # commit (one fsync on the wake-up path instead of two).
@@ -160,7 +180,7 @@ class TaskQueue:
             with trio.CancelScope(shield=True):
                 task, _, created = await self.store.write(
                     lambda tx: ops.create_leased(
-                        tx, body, parked.worker_id, parked.lease_s, parked.holder
+                        tx, body, parked.worker_id, parked.lease_s, parked.holder, actor
                     ),
                     on_leased,
                 )
@@ -169,14 +189,16 @@ class TaskQueue:
             raise
         return task, created
 
-    async def create_many(self, bodies: Sequence[TaskCreate]) -> list[tuple[Task, bool]]:
+    async def create_many(
+        self, bodies: Sequence[TaskCreate], actor: str = SYSTEM_ACTOR
+    ) -> list[tuple[Task, bool]]:
         def on_commit(rows: list[tuple[Task, bool]]) -> None:
             for task, created in rows:
                 if created:
                     self._became_pending(task)
                     self._emit(K.TASK_CREATED, task)
 
-        return await self.store.write(lambda tx: ops.create_many(tx, bodies), on_commit)
+        return await self.store.write(lambda tx: ops.create_many(tx, bodies, actor), on_commit)
 
     async def get(self, task_id: str) -> Task:
         task = await self.store.get_task(ops.parse_task_id(task_id))
@@ -187,7 +209,7 @@ class TaskQueue:
     async def list_tasks(self, query: ListTasksQuery) -> tuple[list[Task], int]:
         return await self.store.list_tasks(query)
 
-    async def update(self, task_id: str, change: TaskUpdate) -> Task:
+    async def update(self, task_id: str, change: TaskUpdate, actor: str = SYSTEM_ACTOR) -> Task:
         task_id = ops.parse_task_id(task_id)
 
         def on_commit(res: tuple[Task, Task]) -> None:
@@ -202,11 +224,13 @@ class TaskQueue:
                 self._became_pending(new)
             self._emit(K.TASK_UPDATED, new)
 
-        _, new = await self.store.write(lambda tx: ops.update(tx, task_id, change), on_commit)
+        _, new = await self.store.write(
+            lambda tx: ops.update(tx, task_id, change, actor), on_commit
+        )
         return new
 
-    async def cancel(self, task_id: str) -> Task:
-        return await self.update(task_id, TaskUpdate(status=S.CANCELLED))
+    async def cancel(self, task_id: str, actor: str = SYSTEM_ACTOR) -> Task:
+        return await self.update(task_id, TaskUpdate(status=S.CANCELLED), actor)
 
     async def delete(self, task_id: str) -> Task:
         task_id = ops.parse_task_id(task_id)
@@ -226,6 +250,7 @@ class TaskQueue:
         queues = frozenset(req.queues) if req.queues else None
         names = frozenset(req.names) if req.names else None
         lease_s = req.lease_seconds or self.settings.lease_default_s
+        self.polls.record(req.worker_id, req.queues, req.names, self.clock.now())
         claimed = self.dispatcher.take(queues, names, req.max_tasks)
         if not claimed and req.wait > 0 and not self.closing:
             claimed, granted = await self._wait_for_tasks(
@@ -242,6 +267,11 @@ class TaskQueue:
             for task in granted:
                 self._track_lease(task)
                 self._emit(K.TASK_LEASED, task)
+            if len(granted) < len(ids):  # claims that fell through give their slots back
+                leased = {task.id for task in granted}
+                for task_id in ids:
+                    if task_id not in leased:
+                        self.dispatcher.finished(task_id)
             for task in not_due:  # claimed a hair early: back to the schedule
                 self._became_pending(task)
 
@@ -294,11 +324,17 @@ class TaskQueue:
     # `caller`: the acting principal's identity, checked against the lease's holder; None
     # (an admin, or the server itself) acts on any lease whose id it gives.
     async def complete(
-        self, task_id: str, lease_id: str, result: Any = None, caller: str | None = None
+        self,
+        task_id: str,
+        lease_id: str,
+        result: Any = None,
+        caller: str | None = None,
+        actor: str = SYSTEM_ACTOR,
     ) -> Task:
         task_id = ops.parse_task_id(task_id)
         return await self.store.write(
-            lambda tx: ops.complete(tx, task_id, lease_id, result, caller), self._after_attempt
+            lambda tx: ops.complete(tx, task_id, lease_id, result, caller, actor),
+            self._after_attempt,
         )
 
     async def fail(
@@ -308,14 +344,23 @@ class TaskQueue:
         error: TaskError,
         retry: bool | None = None,
         caller: str | None = None,
+        actor: str = SYSTEM_ACTOR,
     ) -> Task:
         task_id = ops.parse_task_id(task_id)
         return await self.store.write(
-            lambda tx: ops.fail(tx, task_id, lease_id, error, retry, self.policy, caller=caller),
+            lambda tx: ops.fail(
+                tx, task_id, lease_id, error, retry, self.policy, caller=caller, actor=actor
+            ),
             self._after_attempt,
         )
 
-    async def release(self, task_id: str, lease_id: str, caller: str | None = None) -> Task:
+    async def release(
+        self,
+        task_id: str,
+        lease_id: str,
+        caller: str | None = None,
+        actor: str = SYSTEM_ACTOR,
+    ) -> Task:
         task_id = ops.parse_task_id(task_id)
 
         def on_commit(task: Task) -> None:
@@ -323,7 +368,7 @@ class TaskQueue:
             self._emit(K.TASK_RELEASED, task)
 
         return await self.store.write(
-            lambda tx: ops.release(tx, task_id, lease_id, caller), on_commit
+            lambda tx: ops.release(tx, task_id, lease_id, caller, actor), on_commit
         )
 
     async def extend(
@@ -332,20 +377,24 @@ class TaskQueue:
         lease_id: str,
         lease_s: float | None = None,
         caller: str | None = None,
+        actor: str = SYSTEM_ACTOR,
     ) -> Task:
         task_id = ops.parse_task_id(task_id)
         seconds = lease_s or self.settings.lease_default_s
         return await self.store.write(
-            lambda tx: ops.extend(tx, task_id, lease_id, seconds, caller), self._track_lease
+            lambda tx: ops.extend(tx, task_id, lease_id, seconds, caller, actor),
+            self._track_lease,
         )
 
-    async def ack(self, items: Sequence[AckItem], caller: str | None = None) -> list[ops.Acked]:
+    async def ack(
+        self, items: Sequence[AckItem], caller: str | None = None, actor: str = SYSTEM_ACTOR
+    ) -> list[ops.Acked]:
         def on_commit(res: tuple[list[ops.Acked], list[Task]]) -> None:
             for task in res[1]:
                 self._after_attempt(task)
 
         outcomes, _ = await self.store.write(
-            lambda tx: ops.ack(tx, items, self.policy, caller), on_commit
+            lambda tx: ops.ack(tx, items, self.policy, caller, actor), on_commit
         )
         return outcomes
 
@@ -383,7 +432,12 @@ class TaskQueue:
     # -- the reaper's side ----------------------------------------------------------------
     def next_deadline(self) -> float | None:
         """The earliest moment the reaper has something to do."""
-        return self.deadlines.next_at(self.dispatcher.next_scheduled_at())
+        times = [
+            t
+            for t in (self.dispatcher.next_scheduled_at(), self.schedules.times.next_at())
+            if t is not None
+        ]
+        return self.deadlines.next_at(min(times) if times else None)
 
     async def reap(self) -> None:
         """Promote due tasks, expire due leases, mark silent workers inactive, hand back

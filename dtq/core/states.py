@@ -34,6 +34,7 @@ LEASE_EXPIRED = "lease_expired"
 TIMED_OUT = "timeout"
 
 _fingerprint_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_plain_encoder = msgspec.msgpack.Encoder()
 
 
 def check_transition(task: Task, to: TaskStatus) -> None:
@@ -74,12 +75,20 @@ def new_task(body: TaskCreate, *, task_id: str, seq: int, now: float) -> Task:
         retry_backoff_s=body.retry_backoff_s,
         retry_backoff_max_s=body.retry_backoff_max_s,
         ready_at=run_at or now,
+        concurrency_key=body.concurrency_key,
     )
 
 
 def fingerprint(body: TaskCreate) -> bytes:
     """Identifies a create body, to tell a replay from a different task under the same key."""
-    return hashlib.blake2b(_fingerprint_encoder.encode(body), digest_size=16).digest()
+    raw = _fingerprint_encoder.encode(body)
+    if body.concurrency_key is None:
+        # Fields added since keys were first stored are left out when unset, so a replay of a
+        # body sent before the upgrade still matches its stored fingerprint.
+        fields = msgspec.msgpack.decode(raw)
+        del fields["concurrency_key"]
+        raw = _plain_encoder.encode(fields)  # keeps the decoded (field, then sorted) order
+    return hashlib.blake2b(raw, digest_size=16).digest()
 
 
 def is_due(task: Task, now: float) -> bool:

@@ -24,7 +24,7 @@ from dtq.ids import new_request_id
 from dtq.net.docs import make_docs_blueprint
 from dtq.net.envelope import encode, error_body, now_iso
 from dtq.net.openapi import OpenApiRegistry
-from dtq.net.routes import admin, analytics, tasks, webhooks, workers
+from dtq.net.routes import admin, analytics, history, queues, schedules, tasks, webhooks, workers
 from dtq.net.routes.metrics import metrics_route_spec, register_metrics_route
 from dtq.net.routing import Api, RouteSpec, Services, identify_and_charge, plain_rule, respond
 from dtq.net.ui import make_ui_blueprint
@@ -64,7 +64,7 @@ def _system_specs() -> list[RouteSpec]:
 
 def build_api(services: Services) -> Api:
     api = Api(services)
-    for group in (tasks, workers, analytics, admin, webhooks):
+    for group in (tasks, history, schedules, workers, analytics, admin, webhooks, queues):
         group.register(api)
     api.registry.add(metrics_route_spec(services.settings))  # served by register_metrics_route
     for spec in _system_specs():

@@ -14,25 +14,45 @@ from typing import Any
 import msgspec
 import trio
 
-from dtq.models import Task, Worker
+from dtq.models import QueueConfig, Task, Worker
 from dtq.net.envelope import iso, now_iso
 from dtq.net.views import task_out, worker_out
 
 _encode = msgspec.json.Encoder().encode
 
 
+def queue_config_out(config: QueueConfig) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "paused": config.paused,
+        "concurrency_limit": config.concurrency_limit,
+        "concurrency_limit_per_key": config.concurrency_limit_per_key,
+        "rate_limit_per_second": config.rate_limit_per_second,
+        "updated_at": iso(config.updated_at),
+    }
+
+
 class Event:
     """One change. `data` is encoded to JSON once, on first use, and shared by subscribers."""
 
-    __slots__ = ("_json", "kind", "name", "queue", "status", "subject_id", "task", "worker")
+    __slots__ = (
+        "_json", "config", "kind", "name", "queue", "status", "subject_id", "task", "worker",
+    )  # fmt: skip
 
-    def __init__(self, kind: str, task: Task | None = None, worker: Worker | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        task: Task | None = None,
+        worker: Worker | None = None,
+        config: QueueConfig | None = None,
+    ) -> None:
         self.kind = kind
+        self.config = config
         self.task = task
         self.worker = worker
         self.subject_id = task.id if task else (worker.worker_id if worker else "")
         self.status = task.status.value if task else (worker.status.value if worker else "")
-        self.queue = task.queue if task else ""
+        self.queue = task.queue if task else (config.name if config else "")
         self.name = task.name if task else ""
         self._json: bytes | None = None
 
@@ -44,6 +64,9 @@ class Event:
         elif self.worker is not None:
             body["worker"] = worker_out(self.worker)
             body["timestamp"] = now_iso()
+        elif self.config is not None:
+            body["queue"] = queue_config_out(self.config)
+            body["timestamp"] = iso(self.config.updated_at)
         return body
 
     @property
@@ -198,6 +221,11 @@ class EventBus:
     def on_worker(self, kind: str, worker: Worker) -> None:
         if self._subscribers:
             self.publish(Event(kind, worker=worker))
+
+    def on_queue(self, kind: str, config: QueueConfig) -> None:
+        """TaskQueue.queue_listeners entry: queue.paused / queue.resumed / queue.updated."""
+        if self._subscribers:
+            self.publish(Event(kind, config=config))
 
     def close(self) -> None:
         """Shutdown: every subscriber reads what is left, then ends."""

@@ -217,6 +217,109 @@ WORKER = Stage(
     ),
 )
 
+_PURGED = f"{RUN}-purge"  # a queue of its own, so the purge leaves the run's other tasks alone
+
+QUEUES = Stage(
+    name="3b. Queues",
+    description="List and read queues, set limits, pause, explain a task, resume, purge.",
+    steps=(
+        Step(operation="list_queues"),
+        Step(
+            operation="get_queue",
+            path={"name": RUN},
+            checks={
+                "names the queue": "pm.expect(body.data.name).to.eql("
+                "'postman-' + pm.collectionVariables.get('run_id'));"
+            },
+        ),
+        Step(
+            operation="update_queue",
+            path={"name": RUN},
+            body={
+                "concurrency_limit": 5,
+                "concurrency_limit_per_key": 2,
+                "rate_limit_per_second": 50,
+            },
+            checks={"limits set": "pm.expect(body.data.concurrency_limit).to.eql(5);"},
+        ),
+        Step(
+            operation="pause_queue",
+            path={"name": RUN},
+            checks={"paused": "pm.expect(body.data.paused).to.eql(true);"},
+        ),
+        Step(
+            operation="explain_task",
+            path={"task_id": _TASK},
+            checks={"has reasons": "pm.expect(body.data.reasons).to.be.an('array');"},
+        ),
+        Step(
+            operation="resume_queue",
+            path={"name": RUN},
+            checks={"resumed": "pm.expect(body.data.paused).to.eql(false);"},
+        ),
+        Step(
+            operation="create_task",
+            name="Create a task to purge",
+            body={"name": "Process Data", "queue": _PURGED, "payload": {}},
+        ),
+        Step(
+            operation="purge_queue",
+            path={"name": _PURGED},
+            checks={"purged one": "pm.expect(body.data.purged).to.eql(1);"},
+        ),
+    ),
+)
+
+OPERATING = Stage(
+    name="3b. History, redrive and schedules",
+    description=(
+        "The failed report task's history, sent back to work; bulk retry and purge with "
+        "filters; a paused schedule, changed, run once by hand."
+    ),
+    steps=(
+        Step(
+            operation="task_events",
+            path={"task_id": "{{report_task_id}}"},
+            checks={
+                "created first, failed last": (
+                    "pm.expect(body.data[0].event).to.eql('created');\n"
+                    "pm.expect(body.data[body.data.length - 1].event).to.eql('failed');"
+                )
+            },
+        ),
+        Step(
+            operation="retry_task",
+            path={"task_id": "{{report_task_id}}"},
+            checks=_status_is("pending"),
+        ),
+        Step(operation="retry_tasks", body={"status": "failed", "queue": RUN}),
+        Step(operation="purge_tasks", body={"status": "cancelled", "queue": RUN}),
+        Step(
+            operation="create_schedule",
+            body={
+                "name": RUN,
+                "cron": "0 3 * * *",
+                "timezone": "Europe/Berlin",
+                "task": {"name": "Send Report", "queue": RUN, "payload": {"report": "nightly"}},
+                "paused": True,
+            },
+            store={"schedule_name": "body.data.name"},
+        ),
+        Step(operation="list_schedules"),
+        Step(operation="get_schedule", path={"name": "{{schedule_name}}"}),
+        Step(
+            operation="update_schedule",
+            path={"name": "{{schedule_name}}"},
+            body={"cron": "30 3 * * 1-5"},
+        ),
+        Step(
+            operation="trigger_schedule",
+            path={"name": "{{schedule_name}}"},
+            store={"scheduled_task_id": "body.data.task.id"},
+        ),
+    ),
+)
+
 ANALYTICS = Stage(
     name="4. Analytics",
     description="The dashboard figures, trends and the export.",
@@ -308,6 +411,12 @@ CLEAN_UP = Stage(
             name="Delete the image task",
             path={"task_id": "{{image_task_id}}"},
         ),
+        Step(
+            operation="delete_task",
+            name="Delete the task the schedule submitted",
+            path={"task_id": "{{scheduled_task_id}}"},
+        ),
+        Step(operation="delete_schedule", path={"name": "{{schedule_name}}"}),
         Step(operation="revoke_api_key", path={"key_id": "{{api_key_id}}"}),
         Step(operation="delete_user", path={"username": "{{new_username}}"}),
         Step(operation="delete_webhook", path={"webhook_id": "{{webhook_id}}"}),
@@ -322,7 +431,18 @@ WALKTHROUGH = Walkthrough(
         "for the requests after it, tests the status code of every response, and deletes what "
         "it created at the end."
     ),
-    stages=(SIGN_IN, TASKS, WORKER, ANALYTICS, ADMIN, WEBHOOKS, SYSTEM, CLEAN_UP),
+    stages=(
+        SIGN_IN,
+        TASKS,
+        WORKER,
+        QUEUES,
+        OPERATING,
+        ANALYTICS,
+        ADMIN,
+        WEBHOOKS,
+        SYSTEM,
+        CLEAN_UP,
+    ),
     variables=(
         ("username", "admin", "who the login step signs in as"),
         ("password", "password", "that user's password"),
@@ -337,6 +457,8 @@ WALKTHROUGH = Walkthrough(
         ("api_key_id", "", "the API key created by the run"),
         ("new_api_key", "", "that key itself (shown once)"),
         ("webhook_id", "", "the webhook created by the run"),
+        ("schedule_name", "", "the schedule created by the run"),
+        ("scheduled_task_id", "", "the task its trigger submitted"),
     ),
 )
 

@@ -46,6 +46,7 @@ def task_out(t: Task, *, lease_id: bool = False) -> TaskOut:
         completed_at=iso(t.completed_at),
         duration=t.duration,
         deliveries=t.deliveries,
+        concurrency_key=t.concurrency_key,
     )
 
 

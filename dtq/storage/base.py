@@ -26,6 +26,7 @@ Sync reads (`iter_pending`, `iter_leases`) are start-up only.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import trio
@@ -36,7 +37,10 @@ from dtq.models import (
     Delivery,
     DeliveryRef,
     DeliveryStatus,
+    QueueConfig,
+    Schedule,
     Task,
+    TaskEvent,
     TaskStatus,
     User,
     Webhook,
@@ -48,7 +52,24 @@ T = TypeVar("T")
 
 SECONDS_PER_DAY = 86400
 # Counter names a backend keeps itself (besides one per TaskStatus value and what ops count):
-# total, workers_total, workers_active, duration_sum, duration_n.
+# total, workers_total, workers_active, duration_sum, duration_n, and per queue one per status
+# (`queue_counter`), so a queue's pending/running/failed figures cost one read.
+QUEUE_COUNTER_PREFIX = "queue\x00"
+
+
+def queue_counter(queue: str, status: str) -> str:
+    """The counter of tasks of `queue` in `status` (queue names never hold NUL)."""
+    return f"{QUEUE_COUNTER_PREFIX}{queue}\x00{status}"
+
+
+def queue_counts(counters: dict[str, float]) -> dict[str, dict[str, int]]:
+    """queue -> status -> count, from `Store.counters()` (every queue a task ever named)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in counters.items():
+        if name.startswith(QUEUE_COUNTER_PREFIX):
+            queue, _, status = name[len(QUEUE_COUNTER_PREFIX) :].rpartition("\x00")
+            out.setdefault(queue, {})[status] = int(value)
+    return out
 
 
 def day_number(t: float) -> int:
@@ -62,6 +83,9 @@ class TaskQuery(Protocol):
     worker_id: str | None
     queue: str | None
     name: str | None
+    tag: str | None
+    created_after: datetime | None  # inclusive (naive: UTC)
+    created_before: datetime | None  # exclusive
     sort: str  # created_at | updated_at | duration
     order: str  # asc | desc
     skip: int
@@ -78,6 +102,7 @@ class PendingRow(NamedTuple):
     name: str
     run_at: float | None
     ready_at: float
+    concurrency_key: str | None = None
 
 
 # (txn, old, new): a task change, inside the op that makes it (None: inserted / deleted)
@@ -126,6 +151,35 @@ class StoreTxn(Protocol):
     def delete_task(self, task: Task) -> None:
         """Remove the task, its index entries and its idempotency key; counters follow."""
         ...
+
+    def prune_task(self, task: Task) -> None:
+        """Remove it as `delete_task` does (events included), but tell no event sink: retention
+        ages data out, nobody deleted it. Counters follow as for `delete_task`."""
+        ...
+
+    def finished_tasks(
+        self,
+        status: TaskStatus,
+        *,
+        after: tuple[int, int] | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int = 500,
+    ) -> list[Task]:
+        """Up to `limit` tasks of a final `status` in (completed_at µs, seq) order, from the
+        finish-time index: only those with `since <= completed_at < before`, and strictly
+        after the position `after` = (completed_at in whole µs, seq) of the last one seen."""
+        ...
+
+    # -- history: one event per transition, in the transaction that made it -------------------
+    def append_task_event(self, task_id: str, event: TaskEvent) -> None:
+        """Add an event after the task's others (its history is removed with the task)."""
+        ...
+
+    # -- schedules ------------------------------------------------------------------------------
+    def get_schedule(self, name: str) -> Schedule | None: ...
+    def put_schedule(self, schedule: Schedule) -> None: ...
+    def delete_schedule(self, name: str) -> bool: ...
 
     def next_seq(self) -> int:
         """A new enqueue sequence number, larger than every one handed out before (numbers
@@ -176,6 +230,11 @@ class StoreTxn(Protocol):
 
     def delete_delivery(self, delivery: Delivery) -> None: ...
 
+    # -- queue configs ------------------------------------------------------------------------
+    def get_queue_config(self, name: str) -> QueueConfig | None: ...
+    def put_queue_config(self, config: QueueConfig) -> None: ...
+    def delete_queue_config(self, name: str) -> bool: ...
+
 
 class Store(Protocol):
     """A backend. Open it with `dtq.server.open_store`; run `run` in a nursery before the first
@@ -213,9 +272,13 @@ class Store(Protocol):
     async def get_task(self, task_id: str) -> Task | None: ...
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
         """One page and the number of matching tasks. Filters (all given must match): status,
-        priority, worker_id, queue, name. Sorts: created_at and updated_at (ties in enqueue
+        priority, worker_id, queue, name, tag, created_after <= created_at < created_before. Sorts: created_at and updated_at (ties in enqueue
         order), duration (tasks without one first in asc). Raises InvalidRequest on another
         sort."""
+        ...
+
+    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+        """A task's events in the order they were appended (empty for an unknown task)."""
         ...
 
     async def counters(self) -> dict[str, float]: ...
@@ -240,6 +303,16 @@ class Store(Protocol):
         """(expires_at, task id, lease id) of every running task."""
         ...
 
+    def iter_running(self) -> Iterator[tuple[str, str, str | None]]:
+        """(task id, queue, concurrency_key) of every running task (the limits' count)."""
+        ...
+
+    # -- queue configs ------------------------------------------------------------------------
+    async def get_queue_config(self, name: str) -> QueueConfig | None: ...
+    async def list_queue_configs(self) -> list[QueueConfig]:
+        """In name (byte) order."""
+        ...
+
     # -- accounts -----------------------------------------------------------------------------
     async def get_user(self, username: str) -> User | None: ...
     async def list_users(self) -> list[User]:
@@ -252,6 +325,14 @@ class Store(Protocol):
         ...
 
     async def get_setting(self, name: str) -> str | None: ...
+
+    # -- schedules ----------------------------------------------------------------------------
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+    async def list_schedules(self, skip: int = 0, limit: int | None = None) -> list[Schedule]:
+        """In name order (byte order of the UTF-8 name)."""
+        ...
+
+    async def count_schedules(self) -> int: ...
 
     # -- webhooks -----------------------------------------------------------------------------
     async def list_webhooks(self) -> list[Webhook]:

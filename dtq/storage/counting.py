@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dtq.models import DayStats, Worker, WorkerStatus
-from dtq.storage.base import day_number
+from dtq.storage.base import day_number, queue_counter
 
 
 class Deltas:
@@ -21,6 +21,12 @@ class Deltas:
     def day(self, t: float, name: str, n: float = 1) -> None:
         d = self.days.setdefault(day_number(t), {})
         d[name] = d.get(name, 0) + n
+
+    def task_status(self, queue: str, status: str, n: int) -> None:
+        """A task of `queue` entered (n=1) or left (n=-1) `status`: the status counter and
+        the queue's own one follow."""
+        self.add(status, n)
+        self.add(queue_counter(queue, status), n)
 
     def worker_changed(self, old: Worker | None, new: Worker) -> None:
         """The dashboard's worker counters follow a worker record's insert or status change."""

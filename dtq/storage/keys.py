@@ -98,3 +98,29 @@ def name_index_key(name: str, created_at: float, seq: int, tkey: bytes) -> bytes
 def day_key(day_number: int) -> bytes:
     """Days since the epoch (UTC)."""
     return u64(day_number)
+
+
+def finished_key(status: TaskStatus, completed_at: float, seq: int, tkey: bytes) -> bytes:
+    """status | completed_us | seq | task key: the finish-time index (final states only),
+    which retention, redrive and purge walk in time order without a scan."""
+    return STATUS_BYTE[status] + time_id_key(completed_at, seq, tkey)
+
+
+def finished_position(status: TaskStatus, completed_us: int, seq: int) -> bytes:
+    """The smallest `finished_key` at or after (completed_us, seq) of `status` (times before
+    the epoch or past 2**64 µs clamp to the ends of the index)."""
+    us = min(max(completed_us, 0), 2**64 - 1)
+    return STATUS_BYTE[status] + _pack_u64x2(us, min(max(seq, 0), 2**64 - 1))
+
+
+def tag_prefix(tag: str) -> bytes:
+    return tag.encode() + SEP  # tags hold no NUL (validated at the boundary), <= 64 chars
+
+
+def tag_index_key(tag: str, created_at: float, seq: int, tkey: bytes) -> bytes:
+    return tag_prefix(tag) + time_id_key(created_at, seq, tkey)
+
+
+def event_key(tkey: bytes, n: int) -> bytes:
+    """task key (16) | event number (8): one range read gives a task's events in order."""
+    return tkey + _pack_u64(n)

@@ -32,12 +32,16 @@ from dtq.models import (
     DeliveryRef,
     DeliveryStatus,
     Priority,
+    QueueConfig,
+    Schedule,
     Task,
+    TaskEvent,
     TaskStatus,
     User,
     Webhook,
     Worker,
     WorkerStatus,
+    epoch,
 )
 from dtq.storage import codec
 from dtq.storage.base import EventSink, PendingRow, StoreTxn, TaskQuery, WriterStats
@@ -50,6 +54,7 @@ _dec_user = msgspec.msgpack.Decoder(User).decode
 _dec_key = msgspec.msgpack.Decoder(ApiKey).decode
 _dec_hook = msgspec.msgpack.Decoder(Webhook).decode
 _dec_delivery = msgspec.msgpack.Decoder(Delivery).decode
+_dec_queue = msgspec.msgpack.Decoder(QueueConfig).decode
 
 
 def _us(t: float) -> int:
@@ -94,7 +99,10 @@ class _State:
         self.deliveries: dict[DeliveryRef, bytes] = {}
         self.due: dict[tuple[int, DeliveryRef], None] = {}
         self.counters: dict[str, float] = {}
+        self.queues: dict[str, bytes] = {}
         self.days: dict[int, DayStats] = {}
+        self.events: dict[str, tuple[bytes, ...]] = {}  # task id -> its events, in order
+        self.schedules: dict[str, bytes] = {}
 
 
 class MemoryTxn:
@@ -137,7 +145,7 @@ class MemoryTxn:
     def insert_task(self, task: Task) -> Task:
         self._set(self._s.tasks, task.id, codec.encode(task))
         self.deltas.add("total")
-        self.deltas.add(task.status)
+        self.deltas.task_status(task.queue, task.status, 1)
         self.deltas.day(task.created_at, "created")
         if (sink := self._store.event_sink) is not None:
             sink(self, None, task)
@@ -146,22 +154,66 @@ class MemoryTxn:
     def replace_task(self, old: Task, new: Task) -> None:
         self._set(self._s.tasks, new.id, codec.encode(new))
         if old.status != new.status:
-            self.deltas.add(old.status, -1)
-            self.deltas.add(new.status, 1)
+            self.deltas.task_status(old.queue, old.status, -1)
+            self.deltas.task_status(new.queue, new.status, 1)
         if (sink := self._store.event_sink) is not None:
             sink(self, old, new)
 
     def delete_task(self, task: Task) -> None:
+        self._remove_task(task, notify=True)
+
+    def prune_task(self, task: Task) -> None:
+        self._remove_task(task, notify=False)
+
+    def _remove_task(self, task: Task, *, notify: bool) -> None:
         self._del(self._s.tasks, task.id)
+        self._del(self._s.events, task.id)
         if task.idempotency_key:
             self._del(self._s.idem, task.idempotency_key)
         self.deltas.add("total", -1)
-        self.deltas.add(task.status, -1)
+        self.deltas.task_status(task.queue, task.status, -1)
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
             self.deltas.add("duration_sum", -task.duration)
             self.deltas.add("duration_n", -1)
-        if (sink := self._store.event_sink) is not None:
+        if notify and (sink := self._store.event_sink) is not None:
             sink(self, task, None)
+
+    def finished_tasks(
+        self,
+        status: TaskStatus,
+        *,
+        after: tuple[int, int] | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int = 500,
+    ) -> list[Task]:
+        lo = (_us(since), 0) if since is not None else (-1, -1)
+        hi = (_us(before), 0) if before is not None else None
+        rows = []
+        for task in (codec.decode_task(raw) for raw in self._s.tasks.values()):
+            if task.status != status or task.completed_at is None:
+                continue
+            pos = (_us(task.completed_at), task.seq)
+            if pos < lo or (hi is not None and pos >= hi) or (after is not None and pos <= after):
+                continue
+            rows.append((pos, task))
+        rows.sort(key=lambda r: r[0])
+        return [task for _, task in rows[:limit]]
+
+    # -- history ------------------------------------------------------------------------
+    def append_task_event(self, task_id: str, event: TaskEvent) -> None:
+        self._set(self._s.events, task_id, (*self._s.events.get(task_id, ()), codec.encode(event)))
+
+    # -- schedules ----------------------------------------------------------------------
+    def get_schedule(self, name: str) -> Schedule | None:
+        raw = self._s.schedules.get(name)
+        return None if raw is None else codec.decode_schedule(raw)
+
+    def put_schedule(self, schedule: Schedule) -> None:
+        self._set(self._s.schedules, schedule.name, codec.encode(schedule))
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._del(self._s.schedules, name)
 
     def count(self, name: str, n: float = 1) -> None:
         self.deltas.add(name, n)
@@ -232,6 +284,17 @@ class MemoryTxn:
         if delivery.next_attempt_at is not None:
             self._del(self._s.due, (_us(delivery.next_attempt_at), ref))
         self._del(self._s.deliveries, ref)
+
+    # -- queue configs --------------------------------------------------------------------
+    def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self._s.queues.get(name)
+        return None if raw is None else _dec_queue(raw)
+
+    def put_queue_config(self, config: QueueConfig) -> None:
+        self._set(self._s.queues, config.name, codec.encode(config))
+
+    def delete_queue_config(self, name: str) -> bool:
+        return self._del(self._s.queues, name)
 
 
 class MemoryStore:
@@ -322,6 +385,7 @@ class MemoryStore:
             raise InvalidRequest(f"cannot sort by {q.sort!r}", field="sort")
         desc = q.order == "desc"
         priority = None if q.priority is None else Priority(q.priority)
+        after, before = epoch(q.created_after), epoch(q.created_before)
         matched = [
             t
             for t in self._all_tasks()
@@ -330,6 +394,9 @@ class MemoryStore:
             and (q.worker_id is None or t.worker_id == q.worker_id)
             and (q.queue is None or t.queue == q.queue)
             and (q.name is None or t.name == q.name)
+            and (q.tag is None or q.tag in t.tags)
+            and (after is None or _us(t.created_at) >= _us(after))
+            and (before is None or _us(t.created_at) < _us(before))
         ]
         if q.sort == "updated_at":
             matched.sort(key=_updated_order, reverse=desc)
@@ -341,8 +408,24 @@ class MemoryStore:
                 matched.reverse()
         return matched[q.skip : q.skip + q.limit], len(matched)
 
+    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+        return [codec.decode_event(raw) for raw in self.state.events.get(task_id, ())]
+
     async def counters(self) -> dict[str, float]:
         return dict(self.state.counters)
+
+    # -- schedules --------------------------------------------------------------------------
+    async def get_schedule(self, name: str) -> Schedule | None:
+        raw = self.state.schedules.get(name)
+        return None if raw is None else codec.decode_schedule(raw)
+
+    async def list_schedules(self, skip: int = 0, limit: int | None = None) -> list[Schedule]:
+        names = sorted(self.state.schedules, key=str.encode)
+        end = None if limit is None else skip + limit
+        return [codec.decode_schedule(self.state.schedules[n]) for n in names[skip:end]]
+
+    async def count_schedules(self) -> int:
+        return len(self.state.schedules)
 
     async def day_stats(self, first_day: int, last_day: int) -> list[tuple[int, DayStats]]:
         return [
@@ -375,6 +458,7 @@ class MemoryStore:
                 t.name,
                 math.ceil(t.run_at * 1_000_000) / 1_000_000 if t.run_at else None,
                 _us(t.ready_at or t.created_at) / 1_000_000,
+                t.concurrency_key,
             )
             for t in self._all_tasks()
             if t.status == TaskStatus.PENDING
@@ -387,6 +471,20 @@ class MemoryStore:
             (t for t in self._all_tasks() if t.status == TaskStatus.RUNNING), key=_created_order
         )
         yield from ((t.lease.expires_at, t.id, t.lease.id) for t in running if t.lease)
+
+    def iter_running(self) -> Iterator[tuple[str, str, str | None]]:
+        for t in self._all_tasks():
+            if t.status == TaskStatus.RUNNING:
+                yield t.id, t.queue, t.concurrency_key
+
+    # -- queue configs ----------------------------------------------------------------------
+    async def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self.state.queues.get(name)
+        return None if raw is None else _dec_queue(raw)
+
+    async def list_queue_configs(self) -> list[QueueConfig]:
+        rows = sorted(self.state.queues.items(), key=lambda kv: kv[0].encode())
+        return [_dec_queue(raw) for _, raw in rows]
 
     # -- accounts ---------------------------------------------------------------------------
     async def get_user(self, username: str) -> User | None:

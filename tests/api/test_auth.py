@@ -260,11 +260,14 @@ class Case:
     permission: Permission
     status: int = 200
     body: Any = None
-    needs: str = ""  # "task" | "leased" | "worker" | "user" | "key" | "hook"
+    needs: str = (
+        ""  # "task" | "leased" | "failed" | "worker" | "user" | "key" | "hook" | "schedule"
+    )
 
 
 LEASED_BODY = {"lease_id": "{lease}"}
 HOOK = {"url": "https://93.184.215.14/hook", "events": ["task.completed"]}  # a public address
+SCHEDULE = {"name": "s", "cron": "* * * * *", "task": {"name": "x"}}
 CASES = [
     Case("GET", "/api/v1/tasks", Permission.TASKS_READ),
     Case("POST", "/api/v1/tasks", Permission.TASKS_CREATE, 201, {"name": "x"}),
@@ -347,6 +350,30 @@ CASES = [
     Case("GET", "/api/v1/webhooks/{hook}", Permission.WEBHOOKS, needs="hook"),
     Case("DELETE", "/api/v1/webhooks/{hook}", Permission.WEBHOOKS, 204, needs="hook"),
     Case("GET", "/api/v1/webhooks/{hook}/deliveries", Permission.WEBHOOKS, needs="hook"),
+    Case("GET", "/api/v1/tasks/{task}/explain", Permission.TASKS_READ, needs="task"),
+    Case("GET", "/api/v1/queues", Permission.QUEUES_READ),
+    Case("GET", "/api/v1/queues/{queue}", Permission.QUEUES_READ, needs="task"),
+    Case("PUT", "/api/v1/queues/{queue}", Permission.QUEUES_WRITE, body={"concurrency_limit": 9}),
+    Case("POST", "/api/v1/queues/{queue}/pause", Permission.QUEUES_WRITE, needs="task"),
+    Case("POST", "/api/v1/queues/{queue}/resume", Permission.QUEUES_WRITE, needs="task"),
+    Case("POST", "/api/v1/queues/{queue}/purge", Permission.QUEUES_WRITE, needs="task"),
+    # issue 12: history, redrive, schedules
+    Case("GET", "/api/v1/tasks/{task}/events", Permission.TASKS_READ, needs="task"),
+    Case("POST", "/api/v1/tasks/{task}/retry", Permission.TASKS_WRITE, needs="failed"),
+    Case("POST", "/api/v1/tasks/retry", Permission.TASKS_WRITE, body={"status": "failed"}),
+    Case("POST", "/api/v1/tasks/purge", Permission.TASKS_WRITE, body={"status": "cancelled"}),
+    Case("GET", "/api/v1/schedules", Permission.TASKS_READ),
+    Case("POST", "/api/v1/schedules", Permission.TASKS_WRITE, 201, SCHEDULE),
+    Case("GET", "/api/v1/schedules/{schedule}", Permission.TASKS_READ, needs="schedule"),
+    Case(
+        "PUT",
+        "/api/v1/schedules/{schedule}",
+        Permission.TASKS_WRITE,
+        body={"paused": True},
+        needs="schedule",
+    ),
+    Case("DELETE", "/api/v1/schedules/{schedule}", Permission.TASKS_WRITE, 204, needs="schedule"),
+    Case("POST", "/api/v1/schedules/{schedule}/trigger", Permission.TASKS_WRITE, needs="schedule"),
 ]
 
 
@@ -357,6 +384,8 @@ def werkzeug_rule(path: str) -> str:
         ("user", "username"),
         ("key", "key_id"),
         ("hook", "webhook_id"),
+        ("queue", "name"),
+        ("schedule", "name"),
     ):
         path = path.replace(f"{{{name}}}", f"<{param}>")
     return path
@@ -379,7 +408,7 @@ def preparer(
     may act on it, so an allowed caller must have taken it itself."""
 
     async def prepare() -> dict[str, str]:
-        values: dict[str, str] = {}
+        values: dict[str, str] = {"queue": "default"}  # the queue tasks go to by default
         if case.needs in ("task", "leased"):
             values["task"] = (await create_task(admin, f"t{n}"))["id"]
         if case.needs == "leased":
@@ -393,6 +422,15 @@ def preparer(
                 "/api/v1/users", {"username": f"user{n}", "password": "long-enough"}
             )
             values["user"] = ok(reply, 201)["username"]
+        if case.needs == "failed":
+            task = await create_task(admin, f"t{n}", queue=f"failed{n}")
+            got = await lease_one(admin, "w-prep", queues=[f"failed{n}"])
+            body = {"lease_id": got["lease"]["id"], "error": "x", "retry": False}
+            ok(await admin.post(f"/api/v1/tasks/{got['id']}/fail", body))
+            values["task"] = task["id"]
+        if case.needs == "schedule":
+            reply = await admin.post("/api/v1/schedules", {**SCHEDULE, "name": f"sched{n}"})
+            values["schedule"] = ok(reply, 201)["name"]
         if case.needs == "hook":
             values["hook"] = ok(await admin.post("/api/v1/webhooks", HOOK), 201)["id"]
         if case.needs == "key":
@@ -469,6 +507,7 @@ def test_the_role_table_matches_design() -> None:
         Permission.TASKS_READ,
         Permission.WORKERS_READ,
         Permission.ANALYTICS_READ,
+        Permission.QUEUES_READ,  # a queue's figures and limits; changing them is an operator's
     }
 
 

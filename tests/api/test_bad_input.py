@@ -24,6 +24,11 @@ from .helpers import (
 TASK_ID = "123e4567-e89b-12d3-a456-426614174000"
 
 
+def fill(openapi_path: str) -> str:
+    """An OpenAPI path as `body_routes` fills it in."""
+    return openapi_path.replace("{task_id}", TASK_ID).replace("{", "<").replace("}", ">")
+
+
 def body_routes(app: QuartTrio) -> list[tuple[str, str]]:
     """(method, path) of every POST/PUT route the app serves, with path parameters filled in."""
     out = []
@@ -31,6 +36,7 @@ def body_routes(app: QuartTrio) -> list[tuple[str, str]]:
         for method in sorted((rule.methods or set()) & {"POST", "PUT"}):
             path = plain_rule(rule.rule).replace("<task_id>", TASK_ID)
             path = path.replace("<worker_id>", "w1").replace("<username>", "bob")
+            path = path.replace("<name>", "default")  # a queue
             out.append((method, path.replace("<key_id>", "0123456789abcdef")))
     return sorted(out)
 
@@ -55,11 +61,18 @@ BAD_BODIES = [
 async def test_every_body_route_rejects_bad_bodies(admin: Client, app: QuartTrio) -> None:
     routes = body_routes(app)
     assert ("POST", "/api/v1/tasks") in routes
+    # operations whose body may be left out (documented as not required)
+    optional = {(spec.method, fill(spec.path)) for spec in app.extensions["dtq_api"].registry
+                if spec.body is not None and not spec.body_required}  # fmt: skip
     for method, path in routes:
         for raw in BAD_BODIES:
             reply = await admin.request(method, path, body=raw)
             assert reply.status == 400, (method, path, raw[:40], reply)
             error_of(reply, 400, "INVALID_REQUEST")
+        if path.startswith("/api/v1/queues/") and path.endswith(("/pause", "/resume", "/purge")):
+            continue  # queue actions: no body is their normal call
+        if (method, path) in optional:
+            continue  # e.g. a trigger: no body is its usual call (404 here: nothing to act on)
         reply = await admin.request(method, path, body=b"")
         error_of(reply, 400, "INVALID_REQUEST", field="body")
         reply = await admin.request(method, path)  # no body at all

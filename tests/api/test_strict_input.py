@@ -21,6 +21,7 @@ PATH_VALUES = {
     "worker_id": "w1",
     "username": "bob",
     "key_id": "0123456789abcdef",
+    "name": "default",  # a queue or a schedule
 }
 
 # Inside a JSON string: bytes that are not UTF-8, and escapes that are not characters.

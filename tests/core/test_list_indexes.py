@@ -68,3 +68,30 @@ async def test_indexes_are_built_for_an_older_store(
         assert (ids, total) == ([t.id for t in made if t.queue == "q1"], 4)
         ids, total = await listing(q, name="n0", order="asc", limit=100)
         assert (ids, total) == ([t.id for t in made if t.name == "n0"], 6)
+
+
+async def test_tag_and_finish_indexes_are_built_for_a_version_1_store(
+    settings: Settings, mock_clock: trio.testing.MockClock
+) -> None:
+    from dtq.core import redrive
+    from dtq.models import TaskFilter
+
+    clock = TrioClock(WALL0)
+    async with open_queue(settings, clock=clock) as q:
+        made = [await create(q, tags=["t"] if i % 2 else []) for i in range(6)]
+        await q.cancel(made[0].id)
+        await q.cancel(made[1].id)
+    # As a store written by version 1: by_queue/by_name there, by_tag/by_finished empty.
+    env = lmdb.open(settings.data_dir, max_dbs=len(lmdb_store.TABLES) + 2)
+    with env.begin(write=True) as txn:
+        for name in ("by_tag", "by_finished"):
+            txn.drop(env.open_db(name.encode(), txn=txn), delete=False)
+        txn.put(lmdb_store._INDEX_VERSION_KEY, (1).to_bytes(8, "big"),
+                db=env.open_db(b"meta", txn=txn))  # fmt: skip
+    env.close()
+
+    async with open_queue(settings, clock=clock) as q:
+        ids, total = await listing(q, tag="t", order="asc", limit=100)
+        assert (ids, total) == ([t.id for t in made if t.tags], 3)
+        result = await redrive.retry_matching(q, TaskFilter(status=TaskStatus.CANCELLED))
+        assert (result.matched, result.affected) == (2, 2)

@@ -245,7 +245,7 @@ async def spawn_server(
     data_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, attempts + 1):
         port = free_port()
-        marker = f"e2e-{secrets.token_hex(6)}"
+        marker = f"test-e2e-{secrets.token_hex(6)}"  # a test env: test clocks allowed
         log_path = data_dir.parent / f"server-{data_dir.name}-{port}-{marker}.log"
         environ = clean_environ(
             {

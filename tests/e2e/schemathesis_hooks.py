@@ -9,6 +9,9 @@ schema allows, so an invalid value stays invalid and a valid one stays valid:
 - in a schema-valid request, a payload or result with integers beyond 64 bits is replaced:
   the 64-bit rule for values nested in free-form JSON is said in words (descriptions), not in
   the schema;
+- in a schema-valid schedule, a `cron` that is not a firing 5-field expression becomes
+  `* * * * *`, a `timezone` that is not an IANA zone becomes `UTC`, and the task loses
+  `run_at` / `idempotency_key` (a schedule sets both): rules the document says in words;
 - the run's own API key is never the one revoked.
 """
 
@@ -83,6 +86,30 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         for ack in acks if isinstance(acks, list) else []:
             if isinstance(ack, dict) and beyond_64_bits(ack.get("result")):
                 ack["result"] = None
+    if positive and operation in ("create_schedule", "update_schedule") and isinstance(body, dict):
+        schedule_made_valid(body)
     params = case.path_parameters
     if operation == "revoke_api_key" and params and params.get("key_id") == OWN_KEY_ID:
         params["key_id"] = SOME_OTHER_KEY_ID
+
+
+def schedule_made_valid(body: dict[str, Any]) -> None:
+    from dtq.core import cron
+    from dtq.errors import InvalidRequest
+
+    if isinstance(body.get("cron"), str):
+        try:
+            cron.check(body["cron"])
+        except InvalidRequest:
+            body["cron"] = "* * * * *"
+    if isinstance(body.get("timezone"), str):
+        try:
+            cron.zone(body["timezone"])
+        except InvalidRequest:
+            body["timezone"] = "UTC"
+    task = body.get("task")
+    if isinstance(task, dict):
+        task.pop("run_at", None)
+        task.pop("idempotency_key", None)
+        if beyond_64_bits(task.get("payload")):
+            task["payload"] = {}

@@ -451,3 +451,24 @@ async def test_backup_while_the_server_runs(shared_server: SharedServer, tmp_pat
     again = await trio.to_thread.run_sync(run_cli, "backup", str(dest), "--data-dir", data_dir)
     assert again.returncode == 1
     one_line_error(again.stderr)
+
+
+def test_queues_commands_and_tasks_explain(dtq: InProcessCli, client: Client) -> None:
+    task = client.submit("Queued", queue="cli-queues")
+    listed = dtq.json("queues", "list")
+    assert "cli-queues" in {q["name"] for q in listed}
+    assert dtq.json("queues", "get", "cli-queues")["pending"] >= 1
+    assert dtq.json("queues", "pause", "cli-queues")["paused"] is True
+    explained = dtq.json("tasks", "explain", task.id)
+    assert "queue_paused" in {r["code"] for r in explained["reasons"]}
+    assert dtq.json("queues", "resume", "cli-queues")["paused"] is False
+    info = dtq.json("queues", "set", "cli-queues", "--concurrency-limit", "2", "--rate-limit", "5")
+    assert (info["concurrency_limit"], info["rate_limit_per_second"]) == (2, 5.0)
+    info = dtq.json("queues", "set", "cli-queues", "--concurrency-limit", "none")
+    assert (info["concurrency_limit"], info["rate_limit_per_second"]) == (None, 5.0)
+    with pytest.raises(SystemExit) as exited:  # argparse refuses it before any request
+        dtq("queues", "set", "cli-queues", "--concurrency-limit", "0")
+    assert exited.value.code == 2
+    assert dtq.json("queues", "purge", "cli-queues") == {"queue": "cli-queues", "purged": 1}
+    rc, _, err = dtq("queues", "get", "no-such-queue")
+    assert rc == 1 and "not found" in one_line_error(err)

@@ -50,6 +50,8 @@ def test_login_first_and_clean_up_last() -> None:
         "delete_task",
         "delete_task",
         "delete_task",
+        "delete_task",
+        "delete_schedule",
         "revoke_api_key",
         "delete_user",
         "delete_webhook",

@@ -22,11 +22,20 @@ class Permission(enum.StrEnum):
     WORKERS_READ = "workers:read"  # list/get workers, /workers/status
     WORKERS_HEARTBEAT = "workers:heartbeat"  # POST /workers/heartbeat
     ANALYTICS_READ = "analytics:read"  # dashboard, trends, export, /ws/metrics, /metrics
+    QUEUES_READ = "queues:read"  # list/get queues
+    QUEUES_WRITE = "queues:write"  # configure, pause, resume, purge queues
     WEBHOOKS = "webhooks"  # register, list, delete webhooks; see their deliveries
     ADMIN = "admin"  # users, API keys
 
 
-_READ_ONLY = frozenset({Permission.TASKS_READ, Permission.WORKERS_READ, Permission.ANALYTICS_READ})
+_READ_ONLY = frozenset(
+    {
+        Permission.TASKS_READ,
+        Permission.WORKERS_READ,
+        Permission.ANALYTICS_READ,
+        Permission.QUEUES_READ,
+    }
+)
 
 # The one role -> permission table (DESIGN.md "Auth").
 # - operator: every task, worker, analytics and webhook operation, including running a worker

@@ -73,7 +73,7 @@ def register(api: Api) -> None:
         Permission.TASKS_CREATE,
     )  # fmt: skip
     async def create_task(call: Call) -> Any:
-        task, created = await queue.create(call.body)
+        task, created = await queue.create(call.body, call.principal.identity)
         return respond(success(task_out(task)), 201 if created else 200)
 
     @api.route(
@@ -82,7 +82,7 @@ def register(api: Api) -> None:
         Permission.TASKS_CREATE,
     )  # fmt: skip
     async def create_tasks(call: Call) -> Any:
-        rows = await queue.create_many(call.body.tasks)
+        rows = await queue.create_many(call.body.tasks, call.principal.identity)
         return respond(success([task_out(t) for t, _ in rows]), 201)
 
     @api.route(
@@ -101,7 +101,13 @@ def register(api: Api) -> None:
         Permission.TASKS_WRITE,
     )  # fmt: skip
     async def update_task(call: Call) -> Any:
-        return respond(success(task_out(await queue.update(call.params["task_id"], call.body))))
+        return respond(
+            success(
+                task_out(
+                    await queue.update(call.params["task_id"], call.body, call.principal.identity)
+                )
+            )
+        )
 
     @api.route(
         RouteSpec("DELETE", f"{P}/{{task_id}}", "Delete a task", TAG, "delete_task",
@@ -138,7 +144,9 @@ def register(api: Api) -> None:
             AckOutcome(id=a.id, ok=True, status=a.task.status)
             if a.task is not None
             else AckOutcome(id=a.id, ok=False, error=error_info(a.error) if a.error else None)
-            for a in await queue.ack(call.body.acks, caller_of(call.principal))
+            for a in await queue.ack(
+                call.body.acks, caller_of(call.principal), call.principal.identity
+            )
         ]
         ok = sum(1 for o in outcomes if o.ok)
         return respond(success(AckResult(outcomes, ok, len(outcomes) - ok)))
@@ -153,8 +161,9 @@ def register(api: Api) -> None:
     async def complete_task(call: Call) -> Any:
         b: CompleteRequest = call.body
         task = await queue.complete(
-            call.params["task_id"], b.lease_id, b.result, caller_of(call.principal)
-        )
+            call.params["task_id"], b.lease_id, b.result, caller_of(call.principal),
+            call.principal.identity,
+        )  # fmt: skip
         return respond(success(task_out(task)))
 
     @api.route(
@@ -169,7 +178,7 @@ def register(api: Api) -> None:
         b: FailRequest = call.body
         task = await queue.fail(
             call.params["task_id"], b.lease_id, error_from_input(b.error), b.retry,
-            caller_of(call.principal),
+            caller_of(call.principal), call.principal.identity,
         )  # fmt: skip
         return respond(success(task_out(task)))
 
@@ -182,8 +191,9 @@ def register(api: Api) -> None:
     async def extend_lease(call: Call) -> Any:
         b: ExtendRequest = call.body
         task = await queue.extend(
-            call.params["task_id"], b.lease_id, b.lease_seconds, caller_of(call.principal)
-        )
+            call.params["task_id"], b.lease_id, b.lease_seconds, caller_of(call.principal),
+            call.principal.identity,
+        )  # fmt: skip
         return respond(success(task_out(task)))
 
     @api.route(
@@ -196,6 +206,7 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def release_task(call: Call) -> Any:
         task = await queue.release(
-            call.params["task_id"], call.body.lease_id, caller_of(call.principal)
-        )
+            call.params["task_id"], call.body.lease_id, caller_of(call.principal),
+            call.principal.identity,
+        )  # fmt: skip
         return respond(success(task_out(task)))

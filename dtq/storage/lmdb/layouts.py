@@ -6,6 +6,7 @@
     webhooks      webhook id (16)                           -> Webhook
     deliveries    webhook id (16) | created_us (8) | id (16) -> Delivery
     delivery_due  next_attempt_us (8) | deliveries key (40)  -> b""   (pending deliveries only)
+    queues        queue name (utf-8)                        -> QueueConfig
 
 Big-endian numbers, so LMDB order is index order.
 """
@@ -16,7 +17,7 @@ import uuid
 
 import msgspec
 
-from dtq.models import ApiKey, Delivery, DeliveryRef, User, Webhook
+from dtq.models import ApiKey, Delivery, DeliveryRef, QueueConfig, User, Webhook
 from dtq.storage import keys as K
 
 USERS = "users"
@@ -25,11 +26,13 @@ KV = "kv"
 WEBHOOKS = "webhooks"
 DELIVERIES = "deliveries"
 DUE = "delivery_due"
+QUEUES = "queues"
 
 decode_user = msgspec.msgpack.Decoder(User).decode
 decode_api_key = msgspec.msgpack.Decoder(ApiKey).decode
 decode_webhook = msgspec.msgpack.Decoder(Webhook).decode
 decode_delivery = msgspec.msgpack.Decoder(Delivery).decode
+decode_queue = msgspec.msgpack.Decoder(QueueConfig).decode
 
 
 def webhook_key(webhook_id: str) -> bytes:

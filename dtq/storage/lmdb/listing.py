@@ -12,7 +12,7 @@ from typing import Any
 import lmdb
 
 from dtq.errors import InvalidRequest
-from dtq.models import Priority, Task
+from dtq.models import Priority, Task, epoch
 from dtq.storage import codec
 from dtq.storage import keys as K
 from dtq.storage.base import TaskQuery
@@ -40,15 +40,22 @@ class Listing:
             filters.append(("queue", q.queue))
         if q.name is not None:
             filters.append(("name", q.name))
+        if q.tag is not None:
+            filters.append(("tags", q.tag))  # membership, see `_matches`
+        after, before = epoch(q.created_after), epoch(q.created_before)
         with self.env.begin() as txn:
             if q.sort == "created_at":
                 db, prefix = self._created_index(q)
-                return self._walk(txn, db, prefix, desc, q, filters)
+                bounds = _created_bounds(prefix, after, before)
+                return self._walk(txn, db, prefix, desc, q, filters, bounds)
             if q.sort == "updated_at":
+                if after is not None or before is not None:
+                    filters.append(("created_at", (after, before)))
                 return self._walk(txn, self.db["by_updated"], b"", desc, q, filters)
             if q.sort == "duration":
                 db, prefix = self._created_index(q)
-                tasks = list(self._matching(txn, db, prefix, filters))
+                bounds = _created_bounds(prefix, after, before)
+                tasks = list(self._matching(txn, db, prefix, filters, bounds=bounds))
                 tasks.sort(key=_duration_key, reverse=desc)
                 return tasks[q.skip : q.skip + q.limit], len(tasks)
         raise InvalidRequest(f"cannot sort by {q.sort!r}", field="sort")
@@ -59,6 +66,8 @@ class Listing:
             return self.db["by_worker"], q.worker_id.encode() + K.SEP
         if q.name is not None:
             return self.db["by_name"], K.name_prefix(q.name)
+        if q.tag is not None:
+            return self.db["by_tag"], K.tag_prefix(q.tag)
         if q.queue is not None:
             return self.db["by_queue"], K.queue_prefix(q.queue)
         if q.status is not None:
@@ -68,22 +77,31 @@ class Listing:
         return self.db["by_created"], b""
 
     def _iter_keys(
-        self, txn: lmdb.Transaction, db: Any, prefix: bytes, desc: bool
+        self,
+        txn: lmdb.Transaction,
+        db: Any,
+        prefix: bytes,
+        desc: bool,
+        bounds: tuple[bytes | None, bytes | None] = (None, None),
     ) -> Iterator[bytes]:
+        """Keys starting with `prefix`, within bounds (lo inclusive, hi exclusive)."""
+        lo, hi = bounds
         cur = txn.cursor(db)
         if desc:
-            end = _prefix_end(prefix) if prefix else None
+            end = hi if hi is not None else (_prefix_end(prefix) if prefix else None)
             positioned = cur.prev() if end is not None and cur.set_range(end) else cur.last()
             if not positioned:
                 return
             walk = cur.iterprev(values=False)
         else:
-            if not cur.set_range(prefix):
+            if not cur.set_range(lo if lo is not None else prefix):
                 return
             walk = cur.iternext(values=False)
         for key in walk:
             key = bytes(key)
             if not key.startswith(prefix):
+                return
+            if (lo is not None and key < lo) or (hi is not None and key >= hi):
                 return
             yield key
 
@@ -94,14 +112,15 @@ class Listing:
         prefix: bytes,
         filters: list[tuple[str, Any]],
         desc: bool = False,
+        bounds: tuple[bytes | None, bytes | None] = (None, None),
     ) -> Iterator[Task]:
         tasks_db = self.db["tasks"]
-        for key in self._iter_keys(txn, db, prefix, desc):
+        for key in self._iter_keys(txn, db, prefix, desc, bounds):
             raw = txn.get(key[-16:], db=tasks_db)
             if raw is None:
                 continue
             task = codec.decode_task(raw)
-            if all(getattr(task, f) == v for f, v in filters):
+            if _matches(task, filters):
                 yield task
 
     def _walk(
@@ -112,19 +131,20 @@ class Listing:
         desc: bool,
         q: TaskQuery,
         filters: list[tuple[str, Any]],
+        bounds: tuple[bytes | None, bytes | None] = (None, None),
     ) -> tuple[list[Task], int]:
         page: list[Task] = []
         index_is_exact = not filters or (len(filters) == 1 and q.sort == "created_at")
         if not index_is_exact:
             total = 0
-            for task in self._matching(txn, db, prefix, filters, desc):
+            for task in self._matching(txn, db, prefix, filters, desc, bounds):
                 if total >= q.skip and len(page) < q.limit:
                     page.append(task)
                 total += 1
             return page, total
         # The index holds exactly the matching tasks: skip without decoding.
         tasks_db = self.db["tasks"]
-        for i, key in enumerate(self._iter_keys(txn, db, prefix, desc)):
+        for i, key in enumerate(self._iter_keys(txn, db, prefix, desc, bounds)):
             if i < q.skip:
                 continue
             if len(page) >= q.limit:
@@ -132,6 +152,8 @@ class Listing:
             raw = txn.get(key[-16:], db=tasks_db)
             if raw is not None:
                 page.append(codec.decode_task(raw))
+        if bounds != (None, None):  # a time range: count its keys (no decoding)
+            return page, sum(1 for _ in self._iter_keys(txn, db, prefix, False, bounds))
         return page, self._exact_total(txn, db, prefix, q, filters)
 
     def _exact_total(
@@ -159,6 +181,32 @@ def _prefix_end(prefix: bytes) -> bytes | None:
         return None
     p[-1] += 1
     return bytes(p)
+
+
+def _created_bounds(
+    prefix: bytes, after: float | None, before: float | None
+) -> tuple[bytes | None, bytes | None]:
+    """Key bounds of a created-at range in an index whose keys are prefix | created_us | ..."""
+    lo = prefix + K.u64(max(K.micros(after), 0)) if after is not None else None
+    hi = prefix + K.u64(max(K.micros(before), 0)) if before is not None else None
+    return lo, hi
+
+
+def _matches(task: Task, filters: list[tuple[str, Any]]) -> bool:
+    for field, value in filters:
+        if field == "tags":
+            if value not in task.tags:
+                return False
+        elif field == "created_at":
+            after, before = value
+            us = K.micros(task.created_at)
+            if (after is not None and us < K.micros(after)) or (
+                before is not None and us >= K.micros(before)
+            ):
+                return False
+        elif getattr(task, field) != value:
+            return False
+    return True
 
 
 def _duration_key(task: Task) -> tuple[bool, float]:

@@ -11,6 +11,10 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     by_worker   worker NUL | created_us | seq | task key -> b""
     by_queue    queue NUL | created_us | seq | task key  -> b""
     by_name     name hash (16) | created_us | seq | task key -> b""
+    by_tag      tag NUL | created_us | seq | task key     -> b""
+    by_finished status | completed_us | seq | task key  -> b""   (final states only)
+    events      task key (16) | event number (8)        -> TaskEvent (numbered by seq)
+    schedules   schedule name (utf-8)                   -> Schedule
     idem        idempotency key                        -> task key + body fingerprint
     workers     worker id                              -> Worker
     days        day number                             -> DayStats
@@ -44,7 +48,10 @@ from dtq.models import (
     Delivery,
     DeliveryRef,
     DeliveryStatus,
+    QueueConfig,
+    Schedule,
     Task,
+    TaskEvent,
     TaskStatus,
     User,
     Webhook,
@@ -60,6 +67,7 @@ from dtq.storage.base import (
     StoreTxn,
     TaskQuery,
     WriterStats,
+    queue_counter,
 )
 from dtq.storage.lmdb import layouts as L
 from dtq.storage.lmdb.listing import COUNTERS, Listing
@@ -71,12 +79,16 @@ T = TypeVar("T")
 TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
     "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
-    L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE,
+    L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE, L.QUEUES,
+    "by_tag", "by_finished", "events", "schedules",
 )  # fmt: skip
 # Which listing indexes this data directory has: stores written before by_queue/by_name
 # existed get them built from the tasks at open.
 _INDEX_VERSION_KEY = b"index_version"
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: by_tag and by_finished
+# Per-queue status counters (`queue_counter`): stores written before them get them counted
+# from the tasks at open.
+_QUEUE_COUNTERS_KEY = b"queue_counters_version"
 _SEQ = b"seq"
 
 _PENDING_VALUE = struct.Struct(">QQ")  # run_at_us, ready_at_us (after the 16-byte task key)
@@ -116,6 +128,7 @@ class LmdbStore(Listing):
                         self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
                     raw = txn.get(_SEQ, db=self.db["meta"])
                     self._build_missing_indexes(txn)
+                    self._build_queue_counters(txn)
                     self._adopt_secret_file(txn)
                 break
             except lmdb.MapFullError:  # a map too small for the tables or indexes: grow it
@@ -171,8 +184,9 @@ class LmdbStore(Listing):
         if raw is not None and K.from_u64(bytes(raw)) >= _INDEX_VERSION:
             return
         by_queue, by_name = self.db["by_queue"], self.db["by_name"]
-        txn.drop(by_queue, delete=False)
-        txn.drop(by_name, delete=False)
+        by_tag, by_finished = self.db["by_tag"], self.db["by_finished"]
+        for db in (by_queue, by_name, by_tag, by_finished):
+            txn.drop(db, delete=False)
         for key, value in txn.cursor(db=self.db["tasks"]):
             tkey = bytes(key)
             task = codec.decode_task(value)
@@ -180,7 +194,26 @@ class LmdbStore(Listing):
                 K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=by_queue
             )
             txn.put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=by_name)
+            for tag in set(task.tags):
+                txn.put(K.tag_index_key(tag, task.created_at, task.seq, tkey), b"", db=by_tag)
+            if task.status.is_final and task.completed_at is not None:
+                fkey = K.finished_key(task.status, task.completed_at, task.seq, tkey)
+                txn.put(fkey, b"", db=by_finished)
         txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
+
+    def _build_queue_counters(self, txn: lmdb.Transaction) -> None:
+        """Count tasks per (queue, status) once, for stores that predate those counters."""
+        meta = self.db["meta"]
+        if txn.get(_QUEUE_COUNTERS_KEY, db=meta) is not None:
+            return
+        raw = txn.get(COUNTERS, db=meta)
+        counters = codec.decode_counters(raw) if raw else {}
+        for _, value in txn.cursor(db=self.db["tasks"]):
+            task = codec.decode_task(value)
+            name = queue_counter(task.queue, task.status)
+            counters[name] = counters.get(name, 0) + 1
+        txn.put(COUNTERS, codec.encode(counters), db=meta)
+        txn.put(_QUEUE_COUNTERS_KEY, K.u64(1), db=meta)
 
     # -- used by the writer thread ----------------------------------------------------------
     def take_seq(self) -> int:
@@ -267,6 +300,14 @@ class LmdbStore(Listing):
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
         return self.list_tasks_now(query)
 
+    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+        tkey = K.task_key(task_id)
+        with self.env.begin(db=self.db["events"]) as txn:
+            return [
+                codec.decode_event(txn.get(key, b""))
+                for key in self._iter_keys(txn, self.db["events"], tkey, False)
+            ]
+
     async def counters(self) -> dict[str, float]:
         return self.counters_now()
 
@@ -329,6 +370,27 @@ class LmdbStore(Listing):
         raw = self._get(L.KV, name.encode())
         return None if raw is None else raw.decode()
 
+    # -- schedules ------------------------------------------------------------------------
+    async def get_schedule(self, name: str) -> Schedule | None:
+        raw = self._get("schedules", name.encode())
+        return None if raw is None else codec.decode_schedule(raw)
+
+    async def list_schedules(self, skip: int = 0, limit: int | None = None) -> list[Schedule]:
+        end = None if limit is None else skip + limit
+        rows: list[Schedule] = []
+        with self.env.begin(db=self.db["schedules"]) as txn:
+            for i, (_, raw) in enumerate(txn.cursor()):
+                if i < skip:
+                    continue
+                if end is not None and i >= end:
+                    break
+                rows.append(codec.decode_schedule(raw))
+        return rows
+
+    async def count_schedules(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.db["schedules"])["entries"])
+
     # -- webhooks -------------------------------------------------------------------------
     async def list_webhooks(self) -> list[Webhook]:
         return [L.decode_webhook(v) for v in self._values(L.WEBHOOKS)]
@@ -387,6 +449,10 @@ class LmdbStore(Listing):
                 qraw = key[:sep]
                 queue = queues.get(qraw) or queues.setdefault(qraw, qraw.decode())
                 nraw = bytes(val[32:])
+                ckey = None
+                if K.SEP in nraw:  # name NUL concurrency key
+                    nraw, _, kraw = nraw.partition(K.SEP)
+                    ckey = kraw.decode()
                 name = names.get(nraw) or names.setdefault(nraw, nraw.decode())
                 h = bytes(val[:16]).hex()
                 run_at_us, ready_us = unpack(val, 16)
@@ -398,6 +464,7 @@ class LmdbStore(Listing):
                     name,
                     run_at_us / 1_000_000 if run_at_us else None,
                     ready_us / 1_000_000,
+                    ckey,
                 )
 
     def iter_leases(self) -> Iterator[tuple[float, str, str]]:
@@ -411,3 +478,23 @@ class LmdbStore(Listing):
                 if task is not None and task.lease is not None:
                     rows.append((task.lease.expires_at, task.id, task.lease.id))
         yield from rows
+
+    def iter_running(self) -> Iterator[tuple[str, str, str | None]]:
+        """(task id, queue, concurrency_key) of every running task."""
+        prefix = K.STATUS_BYTE[TaskStatus.RUNNING]
+        rows = []
+        with self.env.begin() as txn:
+            for key in self._iter_keys(txn, self.db["by_status"], prefix, False):
+                raw = txn.get(key[-16:], db=self.db["tasks"])
+                if raw is not None:
+                    task = codec.decode_task(raw)
+                    rows.append((task.id, task.queue, task.concurrency_key))
+        yield from rows
+
+    # -- queue configs ----------------------------------------------------------------------
+    async def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self._get(L.QUEUES, name.encode())
+        return None if raw is None else L.decode_queue(raw)
+
+    async def list_queue_configs(self) -> list[QueueConfig]:
+        return [L.decode_queue(v) for v in self._values(L.QUEUES)]

@@ -14,7 +14,10 @@ from dtq.models import (
     ApiKey,
     Delivery,
     DeliveryRef,
+    QueueConfig,
+    Schedule,
     Task,
+    TaskEvent,
     TaskStatus,
     User,
     Webhook,
@@ -67,9 +70,12 @@ class LmdbTxn:
             )
         put(K.queue_index_key(task.queue, task.created_at, task.seq, tkey), b"", db=db["by_queue"])
         put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=db["by_name"])
+        for tag in set(task.tags):
+            put(K.tag_index_key(tag, task.created_at, task.seq, tkey), b"", db=db["by_tag"])
         self._index_state(task, tkey, add=True)
+        self._index_finished(task, tkey, add=True)
         self.deltas.add("total")
-        self.deltas.add(task.status)
+        self.deltas.task_status(task.queue, task.status, 1)
         self.deltas.day(task.created_at, "created")
         if (sink := self._s.event_sink) is not None:
             sink(self, None, task)
@@ -88,8 +94,8 @@ class LmdbTxn:
             txn.put(
                 K.status_key(new.status, new.created_at, new.seq, tkey), b"", db=db["by_status"]
             )
-            self.deltas.add(old.status, -1)
-            self.deltas.add(new.status, 1)
+            self.deltas.task_status(old.queue, old.status, -1)
+            self.deltas.task_status(new.queue, new.status, 1)
         if old.priority != new.priority:
             txn.delete(
                 K.priority_key(old.priority, old.created_at, old.seq, tkey), db=db["by_priority"]
@@ -123,12 +129,26 @@ class LmdbTxn:
             txn.put(
                 K.name_index_key(new.name, new.created_at, new.seq, tkey), b"", db=db["by_name"]
             )
+        if old.tags != new.tags:
+            for tag in set(old.tags) - set(new.tags):
+                txn.delete(K.tag_index_key(tag, old.created_at, old.seq, tkey), db=db["by_tag"])
+            for tag in set(new.tags) - set(old.tags):
+                txn.put(K.tag_index_key(tag, new.created_at, new.seq, tkey), b"", db=db["by_tag"])
         self._index_state(old, tkey, add=False)
         self._index_state(new, tkey, add=True)
+        if old.status != new.status or old.completed_at != new.completed_at:
+            self._index_finished(old, tkey, add=False)
+            self._index_finished(new, tkey, add=True)
         if (sink := self._s.event_sink) is not None:
             sink(self, old, new)
 
     def delete_task(self, task: Task) -> None:
+        self._remove_task(task, notify=True)
+
+    def prune_task(self, task: Task) -> None:
+        self._remove_task(task, notify=False)
+
+    def _remove_task(self, task: Task, *, notify: bool) -> None:
         tkey = K.task_key(task.id)
         db = self._s.db
         txn = self._txn
@@ -148,16 +168,86 @@ class LmdbTxn:
             K.queue_index_key(task.queue, task.created_at, task.seq, tkey), db=db["by_queue"]
         )
         txn.delete(K.name_index_key(task.name, task.created_at, task.seq, tkey), db=db["by_name"])
+        for tag in set(task.tags):
+            txn.delete(K.tag_index_key(tag, task.created_at, task.seq, tkey), db=db["by_tag"])
         self._index_state(task, tkey, add=False)
+        self._index_finished(task, tkey, add=False)
+        self._delete_events(tkey)
         if task.idempotency_key:
             txn.delete(task.idempotency_key.encode(), db=db["idem"])
         self.deltas.add("total", -1)
-        self.deltas.add(task.status, -1)
+        self.deltas.task_status(task.queue, task.status, -1)
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
             self.deltas.add("duration_sum", -task.duration)
             self.deltas.add("duration_n", -1)
-        if (sink := self._s.event_sink) is not None:
+        if notify and (sink := self._s.event_sink) is not None:
             sink(self, task, None)
+
+    def _index_finished(self, task: Task, tkey: bytes, *, add: bool) -> None:
+        if not task.status.is_final or task.completed_at is None:
+            return
+        key = K.finished_key(task.status, task.completed_at, task.seq, tkey)
+        if add:
+            self._txn.put(key, b"", db=self._s.db["by_finished"])
+        else:
+            self._txn.delete(key, db=self._s.db["by_finished"])
+
+    def finished_tasks(
+        self,
+        status: TaskStatus,
+        *,
+        after: tuple[int, int] | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int = 500,
+    ) -> list[Task]:
+        db = self._s.db
+        start = K.finished_position(status, K.micros(since), 0) if since is not None else b""
+        if after is not None:
+            start = max(start, K.finished_position(status, after[0], after[1] + 1))
+        start = max(start, K.STATUS_BYTE[status])
+        end = K.finished_position(status, K.micros(before), 0) if before is not None else None
+        prefix = K.STATUS_BYTE[status]
+        cur = self._txn.cursor(db=db["by_finished"])
+        rows: list[Task] = []
+        if not cur.set_range(start):
+            return rows
+        for key in cur.iternext(values=False):
+            key = bytes(key)
+            if not key.startswith(prefix) or (end is not None and key >= end):
+                break
+            raw = self._txn.get(key[-16:], db=db["tasks"])
+            if raw is not None:
+                rows.append(codec.decode_task(raw))
+                if len(rows) >= limit:
+                    break
+        return rows
+
+    # -- history ----------------------------------------------------------------------------
+    def append_task_event(self, task_id: str, event: TaskEvent) -> None:
+        # Numbered from the store's sequence (increasing across commits and restarts): one
+        # put, no read, and a task's events sort in the order they were appended.
+        key = K.event_key(K.task_key(task_id), self._s.take_seq())
+        self._txn.put(key, codec.encode(event), db=self._s.db["events"])
+
+    def _delete_events(self, tkey: bytes) -> None:
+        cur = self._txn.cursor(db=self._s.db["events"])
+        if not cur.set_range(tkey):
+            return
+        while bytes(cur.key()[:16]) == tkey:
+            if not cur.delete():
+                break
+
+    # -- schedules --------------------------------------------------------------------------
+    def get_schedule(self, name: str) -> Schedule | None:
+        raw = self._txn.get(name.encode(), db=self._s.db["schedules"])
+        return None if raw is None else codec.decode_schedule(raw)
+
+    def put_schedule(self, schedule: Schedule) -> None:
+        self._txn.put(schedule.name.encode(), codec.encode(schedule), db=self._s.db["schedules"])
+
+    def delete_schedule(self, name: str) -> bool:
+        return bool(self._txn.delete(name.encode(), db=self._s.db["schedules"]))
 
     def _index_state(self, task: Task, tkey: bytes, *, add: bool) -> None:
         """Keep the pending index in step with the task's state. (Leases need no index: on
@@ -168,6 +258,8 @@ class LmdbTxn:
                 run_at_us = K.micros_ceil(task.run_at) if task.run_at else 0
                 ready_us = K.micros(task.ready_at or task.created_at)
                 value = tkey + K.u64(run_at_us) + K.u64(ready_us) + task.name.encode()
+                if task.concurrency_key:  # after a NUL: names hold none (validated)
+                    value += K.SEP + task.concurrency_key.encode()
                 self._txn.put(key, value, db=self._s.db["pending"])
             else:
                 self._txn.delete(key, db=self._s.db["pending"])
@@ -250,3 +342,14 @@ class LmdbTxn:
         if delivery.next_attempt_at is not None:
             self._txn.delete(L.due_key(delivery.next_attempt_at, dkey), db=db[L.DUE])
         self._txn.delete(dkey, db=db[L.DELIVERIES])
+
+    # -- queue configs --------------------------------------------------------------------
+    def get_queue_config(self, name: str) -> QueueConfig | None:
+        raw = self._txn.get(name.encode(), db=self._s.db[L.QUEUES])
+        return None if raw is None else L.decode_queue(raw)
+
+    def put_queue_config(self, config: QueueConfig) -> None:
+        self._txn.put(config.name.encode(), codec.encode(config), db=self._s.db[L.QUEUES])
+
+    def delete_queue_config(self, name: str) -> bool:
+        return bool(self._txn.delete(name.encode(), db=self._s.db[L.QUEUES]))

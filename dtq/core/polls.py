@@ -1,0 +1,42 @@
+"""Who asked for work, for what, and when: every lease request is recorded here (in memory,
+one dict write per request) so a queue can say which workers poll it and `explain` can say
+that nobody asks for a task's queue or name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+ANY = ""  # the key for "every queue" / "every name" (real names are never empty)
+
+
+class Polls:
+    def __init__(self) -> None:
+        self.by_queue: dict[str, dict[str, float]] = {}  # queue -> worker id -> last poll
+        self.by_name: dict[str, float] = {}  # task name -> last poll for it
+
+    def record(
+        self, worker_id: str, queues: Sequence[str] | None, names: Sequence[str] | None, now: float
+    ) -> None:
+        for queue in queues or (ANY,):
+            self.by_queue.setdefault(queue, {})[worker_id] = now
+        for name in names or (ANY,):
+            self.by_name[name] = now
+
+    def workers_polling(self, queue: str, since: float) -> int:
+        """Workers that asked for `queue` (by name, or for any queue) since `since`."""
+        seen = {w for w, t in self.by_queue.get(queue, {}).items() if t >= since}
+        seen.update(w for w, t in self.by_queue.get(ANY, {}).items() if t >= since)
+        return len(seen)
+
+    def name_polled(self, name: str, since: float) -> bool:
+        return self.by_name.get(name, -1.0) >= since or self.by_name.get(ANY, -1.0) >= since
+
+    def prune(self, before: float) -> None:
+        """Forget polls older than `before` (called now and then: workers come and go)."""
+        for queue in list(self.by_queue):
+            kept = {w: t for w, t in self.by_queue[queue].items() if t >= before}
+            if kept:
+                self.by_queue[queue] = kept
+            else:
+                del self.by_queue[queue]
+        self.by_name = {n: t for n, t in self.by_name.items() if t >= before}
