@@ -147,8 +147,6 @@ class Page:
         self.raw.on("dialog", self._dialog)
 
     def _console(self, message: Any) -> None:
-        if os.environ.get("TMP_IGNORE_404") and "404" in message.text:
-            return
         if message.type in ("error", "assert"):
             self.problems.append(f"console {message.type}: {message.text} ({message.location})")
 

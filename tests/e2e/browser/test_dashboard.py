@@ -203,8 +203,11 @@ def test_a_failed_task_shows_its_error_and_timeline_and_retries(
     expect(page.raw.locator("#task-title .badge")).to_have_text("pending")
     assert api.task(task["id"])["status"] == "pending"  # checked through the API
     expect(timeline.locator("li").last).to_contain_text("retried", timeout=SOON_MS)
-    # pending again: the page says why it is not running
-    expect(page.raw.locator("#explain-list")).not_to_be_empty()
+    # pending again, in a paused queue: the page says why it is not running
+    api.call("POST", f"/queues/{queue}/pause")
+    page.raw.reload()
+    expect(page.raw.locator('#explain-list li[data-code="queue_paused"]')).to_be_visible()
+    api.call("POST", f"/queues/{queue}/resume")
 
 
 def test_pausing_a_queue_from_the_ui_stops_leasing(page: Page, ui_server: UiServer) -> None:

@@ -8,7 +8,7 @@ import { can, root } from "../lib/session.js";
 await startPage();
 const state = { skip: 0, limit: 50 };
 const errorBox = $("queues-error");
-const mayChange = () => can("queues:write") || can("tasks:write");
+const mayChange = () => can("queues:write");
 const path = (name) => `/queues/${encodeURIComponent(name)}`;
 
 function limits(q) {
