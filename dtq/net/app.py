@@ -27,6 +27,7 @@ from dtq.net.openapi import OpenApiRegistry
 from dtq.net.routes import admin, analytics, history, queues, schedules, tasks, webhooks, workers
 from dtq.net.routes.metrics import metrics_route_spec, register_metrics_route
 from dtq.net.routing import Api, RouteSpec, Services, identify_and_charge, plain_rule, respond
+from dtq.net.ui import make_ui_blueprint
 from dtq.net.ws import register_websockets
 from dtq.settings import Settings
 
@@ -93,10 +94,17 @@ def create_app(services: Services) -> QuartTrio:
     api.install(app)
     app.register_blueprint(make_docs_blueprint(lambda: openapi_document(api), title=APP_NAME))
     app.extensions["dtq_api"] = api
+    app.register_blueprint(make_ui_blueprint())
     register_websockets(app, services, services.bus)
     register_metrics_route(app, services)
     metrics = services.metrics
     queue = services.queue
+
+    @app.get("/")
+    async def home() -> Any:
+        response = respond(b"", 302)  # the dashboard is the front page
+        response.headers["Location"] = request.script_root + "/ui/"
+        return response
 
     @app.get("/health")
     async def health() -> Any:
