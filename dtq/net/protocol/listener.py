@@ -105,6 +105,9 @@ async def _handle(svc: Services, hub: Hub, limit: int, stream: trio.abc.Stream) 
                 await stream.do_handshake()
         session = Session(svc, hub, peer, limit)
         decoder = FrameDecoder(limit)
+        # The session's writer and the frame-too-large refusal both send: one at a time
+        # (trio refuses two concurrent send_all on a stream).
+        send_lock = trio.StrictFIFOLock()
 
         async def receive() -> bytes | None:
             while True:
@@ -114,8 +117,9 @@ async def _handle(svc: Services, hub: Hub, limit: int, stream: trio.abc.Stream) 
                     # The rest of the stream cannot be framed: say why, then close.
                     too_large = InvalidRequest(str(exc), field="frame", reason="frame too large",
                                                max_frame_bytes=exc.limit)  # fmt: skip
-                    await stream.send_all(frame(encoder.encode(
-                        error_frame(0, too_large, closing=True))))  # fmt: skip
+                    async with send_lock:
+                        await stream.send_all(frame(encoder.encode(
+                            error_frame(0, too_large, closing=True))))  # fmt: skip
                     return None
                 if payload is not None:
                     return payload
@@ -125,7 +129,8 @@ async def _handle(svc: Services, hub: Hub, limit: int, stream: trio.abc.Stream) 
                 decoder.feed(data)
 
         async def write(batch: list[bytes]) -> None:
-            await stream.send_all(b"".join([frame(p) for p in batch]))
+            async with send_lock:
+                await stream.send_all(b"".join([frame(p) for p in batch]))
 
         await session.run(receive, write)
     except (*_GONE, trio.TooSlowError):
