@@ -11,7 +11,7 @@ from msgspec import Struct
 from dtq.core.auth import Permission
 from dtq.core.explain import Explanation
 from dtq.errors import InvalidRequest
-from dtq.models import ListQueuesQuery, QueueInfo, QueueName, QueueUpdate
+from dtq.models import EmptyBody, ListQueuesQuery, QueueInfo, QueueName, QueueUpdate
 from dtq.net.envelope import pagination, success
 from dtq.net.routing import Api, Call, RouteSpec, respond
 
@@ -20,10 +20,6 @@ P = "/api/v1/queues"
 NAME = (("name", QueueName),)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 WRITE_ROLES = ("admin", "operator")
-
-
-class NoBody(Struct, forbid_unknown_fields=True):
-    """These actions take no fields: an empty body (or `{}`), anything else is a 400."""
 
 
 class PurgeResult(Struct):
@@ -78,7 +74,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{name}}/pause", "Pause a queue", TAG, "pause_queue",
                   path_types=NAME, response=QueueInfo, errors=(404,), roles=WRITE_ROLES,
-                  body=NoBody, body_required=False,
+                  body=EmptyBody, body_required=False,
                   description="No task of the queue is leased until it is resumed; running "
                   "tasks finish."),
         Permission.QUEUES_WRITE,
@@ -89,7 +85,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{name}}/resume", "Resume a queue", TAG, "resume_queue",
                   path_types=NAME, response=QueueInfo, errors=(404,), roles=WRITE_ROLES,
-                  body=NoBody, body_required=False),
+                  body=EmptyBody, body_required=False),
         Permission.QUEUES_WRITE,
     )  # fmt: skip
     async def resume_queue(call: Call) -> Any:
@@ -98,7 +94,7 @@ def register(api: Api) -> None:
     @api.route(
         RouteSpec("POST", f"{P}/{{name}}/purge", "Delete a queue's pending tasks", TAG,
                   "purge_queue", path_types=NAME, response=PurgeResult, errors=(404,),
-                  roles=WRITE_ROLES, body=NoBody, body_required=False,
+                  roles=WRITE_ROLES, body=EmptyBody, body_required=False,
                   description="Deletes every pending (ready or scheduled) task of the queue, "
                   "in batches; running tasks are left alone. Returns how many were deleted."),
         Permission.QUEUES_WRITE,
