@@ -13,6 +13,7 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     by_name     name hash (16) | created_us | seq | task key -> b""
     by_tag      tag NUL | created_us | seq | task key     -> b""
     by_finished status | completed_us | seq | task key  -> b""   (final states only)
+    by_duration has | duration_us | created_us | seq | task key -> b"" (see layouts)
     events      task key (16) | event number (8)        -> TaskEvent (numbered by seq)
     schedules   schedule name (utf-8)                   -> Schedule
     idem        idempotency key                        -> task key + body fingerprint
@@ -48,6 +49,7 @@ from dtq.models import (
     Delivery,
     DeliveryRef,
     DeliveryStatus,
+    Priority,
     QueueConfig,
     Schedule,
     Task,
@@ -80,12 +82,12 @@ TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
     "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
     L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE, L.QUEUES,
-    "by_tag", "by_finished", "events", "schedules",
+    "by_tag", "by_finished", "events", "schedules", L.BY_DURATION,
 )  # fmt: skip
 # Which listing indexes this data directory has: stores written before by_queue/by_name
 # existed get them built from the tasks at open.
 _INDEX_VERSION_KEY = b"index_version"
-_INDEX_VERSION = 2  # 2: by_tag and by_finished
+_INDEX_VERSION = 3  # 2: by_tag and by_finished; 3: by_duration and the priority counters
 # Per-queue status counters (`queue_counter`): stores written before them get them counted
 # from the tasks at open.
 _QUEUE_COUNTERS_KEY = b"queue_counters_version"
@@ -175,14 +177,24 @@ class LmdbStore(Listing):
             txn.put(key, secret.encode(), db=self.db[L.KV])
 
     def _build_missing_indexes(self, txn: lmdb.Transaction) -> None:
-        """Build by_queue and by_name from the tasks when this store predates them.
+        """Build the listing indexes (and counters) this store predates, once: the version
+        recorded in `meta` says which it has.
 
         Runs in the open transaction, so an interrupted build leaves no half index behind.
         """
         meta = self.db["meta"]
         raw = txn.get(_INDEX_VERSION_KEY, db=meta)
-        if raw is not None and K.from_u64(bytes(raw)) >= _INDEX_VERSION:
+        version = 0 if raw is None else K.from_u64(bytes(raw))
+        if version >= _INDEX_VERSION:
             return
+        if version < 2:
+            self._build_v2(txn)
+        if version < 3:
+            self._build_v3(txn)
+        txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
+
+    def _build_v2(self, txn: lmdb.Transaction) -> None:
+        """by_queue, by_name, by_tag and by_finished."""
         by_queue, by_name = self.db["by_queue"], self.db["by_name"]
         by_tag, by_finished = self.db["by_tag"], self.db["by_finished"]
         for db in (by_queue, by_name, by_tag, by_finished):
@@ -199,7 +211,22 @@ class LmdbStore(Listing):
             if task.status.is_final and task.completed_at is not None:
                 fkey = K.finished_key(task.status, task.completed_at, task.seq, tkey)
                 txn.put(fkey, b"", db=by_finished)
-        txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
+
+    def _build_v3(self, txn: lmdb.Transaction) -> None:
+        """by_duration, and the per-priority counters (the priority filter's total)."""
+        by_duration = self.db[L.BY_DURATION]
+        txn.drop(by_duration, delete=False)
+        per_priority = dict.fromkeys(Priority, 0)
+        for key, value in txn.cursor(db=self.db["tasks"]):
+            task = codec.decode_task(value)
+            txn.put(L.duration_key(task, bytes(key)), b"", db=by_duration)
+            per_priority[task.priority] += 1
+        meta = self.db["meta"]
+        raw = txn.get(COUNTERS, db=meta)
+        counters = codec.decode_counters(raw) if raw else {}
+        for priority, n in per_priority.items():
+            counters[L.priority_counter(priority)] = n
+        txn.put(COUNTERS, codec.encode(counters), db=meta)
 
     def _build_queue_counters(self, txn: lmdb.Transaction) -> None:
         """Count tasks per (queue, status) once, for stores that predate those counters."""
