@@ -287,8 +287,15 @@ class Store(Protocol):
         one of a million tasks too) in about the time of the first."""
         ...
 
-    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
-        """A task's events in the order they were appended (empty for an unknown task)."""
+    async def list_task_events(
+        self, task_id: str, skip: int = 0, limit: int | None = None
+    ) -> list[TaskEvent]:
+        """A task's events in the order they were appended (empty for an unknown task): those
+        after the first `skip`, at most `limit` of them (None: all)."""
+        ...
+
+    async def count_task_events(self, task_id: str) -> int:
+        """How many events the task has (0 for an unknown task)."""
         ...
 
     async def counters(self) -> dict[str, float]: ...

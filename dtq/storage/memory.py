@@ -407,8 +407,14 @@ class MemoryStore:
         matched.sort(key=order, reverse=desc)
         return matched[q.skip : q.skip + q.limit], len(matched)
 
-    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
-        return [codec.decode_event(raw) for raw in self.state.events.get(task_id, ())]
+    async def list_task_events(
+        self, task_id: str, skip: int = 0, limit: int | None = None
+    ) -> list[TaskEvent]:
+        end = None if limit is None else skip + limit
+        return [codec.decode_event(raw) for raw in self.state.events.get(task_id, ())[skip:end]]
+
+    async def count_task_events(self, task_id: str) -> int:
+        return len(self.state.events.get(task_id, ()))
 
     async def counters(self) -> dict[str, float]:
         return dict(self.state.counters)

@@ -33,6 +33,7 @@ until due, so promotion costs no write.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -327,13 +328,19 @@ class LmdbStore(Listing):
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
         return self.list_tasks_now(query)
 
-    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+    async def list_task_events(
+        self, task_id: str, skip: int = 0, limit: int | None = None
+    ) -> list[TaskEvent]:
+        tkey = K.task_key(task_id)
+        end = None if limit is None else skip + limit
+        with self.env.begin(db=self.db["events"]) as txn:
+            keys = itertools.islice(self._iter_keys(txn, self.db["events"], tkey, False), skip, end)
+            return [codec.decode_event(txn.get(key, b"")) for key in keys]
+
+    async def count_task_events(self, task_id: str) -> int:
         tkey = K.task_key(task_id)
         with self.env.begin(db=self.db["events"]) as txn:
-            return [
-                codec.decode_event(txn.get(key, b""))
-                for key in self._iter_keys(txn, self.db["events"], tkey, False)
-            ]
+            return sum(1 for _ in self._iter_keys(txn, self.db["events"], tkey, False))
 
     async def counters(self) -> dict[str, float]:
         return self.counters_now()
