@@ -124,6 +124,10 @@ FILTERS: list[dict[str, Any]] = [
     {"worker_id": "w1"},
     {"priority": P.MEDIUM, "status": S.PENDING},
     {"priority": P.HIGH, "queue": "q0"},
+    {"worker_id": "w1", "status": S.RUNNING},  # the running tasks fewer than the worker's
+    {"worker_id": "w3", "status": S.COMPLETED},  # none
+    {"name": "n1", "queue": "q1", "tag": "nowhere"},
+    {"name": "n1", "worker_id": "w2"},
     {"created_after": at(3), "created_before": at(11)},
     {"priority": P.HIGH, "created_after": at(5)},
 ]

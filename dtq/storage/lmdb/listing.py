@@ -34,6 +34,7 @@ SORTS = ("created_at", "updated_at", "duration")
 # Counting a filter's index keys (to choose a plan) stops here: past it, walking the sort's
 # index is cheaper than gathering that many tasks anyway.
 _COUNT_CAP = 100_000
+_COUNTED = ("status", "priority", "queue")  # filters whose size the counters keep
 
 Bounds = tuple[bytes | None, bytes | None]
 Filters = list[tuple[str, Any]]
@@ -54,7 +55,7 @@ class Listing:
         filters = _filters(q)
         with self.env.begin() as txn:
             # The narrowest filter's index: its key is filter | created | seq | id.
-            field, db, prefix = self._narrowest(q)
+            field, db, prefix = self._narrowest(txn, q)
             bounds = _created_bounds(prefix, after, before)
             rest = [f for f in filters if f[0] != field]  # what that index does not hold
             ranged = bounds != (None, None)
@@ -80,23 +81,42 @@ class Listing:
             return self._filtered_page(txn, sort_db, desc, q, checks, total), total
 
     # -- plans ----------------------------------------------------------------------------
-    def _narrowest(self, q: TaskQuery) -> tuple[str | None, Any, bytes]:
-        """(filter field, index, prefix): the index most likely narrowest first; the
-        other filters check each task."""
+    def _narrowest(self, txn: lmdb.Transaction, q: TaskQuery) -> tuple[str | None, Any, bytes]:
+        """(filter field, index, prefix) of the filter with the fewest tasks; the other
+        filters check each task. Counters give the status/priority/queue sizes in one read;
+        the others' keys are counted, never past the smallest size seen so far."""
+        options = self._filter_indexes(q)
+        if len(options) <= 1:
+            return options[0] if options else (None, self.db["by_created"], b"")
+        best, best_n = options[0], None
+        for option in sorted(options, key=lambda o: o[0] not in _COUNTED):
+            field, db, prefix = option
+            if field in _COUNTED:
+                n = self._count(txn, q, field, db, prefix, (None, None))
+            else:
+                cap = _COUNT_CAP if best_n is None else best_n
+                n = self._count(txn, q, field, db, prefix, (None, None), cap=cap)
+            if best_n is None or n < best_n:
+                best, best_n = option, n
+        return best
+
+    def _filter_indexes(self, q: TaskQuery) -> list[tuple[str | None, Any, bytes]]:
+        """(field, index, prefix) of each filter given: its tasks by created order."""
+        options: list[tuple[str | None, Any, bytes]] = []
         if q.worker_id is not None:
-            return "worker_id", self.db["by_worker"], q.worker_id.encode() + K.SEP
+            options.append(("worker_id", self.db["by_worker"], q.worker_id.encode() + K.SEP))
         if q.name is not None:
-            return "name", self.db["by_name"], K.name_prefix(q.name)
+            options.append(("name", self.db["by_name"], K.name_prefix(q.name)))
         if q.tag is not None:
-            return "tags", self.db["by_tag"], K.tag_prefix(q.tag)
+            options.append(("tags", self.db["by_tag"], K.tag_prefix(q.tag)))
         if q.queue is not None:
-            return "queue", self.db["by_queue"], K.queue_prefix(q.queue)
+            options.append(("queue", self.db["by_queue"], K.queue_prefix(q.queue)))
         if q.status is not None:
-            return "status", self.db["by_status"], K.STATUS_BYTE[q.status]
+            options.append(("status", self.db["by_status"], K.STATUS_BYTE[q.status]))
         if q.priority is not None:
             priority = Priority(q.priority)
-            return "priority", self.db["by_priority"], K.PRIORITY_BYTE[priority]
-        return None, self.db["by_created"], b""
+            options.append(("priority", self.db["by_priority"], K.PRIORITY_BYTE[priority]))
+        return options
 
     def _count(
         self,
@@ -113,7 +133,7 @@ class Listing:
         if bounds == (None, None):
             if field is None:
                 return int(txn.stat(self.db["tasks"])["entries"])
-            if field in ("status", "priority", "queue"):
+            if field in _COUNTED:
                 raw = txn.get(COUNTERS, db=self.db["meta"])
                 counters = codec.decode_counters(raw) if raw else {}
                 if field == "status":
