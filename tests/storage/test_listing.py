@@ -123,6 +123,8 @@ FILTERS: list[dict[str, Any]] = [
     {"name": "n2"},
     {"worker_id": "w1"},
     {"priority": P.MEDIUM, "status": S.PENDING},
+    {"priority": P.HIGH, "status": S.RUNNING, "queue": "q1"},
+    {"priority": P.LOW, "status": S.CANCELLED, "created_before": at(9)},
     {"priority": P.HIGH, "queue": "q0"},
     {"worker_id": "w1", "status": S.RUNNING},  # the running tasks fewer than the worker's
     {"worker_id": "w3", "status": S.COMPLETED},  # none
@@ -187,7 +189,8 @@ async def test_priority_and_duration_follow_changes(store: Store) -> None:
     await store.write(lambda tx: tx.delete_task(gone))
     pruned = tasks.pop(5)  # high
     await store.write(lambda tx: tx.prune_task(pruned))
-    for kw in ({"priority": P.HIGH}, {"priority": P.LOW}, {}):
+    both = {"priority": P.LOW, "status": S.COMPLETED}
+    for kw in ({"priority": P.HIGH}, {"priority": P.LOW}, both, {"status": S.PENDING}, {}):
         for sort in ORDERS:
             want = expected(tasks, sort, "desc", **kw)
             got, totals = await pages(store, 4, sort=sort, order="desc", **kw)
@@ -200,16 +203,17 @@ async def test_priority_and_duration_follow_changes(store: Store) -> None:
 
 
 def _as_version_2(path: str) -> None:
-    """Make the data directory look written before index version 3: no by_duration entries,
-    no priority counters, the version mark at 2."""
+    """Make the data directory look written before index version 3: no by_duration or
+    by_status_priority entries, none of their counters, the version mark at 2."""
     env = lmdb.open(path, max_dbs=len(lmdb_store.TABLES) + 2)
     with env.begin(write=True) as txn:
-        txn.drop(env.open_db(b"by_duration", txn=txn), delete=False)
+        for table in (b"by_duration", b"by_status_priority"):
+            txn.drop(env.open_db(table, txn=txn), delete=False)
         meta = env.open_db(b"meta", txn=txn)
         from dtq.storage import codec
 
         counters = codec.decode_counters(txn.get(b"counters", db=meta))
-        for name in [k for k in counters if k.startswith("priority\x00")]:
+        for name in [k for k in counters if k.startswith(("priority\x00", "status_priority"))]:
             del counters[name]
         txn.put(b"counters", codec.encode(counters), db=meta)
         txn.put(lmdb_store._INDEX_VERSION_KEY, (2).to_bytes(8, "big"), db=meta)
@@ -229,7 +233,8 @@ async def test_an_older_lmdb_store_gets_the_new_index_at_open(
 
     async with running(backend.make()) as store:
         for sort, kw in (("duration", {}), ("duration", {"status": S.FAILED}),
-                         ("created_at", {"priority": P.LOW})):  # fmt: skip
+                         ("created_at", {"priority": P.LOW}),
+                         ("created_at", {"priority": P.LOW, "status": S.FAILED})):  # fmt: skip
             want = expected(tasks, sort, "desc", **kw)
             got, totals = await pages(store, 9, sort=sort, order="desc", **kw)
             assert (got, totals) == (want, {len(want)}), (sort, kw)

@@ -1,18 +1,19 @@
 """Listing tasks from the LMDB indexes: filter, sort, page, total.
 
 Every sort has an index holding every task in that order: by_created (and the per-filter
-indexes, all keyed filter | created | seq | id), by_updated, by_duration. A page is a walk of
-one of them:
+indexes, all keyed filter | created | seq | id, by_status_priority for the two together),
+by_updated, by_duration. A page is a walk of one of them:
 
-- created_at: the narrowest filter's index, which holds exactly that filter's tasks;
+- created_at: the narrowest filter's index (the one with the fewest tasks), which holds
+  exactly that filter's tasks; other filters are checked on each of them;
 - updated_at / duration: the sort's own index, checking the filters on each task, unless the
   narrowest filter's tasks are fewer than that walk would read: then those are gathered and
   sorted here.
 
-The total comes from the counters (status, priority, queue) or the count of an index's keys
-when one filter (or none) is given; with more, from checking each task of the narrowest index.
-A page past the middle is walked from the other end (the walk reads `min(skip, total - skip)`
-entries, not `skip`), so the last page costs what the first does.
+The total comes from the counters (status, priority, both, queue) or the count of an index's
+keys when the index holds exactly the matching tasks; else from checking each task of the
+narrowest index. A page past the middle is walked from the other end (the walk reads
+`min(skip, total - skip)` entries, not `skip`), so the last page costs what the first does.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ SORTS = ("created_at", "updated_at", "duration")
 # Counting a filter's index keys (to choose a plan) stops here: past it, walking the sort's
 # index is cheaper than gathering that many tasks anyway.
 _COUNT_CAP = 100_000
-_COUNTED = ("status", "priority", "queue")  # filters whose size the counters keep
+SP = "status+priority"  # both filters at once: by_status_priority
+_COUNTED = ("status", "priority", "queue", SP)  # filters whose size the counters keep
 
 Bounds = tuple[bytes | None, bytes | None]
 Filters = list[tuple[str, Any]]
@@ -57,7 +59,8 @@ class Listing:
             # The narrowest filter's index: its key is filter | created | seq | id.
             field, db, prefix = self._narrowest(txn, q)
             bounds = _created_bounds(prefix, after, before)
-            rest = [f for f in filters if f[0] != field]  # what that index does not hold
+            covered = _covered(field)
+            rest = [f for f in filters if f[0] not in covered]  # what that index does not hold
             ranged = bounds != (None, None)
             if q.sort == "created_at":
                 if rest:  # one pass: count every match, keep the page's
@@ -116,6 +119,9 @@ class Listing:
         if q.priority is not None:
             priority = Priority(q.priority)
             options.append(("priority", self.db["by_priority"], K.PRIORITY_BYTE[priority]))
+            if q.status is not None:
+                prefix = L.status_priority_prefix(q.status, priority)
+                options.append((SP, self.db[L.BY_STATUS_PRIORITY], prefix))
         return options
 
     def _count(
@@ -141,6 +147,10 @@ class Listing:
                     return int(counters.get(TaskStatus(q.status).value, 0))
                 if field == "priority":
                     return int(counters.get(L.priority_counter(Priority(q.priority)), 0))
+                if field == SP:
+                    assert q.status is not None
+                    name = L.status_priority_counter(TaskStatus(q.status), Priority(q.priority))
+                    return int(counters.get(name, 0))
                 assert q.queue is not None
                 return int(sum(counters.get(queue_counter(q.queue, s), 0) for s in TaskStatus))
         n = 0
@@ -313,6 +323,13 @@ class Listing:
                 rows.append((L.duration_key(task, tkey), task))
         rows.sort(key=lambda row: row[0], reverse=desc)
         return [task for _, task in rows[q.skip : q.skip + q.limit]], len(rows)
+
+
+def _covered(field: str | None) -> tuple[str, ...]:
+    """The filters an index of `_filter_indexes` holds exactly."""
+    if field is None:
+        return ()
+    return ("status", "priority") if field == SP else (field,)
 
 
 def _filters(q: TaskQuery) -> Filters:

@@ -14,6 +14,7 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     by_tag      tag NUL | created_us | seq | task key     -> b""
     by_finished status | completed_us | seq | task key  -> b""   (final states only)
     by_duration has | duration_us | created_us | seq | task key -> b"" (see layouts)
+    by_status_priority status | priority | created_us | seq | task key -> b""
     events      task key (16) | event number (8)        -> TaskEvent (numbered by seq)
     schedules   schedule name (utf-8)                   -> Schedule
     idem        idempotency key                        -> task key + body fingerprint
@@ -84,11 +85,13 @@ TABLES = (
     "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
     L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE, L.QUEUES,
     "by_tag", "by_finished", "events", "schedules", L.BY_DURATION,
+    L.BY_STATUS_PRIORITY,
 )  # fmt: skip
 # Which listing indexes this data directory has: stores written before by_queue/by_name
 # existed get them built from the tasks at open.
 _INDEX_VERSION_KEY = b"index_version"
-_INDEX_VERSION = 3  # 2: by_tag and by_finished; 3: by_duration and the priority counters
+# 2: by_tag and by_finished; 3: by_duration, by_status_priority and their counters
+_INDEX_VERSION = 3
 # Per-queue status counters (`queue_counter`): stores written before them get them counted
 # from the tasks at open.
 _QUEUE_COUNTERS_KEY = b"queue_counters_version"
@@ -214,19 +217,26 @@ class LmdbStore(Listing):
                 txn.put(fkey, b"", db=by_finished)
 
     def _build_v3(self, txn: lmdb.Transaction) -> None:
-        """by_duration, and the per-priority counters (the priority filter's total)."""
-        by_duration = self.db[L.BY_DURATION]
-        txn.drop(by_duration, delete=False)
-        per_priority = dict.fromkeys(Priority, 0)
+        """by_duration, by_status_priority, and the counters of the priority filter and the
+        status + priority one (their totals)."""
+        by_duration, by_sp = self.db[L.BY_DURATION], self.db[L.BY_STATUS_PRIORITY]
+        for db in (by_duration, by_sp):
+            txn.drop(db, delete=False)
+        n: dict[str, int] = {}
+        for s in TaskStatus:
+            for p in Priority:
+                n[L.priority_counter(p)] = n[L.status_priority_counter(s, p)] = 0
         for key, value in txn.cursor(db=self.db["tasks"]):
+            tkey = bytes(key)
             task = codec.decode_task(value)
-            txn.put(L.duration_key(task, bytes(key)), b"", db=by_duration)
-            per_priority[task.priority] += 1
+            txn.put(L.duration_key(task, tkey), b"", db=by_duration)
+            txn.put(L.status_priority_key(task, tkey), b"", db=by_sp)
+            n[L.priority_counter(task.priority)] += 1
+            n[L.status_priority_counter(task.status, task.priority)] += 1
         meta = self.db["meta"]
         raw = txn.get(COUNTERS, db=meta)
         counters = codec.decode_counters(raw) if raw else {}
-        for priority, n in per_priority.items():
-            counters[L.priority_counter(priority)] = n
+        counters.update({name: v for name, v in n.items() if v or name in counters})
         txn.put(COUNTERS, codec.encode(counters), db=meta)
 
     def _build_queue_counters(self, txn: lmdb.Transaction) -> None:

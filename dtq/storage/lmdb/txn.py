@@ -73,6 +73,8 @@ class LmdbTxn:
         for tag in set(task.tags):
             put(K.tag_index_key(tag, task.created_at, task.seq, tkey), b"", db=db["by_tag"])
         put(L.duration_key(task, tkey), b"", db=db[L.BY_DURATION])
+        put(L.status_priority_key(task, tkey), b"", db=db[L.BY_STATUS_PRIORITY])
+        self.deltas.add(L.status_priority_counter(task.status, task.priority))
         self._index_state(task, tkey, add=True)
         self._index_finished(task, tkey, add=True)
         self.deltas.add("total")
@@ -109,6 +111,11 @@ class LmdbTxn:
             )
             self.deltas.add(L.priority_counter(old.priority), -1)
             self.deltas.add(L.priority_counter(new.priority))
+        if old.status != new.status or old.priority != new.priority:
+            txn.delete(L.status_priority_key(old, tkey), db=db[L.BY_STATUS_PRIORITY])
+            txn.put(L.status_priority_key(new, tkey), b"", db=db[L.BY_STATUS_PRIORITY])
+            self.deltas.add(L.status_priority_counter(old.status, old.priority), -1)
+            self.deltas.add(L.status_priority_counter(new.status, new.priority))
         if old.duration != new.duration:
             txn.delete(L.duration_key(old, tkey), db=db[L.BY_DURATION])
             txn.put(L.duration_key(new, tkey), b"", db=db[L.BY_DURATION])
@@ -178,6 +185,8 @@ class LmdbTxn:
         for tag in set(task.tags):
             txn.delete(K.tag_index_key(tag, task.created_at, task.seq, tkey), db=db["by_tag"])
         txn.delete(L.duration_key(task, tkey), db=db[L.BY_DURATION])
+        txn.delete(L.status_priority_key(task, tkey), db=db[L.BY_STATUS_PRIORITY])
+        self.deltas.add(L.status_priority_counter(task.status, task.priority), -1)
         self._index_state(task, tkey, add=False)
         self._index_finished(task, tkey, add=False)
         self._delete_events(tkey)
