@@ -58,6 +58,7 @@ async function loadCharts() {
       kind: "bar",
       label: "Average duration per day",
       format: duration,
+      floor: 0,
     });
   } catch (err) {
     showError(errorBox, err);
