@@ -5,7 +5,7 @@ import { h } from "./dom.js";
 const NS = "http://www.w3.org/2000/svg";
 const W = 640;
 const H = 180;
-const PAD = { left: 44, right: 8, top: 10, bottom: 22 };
+const PAD = { left: 54, right: 8, top: 10, bottom: 22 };
 
 function svg(tag, attrs, ...children) {
   const el = document.createElementNS(NS, tag);
