@@ -68,7 +68,7 @@ def test_overview_counters_follow_the_api(page: Page, ui_server: UiServer) -> No
     # Live from /ws/metrics: no reload.
     expect(total).to_have_text(f"{after:,}", timeout=SOON_MS)
     expect(page.raw.locator("#live-state")).to_have_text("live")
-    for chart in ("#chart-completion", "#chart-errors", "#chart-duration"):
+    for chart in ("#chart-throughput", "#chart-completion", "#chart-errors", "#chart-duration"):
         expect(page.raw.locator(f"{chart} svg")).to_have_count(1)
 
 
@@ -106,6 +106,11 @@ def test_the_charts_plot_the_trends(page: Page, ui_server: UiServer) -> None:
     completion = page.raw.locator("#chart-completion circle.dot title")
     assert completion.last.text_content() == (
         f"{finished[-1]['date'][5:]}: {percent(finished[-1]['completion_rate'])}"
+    )
+    throughput = page.raw.locator("#chart-throughput rect.bar title")
+    expect(throughput).to_have_count(30)
+    assert throughput.last.text_content() == (
+        f"{series[-1]['date'][5:]}: {series[-1]['completed'] + series[-1]['failed']:,}"
     )
     assert not [u for u in asked if "/analytics/export" in u]  # the charts need no export
 

@@ -39,7 +39,8 @@ let days = Number(new URLSearchParams(location.search).get("days")) || 7;
 if (![7, 30, 365].includes(days)) days = 7;
 $("days").value = String(days);
 
-// From /analytics/trends: a point per day of completion rate, error rate and average duration.
+// From /analytics/trends: a point per day of the tasks finished (completed + failed), completion
+// rate, error rate and average duration.
 // A day with no task finished has both rates 0 (they sum to 1 otherwise): it is a gap, not 0.
 async function loadCharts() {
   try {
@@ -47,6 +48,12 @@ async function loadCharts() {
     const label = (p) => p.date.slice(5);
     const finished = (p) => p.completion_rate + p.error_rate > 0;
     const points = (field) => series.map((p) => ({ label: label(p), value: finished(p) ? p[field] : null }));
+    drawChart($("chart-throughput"), series.map((p) => ({ label: label(p), value: p.completed + p.failed })), {
+      kind: "bar",
+      label: "Tasks finished per day",
+      format: count,
+      floor: 0,
+    });
     drawChart($("chart-completion"), points("completion_rate"), {
       kind: "line",
       max: 1,
