@@ -397,14 +397,38 @@ class Cpu:
         return self.t - t
 
 
-def _paced(samples: int, submit: Callable[[float], None]) -> None:
+def _paced(samples: int, submit: Callable[[float], object]) -> list[float]:
+    """`samples` submits 5 ms apart; returns each submit's round trip (s)."""
+    round_trips = []
     next_at = time.perf_counter()
     for _ in range(samples):
-        submit(time.time())
+        t = time.time()
+        submit(t)
+        round_trips.append(time.time() - t)
         next_at += LATENCY_GAP_S
         pause = next_at - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
+    return round_trips
+
+
+def durable_floor_ms(n: int = 300) -> dict[str, float]:
+    """What one durable write costs on this disk right now, in the bench process: an LMDB
+    put + fsync'd commit (dtq's storage: data pages, fdatasync, meta page, fdatasync) and an
+    append + fdatasync to one file (a binlog such as beanstalkd's)."""
+    from rest_floor import commit_cost_s
+
+    with tempfile.TemporaryFile() as fh:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fh.write(b"x" * 100)
+            fh.flush()
+            os.fdatasync(fh.fileno())
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"lmdb_commit_p50_ms": round(commit_cost_s(n) * 1000, 3),
+            "append_fdatasync_p50_ms": round(times[len(times) // 2] * 1000, 3)}  # fmt: skip
 
 
 def run_beanstalkd(fsync: bool, tasks: int, samples: int) -> dict[str, Any]:
@@ -449,11 +473,11 @@ def run_beanstalkd(fsync: bool, tasks: int, samples: int) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("beanstalkd workers did not reserve")
                 time.sleep(0.01)
-            _paced(samples, lambda t: bs.put(repr(t).encode()))
+            rt = _paced(samples, lambda t: bs.put(repr(t).encode()))
             workers.stop_with(lambda: bs.put(b"stop") and None)
             lat = [x for r in workers.results(10) for x in r["latencies"]]
             bs.close()
-            return _figures(tasks, submit_s, drain_s, submit_cpu, drain_cpu, lat)
+            return _figures(tasks, submit_s, drain_s, submit_cpu, drain_cpu, lat, rt)
         finally:
             if workers is not None:
                 workers.stop()
@@ -541,7 +565,9 @@ def run_dtq(column: str, tasks: int, samples: int) -> dict[str, Any]:
                 time.sleep(0.5)  # both are parked in their long poll / have granted credit
                 with Client(url, api_key=key, transport="tcp" if column == "raw" else "http") as c:
                     c.submit("unhandled", queue="warmup")
-                    _paced(samples, lambda t: c.submit("stamp", queue="stamp", payload={"t": t}))
+                    rt = _paced(
+                        samples, lambda t: c.submit("stamp", queue="stamp", payload={"t": t})
+                    )
                     workers.stop_with(lambda: c.submit("stop", queue="stamp") and None)
                 lat = [x for r in workers.results(10) for x in r["latencies"]]
             else:
@@ -561,13 +587,13 @@ def run_dtq(column: str, tasks: int, samples: int) -> dict[str, Any]:
                 drain_cpu = cpu.lap()
                 with Client(url, api_key=key, transport="tcp") as c:
                     sent: list[str] = []
-                    _paced(samples, lambda t: sent.append(
+                    rt = _paced(samples, lambda t: sent.append(
                         c.submit("stamp", queue="stamp", payload={"t": t}).id))  # fmt: skip
                     _until(lambda: c.get(sent[-1]).status == "completed")
                     _until(lambda: all(c.get(i).status == "completed" for i in sent[-10:]))
                     lat = [t.result["lat"] for t in admin.list(status="completed", queue="stamp")]
             admin.close()
-            return _figures(tasks, submit_s, drain_s, submit_cpu, drain_cpu, lat)
+            return _figures(tasks, submit_s, drain_s, submit_cpu, drain_cpu, lat, rt)
         finally:
             if workers is not None:
                 workers.stop()
@@ -584,12 +610,14 @@ def _until(done: Callable[[], bool], timeout_s: float = STEP_TIMEOUT_S) -> float
 
 
 def _figures(tasks: int, submit_s: float, drain_s: float, submit_cpu: float, drain_cpu: float,
-             lat: list[float]) -> dict[str, Any]:  # fmt: skip
+             lat: list[float], rt: list[float]) -> dict[str, Any]:  # fmt: skip
     return {
         "tasks": tasks,
         "submit_per_s": tasks / submit_s,
         "drain_per_s": tasks / drain_s,
         "latency": latency_summary_ms(lat),
+        # the same paced submits' own round trips: the part of `latency` before the reply
+        "paced_submit_round_trip": latency_summary_ms(rt),
         "server_cpu_us_per_task": {
             "submit": submit_cpu / tasks * 1e6,
             "drain": drain_cpu / tasks * 1e6,
@@ -627,6 +655,12 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         lambda r, b: f"{r['latency']['p50_ms']:.2f} / {r['latency']['p99_ms']:.2f}"
         + (f" ({r['latency']['p50_ms'] / b['latency']['p50_ms']:.1f}x / "
            f"{r['latency']['p99_ms'] / b['latency']['p99_ms']:.1f}x)" if b else ""))  # fmt: skip
+    row("  of which submit round trip, ms",
+        lambda r, b: f"{r['paced_submit_round_trip']['p50_ms']:.2f} / "
+        f"{r['paced_submit_round_trip']['p99_ms']:.2f}")  # fmt: skip
+    row("durable write floor (LMDB / fdatasync)",
+        lambda r, b: f"{r['floor']['lmdb_commit_p50_ms']:.2f} / "
+        f"{r['floor']['append_fdatasync_p50_ms']:.2f} ms")  # fmt: skip
     row(
         "server CPU/task submit+drain, us",
         lambda r, b: "{:.0f} + {:.0f}".format(*r["server_cpu_us_per_task"].values()),
@@ -664,11 +698,13 @@ def main() -> None:
     # beanstalkd-fsync first: it is what the others are compared with.
     for column in sorted(wanted, key=lambda c: (c != "bs-fsync", list(COLUMNS).index(c))):
         t0 = time.perf_counter()
+        floor = durable_floor_ms()  # the disk is shared: its state now, beside this column
         if column.startswith("bs-"):
             results[column] = run_beanstalkd(column == "bs-fsync", args.tasks, args.samples)
         else:
             results[column] = run_dtq(column, args.tasks, args.samples)
         r = results[column]
+        r["floor"] = floor
         print(f"{COLUMNS[column]}: submit {r['submit_per_s']:,.0f}/s, drain "
               f"{r['drain_per_s']:,.0f}/s, latency p50 {r['latency']['p50_ms']} / p99 "
               f"{r['latency']['p99_ms']} ms ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
