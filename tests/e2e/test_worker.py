@@ -210,37 +210,28 @@ def test_a_handler_past_the_task_timeout_is_reported_as_timed_out(
 
 
 def test_concurrency_limit_is_respected(basic_worker: Proc, client: Client, tmp_path: Path) -> None:
-    """`--concurrency 2` on a module whose Worker says 1: two handlers at once, never three.
+    """`--concurrency 2` on a module whose Worker says 1: two handlers at once, never three."""
+    markers = tmp_path / "running"
+    markers.mkdir()
+    payload = {"dir": str(markers), "hold_s": 0.3}
+    tasks = client.submit_many(
+        [{"name": "concurrent", "payload": {**payload, "i": i}, "queue": "basic"} for i in range(6)]
+    )
+    held = 0  # most tasks the server saw the worker hold at once
 
-    The handlers block until the test lets them go, so every check is made in a settled
-    state (two handlers blocked, every earlier result acknowledged) instead of racing the
-    worker's result batches."""
-    blocker = Blocker(tmp_path / "concurrency")
-    tasks = client.submit_many([{"name": "block", "payload": blocker.payload(f"c{i}"),
-                                 "queue": "basic"} for i in range(6)])  # fmt: skip
-    by_tag = {f"c{i}": t.id for i, t in enumerate(tasks)}
-    released: set[str] = set()
+    def all_done() -> bool:
+        nonlocal held
+        running = list(client.list(status="running", worker_id="basic-w1"))
+        held = max(held, len(running))
+        return all(client.get(t.id).status == "completed" for t in tasks)
 
-    def started() -> set[str]:
-        return {tag for tag in by_tag if blocker.started_by(tag)}
-
-    def settled() -> set[str] | None:
-        blocked = started() - released
-        assert len(blocked) <= 2, f"three handlers at once: {sorted(blocked)}"
-        held = {t.id for t in client.list(status="running", worker_id="basic-w1")}
-        return blocked if len(blocked) == 2 and held == {by_tag[t] for t in blocked} else None
-
-    for _ in range(3):
-        blocked = poll_until(settled, "two handlers blocked, the server holding exactly those")
-        # Both slots are taken: nothing else started, nor was leased to the worker.
-        assert started() - released == blocked
-        waiting = [by_tag[t] for t in by_tag if t not in released | blocked]
-        assert all(client.get(i).status == "pending" for i in waiting)
-        for tag in blocked:
-            blocker.go(tag)
-        released |= blocked
-    for task in tasks:
-        assert client.wait(task.id, timeout=BOUND_S).status == "completed"
+    poll_until(all_done, "the concurrent tasks to complete")
+    seen = [client.get(t.id).result["seen"] for t in tasks]
+    assert max(seen) <= 2, seen  # handlers running at once, as the handlers saw it
+    assert max(seen) == 2, seen  # and it did run two at a time
+    # The server's view also counts tasks whose handler has finished and whose result is in the
+    # next ack batch (a slot frees when the handler returns): at most one batch of 2 on top.
+    assert held <= 2 + 2, held
 
 
 def test_kill_9_mid_task_the_task_runs_again_after_the_lease_expires(
