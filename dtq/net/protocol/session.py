@@ -190,7 +190,10 @@ class Session:
                     "Already authenticated: hello comes once, first", field="op",
                     reason="duplicate hello"))  # fmt: skip
                 continue
-            await self._slots.acquire()
+            try:
+                self._slots.acquire_nowait()  # a free slot: no scheduler round per message
+            except trio.WouldBlock:
+                await self._slots.acquire()
             nursery.start_soon(self._serve_one, msg)
 
     async def _refuse(self, request_id: int, exc: DtqError) -> None:
@@ -218,9 +221,15 @@ class Session:
 
     # -- output --------------------------------------------------------------------------
     async def _send(self, message: Any) -> None:
-        # closing: nothing more goes out
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._out_send.send(encoder.encode(message))
+        payload = encoder.encode(message)
+        try:
+            # Room in the queue (the usual case): no trip through trio's scheduler for it.
+            self._out_send.send_nowait(payload)
+        except trio.WouldBlock:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._out_send.send(payload)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # closing: nothing more goes out
 
     def _send_nowait(self, message: Any) -> None:
         try:
