@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from dtq.core.auth import Role
 
@@ -98,8 +100,9 @@ async def test_bulk_retry_and_purge(admin: Client, client: Client, keys: dict[Ro
              "INVALID_REQUEST", field="limit")  # fmt: skip
 
 
-async def test_list_filters(admin: Client) -> None:
+async def test_list_filters(admin: Client, mock_clock: trio.testing.MockClock) -> None:
     a = await create_task(admin, queue="f1", tags=["x"])
+    mock_clock.jump(0.01)  # in another millisecond: the API shows times to the millisecond
     b = await create_task(admin, queue="f1", name="other", tags=["x", "y"])
 
     async def ids(query: str) -> list[str]:
