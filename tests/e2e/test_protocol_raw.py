@@ -99,6 +99,21 @@ def connect(port: int, key: str) -> Raw:
     return raw
 
 
+def test_a_connection_reset_by_its_peer_leaves_the_server_serving(lane: Any) -> None:
+    """A worker that dies mid-conversation resets its connection (RST, not FIN): only that
+    connection ends."""
+    _, admin_key, _, port = lane
+    for _ in range(3):
+        raw = connect(port, admin_key)
+        for i in range(20):  # replies still on their way when the RST lands
+            raw.request("submit", body={"name": "reset", "payload": {"i": i}, "queue": "rst"})
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()  # SO_LINGER 0: close sends RST
+    after = connect(port, admin_key)
+    assert after.call("ping")["op"] == "reply"
+    after.close()
+
+
 def test_health_reports_the_protocol_port(lane: Any) -> None:
     import httpx
 

@@ -140,8 +140,12 @@ async def _handle(svc: Services, hub: Hub, limit: int, stream: trio.abc.Stream) 
                 send_lock.release()
 
         await session.run(receive, write)
-    except (*_GONE, trio.TooSlowError):
+    # `except*`: the session's nursery wraps a peer's reset (ECONNRESET from a read or a
+    # write) in an ExceptionGroup; whatever one connection raises must never stop the server.
+    except* (*_GONE, trio.TooSlowError):
         pass  # the peer went away, or never finished its TLS handshake
+    except* Exception as group:
+        log.error("protocol connection failed", peer=peer, exc_info=group)
     finally:
         await trio.aclose_forcefully(stream)
 
