@@ -75,6 +75,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_backoff_max_s: float = 300.0
     webhook_retention_s: float = 7 * 86400.0  # finished deliveries are kept this long
     webhook_allow_private_networks: bool = False  # true: loopback/private targets (local setups)
+    # Shared stores (several servers on one database): parked long polls and the reaper look
+    # at the database at least this often, whatever the cross-server signal says.
+    shared_poll_s: float = 1.0
 
     @property
     def data_path(self) -> Path:

@@ -31,7 +31,7 @@ from dtq.models import (
     error_from_input,
 )
 from dtq.retry import RetryPolicy
-from dtq.storage.base import StoreTxn
+from dtq.storage.base import SharedTxn, StoreTxn
 
 S = TaskStatus
 
@@ -140,6 +140,43 @@ def lease(
         tx.replace_task(task, new)
         granted.append(new)
     return granted, not_due
+
+
+def claim(
+    tx: SharedTxn,
+    queues: frozenset[str] | None,
+    names: frozenset[str] | None,
+    max_tasks: int,
+    worker_id: str,
+    lease_s: float,
+    holder: str | None = None,
+) -> list[Task]:
+    """A shared store's lease: claim ready rows in the database (locked, others' locks skipped)
+    and grant them in the same transaction, so two servers never lease one task."""
+    granted: list[Task] = []
+    for task in tx.claim_ready(queues, names, max_tasks):
+        new = lifecycle.grant_lease(
+            task, worker_id=worker_id, lease_s=lease_s, now=tx.now, holder=holder
+        )
+        tx.replace_task(task, new)
+        granted.append(new)
+    return granted
+
+
+def expire_claimed(
+    tx: SharedTxn, policy: RetryPolicy, max_deliveries: int = 10, limit: int = 500
+) -> list[Task]:
+    """A shared store's reaper pass: the leases that ran out by the database's clock, each
+    handled by whichever server claims it first."""
+    changed = []
+    for task in tx.claim_expired(limit):
+        new = lifecycle.expire(
+            task, now=tx.now, policy=policy, rand=random.random(), max_deliveries=max_deliveries
+        )
+        tx.replace_task(task, new)
+        _record_finish(tx, task, new)
+        changed.append(new)
+    return changed
 
 
 def _record_finish(tx: StoreTxn, old: Task, new: Task) -> None:

@@ -21,6 +21,16 @@ runs it in the backend's next commit, which may hold many operations (group comm
 Reads. Methods a networked backend must wait for are `async`; an embedded backend may answer at
 once. A read sees every write whose `write` call has returned; it never waits for the writer.
 Sync reads (`iter_pending`, `iter_leases`) are start-up only.
+
+Shared stores. A store with `shared = True` (PostgreSQL) may be used by several dtq servers at
+once, so no server's memory sees every write. Core then keeps no in-memory ready queues: a lease
+claims in the database (`StoreTxn.claim_ready`, rows locked and others' locks skipped) and grants
+in the same transaction; the reaper claims expired leases the same way (`claim_expired`), so
+each is handled once whichever server gets there; `StoreTxn.now` is the database's clock, one
+for every server; `take_lead` elects one server for work that must run once (webhook
+delivery); `changes` tells core that another server made tasks ready, so parked long polls try
+again. An embedded store (LMDB, memory) has `shared = False`: one process owns it and core's
+in-memory dispatcher is the fast path (`claim_ready` is then unused).
 """
 
 from __future__ import annotations
@@ -104,6 +114,32 @@ class WriterStats:
         self.commit_seconds_total += seconds
 
 
+class ChangeSignal:
+    """A shared store's word to core that something changed that this process did not commit:
+    another server made tasks ready (a `NOTIFY`, one per commit batch, not per task). Fired on
+    the trio thread; listeners must not block. It may fire spuriously (a claim then finds
+    nothing) and may be late or missed (core polls about once a second while it waits), so it is
+    a hint for speed, never the truth."""
+
+    __slots__ = ("_listeners", "fired")
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+        self.fired = 0  # how many times (a figure for /metrics and tests)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def fire(self) -> None:
+        self.fired += 1
+        for listener in list(self._listeners):
+            listener()
+
+
 class StoreTxn(Protocol):
     """One operation's view inside a write transaction. Sync: it runs where the backend runs
     the commit (LMDB: the writer thread), so it must touch nothing but the transaction.
@@ -111,7 +147,9 @@ class StoreTxn(Protocol):
     Reads see this op's own writes and those of every op committed before it.
     """
 
-    now: float  # the commit's wall-clock time, one value for every op in it
+    # The commit's wall-clock time, one value for every op in it. A shared store takes it from
+    # the database (`now()` of the transaction), so every server judges lease expiry alike.
+    now: float
 
     # -- tasks: every index (listing, pending, idempotency on delete) follows these -----------
     def get_task(self, task_id: str) -> Task | None: ...
@@ -182,6 +220,10 @@ class Store(Protocol):
     write and `aclose` to flush; `close` releases it."""
 
     durability: str  # fsync | os | none
+    # Several servers may use this store at once (see the module): core claims in the store.
+    shared: bool
+    # Shared stores: fired when another server made tasks ready (None: never fires).
+    changes: ChangeSignal | None
     stats: WriterStats
     # (batch size, seconds) after every commit, on the trio thread
     commit_hooks: list[Callable[[int, float], None]]
@@ -274,6 +316,42 @@ class Store(Protocol):
     async def due_deliveries(self, limit: int) -> list[tuple[float, DeliveryRef]]:
         """(next_attempt_at, ref) of the first `limit` pending deliveries, soonest first
         (ties by ref order). Times are rounded down to the microsecond."""
+        ...
+
+
+class SharedTxn(StoreTxn, Protocol):
+    """The transaction of a shared store (`Store.shared`): claims in the database."""
+
+    def claim_ready(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None, limit: int
+    ) -> list[Task]:
+        """Up to `limit` pending tasks due by `now` (`run_at` unset or <= now) in the given
+        queues / with the given names (None: any), in dispatch order: priority rank, then
+        `ready_at` (else `created_at`), then `seq`. Each row is locked until this commit ends;
+        rows another transaction holds are skipped, never waited for (PostgreSQL: one
+        `SELECT ... FOR UPDATE SKIP LOCKED`). The caller changes them with `replace_task` in the
+        same op."""
+        ...
+
+    def claim_expired(self, limit: int) -> list[Task]:
+        """Up to `limit` running tasks whose lease expired by `now`, soonest first, locked and
+        skipping locked rows as `claim_ready` does."""
+        ...
+
+    def take_lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Hold the lead called `name` for `ttl_s` seconds from `now` if nobody holds it, its
+        holder's time ran out, or `holder` already holds it (a renewal); True if `holder` holds
+        it now. Atomic across servers (PostgreSQL: one `INSERT ... ON CONFLICT DO UPDATE ...
+        WHERE`)."""
+        ...
+
+
+class SharedStore(Store, Protocol):
+    """A store several servers use at once (`shared = True`)."""
+
+    async def next_run_at(self) -> float | None:
+        """The earliest `run_at` of the pending tasks not yet due, or None (shared stores: the
+        moment a parked long poll must look again)."""
         ...
 
 

@@ -40,7 +40,14 @@ from dtq.models import (
     WorkerStatus,
 )
 from dtq.storage import codec
-from dtq.storage.base import EventSink, PendingRow, StoreTxn, TaskQuery, WriterStats
+from dtq.storage.base import (
+    ChangeSignal,
+    EventSink,
+    PendingRow,
+    StoreTxn,
+    TaskQuery,
+    WriterStats,
+)
 from dtq.storage.counting import Deltas, apply_counters, apply_day
 
 T = TypeVar("T")
@@ -95,6 +102,7 @@ class _State:
         self.due: dict[tuple[int, DeliveryRef], None] = {}
         self.counters: dict[str, float] = {}
         self.days: dict[int, DayStats] = {}
+        self.leads: dict[str, tuple[str, float]] = {}  # name -> (holder, until)
 
 
 class MemoryTxn:
@@ -105,6 +113,7 @@ class MemoryTxn:
         self._s = store.state
         self.now = now
         self.deltas = Deltas()
+        self.made_ready = False  # a task became pending: a shared store signals `changes`
         self._undo: list[tuple[dict[Any, Any], Any, Any]] = []
 
     def _set(self, table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -136,6 +145,7 @@ class MemoryTxn:
 
     def insert_task(self, task: Task) -> Task:
         self._set(self._s.tasks, task.id, codec.encode(task))
+        self.made_ready = True
         self.deltas.add("total")
         self.deltas.add(task.status)
         self.deltas.day(task.created_at, "created")
@@ -145,6 +155,8 @@ class MemoryTxn:
 
     def replace_task(self, old: Task, new: Task) -> None:
         self._set(self._s.tasks, new.id, codec.encode(new))
+        if new.status == TaskStatus.PENDING:
+            self.made_ready = True
         if old.status != new.status:
             self.deltas.add(old.status, -1)
             self.deltas.add(new.status, 1)
@@ -233,19 +245,57 @@ class MemoryTxn:
             self._del(self._s.due, (_us(delivery.next_attempt_at), ref))
         self._del(self._s.deliveries, ref)
 
+    # -- claims (`SharedTxn`): one op runs at a time here, so nothing is ever locked ----------
+    def claim_ready(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None, limit: int
+    ) -> list[Task]:
+        due = [
+            t
+            for t in (codec.decode_task(raw) for raw in self._s.tasks.values())
+            if t.status == TaskStatus.PENDING
+            and (t.run_at is None or t.run_at <= self.now)
+            and (queues is None or t.queue in queues)
+            and (names is None or t.name in names)
+        ]
+        due.sort(key=lambda t: (t.priority.rank, t.ready_at or t.created_at, t.seq))
+        return due[:limit]
+
+    def claim_expired(self, limit: int) -> list[Task]:
+        expired = [
+            t
+            for t in (codec.decode_task(raw) for raw in self._s.tasks.values())
+            if t.status == TaskStatus.RUNNING
+            and t.lease is not None
+            and t.lease.expires_at <= self.now
+        ]
+        expired.sort(key=lambda t: (t.lease.expires_at if t.lease else 0.0, t.seq))
+        return expired[:limit]
+
+    def take_lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        current = self._s.leads.get(name)
+        if current is None or current[0] == holder or current[1] <= self.now:
+            self._set(self._s.leads, name, (holder, self.now + ttl_s))
+            return True
+        return False
+
 
 class MemoryStore:
     """`Store` in this process's memory. One commit per write, on the trio thread."""
 
     durability = "none"
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, shared: bool = False) -> None:
+        # `shared`: behave as a store several servers use at once (tests of core's claim path:
+        # two TaskQueues over one MemoryStore are two servers over one database).
+        self.shared = shared
+        self.changes: ChangeSignal | None = ChangeSignal() if shared else None
         self.state = _State()
         self.stats = WriterStats()
         self.commit_hooks: list[Callable[[int, float], None]] = []
         self.event_sink: EventSink | None = None
         self._clock = clock
         self._seq = 1
+        self._made_ready = False
         self._closing = False
         self._stopped = trio.Event()
 
@@ -281,6 +331,7 @@ class MemoryStore:
             view.rollback()
             raise
         s = self.state
+        self._made_ready = view.made_ready
         apply_counters(s.counters, view.deltas)
         for day, fields in view.deltas.days.items():
             stats = s.days.get(day)
@@ -304,6 +355,8 @@ class MemoryStore:
             hook(1, elapsed)
         if on_commit is not None:
             on_commit(result)
+        if self.changes is not None and self._made_ready:
+            self.changes.fire()  # what a NOTIFY does between servers
         # A commit is a scheduling point, as with the writer: other tasks run before we return.
         await trio.lowlevel.cancel_shielded_checkpoint()
         return result
@@ -434,6 +487,15 @@ class MemoryStore:
             matched = [d for d in matched if d.status == status]
         end = None if limit is None else skip + limit
         return matched[skip:end], len(matched)
+
+    async def next_run_at(self) -> float | None:
+        now = self._clock.now() if self._clock is not None else time.time()
+        times = [
+            t.run_at
+            for t in self._all_tasks()
+            if t.status == TaskStatus.PENDING and t.run_at is not None and t.run_at > now
+        ]
+        return min(times) if times else None
 
     async def due_deliveries(self, limit: int) -> list[tuple[float, DeliveryRef]]:
         entries = sorted(self.state.due, key=_due_order)[:limit]
