@@ -26,7 +26,7 @@ T = TypeVar("T")
 class AsyncClient(_Base):
     """`async with AsyncClient() as c: task = await c.submit("Process Data", {...})`."""
 
-    def __init__(self, url: str | None = None, **kw: Any) -> None:
+    def __init__(self, url: str | Sequence[str] | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
@@ -44,6 +44,7 @@ class AsyncClient(_Base):
     async def _send(self, req: _Req[T]) -> T:
         attempt = 0
         while True:
+            sent_to = self.url
             try:
                 response = await self._http.request(
                     req.method, req.path, content=self._body(req), params=req.params,
@@ -51,10 +52,12 @@ class AsyncClient(_Base):
                 )  # fmt: skip
                 return self._result(req, response)
             except (httpx.TransportError, RateLimited, Unavailable) as exc:
-                delay = self._backoff_s(attempt, exc) if self._retryable(req, exc) else None
+                delay = self._resend_delay_s(req, exc, attempt, sent_to)
                 if delay is None:
                     raise
                 attempt += 1
+                if self.url != sent_to:  # another server (endpoints.py)
+                    self._http.base_url = httpx.URL(self.url)
                 await _io.sleep(delay)
 
     async def login(self, username: str, password: str) -> str:

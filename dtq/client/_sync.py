@@ -27,7 +27,7 @@ T = TypeVar("T")
 class Client(_Base):
     """`with Client() as c: task = c.submit("Process Data", {...})`."""
 
-    def __init__(self, url: str | None = None, **kw: Any) -> None:
+    def __init__(self, url: str | Sequence[str] | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._http = httpx.Client(
             base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
@@ -45,6 +45,7 @@ class Client(_Base):
     def _send(self, req: _Req[T]) -> T:
         attempt = 0
         while True:
+            sent_to = self.url
             try:
                 response = self._http.request(
                     req.method, req.path, content=self._body(req), params=req.params,
@@ -52,10 +53,12 @@ class Client(_Base):
                 )  # fmt: skip
                 return self._result(req, response)
             except (httpx.TransportError, RateLimited, Unavailable) as exc:
-                delay = self._backoff_s(attempt, exc) if self._retryable(req, exc) else None
+                delay = self._resend_delay_s(req, exc, attempt, sent_to)
                 if delay is None:
                     raise
                 attempt += 1
+                if self.url != sent_to:  # another server (endpoints.py)
+                    self._http.base_url = httpx.URL(self.url)
                 _io.sleep(delay)
 
     def login(self, username: str, password: str) -> str:
