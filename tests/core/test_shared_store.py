@@ -191,3 +191,27 @@ async def test_lead_is_held_by_one_holder_and_taken_over_when_it_lapses(
         await trio.sleep(11)
         assert await take("b")  # a stopped renewing: b takes over
         assert not await take("a")
+
+
+async def test_webhooks_registered_on_one_server_are_known_to_all_and_one_sends() -> None:
+    from dtq.core.webhooks.delivery import WebhookService
+    from dtq.core.webhooks.outbox import Outbox, WebhookCreate
+
+    async with servers(webhook_allow_private_networks=True) as (a, b):
+        services = []
+        for q in (a, b):
+            outbox = Outbox()
+            await outbox.install(q.store)
+            services.append(WebhookService(q.store, q.clock, q.settings, outbox,
+                                           render=lambda d: b"{}"))  # fmt: skip
+        wa, wb = services
+        assert not wa.leading and not wb.leading  # shared: nobody sends before the election
+        hook = await wa.create(WebhookCreate(url="http://127.0.0.1:9/h", events=["task.created"]))
+        assert wb.registered() == []
+        await wb.refresh_hooks()
+        assert [h.id for h in wb.registered()] == [hook.id]
+        assert await wa.take_lead() and not await wb.take_lead()
+        # b's task changes now owe deliveries too (its outbox knows the webhook)
+        await create(b)
+        deliveries, total = await b.store.list_deliveries(hook.id)
+        assert total == 1 and deliveries[0].event == "task.created"
