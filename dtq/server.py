@@ -22,7 +22,7 @@ from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
 from dtq.net.app import create_app
 from dtq.net.banner import StartupReport
-from dtq.net.events import EventBus
+from dtq.net.events import EventBus, ServerRelay
 from dtq.net.metrics import Metrics
 from dtq.net.routes.webhooks import delivery_body
 from dtq.net.routing import Services
@@ -162,6 +162,10 @@ async def open_services(
         webhooks.outcome_listeners.append(metrics.webhook_delivery)
         async with trio.open_nursery() as nursery:
             await nursery.start(webhooks.run)
+            if queue.store.shared and queue.store.changes is not None:
+                relay = ServerRelay(bus, queue.store)  # live views see every server's events
+                queue.task_listeners.append(relay.on_task)
+                await nursery.start(relay.run)
             try:
                 yield Services(queue, accounts, RateLimiter(), settings, bus, metrics,
                                webhooks=webhooks)  # fmt: skip

@@ -35,7 +35,7 @@ in-memory dispatcher is the fast path (`claim_ready` is then unused).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import trio
@@ -90,6 +90,8 @@ class PendingRow(NamedTuple):
     ready_at: float
 
 
+# (origin server id, [(event kind, task)]): task events another server published
+EventRelayListener = Callable[[str, "Sequence[tuple[str, Task]]"], None]
 # (txn, old, new): a task change, inside the op that makes it (None: inserted / deleted)
 EventSink = Callable[["StoreTxn", Task | None, Task | None], None]
 
@@ -121,10 +123,11 @@ class ChangeSignal:
     nothing) and may be late or missed (core polls about once a second while it waits), so it is
     a hint for speed, never the truth."""
 
-    __slots__ = ("_listeners", "fired")
+    __slots__ = ("_event_listeners", "_listeners", "fired")
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[], None]] = []
+        self._event_listeners: list[EventRelayListener] = []
         self.fired = 0  # how many times (a figure for /metrics and tests)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -138,6 +141,16 @@ class ChangeSignal:
         self.fired += 1
         for listener in list(self._listeners):
             listener()
+
+    # Task events relayed between servers (`SharedStore.publish_events`), so live views on any
+    # server see every server's changes. Best effort: a relay may drop events under overload.
+    def subscribe_events(self, listener: EventRelayListener) -> None:
+        self._event_listeners.append(listener)
+
+    def deliver_events(self, origin: str, events: Sequence[tuple[str, Task]]) -> None:
+        """The backend: events published by server `origin` arrived (trio thread)."""
+        for listener in list(self._event_listeners):
+            listener(origin, events)
 
 
 class StoreTxn(Protocol):
@@ -352,6 +365,12 @@ class SharedStore(Store, Protocol):
     async def next_run_at(self) -> float | None:
         """The earliest `run_at` of the pending tasks not yet due, or None (shared stores: the
         moment a parked long poll must look again)."""
+        ...
+
+    def publish_events(self, origin: str, events: Sequence[tuple[str, Task]]) -> None:
+        """Relay committed task events to every server's `changes.deliver_events` (this one's
+        too: listeners skip their own `origin`). Never waits: a backend queues and sends them
+        in batches (PostgreSQL: `NOTIFY` payloads), and may drop what it cannot send."""
         ...
 
 

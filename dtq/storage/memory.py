@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -487,6 +487,10 @@ class MemoryStore:
             matched = [d for d in matched if d.status == status]
         end = None if limit is None else skip + limit
         return matched[skip:end], len(matched)
+
+    def publish_events(self, origin: str, events: Sequence[tuple[str, Task]]) -> None:
+        if self.changes is not None:
+            self.changes.deliver_events(origin, list(events))
 
     async def next_run_at(self) -> float | None:
         now = self._clock.now() if self._clock is not None else time.time()

@@ -215,3 +215,27 @@ async def test_webhooks_registered_on_one_server_are_known_to_all_and_one_sends(
         await create(b)
         deliveries, total = await b.store.list_deliveries(hook.id)
         assert total == 1 and deliveries[0].event == "task.created"
+
+
+async def test_live_events_of_one_server_reach_the_bus_of_another() -> None:
+    from dtq.net.events import EventBus, ServerRelay
+
+    async with servers() as (a, b), trio.open_nursery() as nursery:
+        buses = []
+        for q in (a, b):
+            bus = EventBus(100)
+            q.task_listeners.append(bus.on_task)
+            relay = ServerRelay(bus, q.store)
+            q.task_listeners.append(relay.on_task)
+            await nursery.start(relay.run)
+            buses.append(bus)
+        with buses[1].subscribe() as on_b, buses[0].subscribe() as on_a:
+            made = await create(a)
+            with trio.fail_after(5):
+                got = await on_b.next_batch()
+            assert got is not None
+            assert [(e.kind, e.subject_id) for e in got] == [("task.created", made.id)]  # type: ignore[union-attr]
+            with trio.fail_after(5):
+                mine = await on_a.next_batch()
+            assert mine is not None and len(mine) == 1  # its own event once, not echoed back
+        nursery.cancel_scope.cancel()
