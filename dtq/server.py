@@ -18,6 +18,7 @@ from dtq.core.accounts import Accounts
 from dtq.core.ratelimit import RateLimiter
 from dtq.core.reaper import run_reaper
 from dtq.core.service import TaskQueue
+from dtq.core.shared_ratelimit import SharedRateLimiter
 from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
 from dtq.net.app import create_app
@@ -166,8 +167,12 @@ async def open_services(
                 relay = ServerRelay(bus, queue.store)  # live views see every server's events
                 queue.task_listeners.append(relay.on_task)
                 await nursery.start(relay.run)
+            limiter = RateLimiter()
+            if queue.store.shared:  # one budget per key across every server
+                limiter = SharedRateLimiter(queue.store)
+                await nursery.start(limiter.run, queue.clock)
             try:
-                yield Services(queue, accounts, RateLimiter(), settings, bus, metrics,
+                yield Services(queue, accounts, limiter, settings, bus, metrics,
                                webhooks=webhooks)  # fmt: skip
             finally:
                 bus.close()

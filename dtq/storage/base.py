@@ -358,6 +358,13 @@ class SharedTxn(StoreTxn, Protocol):
         WHERE`)."""
         ...
 
+    def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
+        """Rate-limit counters shared by every server: for each (counter key, expires_at,
+        n), add n to the counter (made at 0 if absent) and return its total, in order. A
+        counter is dropped once `now` passes its expires_at (PostgreSQL: one `INSERT ... ON
+        CONFLICT DO UPDATE ... RETURNING` for the batch, rows locked in key order)."""
+        ...
+
 
 class SharedStore(Store, Protocol):
     """A store several servers use at once (`shared = True`)."""

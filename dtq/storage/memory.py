@@ -103,6 +103,7 @@ class _State:
         self.counters: dict[str, float] = {}
         self.days: dict[int, DayStats] = {}
         self.leads: dict[str, tuple[str, float]] = {}  # name -> (holder, until)
+        self.hits: dict[str, tuple[int, float]] = {}  # rate-limit counter -> (total, expires)
 
 
 class MemoryTxn:
@@ -277,6 +278,17 @@ class MemoryTxn:
             self._set(self._s.leads, name, (holder, self.now + ttl_s))
             return True
         return False
+
+    def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
+        table = self._s.hits
+        for key in [k for k, (_, expires) in table.items() if expires <= self.now]:
+            self._del(table, key)
+        totals = []
+        for key, expires_at, n in hits:
+            total = table.get(key, (0, expires_at))[0] + n
+            self._set(table, key, (total, expires_at))
+            totals.append(total)
+        return totals
 
 
 class MemoryStore:

@@ -239,3 +239,23 @@ async def test_live_events_of_one_server_reach_the_bus_of_another() -> None:
                 mine = await on_a.next_batch()
             assert mine is not None and len(mine) == 1  # its own event once, not echoed back
         nursery.cancel_scope.cancel()
+
+
+async def test_a_rate_limit_is_one_budget_across_servers() -> None:
+    from dtq.core.shared_ratelimit import SharedRateLimiter
+
+    async with servers() as (a, b):
+        la, lb = SharedRateLimiter(a.store), SharedRateLimiter(b.store)
+        now = WALL0 + 5  # inside one minute window
+        assert all(la.hit("key", now, 10, 0).allowed for _ in range(6))
+        await la.flush(now)
+        assert lb.hit("key", now, 10, 0).allowed  # b has not heard of a's hits yet
+        await lb.flush(now)  # now it has: 7 used in all
+        verdicts = [lb.hit("key", now, 10, 0) for _ in range(5)]
+        assert [v.allowed for v in verdicts] == [True] * 3 + [False] * 2
+        assert verdicts[2].remaining == 0 and verdicts[3].retry_after_s >= 1
+        await lb.flush(now)
+        await la.flush(now)
+        assert not la.hit("key", now, 10, 0).allowed  # a sees b's hits too
+        assert la.hit("other", now, 10, 0).allowed  # per key
+        assert lb.hit("key", now + 60, 10, 0).allowed  # the next minute starts afresh
