@@ -78,6 +78,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Shared stores (several servers on one database): parked long polls and the reaper look
     # at the database at least this often, whatever the cross-server signal says.
     shared_poll_s: float = 1.0
+    # PostgreSQL: "on" (LISTEN/NOTIFY wake-ups between servers) or "off" (poll mode, for
+    # PgBouncer in transaction mode and engines without LISTEN/NOTIFY such as CockroachDB).
+    pg_notify: str = "on"
 
     @property
     def data_path(self) -> Path:

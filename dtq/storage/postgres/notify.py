@@ -18,6 +18,12 @@ What the PostgreSQL store uses to fill the port's `ChangeSignal` (`Store.changes
   then starts no `Listener`: parked long polls and the reaper look at the database every
   `shared_poll_s` (1 s) anyway.
 
+Wiring, in the PostgreSQL store: `self.changes = ChangeSignal()`; in `run`, unless
+`notify_enabled(settings.pg_notify)` is false, start `Listener(url, self.changes).run` and
+`Publisher(url).run` in its nursery; `publish_events` is `publisher.publish` (a no-op in poll
+mode); the writer calls `notify_ready` in a batch where an op inserted a pending task or
+replaced a task with a pending one.
+
 psycopg's async connection is asyncio-only, so the listening connection is the sync one, made
 and fed in a worker thread, and woken on the trio thread by `trio.lowlevel.wait_readable` on its
 socket (checked to work here, see docs/stack-findings). A lost connection is re-made with
