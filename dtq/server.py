@@ -90,6 +90,7 @@ async def open_queue(
     *,
     clock: Clock | None = None,
     on_open: Callable[[TaskQueue], Awaitable[None]] | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[TaskQueue]:
     """The running core. On exit: long-polls answer, queued writes are flushed, the store
     closes.
@@ -98,7 +99,8 @@ async def open_queue(
     store hook that must see every change).
     """
     clock = clock or TrioClock()
-    store = make_store(settings, clock)
+    # `store`: one made by the caller (tests: a handle on a shared memory store), else settings'
+    store = store if store is not None else make_store(settings, clock)
     try:
         queue = TaskQueue(store, clock, settings)
         await queue.rebuild()
@@ -129,7 +131,7 @@ async def open_writer(settings: Settings) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, report: StartupReport | None = None
+    settings: Settings, *, report: StartupReport | None = None, store: Store | None = None
 ) -> AsyncIterator[Services]:
     """Core, accounts and rate limiter, with the admin user bootstrapped; the webhook
     delivery loop runs in a nursery of its own until the block exits.
@@ -142,7 +144,7 @@ async def open_services(
     async def on_open(queue: TaskQueue) -> None:
         await outbox.install(queue.store)
 
-    async with open_queue(settings, on_open=on_open) as queue:
+    async with open_queue(settings, on_open=on_open, store=store) as queue:
         accounts = await Accounts.open(queue.store, queue.clock, settings)
         upgraded = await accounts.upgrade_records()
         if upgraded:
@@ -186,6 +188,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     freeze_gc: bool = False,
     report: StartupReport | None = None,
+    store: Store | None = None,
 ) -> None:
     """Run until `shutdown_trigger` returns (default: SIGTERM/SIGINT), then shut down cleanly.
 
@@ -194,7 +197,7 @@ async def serve(
     on a terminal).
     """
     report = report or StartupReport(settings, terminal=None)
-    async with open_services(settings, report=report) as services:
+    async with open_services(settings, report=report, store=store) as services:
         trigger = shutdown_trigger or shutdown_on_signals()
 
         async def shutdown() -> None:

@@ -104,6 +104,7 @@ class _State:
         self.days: dict[int, DayStats] = {}
         self.leads: dict[str, tuple[str, float]] = {}  # name -> (holder, until)
         self.hits: dict[str, tuple[int, float]] = {}  # rate-limit counter -> (total, expires)
+        self.seq = 1  # the next enqueue sequence number
 
 
 class MemoryTxn:
@@ -306,7 +307,6 @@ class MemoryStore:
         self.commit_hooks: list[Callable[[int, float], None]] = []
         self.event_sink: EventSink | None = None
         self._clock = clock
-        self._seq = 1
         self._made_ready = False
         self._closing = False
         self._stopped = trio.Event()
@@ -330,9 +330,20 @@ class MemoryStore:
         self.event_sink = sink
 
     def take_seq(self) -> int:
-        seq = self._seq
-        self._seq += 1
+        seq = self.state.seq
+        self.state.seq += 1
         return seq
+
+    def connect_another(self) -> MemoryStore:
+        """Another server's handle on the same data (a shared store only): it shares the
+        tables and the change signal, and has its own life cycle, event sink and commit hooks,
+        so one "server" can stop, or die, while the others carry on."""
+        if not self.shared:
+            raise ValueError("only a shared memory store has other handles")
+        other = MemoryStore(self._clock, shared=True)
+        other.state = self.state
+        other.changes = self.changes
+        return other
 
     def run_op(self, op: Callable[[StoreTxn], T], now: float) -> T:
         """Run one op as its own commit: all of its writes, or (if it raises) none."""
