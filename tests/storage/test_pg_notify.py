@@ -21,7 +21,7 @@ if os.environ.get("CI"):
     import psycopg  # under CI a missing driver is a failure, not a skip
 else:
     psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
-from dtq.storage.postgres.notify import (  # noqa: E402
+from dtq.storage.postgres.notify import (
     Listener,
     Publisher,
     decode_events,
