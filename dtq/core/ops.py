@@ -16,6 +16,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from dtq.core import states as lifecycle
+from dtq.core.shared_limits import OVERFETCH, LimitsOf, admit
 from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
 from dtq.ids import new_task_id
 from dtq.models import (
@@ -150,11 +151,18 @@ def claim(
     worker_id: str,
     lease_s: float,
     holder: str | None = None,
+    limits_of: LimitsOf | None = None,
 ) -> list[Task]:
     """A shared store's lease: claim ready rows in the database (locked, others' locks skipped)
-    and grant them in the same transaction, so two servers never lease one task."""
+    and grant them in the same transaction, so two servers never lease one task. With
+    `limits_of`, queue limits are decided in the same transaction (`shared_limits`)."""
+    if limits_of is None:
+        candidates = tx.claim_ready(queues, names, max_tasks)
+    else:
+        candidates = tx.claim_ready(queues, names, max_tasks * OVERFETCH)
+        candidates = admit(tx, candidates, limits_of, max_tasks)
     granted: list[Task] = []
-    for task in tx.claim_ready(queues, names, max_tasks):
+    for task in candidates:
         new = lifecycle.grant_lease(
             task, worker_id=worker_id, lease_s=lease_s, now=tx.now, holder=holder
         )

@@ -358,6 +358,24 @@ class SharedTxn(StoreTxn, Protocol):
         WHERE`)."""
         ...
 
+    # Queue limits that must hold across servers (paused, running per queue and per key,
+    # leases per second): a claim locks each limited queue, then reads the facts in SQL.
+    def lock_queue(self, queue: str) -> None:
+        """Serialize claims on `queue` across servers until this commit ends (PostgreSQL:
+        `pg_advisory_xact_lock`), so counts read after it cannot be raced by another claim."""
+        ...
+
+    def count_running(self, queue: str, concurrency_key: str | None = None) -> int:
+        """Running tasks of `queue` (with that `concurrency_key`, if given), committed ones and
+        this transaction's."""
+        ...
+
+    def take_tokens(self, queue: str, rate_per_s: float, wanted: int) -> int:
+        """Take up to `wanted` lease tokens from `queue`'s bucket (`rate_per_s` a second, at
+        most one second's worth saved, full when new), refilled up to `now`; returns how many
+        were taken. Call it under `lock_queue`."""
+        ...
+
     def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
         """Rate-limit counters shared by every server: for each (counter key, expires_at,
         n), add n to the counter (made at 0 if absent) and return its total, in order. A

@@ -105,6 +105,7 @@ class _State:
         self.leads: dict[str, tuple[str, float]] = {}  # name -> (holder, until)
         self.hits: dict[str, tuple[int, float]] = {}  # rate-limit counter -> (total, expires)
         self.seq = 1  # the next enqueue sequence number
+        self.buckets: dict[str, tuple[float, float]] = {}  # queue -> (tokens, updated)
 
 
 class MemoryTxn:
@@ -279,6 +280,26 @@ class MemoryTxn:
             self._set(self._s.leads, name, (holder, self.now + ttl_s))
             return True
         return False
+
+    def lock_queue(self, queue: str) -> None:
+        """Nothing to do: one op runs at a time."""
+
+    def count_running(self, queue: str, concurrency_key: str | None = None) -> int:
+        return sum(
+            1
+            for t in (codec.decode_task(raw) for raw in self._s.tasks.values())
+            if t.status == TaskStatus.RUNNING
+            and t.queue == queue
+            and (concurrency_key is None or getattr(t, "concurrency_key", None) == concurrency_key)
+        )
+
+    def take_tokens(self, queue: str, rate_per_s: float, wanted: int) -> int:
+        capacity = max(rate_per_s, 1.0)
+        tokens, updated = self._s.buckets.get(queue, (capacity, self.now))
+        tokens = min(capacity, tokens + max(self.now - updated, 0.0) * rate_per_s)
+        taken = min(wanted, int(tokens))
+        self._set(self._s.buckets, queue, (tokens - taken, self.now))
+        return taken
 
     def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
         table = self._s.hits

@@ -259,3 +259,39 @@ async def test_a_rate_limit_is_one_budget_across_servers() -> None:
         assert not la.hit("key", now, 10, 0).allowed  # a sees b's hits too
         assert la.hit("other", now, 10, 0).allowed  # per key
         assert lb.hit("key", now + 60, 10, 0).allowed  # the next minute starts afresh
+
+
+async def test_queue_limits_hold_across_servers(autojump_clock: MockClock) -> None:
+    from dtq.core import ops
+    from dtq.core.shared_limits import QueueLimits
+
+    limits = {
+        "capped": QueueLimits(max_running=3),
+        "paused": QueueLimits(paused=True),
+        "paced": QueueLimits(leases_per_s=2.0),
+    }
+
+    def limits_of(tx: object, queue: str) -> QueueLimits | None:
+        return limits.get(queue)
+
+    async with servers() as (a, b):
+        for queue in ("capped", "paused", "paced", "free"):
+            for _ in range(6):
+                await create(a, queue=queue)
+
+        async def claim(q: TaskQueue, queue: str, n: int) -> list[str]:
+            def op(tx: object) -> list[object]:
+                return ops.claim(tx, frozenset({queue}), None, n, "w", 60.0,  # type: ignore[arg-type]
+                                 limits_of=limits_of)  # fmt: skip
+
+            return [t.id for t in await q.store.write(op)]  # type: ignore[attr-defined]
+
+        assert len(await claim(a, "capped", 2)) == 2
+        assert len(await claim(b, "capped", 5)) == 1  # 3 running in all, whoever granted them
+        assert await claim(a, "capped", 5) == []
+        assert await claim(b, "paused", 5) == []
+        assert len(await claim(a, "paced", 5)) == 2  # one second's worth of tokens
+        assert await claim(b, "paced", 5) == []  # the bucket is shared
+        await trio.sleep(1.0)
+        assert len(await claim(b, "paced", 5)) == 2
+        assert len(await claim(a, "free", 10)) == 6  # no limits: no lock, no count

@@ -128,3 +128,22 @@ def test_rate_counters_add_up_across_connections(pg_url: str) -> None:
         assert sql.add_hits(c2.cursor(), 11.0, [(key, 60.0, 4)]) == [7]
         assert sql.add_hits(c1.cursor(), 12.0, [(key, 60.0, 0)]) == [7]  # a read-back
         assert sql.add_hits(c2.cursor(), 61.0, [(key, 120.0, 1)]) == [1]  # window lapsed
+
+
+def test_queue_lock_serializes_claims_and_the_bucket_is_shared(pg_url: str) -> None:
+    table = _table(pg_url, [("capped", "job", 1, i, None) for i in range(4)])
+    queue = f"q-{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(pg_url) as c1, psycopg.connect(pg_url) as c2:
+        cur1, cur2 = c1.cursor(), c2.cursor()
+        sql.lock_queue(cur1, queue)
+        cur2.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            sql.lock_queue(cur2, queue)  # the other server waits for the first commit
+        c2.rollback()
+        assert sql.count_running(cur1, "capped", table=table) == 0
+        assert sql.take_tokens(cur1, 100.0, queue, 2.0, 5) == 2  # a full bucket: 2
+        c1.commit()
+        sql.lock_queue(cur2, queue)  # free once the first committed
+        assert sql.take_tokens(cur2, 100.2, queue, 2.0, 5) == 0  # 0.4 refilled: none yet
+        assert sql.take_tokens(cur2, 100.6, queue, 2.0, 5) == 1
+        c2.commit()

@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS dtq_rate_hits (
     expires_at double precision NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dtq_rate_hits_expiry ON dtq_rate_hits (expires_at);
+CREATE TABLE IF NOT EXISTS dtq_queue_buckets (
+    queue text PRIMARY KEY,
+    tokens double precision NOT NULL,
+    updated double precision NOT NULL
+);
 """
 
 CLAIM_INDEXES = """
@@ -97,6 +102,45 @@ def take_lead(cur: Any, now: float, name: str, holder: str, ttl_s: float) -> boo
     )
     row = cur.fetchone()
     return row is not None and row[0] == holder
+
+
+def lock_queue(cur: Any, queue: str) -> None:
+    """Claims on one limited queue, one transaction at a time across servers (released at
+    commit or rollback)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("dtq-queue:" + queue,))
+
+
+def count_running(
+    cur: Any, queue: str, concurrency_key: str | None = None, *, table: str = "tasks"
+) -> int:
+    """Running tasks of a queue (and key): the partial index on running rows serves it."""
+    if concurrency_key is None:
+        cur.execute(f"SELECT count(*) FROM {table} WHERE status = 'running' AND queue = %s",
+                    (queue,))  # fmt: skip
+    else:
+        cur.execute(
+            f"SELECT count(*) FROM {table} WHERE status = 'running' AND queue = %s "
+            "AND concurrency_key = %s",
+            (queue, concurrency_key),
+        )
+    return int(cur.fetchone()[0])
+
+
+def take_tokens(cur: Any, now: float, queue: str, rate_per_s: float, wanted: int) -> int:
+    """The queue's token bucket in one row, refilled to `now`; under `lock_queue`."""
+    capacity = max(rate_per_s, 1.0)
+    cur.execute("SELECT tokens, updated FROM dtq_queue_buckets WHERE queue = %s FOR UPDATE",
+                (queue,))  # fmt: skip
+    row = cur.fetchone()
+    tokens, updated = (capacity, now) if row is None else (float(row[0]), float(row[1]))
+    tokens = min(capacity, tokens + max(now - updated, 0.0) * rate_per_s)
+    taken = min(wanted, int(tokens))
+    cur.execute(
+        "INSERT INTO dtq_queue_buckets (queue, tokens, updated) VALUES (%s, %s, %s) "
+        "ON CONFLICT (queue) DO UPDATE SET tokens = EXCLUDED.tokens, updated = EXCLUDED.updated",
+        (queue, tokens - taken, now),
+    )
+    return taken
 
 
 def add_hits(cur: Any, now: float, hits: Sequence[tuple[str, float, int]]) -> list[int]:
