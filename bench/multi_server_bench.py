@@ -1,6 +1,6 @@
 """Several servers, one store: cross-server wake-up latency and drain with 1 vs 2 servers.
 
-    python bench/multi_server_bench.py                 # n, c, d (PostgreSQL from the Debian packages)
+    python bench/multi_server_bench.py                 # n, s, c, d (PostgreSQL from the Debian packages)
     python bench/multi_server_bench.py --only c,d      # no PostgreSQL needed
     python bench/multi_server_bench.py --urls http://a:5000,http://b:5001 --api-key KEY  # + h
 
@@ -11,6 +11,9 @@ Sections:
   c  core: two TaskQueues over one shared store (MemoryStore(shared=True)): create on B -> a
      long poll parked on A returns (the claim path and the wake-up, no network).
   d  core: drain N tasks with batch lease + ack through 1 vs 2 TaskQueues on one shared store.
+  s  SQL on a real PostgreSQL: drain N rows with the shared store's claim statement (FOR
+     UPDATE SKIP LOCKED, batch of --batch) + a grant, then a fenced complete (two transactions
+     per batch, synchronous_commit on), through 1 vs 2 connections standing for servers.
   h  HTTP, real servers (--urls, at least two, sharing one store): create through B -> a long
      poll on A returns; p50/p99.
 Target (issue 13): cross-server wake-up p99 <= 5 ms. JSON goes to bench/results/multi.json.
@@ -128,6 +131,60 @@ async def bench_notify(pg_url: str, rounds: int) -> dict[str, Any]:
     return summary(ms)
 
 
+def bench_sql_drain(pg_url: str, servers: int, tasks: int, batch: int) -> dict[str, Any]:
+    import uuid
+
+    import psycopg
+
+    from dtq.storage.postgres import shared_sql as sql
+
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, queue text NOT "
+            "NULL, name text NOT NULL, priority_rank smallint NOT NULL, ready_at double precision"
+            " NOT NULL, seq bigint NOT NULL, run_at double precision, lease_expires_at double "
+            "precision, lease_id bigint, data bytea NOT NULL)"
+        )
+        conn.execute(sql.CLAIM_INDEXES.format(table=table, order=sql.READY_ORDER))
+        conn.execute(
+            f"INSERT INTO {table} SELECT i, 'pending', 'default', 'job', 1, 1.0, i, NULL, NULL, "
+            "NULL, int8send(i) FROM generate_series(1, %s) AS i",
+            (tasks,),
+        )
+        conn.execute(f"ANALYZE {table}")
+    done = [0] * servers
+
+    def server(n: int) -> None:
+        with psycopg.connect(pg_url) as conn, conn.cursor() as cur:
+            while True:
+                now = sql.db_now(cur)
+                rows = sql.claim_ready(cur, now, None, None, batch, table=table)
+                if not rows:
+                    conn.commit()
+                    return
+                ids = [int.from_bytes(r, "big", signed=True) for r in rows]
+                cur.execute(f"UPDATE {table} SET status = 'running', lease_id = id, "
+                            "lease_expires_at = %s WHERE id = ANY(%s)", (now + 60, ids))  # fmt: skip
+                conn.commit()
+                cur.execute(f"UPDATE {table} SET status = 'completed' WHERE id = ANY(%s) "
+                            "AND status = 'running' AND lease_id = id", (ids,))  # fmt: skip
+                conn.commit()
+                done[n] += len(ids)
+
+    threads = [threading.Thread(target=server, args=(n,)) for n in range(servers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    elapsed = time.perf_counter() - started
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {table}")
+    return {"servers": servers, "tasks": sum(done), "seconds": round(elapsed, 3),
+            "tasks_per_s": round(sum(done) / elapsed), "batch": batch}  # fmt: skip
+
+
 # -- in-process: two TaskQueues over one shared store ------------------------------------------
 @contextmanager
 def _nothing() -> Iterator[None]:
@@ -231,7 +288,7 @@ def bench_http(urls: list[str], api_key: str, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default="n,c,d")
+    ap.add_argument("--only", default="n,s,c,d")
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--tasks", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=100)
@@ -243,9 +300,14 @@ def main() -> None:
     if args.urls:
         only.add("h")
     results: dict[str, Any] = {}
-    if "n" in only:
+    if only & {"n", "s"}:
         with _nothing() if args.pg_url else pg_cluster() as url:
-            results["notify_wakeup"] = trio.run(bench_notify, args.pg_url or url, args.rounds)
+            pg = args.pg_url or url
+            if "n" in only:
+                results["notify_wakeup"] = trio.run(bench_notify, pg, args.rounds)
+            if "s" in only:
+                results["sql_drain"] = [bench_sql_drain(pg, n, args.tasks, b)
+                                        for b in (10, args.batch) for n in (1, 2)]  # fmt: skip
     if "c" in only:
         results["core_wakeup"] = trio.run(bench_core_wakeup, args.rounds)
     if "d" in only:
@@ -261,7 +323,8 @@ def main() -> None:
                   f"max {res['max_ms']:7.3f} ms  (n={res['n']})  {verdict} p99 <= 5 ms")  # fmt: skip
         elif isinstance(res, list):
             for row in res:
-                print(f"{name:15} {row['servers']} server(s): {row['tasks']} tasks in "
+                per = f" (batch {row['batch']})" if "batch" in row else ""
+                print(f"{name:15} {row['servers']} server(s){per}: {row['tasks']} tasks in "
                       f"{row['seconds']} s = {row['tasks_per_s']}/s")  # fmt: skip
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
