@@ -4,13 +4,14 @@ Each function takes a psycopg cursor inside the commit batch's transaction (the 
 savepoint) and runs one statement; the PostgreSQL `StoreTxn` delegates its `claim_ready`,
 `claim_expired`, `take_lead` and `add_hits` here, and gets `now` from `db_now` once per batch.
 
-What the task statements expect of the tasks table (`TASKS_COLUMNS`; the store's schema may
+What the task statements expect of the tasks table (the store's schema may
 name its table differently: pass `table=`): the row's `data` is the encoded Task, and the
 columns the claim filters and orders by are kept beside it:
 
     id uuid primary key, status text, queue text, name text, priority_rank smallint,
     ready_at double precision (ready_at, else created_at), seq bigint,
-    run_at double precision null, lease_expires_at double precision null, data bytea
+    run_at double precision null, lease_expires_at double precision null,
+    concurrency_key text null (for `count_running` per key), data bytea
 
 with the partial indexes `CLAIM_INDEXES` so a claim reads only the rows it returns.
 `LEADS_TABLE` and `HITS_TABLE` are this module's own (`SCHEMA`).
