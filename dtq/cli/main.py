@@ -10,7 +10,7 @@ import httpx
 import msgspec
 
 from dtq import __version__
-from dtq.cli import accounts, server, tasks
+from dtq.cli import accounts, db, server, tasks
 from dtq.cli.common import HelpFormatter, UsageError
 from dtq.errors import DtqError, Unauthorized
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(sub)
     tasks.register(sub)
     accounts.register(sub)
+    db.register(sub)
     return parser
 
 
