@@ -18,11 +18,12 @@ from dtq.core.ratelimit import RateLimiter
 from dtq.core.reaper import run_reaper
 from dtq.core.retention import run_retention
 from dtq.core.service import TaskQueue
+from dtq.core.shared_ratelimit import SharedRateLimiter
 from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
 from dtq.net.app import create_app
 from dtq.net.banner import StartupReport
-from dtq.net.events import EventBus
+from dtq.net.events import EventBus, ServerRelay
 from dtq.net.metrics import Metrics
 from dtq.net.protocol import (
     Hub,
@@ -103,6 +104,7 @@ async def open_queue(
     *,
     clock: Clock | None = None,
     on_open: Callable[[TaskQueue], Awaitable[None]] | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[TaskQueue]:
     """The running core. On exit: long-polls answer, queued writes are flushed, the store
     closes.
@@ -111,7 +113,8 @@ async def open_queue(
     store hook that must see every change).
     """
     clock = clock or server_clock(settings)
-    store = make_store(settings, clock)
+    # `store`: one made by the caller (tests: a handle on a shared memory store), else settings'
+    store = store if store is not None else make_store(settings, clock)
     try:
         queue = TaskQueue(store, clock, settings)
         await queue.rebuild()
@@ -143,7 +146,7 @@ async def open_writer(settings: Settings) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, report: StartupReport | None = None
+    settings: Settings, *, report: StartupReport | None = None, store: Store | None = None
 ) -> AsyncIterator[Services]:
     """Core, accounts and rate limiter, with the admin user bootstrapped; the webhook
     delivery loop runs in a nursery of its own until the block exits.
@@ -156,7 +159,7 @@ async def open_services(
     async def on_open(queue: TaskQueue) -> None:
         await outbox.install(queue.store)
 
-    async with open_queue(settings, on_open=on_open) as queue:
+    async with open_queue(settings, on_open=on_open, store=store) as queue:
         accounts = await Accounts.open(queue.store, queue.clock, settings)
         upgraded = await accounts.upgrade_records()
         if upgraded:
@@ -178,8 +181,16 @@ async def open_services(
         webhooks.outcome_listeners.append(metrics.webhook_delivery)
         async with trio.open_nursery() as nursery:
             await nursery.start(webhooks.run)
+            if queue.store.shared and queue.store.changes is not None:
+                relay = ServerRelay(bus, queue.store)  # live views see every server's events
+                queue.task_listeners.append(relay.on_task)
+                await nursery.start(relay.run)
+            limiter = RateLimiter()
+            if queue.store.shared:  # one budget per key across every server
+                limiter = SharedRateLimiter(queue.store)
+                await nursery.start(limiter.run, queue.clock)
             try:
-                yield Services(queue, accounts, RateLimiter(), settings, bus, metrics,
+                yield Services(queue, accounts, limiter, settings, bus, metrics,
                                webhooks=webhooks)  # fmt: skip
             finally:
                 bus.close()
@@ -193,6 +204,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     freeze_gc: bool = False,
     report: StartupReport | None = None,
+    store: Store | None = None,
 ) -> None:
     """Run until `shutdown_trigger` returns (default: SIGTERM/SIGINT), then shut down cleanly.
 
@@ -201,7 +213,7 @@ async def serve(
     on a terminal).
     """
     report = report or StartupReport(settings, terminal=None)
-    async with open_services(settings, report=report) as services:
+    async with open_services(settings, report=report, store=store) as services:
         trigger = shutdown_trigger or shutdown_on_signals()
 
         hub = Hub()  # the fast lane's connections (cancel notices, shutdown)
