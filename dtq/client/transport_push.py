@@ -105,11 +105,18 @@ class PushTransport:
         lane = await self._connected()
         want = max_tasks - len(self._buffer) - self._outstanding
         if want > 0:
-            reply = await lane.call(LaneCall(
-                "credit", n=want, worker_id=worker_id, queues=list(queues) if queues else None,
-                names=list(names) if names else None, lease_seconds=lease_seconds))  # type: ignore[arg-type]  # fmt: skip
-            self.client._lane_result(_NO_DATA, reply)  # an error frame raises here
+            # Counted before the call: the server may push against this credit before its
+            # reply arrives, and a push counted first would leave the credit counted as
+            # outstanding for ever (no more credit asked, nothing pushed: a stalled worker).
             self._outstanding += want
+            try:
+                reply = await lane.call(LaneCall(
+                    "credit", n=want, worker_id=worker_id, queues=list(queues) if queues else None,
+                    names=list(names) if names else None, lease_seconds=lease_seconds))  # type: ignore[arg-type]  # fmt: skip
+                self.client._lane_result(_NO_DATA, reply)  # an error frame raises here
+            except BaseException:
+                self._outstanding = max(self._outstanding - want, 0)  # not granted
+                raise
         with trio.move_on_after(wait):
             while not self._buffer:
                 self._arrived = trio.Event()
