@@ -3,13 +3,14 @@ real `dtq serve` holding 1,000,000 tasks (target: each page's data in under 300 
 
     python bench/ui_bench.py              # 1,000,000 tasks (built once, ~1-3 min, then reused)
     python bench/ui_bench.py --quick      # 100,000 tasks, fewer samples
-    python bench/ui_bench.py --tasks N --samples 20 [--rebuild-store]
+    python bench/ui_bench.py --tasks N --samples 20 [--rebuild-store] [--no-browser]
 
 The store is filled in process (LMDB, `os` durability) with tasks of 20 names in 10 queues and
 three priorities; about 5% of them then run (completed), 0.5% fail, so the Failed page and the
-status filters have something to find. The server then runs as a user starts it, and each
-page's calls are made as the page makes them (same query strings). A page's time is the sum of
-its calls, p90 over the samples against the target (an upper bound: some run in parallel in the browser). Prints a table and writes
+status filters have something to find, and 20 workers hold 50 running tasks each. The server
+then runs as a user starts it, and each page's calls are made as the page makes them (same
+query strings). A page's time is the sum of its calls, p90 over the samples against the target
+(an upper bound: some run in parallel in the browser). Prints a table and writes
 bench/results/ui.json (ui-quick.json).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -41,7 +43,7 @@ from _common import (
     write_json,
 )
 
-from dtq.models import AckItem, LeaseRequest, Priority, TaskCreate, TaskErrorIn
+from dtq.models import AckItem, Heartbeat, LeaseRequest, Priority, TaskCreate, TaskErrorIn
 from dtq.server import open_queue
 from dtq.settings import Durability, Settings
 
@@ -50,6 +52,7 @@ NAMES = [f"job.{i:02d}" for i in range(20)]
 QUEUES = [f"q{i}" for i in range(10)]
 PRIORITIES = [Priority.HIGH, Priority.MEDIUM, Priority.LOW]
 PASSWORD = "password"
+WORKERS = 20
 
 
 def body(i: int) -> TaskCreate:
@@ -93,12 +96,23 @@ async def build(path: Path, tasks: int) -> dict[str, Any]:
             ]
             await queue.ack(acks)
             finished += len(acks)
-        return {"tasks": tasks, "finished": finished, "seconds": round(time.perf_counter() - t0, 1)}
+        # Work in progress for the Workers page: 20 workers, 50 running tasks each (leases
+        # of a day, so they are still running when the server starts on a reused store).
+        running = 0
+        for w in range(WORKERS):
+            wid = f"bench-worker-{w:02d}"
+            await queue.heartbeat(Heartbeat(worker_id=wid, current_load=50, max_capacity=100))
+            got = await queue.lease(
+                LeaseRequest(worker_id=wid, max_tasks=50, wait=0, lease_seconds=86400)
+            )
+            running += len(got)
+        return {"tasks": tasks, "finished": finished, "running": running,
+                "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
 def fingerprint() -> str:
-    """Changes with the storage code or models: a store built by other code is built again."""
-    digest = hashlib.sha256()
+    """Changes with the storage code, models or `build`: a store built otherwise is built again."""
+    digest = hashlib.sha256(inspect.getsource(build).encode())
     for path in sorted((REPO_DIR / "dtq" / "storage").rglob("*.py")):
         digest.update(path.read_bytes())
     digest.update((REPO_DIR / "dtq" / "models.py").read_bytes())
@@ -155,36 +169,61 @@ def pages(http: httpx.Client, tasks: int) -> dict[str, list[tuple[str, dict[str,
         if some
         else http.get("/api/v1/tasks", params={"limit": 1}).json()["data"][0]["id"]
     )
+    workers = http.get("/api/v1/workers", params={"skip": 0, "limit": 50}).json()["data"]
+    high = http.get("/api/v1/tasks", params={"limit": 1, "priority": "high"}).json()
+    high_total = high["pagination"]["total"]
     return {
         "overview": [
             ("/analytics/dashboard", {}),
-            ("/analytics/export", {"days": 7, "format": "json"}),
+            ("/analytics/trends", {"days": 7}),
             ("/queues", {"limit": 10}),
         ],
-        "overview (365 days)": [("/analytics/export", {"days": 365, "format": "json"})],
+        "overview (365 days)": [("/analytics/trends", {"days": 365})],
+        "overview: export JSON": [("/analytics/export", {"days": 7, "format": "json"})],
         "tasks": [("/tasks", {"skip": 0, "limit": 50, "sort": "created_at", "order": "desc"})],
         "tasks: status=pending": [("/tasks", {"limit": 50, "status": "pending"})],
         "tasks: status=completed": [("/tasks", {"limit": 50, "status": "completed"})],
         "tasks: priority=high": [("/tasks", {"limit": 50, "priority": "high"})],
+        "tasks: priority=high, last page": [
+            ("/tasks", {"limit": 50, "priority": "high", "skip": max(0, high_total - 50)})
+        ],
+        "tasks: pending + high": [
+            ("/tasks", {"limit": 50, "status": "pending", "priority": "high"})
+        ],
         "tasks: queue=q3": [("/tasks", {"limit": 50, "queue": "q3"})],
         "tasks: name=job.07": [("/tasks", {"limit": 50, "name": "job.07"})],
+        "tasks: failed + q3": [("/tasks", {"limit": 50, "status": "failed", "queue": "q3"})],
         "tasks: sort=duration": [("/tasks", {"limit": 50, "sort": "duration", "order": "desc"})],
+        "tasks: sort=duration asc": [("/tasks", {"limit": 50, "sort": "duration", "order": "asc"})],
+        "tasks: completed by duration": [
+            ("/tasks", {"limit": 50, "status": "completed", "sort": "duration", "order": "desc"})
+        ],
+        "tasks: sort=updated_at": [
+            ("/tasks", {"limit": 50, "sort": "updated_at", "order": "desc"})
+        ],
         "tasks: last page": [
             ("/tasks", {"skip": max(0, tasks - 50), "limit": 50, "order": "desc"})
         ],
+        "tasks: middle page": [("/tasks", {"skip": tasks // 2, "limit": 50, "order": "desc"})],
         "task": [
             (f"/tasks/{task_id}", {}),
-            (f"/tasks/{task_id}/events", {}),
+            (f"/tasks/{task_id}/events", {"skip": 0, "limit": 50}),
             (f"/tasks/{task_id}/explain", {}),
         ],
         "failed": [("/tasks", {"status": "failed", "limit": 100})],
         "workers": [
             ("/workers", {"skip": 0, "limit": 50}),
-            ("/tasks", {"status": "running", "limit": 100}),
+            *[("/tasks", running_of(w["worker_id"])) for w in workers],
         ],
         "queues": [("/queues", {"skip": 0, "limit": 50})],
         "schedules": [("/schedules", {"skip": 0, "limit": 50})],
     }
+
+
+def running_of(worker_id: str) -> dict[str, Any]:
+    """The workers page's query for one worker's running tasks."""
+    return {"status": "running", "worker_id": worker_id, "limit": 5, "sort": "updated_at",
+            "order": "desc"}  # fmt: skip
 
 
 def measure(http: httpx.Client, calls: list[tuple[str, dict[str, Any]]], samples: int) -> Any:
@@ -378,7 +417,8 @@ def main() -> int:
             proc.kill()
             proc.wait()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{tasks:,} tasks stored ({built.get('finished', 0):,} finished); "
+    print(f"\n{tasks:,} tasks stored ({built.get('finished', 0):,} finished, "
+          f"{built.get('running', 0):,} running); "
           f"server ready in {startup_s:.1f} s; {samples} samples per page\n")  # fmt: skip
     print(format_table(["page", "calls", "p50 ms", "p90 ms", "HTTP", f"< {TARGET_PAGE_MS:.0f} ms"],
                        rows))  # fmt: skip

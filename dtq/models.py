@@ -446,12 +446,16 @@ class Delivery(Struct, array_like=True, kw_only=True):
     id: str
     webhook_id: str
     event: str
-    task: Task  # the task as the change left it: every attempt sends the same body
+    # What the event is about, as the change left it (every attempt sends the same body):
+    # the task of a task.* event, or (None and) `queue` for a queue.* event.
+    task: Task | None
     created_at: float
     status: DeliveryStatus = DeliveryStatus.PENDING
     next_attempt_at: float | None = None
     attempts: list[Attempt] = msgspec.field(default_factory=list)
     completed_at: float | None = None
+    # Added last, with a default: records stored before queue events decode unchanged.
+    queue: QueueConfig | None = None
 
     @property
     def ref(self) -> DeliveryRef:

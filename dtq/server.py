@@ -158,6 +158,7 @@ async def open_services(
 
     async def on_open(queue: TaskQueue) -> None:
         await outbox.install(queue.store)
+        queue.queues.config_sink = outbox.queue_sink  # queue.* deliveries, same transaction
 
     async with open_queue(settings, on_open=on_open, store=store) as queue:
         accounts = await Accounts.open(queue.store, queue.clock, settings)

@@ -262,9 +262,12 @@ class AsyncClient(_Base):
         return await self._send(self._req_explain(task_id))
 
     # -- history, redrive and schedules (operators) -----------------------------------------
-    async def task_events(self, task_id: str) -> builtins.list[dict[str, Any]]:
-        """Everything that happened to a task, oldest first."""
-        return await self._send(self._req_task_events(task_id))
+    async def task_events(
+        self, task_id: str, *, skip: int = 0, limit: int | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Everything that happened to a task, oldest first: one page (`limit` up to 1000,
+        the server's default) after the first `skip`."""
+        return await self._send(self._req_task_events(task_id, skip, limit))
 
     async def retry_task(self, task_id: str) -> TaskOut:
         """Send a failed or cancelled task back to pending (409 for any other state)."""

@@ -295,9 +295,12 @@ class _Requests:
         )  # fmt: skip
 
     # -- history, redrive and schedules ----------------------------------------------------
-    def _req_task_events(self, task_id: str) -> _Req[list[dict[str, Any]]]:
+    def _req_task_events(
+        self, task_id: str, skip: int = 0, limit: int | None = None
+    ) -> _Req[list[dict[str, Any]]]:
         path = f"/api/v1/tasks/{task_id}/events"
-        return _Req("GET", path, None, None, True, list[dict[str, Any]])
+        params = _clean({"skip": skip or None, "limit": limit})
+        return _Req("GET", path, None, params or None, True, list[dict[str, Any]])
 
     def _req_retry_task(self, task_id: str) -> _Req[TaskOut]:
         # Not resent: after a lost answer the task is pending and a second try is a 409.

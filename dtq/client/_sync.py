@@ -258,9 +258,12 @@ class Client(_Base):
         return self._send(self._req_explain(task_id))
 
     # -- history, redrive and schedules (operators) -----------------------------------------
-    def task_events(self, task_id: str) -> builtins.list[dict[str, Any]]:
-        """Everything that happened to a task, oldest first."""
-        return self._send(self._req_task_events(task_id))
+    def task_events(
+        self, task_id: str, *, skip: int = 0, limit: int | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Everything that happened to a task, oldest first: one page (`limit` up to 1000,
+        the server's default) after the first `skip`."""
+        return self._send(self._req_task_events(task_id, skip, limit))
 
     def retry_task(self, task_id: str) -> TaskOut:
         """Send a failed or cancelled task back to pending (409 for any other state)."""

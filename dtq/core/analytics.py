@@ -14,6 +14,7 @@ from dtq.storage.base import Store, day_number
 
 S = TaskStatus
 TREND_METRICS = ("completion_rate", "avg_duration", "error_rate")
+TREND_COUNTS = ("completed", "failed")  # on every trend point, whatever the metric
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,12 @@ class Analytics:
         return {
             "days": days,
             "metric": metric,
-            "series": [{"date": r["date"], **{m: r[m] for m in metrics}} for r in rows],
+            # Each point also carries the day's counts the rates come from: the throughput
+            # (completed + failed) and how much weight a day's rates have.
+            "series": [
+                {"date": r["date"], **{m: r[m] for m in metrics}, **{c: r[c] for c in TREND_COUNTS}}
+                for r in rows
+            ],
         }
 
     async def storage_problem(self) -> str | None:

@@ -1,5 +1,6 @@
 """The one list of event kinds: what the event bus (/ws/tasks) publishes and what webhooks
-subscribe to. Both sides take the kind of a task change from here, so they cannot disagree.
+subscribe to. Both sides take the kind of a task change from here, so they cannot disagree
+(a queue config change's kind comes from `dtq.core.queues`, for both too).
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ class EventKind(enum.StrEnum):
 
 K = EventKind
 TASK_EVENT_KINDS: tuple[EventKind, ...] = tuple(k for k in EventKind if k.startswith("task."))
+QUEUE_EVENT_KINDS: tuple[EventKind, ...] = tuple(k for k in EventKind if k.startswith("queue."))
+# What a webhook can be sent: task changes and queue config changes (not worker liveness).
+WEBHOOK_EVENT_KINDS: tuple[EventKind, ...] = (*TASK_EVENT_KINDS, *QUEUE_EVENT_KINDS)
 ALL_EVENTS = "*"
 
 # What a webhook may subscribe to, as a type (the request schema and the API document are
-# built from it): the task kinds above and "*". Checked against EventKind at import.
+# built from it): the kinds above and "*". Checked against EventKind at import.
 WebhookEventName = Literal[
     "task.created", "task.leased", "task.completed", "task.failed", "task.retried",
-    "task.released", "task.cancelled", "task.deleted", "task.updated", "*",
+    "task.released", "task.cancelled", "task.deleted", "task.updated",
+    "queue.paused", "queue.resumed", "queue.updated", "*",
 ]  # fmt: skip
-assert set(get_args(WebhookEventName)) == {*TASK_EVENT_KINDS, ALL_EVENTS}
+assert set(get_args(WebhookEventName)) == {*WEBHOOK_EVENT_KINDS, ALL_EVENTS}
 
 _FINAL_KIND = {S.COMPLETED: K.TASK_COMPLETED, S.FAILED: K.TASK_FAILED,
                S.CANCELLED: K.TASK_CANCELLED}  # fmt: skip

@@ -1,11 +1,16 @@
 """Queues as first-class records: their figures, their config (paused, limits), purge and a
 task's explanation. Config writes are plain ops of a `StoreTxn` like every other write; the
 dispatcher applies a config right after its commit, and listeners hear `queue.*` events.
+
+A config change also owes webhook deliveries: `Queues.config_sink` (the webhook outbox's,
+set by the composition root) is called inside the op's transaction, so the change and its
+deliveries commit together, as the store's event sink does for task changes.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
 S = TaskStatus
 PURGE_BATCH = 500  # tasks per write: a purge never holds the writer for long
 
+# Called in the writer's thread, inside the transaction of the change (like `EventSink`).
+ConfigSink = Callable[[StoreTxn, K, QueueConfig], None]
+
 
 def apply_update(
     old: QueueConfig | None, name: str, change: QueueUpdate, now: float
@@ -34,11 +42,13 @@ def apply_update(
 
 
 def put_config(
-    tx: StoreTxn, name: str, change: QueueUpdate
+    tx: StoreTxn, name: str, change: QueueUpdate, sink: ConfigSink | None = None
 ) -> tuple[QueueConfig | None, QueueConfig]:
     old = tx.get_queue_config(name)
     new = apply_update(old, name, change, tx.now)
     tx.put_queue_config(new)  # kept even with nothing set: a configured queue stays listed
+    if sink is not None:
+        sink(tx, change_kind(old, new), new)
     return old, new
 
 
@@ -53,7 +63,8 @@ def purge_pending(tx: StoreTxn, task_ids: list[str]) -> list[Task]:
     return gone
 
 
-def _change_kind(old: QueueConfig | None, new: QueueConfig) -> K:
+def change_kind(old: QueueConfig | None, new: QueueConfig) -> K:
+    """The event a config change is: the paused flag flipped, else an update."""
     was_paused = old is not None and old.paused
     if new.paused != was_paused:
         return K.QUEUE_PAUSED if new.paused else K.QUEUE_RESUMED
@@ -65,6 +76,7 @@ class Queues:
 
     def __init__(self, tq: TaskQueue) -> None:
         self.tq = tq
+        self.config_sink: ConfigSink | None = None
 
     async def _names(self) -> tuple[dict[str, QueueConfig], dict[str, dict[str, int]]]:
         configs = {c.name: c for c in await self.tq.store.list_queue_configs()}
@@ -110,11 +122,12 @@ class Queues:
         def on_commit(res: tuple[QueueConfig | None, QueueConfig]) -> None:
             old, new = res
             tq.dispatcher.configure(new)
-            kind = _change_kind(old, new)
+            kind = change_kind(old, new)
             for listener in tq.queue_listeners:
                 listener(kind, new)
 
-        await tq.store.write(lambda tx: put_config(tx, name, change), on_commit)
+        sink = self.config_sink
+        await tq.store.write(lambda tx: put_config(tx, name, change, sink), on_commit)
         return await self.get(name)
 
     async def pause(self, name: str) -> QueueInfo:

@@ -70,7 +70,9 @@ class TaskQueue:
         self.settings = settings
         self.policy = RetryPolicy(settings.retry_backoff_base_s, settings.retry_backoff_max_s)
         self.dispatcher = Dispatcher(clock.now)
-        self.polls = Polls()  # who asked for which queue/name, when (explain, workers_polling)
+        # who asked for which queue/name, when (explain, workers_polling); the worker timeout
+        # back is all that is asked about, so older polls are dropped
+        self.polls = Polls(settings.worker_timeout_s)
         self.queue_listeners: list[QueueListener] = []
         self.queues = Queues(self)  # queue records, limits, purge, explain
         self.deadlines = Deadlines()

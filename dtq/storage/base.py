@@ -327,13 +327,30 @@ class Store(Protocol):
     async def get_task(self, task_id: str) -> Task | None: ...
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
         """One page and the number of matching tasks. Filters (all given must match): status,
-        priority, worker_id, queue, name, tag, created_after <= created_at < created_before. Sorts: created_at and updated_at (ties in enqueue
-        order), duration (tasks without one first in asc). Raises InvalidRequest on another
-        sort."""
+        priority, worker_id, queue, name, tag, created_after <= created_at < created_before.
+
+        Sorts, each a total order (so `desc` is exactly `asc` reversed, and paging through a
+        listing that does not change meets every task once):
+
+        - created_at: (created_at in whole µs, seq, id bytes);
+        - updated_at: (updated_at in whole µs, seq, id bytes);
+        - duration: tasks without a duration first, then by the duration in whole µs
+          (a negative one counts as 0), ties in created_at order as above; so in `desc` the
+          longest come first and the tasks without one last, newest of them first.
+
+        Raises InvalidRequest on another sort. A backend should answer any page (the last
+        one of a million tasks too) in about the time of the first."""
         ...
 
-    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
-        """A task's events in the order they were appended (empty for an unknown task)."""
+    async def list_task_events(
+        self, task_id: str, skip: int = 0, limit: int | None = None
+    ) -> list[TaskEvent]:
+        """A task's events in the order they were appended (empty for an unknown task): those
+        after the first `skip`, at most `limit` of them (None: all)."""
+        ...
+
+    async def count_task_events(self, task_id: str) -> int:
+        """How many events the task has (0 for an unknown task)."""
         ...
 
     async def counters(self) -> dict[str, float]: ...

@@ -88,8 +88,10 @@ def _due_order(entry: tuple[int, DeliveryRef]) -> tuple[int, tuple[bytes, int, b
     return (entry[0], _ref_order(entry[1]))
 
 
-def _duration_key(task: Task) -> tuple[bool, float]:
-    return (task.duration is not None, task.duration or 0.0)
+def _duration_order(task: Task) -> tuple[bool, int, int, int, bytes]:
+    """(has a duration, whole µs (negative: 0), then created order): LMDB's by_duration."""
+    d = task.duration
+    return (d is not None, 0 if d is None else max(_us(d), 0), *_created_order(task))
 
 
 class _State:
@@ -495,18 +497,21 @@ class MemoryStore:
             and (after is None or _us(t.created_at) >= _us(after))
             and (before is None or _us(t.created_at) < _us(before))
         ]
-        if q.sort == "updated_at":
-            matched.sort(key=_updated_order, reverse=desc)
-        else:
-            matched.sort(key=_created_order)
-            if q.sort == "duration":
-                matched.sort(key=_duration_key, reverse=desc)  # stable, as LMDB's
-            elif desc:
-                matched.reverse()
+        # Each order is total (the id ends every key), so desc is exactly asc reversed.
+        order = {"updated_at": _updated_order, "duration": _duration_order}.get(
+            q.sort, _created_order
+        )
+        matched.sort(key=order, reverse=desc)
         return matched[q.skip : q.skip + q.limit], len(matched)
 
-    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
-        return [codec.decode_event(raw) for raw in self.state.events.get(task_id, ())]
+    async def list_task_events(
+        self, task_id: str, skip: int = 0, limit: int | None = None
+    ) -> list[TaskEvent]:
+        end = None if limit is None else skip + limit
+        return [codec.decode_event(raw) for raw in self.state.events.get(task_id, ())[skip:end]]
+
+    async def count_task_events(self, task_id: str) -> int:
+        return len(self.state.events.get(task_id, ()))
 
     async def counters(self) -> dict[str, float]:
         return dict(self.state.counters)

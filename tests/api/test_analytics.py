@@ -100,7 +100,9 @@ async def test_trends_default_is_7_days(admin: Client) -> None:
     dates = [date.fromisoformat(p["date"]) for p in series]
     assert dates == [today() - timedelta(days=6 - i) for i in range(7)]
     for point in series:
-        assert set(point) == {"date", "completion_rate", "avg_duration", "error_rate"}
+        assert set(point) == {
+            "date", "completion_rate", "avg_duration", "error_rate", "completed", "failed"
+        }  # fmt: skip
 
 
 async def test_trends_days(admin: Client) -> None:
@@ -126,8 +128,11 @@ async def test_trends_values(admin: Client, mock_clock: trio.testing.MockClock) 
         "completion_rate": 0.0,
         "avg_duration": 0.0,
         "error_rate": 0.0,
+        "completed": 0,
+        "failed": 0,
     }
     point = data["series"][1]
+    assert (point["completed"], point["failed"]) == (2, 1)  # the throughput behind the rates
     assert point["date"] == today().isoformat()
     assert point["completion_rate"] == pytest.approx(2 / 3, abs=1e-3)
     assert point["error_rate"] == pytest.approx(1 / 3, abs=1e-3)
@@ -140,7 +145,7 @@ async def test_trends_one_metric(admin: Client) -> None:
         assert data["metric"] == metric
         assert len(data["series"]) == 3
         for point in data["series"]:
-            assert set(point) == {"date", metric}
+            assert set(point) == {"date", metric, "completed", "failed"}
 
 
 async def test_trends_bad_metric(admin: Client) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from dtq.core.auth import Role
 
-from .helpers import TIMESTAMP, Client, create_task, error_of, lease_one, ok
+from .helpers import TIMESTAMP, Client, create_task, error_of, lease_one, ok, success_body
 
 T = "/api/v1/tasks"
 
@@ -43,6 +45,21 @@ async def test_events_of_a_task(admin: Client, client: Client, keys: dict[Role, 
     missing = "00000000-0000-4000-8000-000000000000"
     error_of(await admin.get(f"{T}/{missing}/events"), 404, "NOT_FOUND")
     error_of(await admin.get(f"{T}/nope/events"), 400, "INVALID_REQUEST")
+
+
+async def test_events_a_page_at_a_time(admin: Client) -> None:
+    task = await fail_one(admin, queue="paged")
+    ok(await admin.post(f"{T}/{task['id']}/retry"))
+    every = ok(await admin.get(f"{T}/{task['id']}/events"))
+    assert [e["event"] for e in every] == ["created", "leased", "failed", "retried"]
+    first = success_body(await admin.get(f"{T}/{task['id']}/events?limit=3"), 200)
+    assert first["data"] == every[:3]
+    assert first["pagination"] == {"skip": 0, "limit": 3, "total": 4, "pages": 2}
+    rest = success_body(await admin.get(f"{T}/{task['id']}/events?skip=3&limit=3"), 200)
+    assert (rest["data"], rest["pagination"]["total"]) == (every[3:], 4)
+    assert ok(await admin.get(f"{T}/{task['id']}/events?skip=9")) == []
+    for bad in ("limit=0", "limit=1001", "skip=-1", "limit=x", "page=2"):
+        error_of(await admin.get(f"{T}/{task['id']}/events?{bad}"), 400, "INVALID_REQUEST")
 
 
 async def test_retry_one(admin: Client, client: Client, keys: dict[Role, str]) -> None:
@@ -83,8 +100,9 @@ async def test_bulk_retry_and_purge(admin: Client, client: Client, keys: dict[Ro
              "INVALID_REQUEST", field="limit")  # fmt: skip
 
 
-async def test_list_filters(admin: Client) -> None:
+async def test_list_filters(admin: Client, mock_clock: trio.testing.MockClock) -> None:
     a = await create_task(admin, queue="f1", tags=["x"])
+    mock_clock.jump(0.01)  # in another millisecond: the API shows times to the millisecond
     b = await create_task(admin, queue="f1", name="other", tags=["x", "y"])
 
     async def ids(query: str) -> list[str]:

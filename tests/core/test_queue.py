@@ -757,12 +757,16 @@ async def test_daily_and_trends(q: TaskQueue, mock_clock: MockClock) -> None:
     assert [r["created"] for r in rows] == [0, 12, 1]
     trends = await q.trends(2, "error_rate")
     assert trends["days"] == 2 and trends["metric"] == "error_rate"
-    assert trends["series"][0] == {"date": "2023-11-14", "error_rate": today["error_rate"]}
+    assert trends["series"][0] == {
+        "date": "2023-11-14", "error_rate": today["error_rate"], "completed": 3, "failed": failed
+    }  # fmt: skip
     assert set((await q.trends(2, None))["series"][1]) == {
         "date",
         "completion_rate",
         "avg_duration",
         "error_rate",
+        "completed",
+        "failed",
     }
     for days in (0, 366):
         with pytest.raises(InvalidRequest):

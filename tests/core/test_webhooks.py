@@ -17,6 +17,8 @@ import pytest
 
 from dtq.core import ops
 from dtq.core import states as lifecycle
+from dtq.core.events import QUEUE_EVENT_KINDS, TASK_EVENT_KINDS
+from dtq.core.queues import put_config
 from dtq.core.webhooks.outbox import (
     EVENT_KINDS,
     Attempt,
@@ -33,7 +35,7 @@ from dtq.core.webhooks.outbox import (
 )
 from dtq.core.webhooks.targets import check_url
 from dtq.errors import InvalidRequest
-from dtq.models import Task, TaskCreate, TaskError, TaskUpdate
+from dtq.models import QueueUpdate, Task, TaskCreate, TaskError, TaskUpdate
 from dtq.retry import RetryPolicy
 from dtq.storage.base import StoreTxn
 from dtq.storage.lmdb.store import LmdbStore
@@ -155,7 +157,8 @@ def test_event_kind_from_the_change(old: Task | None, new: Task | None, kind: st
 
 
 def test_every_kind_is_reachable() -> None:
-    assert {kind for _, _, kind in _lifecycle()} - {None} == set(EVENT_KINDS)
+    assert {kind for _, _, kind in _lifecycle()} - {None} == set(TASK_EVENT_KINDS)
+    assert set(EVENT_KINDS) == {*TASK_EVENT_KINDS, *QUEUE_EVENT_KINDS}  # what webhooks get
 
 
 # --- url checks ---------------------------------------------------------------------------------
@@ -243,6 +246,46 @@ async def test_delivery_written_in_the_same_transaction_as_the_change(store: Lmd
     assert delivery.status is DeliveryStatus.PENDING and delivery.next_attempt_at == NOW
     assert await store.due_deliveries(10) == [(pytest.approx(NOW), delivery.ref)]
     assert outbox.wrote
+
+
+async def test_queue_config_changes_owe_deliveries_in_their_own_transaction(
+    store: LmdbStore,
+) -> None:
+    outbox = Outbox()
+    await outbox.install(store)
+    everything, paused_only, tasks_only = (
+        _hook(["*"]),
+        _hook(["queue.paused"]),
+        _hook(["task.created"]),
+    )
+    outbox.set_hooks([everything, paused_only, tasks_only])
+    sink = outbox.queue_sink
+
+    def pause_then_fail(tx: StoreTxn) -> None:
+        put_config(tx, "other", QueueUpdate(paused=True), sink)
+        raise InvalidRequest("changed my mind")
+
+    outcomes = store.run_batch(
+        [lambda tx: put_config(tx, "q", QueueUpdate(paused=True), sink), pause_then_fail,
+         lambda tx: put_config(tx, "q", QueueUpdate(concurrency_limit=3), sink),
+         lambda tx: put_config(tx, "q", QueueUpdate(paused=False), sink)],
+        NOW,
+    )  # fmt: skip
+    assert [ok for ok, _ in outcomes] == [True, False, True, True]
+    assert await store.get_queue_config("other") is None  # rolled back: no config, no delivery
+    rows = await all_deliveries(store, everything, paused_only, tasks_only)
+    # (one batch, one commit time: within a webhook the order is by id)
+    seen = {(d.webhook_id, d.event, d.task, d.queue.name if d.queue else None) for d in rows}
+    assert seen == {
+        (everything.id, "queue.paused", None, "q"),
+        (everything.id, "queue.updated", None, "q"),
+        (everything.id, "queue.resumed", None, "q"),
+        (paused_only.id, "queue.paused", None, "q"),
+    }
+    assert len(rows) == 4
+    [updated] = [d.queue for d in rows if d.event == "queue.updated"]
+    assert updated is not None and (updated.paused, updated.concurrency_limit) == (True, 3)
+    assert len(await store.due_deliveries(10)) == 4 and outbox.wrote
 
 
 async def test_a_failed_batch_leaves_nothing(store: LmdbStore) -> None:

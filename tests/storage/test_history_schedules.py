@@ -74,6 +74,15 @@ async def test_many_events_keep_their_order(store: Store) -> None:
     for i in range(300):  # past one byte of event number
         await store.write(lambda tx, i=i: tx.append_task_event(task.id, event(E.EXTENDED, NOW, i)))
     assert [e.attempt for e in await store.list_task_events(task.id)] == list(range(300))
+    # one page at a time, and the count
+    page = await store.list_task_events(task.id, skip=250, limit=20)
+    assert [e.attempt for e in page] == list(range(250, 270))
+    assert [e.attempt for e in await store.list_task_events(task.id, 290, 50)] == list(
+        range(290, 300)
+    )
+    assert await store.list_task_events(task.id, skip=300, limit=5) == []
+    assert await store.count_task_events(task.id) == 300
+    assert await store.count_task_events(make_task(seq=9).id) == 0
 
 
 async def test_a_failed_op_leaves_no_event(store: Store) -> None:

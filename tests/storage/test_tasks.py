@@ -106,9 +106,9 @@ async def test_list_sorts_and_orders(store: Store, listed: dict[str, Task]) -> N
     assert await ids(store, order="asc") == (of(listed, "abcdef"), 6)
     assert await ids(store, sort="updated_at", order="asc") == (of(listed, "fedcba"), 6)
     assert await ids(store, sort="updated_at", order="desc") == (of(listed, "abcdef"), 6)
-    # duration: tasks without one first (asc); ties keep created order
+    # duration: tasks without one first (asc), ties in created order; desc is asc reversed
     assert await ids(store, sort="duration", order="asc") == (of(listed, "abedfc"), 6)
-    assert await ids(store, sort="duration", order="desc") == (of(listed, "cfdabe"), 6)
+    assert await ids(store, sort="duration", order="desc") == (of(listed, "cfdeba"), 6)
 
 
 async def test_list_filters_and_totals(store: Store, listed: dict[str, Task]) -> None:

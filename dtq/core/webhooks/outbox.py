@@ -1,9 +1,10 @@
 """Webhooks: records, pure decisions, and the transactional outbox.
 
 Durability comes from an outbox. The store reports every task change to `Outbox.sink` inside
-the write transaction of the operation that makes it; the sink writes one `Delivery` per
-matching webhook into that same transaction (`StoreTxn.put_delivery`, which keeps the due
-index). A change and the deliveries it owes therefore commit together or not at all,
+the write transaction of the operation that makes it, and a queue config change is reported to
+`Outbox.queue_sink` by its op (`dtq.core.queues.put_config`) the same way; the sinks write one
+`Delivery` per matching webhook into that same transaction (`StoreTxn.put_delivery`, which
+keeps the due index). A change and the deliveries it owes therefore commit together or not at all,
 and the delivery loop (`dtq.core.webhooks.delivery`) works only from what storage holds, so a
 delivery owed before a crash is sent after the restart (at least once: a receiver may see a
 delivery id twice and should deduplicate on `X-DTQ-Delivery`).
@@ -26,12 +27,19 @@ from typing import Annotated
 from msgspec import Meta, Struct
 from msgspec.structs import replace
 
-from dtq.core.events import ALL_EVENTS, TASK_EVENT_KINDS, WebhookEventName, task_event_kind
+from dtq.core.events import (
+    ALL_EVENTS,
+    WEBHOOK_EVENT_KINDS,
+    EventKind,
+    WebhookEventName,
+    task_event_kind,
+)
 from dtq.models import (
     Attempt,
     Delivery,
     DeliveryRef,
     DeliveryStatus,
+    QueueConfig,
     Task,
     TaskStatus,
     Webhook,
@@ -48,7 +56,7 @@ __all__ = [
 
 S = TaskStatus
 
-EVENT_KINDS = TASK_EVENT_KINDS
+EVENT_KINDS = WEBHOOK_EVENT_KINDS
 SIGNATURE_HEADER = "X-DTQ-Signature"
 EVENT_HEADER = "X-DTQ-Event"
 DELIVERY_HEADER = "X-DTQ-Delivery"
@@ -227,6 +235,24 @@ class Outbox:
                 continue
             delivery = Delivery(id=str(uuid.uuid4()), webhook_id=route.webhook_id, event=kind,
                                 task=task, created_at=now, next_attempt_at=now)  # fmt: skip
+            tx.put_delivery(None, delivery)
+        self.wrote = True
+
+    def queue_sink(self, tx: StoreTxn, kind: EventKind, config: QueueConfig) -> None:
+        """`dtq.core.queues.ConfigSink`: a queue config change, in its own transaction.
+
+        Always installed (config changes are rare; with no webhook wanting the kind it costs
+        one set lookup)."""
+        snapshot = self._snapshot
+        if kind not in snapshot.wanted:
+            return
+        now = tx.now
+        for route in snapshot.routes:
+            if kind not in route.kinds:
+                continue
+            delivery = Delivery(id=str(uuid.uuid4()), webhook_id=route.webhook_id, event=kind,
+                                task=None, queue=config, created_at=now,
+                                next_attempt_at=now)  # fmt: skip
             tx.put_delivery(None, delivery)
         self.wrote = True
 

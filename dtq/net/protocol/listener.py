@@ -129,8 +129,15 @@ async def _handle(svc: Services, hub: Hub, limit: int, stream: trio.abc.Stream) 
                 decoder.feed(data)
 
         async def write(batch: list[bytes]) -> None:
-            async with send_lock:
-                await stream.send_all(b"".join([frame(p) for p in batch]))
+            data = b"".join([frame(p) for p in batch])
+            try:
+                send_lock.acquire_nowait()  # the usual case: nobody else is sending
+            except trio.WouldBlock:
+                await send_lock.acquire()
+            try:
+                await stream.send_all(data)
+            finally:
+                send_lock.release()
 
         await session.run(receive, write)
     except (*_GONE, trio.TooSlowError):

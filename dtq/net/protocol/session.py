@@ -190,7 +190,10 @@ class Session:
                     "Already authenticated: hello comes once, first", field="op",
                     reason="duplicate hello"))  # fmt: skip
                 continue
-            await self._slots.acquire()
+            try:
+                self._slots.acquire_nowait()  # a free slot: no scheduler round per message
+            except trio.WouldBlock:
+                await self._slots.acquire()
             nursery.start_soon(self._serve_one, msg)
 
     async def _refuse(self, request_id: int, exc: DtqError) -> None:
@@ -218,9 +221,15 @@ class Session:
 
     # -- output --------------------------------------------------------------------------
     async def _send(self, message: Any) -> None:
-        # closing: nothing more goes out
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._out_send.send(encoder.encode(message))
+        payload = encoder.encode(message)
+        try:
+            # Room in the queue (the usual case): no trip through trio's scheduler for it.
+            self._out_send.send_nowait(payload)
+        except trio.WouldBlock:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._out_send.send(payload)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # closing: nothing more goes out
 
     def _send_nowait(self, message: Any) -> None:
         try:
@@ -330,18 +339,20 @@ class Session:
         return 200, None
 
     async def _submit(self, msg: Submit, p: Principal) -> tuple[int, Any]:
-        task, created = await self.svc.queue.create(decode_body(msg.body, TaskCreate))
+        task, created = await self.svc.queue.create(decode_body(msg.body, TaskCreate), p.identity)
         return (201 if created else 200), task_out(task)
 
     async def _submit_many(self, msg: SubmitMany, p: Principal) -> tuple[int, Any]:
-        rows = await self.svc.queue.create_many(decode_body(msg.body, BatchCreate).tasks)
+        rows = await self.svc.queue.create_many(
+            decode_body(msg.body, BatchCreate).tasks, p.identity
+        )
         return 201, [task_out(t) for t, _ in rows]
 
     async def _get(self, msg: Get, p: Principal) -> tuple[int, Any]:
         return 200, task_out(await self.svc.queue.get(msg.task_id))
 
     async def _cancel(self, msg: Cancel, p: Principal) -> tuple[int, Any]:
-        return 200, task_out(await self.svc.queue.cancel(msg.task_id))
+        return 200, task_out(await self.svc.queue.cancel(msg.task_id, p.identity))
 
     async def _lease(self, msg: Lease, p: Principal) -> tuple[int, Any]:
         tasks = await self.svc.queue.lease(decode_body(msg.body, LeaseRequest), holder=p.identity)
@@ -370,26 +381,30 @@ class Session:
 
     async def _complete(self, msg: Complete, p: Principal) -> tuple[int, Any]:
         b = decode_body(msg.body, CompleteRequest)
-        task = await self.svc.queue.complete(msg.task_id, b.lease_id, b.result, caller_of(p))
+        task = await self.svc.queue.complete(
+            msg.task_id, b.lease_id, b.result, caller_of(p), p.identity
+        )
         self.pushed.pop(task.id, None)
         return 200, task_out(task)
 
     async def _fail(self, msg: Fail, p: Principal) -> tuple[int, Any]:
         b = decode_body(msg.body, FailRequest)
         task = await self.svc.queue.fail(
-            msg.task_id, b.lease_id, error_from_input(b.error), b.retry, caller_of(p)
+            msg.task_id, b.lease_id, error_from_input(b.error), b.retry, caller_of(p), p.identity
         )
         self.pushed.pop(task.id, None)
         return 200, task_out(task)
 
     async def _extend(self, msg: Extend, p: Principal) -> tuple[int, Any]:
         b = decode_body(msg.body, ExtendRequest)
-        task = await self.svc.queue.extend(msg.task_id, b.lease_id, b.lease_seconds, caller_of(p))
+        task = await self.svc.queue.extend(
+            msg.task_id, b.lease_id, b.lease_seconds, caller_of(p), p.identity
+        )
         return 200, task_out(task)
 
     async def _release(self, msg: Release, p: Principal) -> tuple[int, Any]:
         b = decode_body(msg.body, ReleaseRequest)
-        task = await self.svc.queue.release(msg.task_id, b.lease_id, caller_of(p))
+        task = await self.svc.queue.release(msg.task_id, b.lease_id, caller_of(p), p.identity)
         self.pushed.pop(task.id, None)
         return 200, task_out(task)
 
@@ -399,7 +414,7 @@ class Session:
             AckOutcome(id=a.id, ok=True, status=a.task.status)
             if a.task is not None
             else AckOutcome(id=a.id, ok=False, error=error_info(a.error) if a.error else None)
-            for a in await self.svc.queue.ack(acks, caller_of(p))
+            for a in await self.svc.queue.ack(acks, caller_of(p), p.identity)
         ]
         for item in acks:
             self.pushed.pop(item.id, None)

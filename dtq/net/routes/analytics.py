@@ -39,6 +39,8 @@ class TrendPoint(Struct):
     completion_rate: float | None = None
     avg_duration: float | None = None
     error_rate: float | None = None
+    completed: int = 0  # the day's finished tasks (the throughput), whatever the metric
+    failed: int = 0
 
 
 class DailyRow(Struct):

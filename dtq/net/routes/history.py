@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from dtq.core import redrive
 from dtq.core.auth import Permission, Role
 from dtq.messages import ErrorOut
-from dtq.models import BulkResult, EmptyBody, RetryFilter, TaskEvent, TaskFilter
-from dtq.net.envelope import iso, success
+from dtq.models import BulkResult, EmptyBody, RetryFilter, Skip, TaskEvent, TaskFilter
+from dtq.net.envelope import iso, pagination, success
 from dtq.net.routing import Api, Call, RouteSpec, respond
 from dtq.net.views import TaskOut, task_out
 
@@ -22,6 +22,16 @@ LEASE_ID_RULE = (
     " `lease_id` is shown to admins only: a lease id is a fencing token, the secret of the "
     "worker that holds it (an admin may act on any lease anyway)."
 )
+
+
+# A task's events come a page at a time; the default page holds the whole history of all but
+# the most retried tasks, so a client that never pages sees what it saw before paging existed.
+MAX_EVENTS_PAGE = 1000
+
+
+class TaskEventsQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    skip: Skip = 0
+    limit: Annotated[int, Meta(ge=1, le=MAX_EVENTS_PAGE)] = MAX_EVENTS_PAGE
 
 
 class TaskEventOut(Struct, omit_defaults=True):
@@ -57,8 +67,10 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("GET", f"{P}/{{task_id}}/events", "A task's history", TAG, "task_events",
-                  path_types=TASK_ID, response=list[TaskEventOut], errors=(404,),
-                  description="Every transition of the task, oldest first, each written in the "
+                  path_types=TASK_ID, query=TaskEventsQuery, response=list[TaskEventOut],
+                  paginated=True, errors=(404,),
+                  description="Every transition of the task, oldest first, a page at a time "
+                  f"(`limit` up to {MAX_EVENTS_PAGE}, the default), each written in the "
                   "same transaction as the change: created, updated, leased, extended, "
                   "released, completed, failed, retry_scheduled, lease_expired, timed_out, "
                   "cancelled, retried. `actor` is who did it (`key:<id>`, `user:<name>` or "
@@ -67,9 +79,16 @@ def register(api: Api) -> None:
     )  # fmt: skip
     async def task_events(call: Call) -> Any:
         task = await queue.get(call.params["task_id"])  # 404 for an unknown task
-        events = await queue.store.list_task_events(task.id)
+        q: TaskEventsQuery = call.query
+        events = await queue.store.list_task_events(task.id, q.skip, q.limit)
+        total = await queue.store.count_task_events(task.id)
         admin = call.principal.role == Role.ADMIN
-        return respond(success([event_out(e, lease_id=admin) for e in events]))
+        return respond(
+            success(
+                [event_out(e, lease_id=admin) for e in events],
+                pagination=pagination(q.skip, q.limit, total),
+            )
+        )
 
     @api.route(
         RouteSpec("POST", f"{P}/{{task_id}}/retry", "Retry a failed or cancelled task", TAG,

@@ -47,7 +47,8 @@ class DeliveryOut(Struct):
     id: str
     webhook_id: str
     event: str
-    task_id: str
+    task_id: str | None  # a task.* event's task; null for a queue.* event
+    queue: str | None  # a queue.* event's queue; null for a task.* event
     status: str
     attempts: int
     created_at: str | None
@@ -80,7 +81,8 @@ def delivery_out(d: Delivery) -> DeliveryOut:
         id=d.id,
         webhook_id=d.webhook_id,
         event=d.event,
-        task_id=d.task.id,
+        task_id=d.task.id if d.task is not None else None,
+        queue=d.queue.name if d.queue is not None else None,
         status=d.status.value,
         attempts=len(d.attempts),
         created_at=iso(d.created_at),
@@ -93,8 +95,9 @@ def delivery_out(d: Delivery) -> DeliveryOut:
 
 
 def delivery_body(d: Delivery) -> bytes:
-    """What a receiver gets: the event as `/ws/tasks` sends it, plus `delivery_id`."""
-    body = Event(d.event, task=d.task).to_dict()
+    """What a receiver gets: the event as `/ws/tasks` sends it (`task`, or `queue` for a
+    queue.* event), plus `delivery_id`."""
+    body = Event(d.event, task=d.task, config=d.queue).to_dict()
     body["delivery_id"] = d.id
     return _encode(body)
 
@@ -112,11 +115,13 @@ def register(api: Api) -> None:
         RouteSpec("POST", P, "Register a webhook", TAG, "create_webhook", body=WebhookCreate,
                   response=WebhookOut, status=201, errors=(409,), roles=ROLES,
                   description="Deliveries are POSTed as JSON (`event`, `task`, `timestamp`, "
-                  "`delivery_id`) with `X-DTQ-Signature: sha256=<hex HMAC-SHA256 of the body "
+                  "`delivery_id`; a `queue.paused`, `queue.resumed` or `queue.updated` event "
+                  "carries `queue` (`name`, `paused`, the limits, `updated_at`) in place of "
+                  "`task`) with `X-DTQ-Signature: sha256=<hex HMAC-SHA256 of the body "
                   "with the secret>`, `X-DTQ-Event` and `X-DTQ-Delivery`. Anything but a 2xx "
                   "within the timeout is retried with exponential backoff up to a limit. "
                   "Without `secret` one is generated; it is shown only in this response. "
-                  '`events` lists event kinds or `"*"` for all. '
+                  '`events` lists event kinds or `"*"` for all (task and queue events). '
                   "The URL must be http or https without credentials (`user:pw@`) and its host "
                   "must resolve to public addresses only: loopback, private (RFC 1918, "
                   "100.64.0.0/10), link-local, unique-local, multicast, unspecified, reserved "

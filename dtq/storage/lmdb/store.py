@@ -13,6 +13,8 @@ Sub-databases (all keys big-endian so LMDB order is index order):
     by_name     name hash (16) | created_us | seq | task key -> b""
     by_tag      tag NUL | created_us | seq | task key     -> b""
     by_finished status | completed_us | seq | task key  -> b""   (final states only)
+    by_duration has | duration_us | created_us | seq | task key -> b"" (see layouts)
+    by_status_priority status | priority | created_us | seq | task key -> b""
     events      task key (16) | event number (8)        -> TaskEvent (numbered by seq)
     schedules   schedule name (utf-8)                   -> Schedule
     idem        idempotency key                        -> task key + body fingerprint
@@ -32,6 +34,7 @@ until due, so promotion costs no write.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -48,6 +51,7 @@ from dtq.models import (
     Delivery,
     DeliveryRef,
     DeliveryStatus,
+    Priority,
     QueueConfig,
     Schedule,
     Task,
@@ -81,12 +85,14 @@ TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
     "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
     L.USERS, L.API_KEYS, L.KV, L.WEBHOOKS, L.DELIVERIES, L.DUE, L.QUEUES,
-    "by_tag", "by_finished", "events", "schedules",
+    "by_tag", "by_finished", "events", "schedules", L.BY_DURATION,
+    L.BY_STATUS_PRIORITY,
 )  # fmt: skip
 # Which listing indexes this data directory has: stores written before by_queue/by_name
 # existed get them built from the tasks at open.
 _INDEX_VERSION_KEY = b"index_version"
-_INDEX_VERSION = 2  # 2: by_tag and by_finished
+# 2: by_tag and by_finished; 3: by_duration, by_status_priority and their counters
+_INDEX_VERSION = 3
 # Per-queue status counters (`queue_counter`): stores written before them get them counted
 # from the tasks at open.
 _QUEUE_COUNTERS_KEY = b"queue_counters_version"
@@ -178,14 +184,24 @@ class LmdbStore(Listing):
             txn.put(key, secret.encode(), db=self.db[L.KV])
 
     def _build_missing_indexes(self, txn: lmdb.Transaction) -> None:
-        """Build by_queue and by_name from the tasks when this store predates them.
+        """Build the listing indexes (and counters) this store predates, once: the version
+        recorded in `meta` says which it has.
 
         Runs in the open transaction, so an interrupted build leaves no half index behind.
         """
         meta = self.db["meta"]
         raw = txn.get(_INDEX_VERSION_KEY, db=meta)
-        if raw is not None and K.from_u64(bytes(raw)) >= _INDEX_VERSION:
+        version = 0 if raw is None else K.from_u64(bytes(raw))
+        if version >= _INDEX_VERSION:
             return
+        if version < 2:
+            self._build_v2(txn)
+        if version < 3:
+            self._build_v3(txn)
+        txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
+
+    def _build_v2(self, txn: lmdb.Transaction) -> None:
+        """by_queue, by_name, by_tag and by_finished."""
         by_queue, by_name = self.db["by_queue"], self.db["by_name"]
         by_tag, by_finished = self.db["by_tag"], self.db["by_finished"]
         for db in (by_queue, by_name, by_tag, by_finished):
@@ -202,7 +218,29 @@ class LmdbStore(Listing):
             if task.status.is_final and task.completed_at is not None:
                 fkey = K.finished_key(task.status, task.completed_at, task.seq, tkey)
                 txn.put(fkey, b"", db=by_finished)
-        txn.put(_INDEX_VERSION_KEY, K.u64(_INDEX_VERSION), db=meta)
+
+    def _build_v3(self, txn: lmdb.Transaction) -> None:
+        """by_duration, by_status_priority, and the counters of the priority filter and the
+        status + priority one (their totals)."""
+        by_duration, by_sp = self.db[L.BY_DURATION], self.db[L.BY_STATUS_PRIORITY]
+        for db in (by_duration, by_sp):
+            txn.drop(db, delete=False)
+        n: dict[str, int] = {}
+        for s in TaskStatus:
+            for p in Priority:
+                n[L.priority_counter(p)] = n[L.status_priority_counter(s, p)] = 0
+        for key, value in txn.cursor(db=self.db["tasks"]):
+            tkey = bytes(key)
+            task = codec.decode_task(value)
+            txn.put(L.duration_key(task, tkey), b"", db=by_duration)
+            txn.put(L.status_priority_key(task, tkey), b"", db=by_sp)
+            n[L.priority_counter(task.priority)] += 1
+            n[L.status_priority_counter(task.status, task.priority)] += 1
+        meta = self.db["meta"]
+        raw = txn.get(COUNTERS, db=meta)
+        counters = codec.decode_counters(raw) if raw else {}
+        counters.update({name: v for name, v in n.items() if v or name in counters})
+        txn.put(COUNTERS, codec.encode(counters), db=meta)
 
     def _build_queue_counters(self, txn: lmdb.Transaction) -> None:
         """Count tasks per (queue, status) once, for stores that predate those counters."""
@@ -303,13 +341,19 @@ class LmdbStore(Listing):
     async def list_tasks(self, query: TaskQuery) -> tuple[list[Task], int]:
         return self.list_tasks_now(query)
 
-    async def list_task_events(self, task_id: str) -> list[TaskEvent]:
+    async def list_task_events(
+        self, task_id: str, skip: int = 0, limit: int | None = None
+    ) -> list[TaskEvent]:
+        tkey = K.task_key(task_id)
+        end = None if limit is None else skip + limit
+        with self.env.begin(db=self.db["events"]) as txn:
+            keys = itertools.islice(self._iter_keys(txn, self.db["events"], tkey, False), skip, end)
+            return [codec.decode_event(txn.get(key, b"")) for key in keys]
+
+    async def count_task_events(self, task_id: str) -> int:
         tkey = K.task_key(task_id)
         with self.env.begin(db=self.db["events"]) as txn:
-            return [
-                codec.decode_event(txn.get(key, b""))
-                for key in self._iter_keys(txn, self.db["events"], tkey, False)
-            ]
+            return sum(1 for _ in self._iter_keys(txn, self.db["events"], tkey, False))
 
     async def counters(self) -> dict[str, float]:
         return self.counters_now()

@@ -72,9 +72,13 @@ class LmdbTxn:
         put(K.name_index_key(task.name, task.created_at, task.seq, tkey), b"", db=db["by_name"])
         for tag in set(task.tags):
             put(K.tag_index_key(tag, task.created_at, task.seq, tkey), b"", db=db["by_tag"])
+        put(L.duration_key(task, tkey), b"", db=db[L.BY_DURATION])
+        put(L.status_priority_key(task, tkey), b"", db=db[L.BY_STATUS_PRIORITY])
+        self.deltas.add(L.status_priority_counter(task.status, task.priority))
         self._index_state(task, tkey, add=True)
         self._index_finished(task, tkey, add=True)
         self.deltas.add("total")
+        self.deltas.add(L.priority_counter(task.priority))
         self.deltas.task_status(task.queue, task.status, 1)
         self.deltas.day(task.created_at, "created")
         if (sink := self._s.event_sink) is not None:
@@ -105,6 +109,16 @@ class LmdbTxn:
                 b"",
                 db=db["by_priority"],
             )
+            self.deltas.add(L.priority_counter(old.priority), -1)
+            self.deltas.add(L.priority_counter(new.priority))
+        if old.status != new.status or old.priority != new.priority:
+            txn.delete(L.status_priority_key(old, tkey), db=db[L.BY_STATUS_PRIORITY])
+            txn.put(L.status_priority_key(new, tkey), b"", db=db[L.BY_STATUS_PRIORITY])
+            self.deltas.add(L.status_priority_counter(old.status, old.priority), -1)
+            self.deltas.add(L.status_priority_counter(new.status, new.priority))
+        if old.duration != new.duration:
+            txn.delete(L.duration_key(old, tkey), db=db[L.BY_DURATION])
+            txn.put(L.duration_key(new, tkey), b"", db=db[L.BY_DURATION])
         if old.worker_id != new.worker_id:
             if old.worker_id:
                 txn.delete(
@@ -170,12 +184,16 @@ class LmdbTxn:
         txn.delete(K.name_index_key(task.name, task.created_at, task.seq, tkey), db=db["by_name"])
         for tag in set(task.tags):
             txn.delete(K.tag_index_key(tag, task.created_at, task.seq, tkey), db=db["by_tag"])
+        txn.delete(L.duration_key(task, tkey), db=db[L.BY_DURATION])
+        txn.delete(L.status_priority_key(task, tkey), db=db[L.BY_STATUS_PRIORITY])
+        self.deltas.add(L.status_priority_counter(task.status, task.priority), -1)
         self._index_state(task, tkey, add=False)
         self._index_finished(task, tkey, add=False)
         self._delete_events(tkey)
         if task.idempotency_key:
             txn.delete(task.idempotency_key.encode(), db=db["idem"])
         self.deltas.add("total", -1)
+        self.deltas.add(L.priority_counter(task.priority), -1)
         self.deltas.task_status(task.queue, task.status, -1)
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
             self.deltas.add("duration_sum", -task.duration)

@@ -68,10 +68,51 @@ def test_overview_counters_follow_the_api(page: Page, ui_server: UiServer) -> No
     # Live from /ws/metrics: no reload.
     expect(total).to_have_text(f"{after:,}", timeout=SOON_MS)
     expect(page.raw.locator("#live-state")).to_have_text("live")
-    expect(page.raw.locator("#chart-throughput svg")).to_have_count(1)
-    expect(page.raw.locator("#chart-errors svg")).to_have_count(1)
-    page.raw.select_option("#days", "30")
-    expect(page.raw.locator("#chart-throughput svg rect.bar")).to_have_count(30)
+    for chart in ("#chart-throughput", "#chart-completion", "#chart-errors", "#chart-duration"):
+        expect(page.raw.locator(f"{chart} svg")).to_have_count(1)
+
+
+def test_the_charts_plot_the_trends(page: Page, ui_server: UiServer) -> None:
+    """From /analytics/trends (not the export): one point a day, the days nothing finished
+    left out of the rate lines, each point's hover text the day's value."""
+    api = ui_server.api
+    queue = unique("trend")
+    done, bad = api.create(name="ok", queue=queue), api.create(name="bad", queue=queue)
+    for t in api.lease(queue, worker_id="trend-worker"):
+        if t["id"] == done["id"]:
+            api.as_worker("POST", f"/tasks/{t['id']}/complete", {"lease_id": t["lease"]["id"]})
+        else:
+            assert t["id"] == bad["id"]
+            api.as_worker("POST", f"/tasks/{t['id']}/fail", {"lease_id": t["lease"]["id"],
+                          "error": "boom", "retry": False})  # fmt: skip
+    asked: list[str] = []
+    page.raw.on("request", lambda r: asked.append(r.url) if "/api/v1/analytics/" in r.url else None)
+    with page.raw.expect_response(lambda r: "/analytics/trends?days=30" in r.url) as got:
+        page.raw.select_option("#days", "30")
+    assert got.value.ok
+    series = api.call("GET", "/analytics/trends?days=30")["data"]["series"]
+    expect(page.raw.locator("#chart-duration svg rect.bar")).to_have_count(30)
+    finished = [p for p in series if p["completion_rate"] + p["error_rate"] > 0]
+    assert finished, "today has finished tasks"
+
+    def percent(v: float) -> str:
+        return f"{v * 100:.{1 if 0 < v < 0.1 else 0}f}%"
+
+    errors = page.raw.locator("#chart-errors circle.dot title")
+    expect(errors).to_have_count(len(finished))
+    assert errors.all_text_contents() == [
+        f"{p['date'][5:]}: {percent(p['error_rate'])}" for p in finished
+    ]
+    completion = page.raw.locator("#chart-completion circle.dot title")
+    assert completion.last.text_content() == (
+        f"{finished[-1]['date'][5:]}: {percent(finished[-1]['completion_rate'])}"
+    )
+    throughput = page.raw.locator("#chart-throughput rect.bar title")
+    expect(throughput).to_have_count(30)
+    assert throughput.last.text_content() == (
+        f"{series[-1]['date'][5:]}: {series[-1]['completed'] + series[-1]['failed']:,}"
+    )
+    assert not [u for u in asked if "/analytics/export" in u]  # the charts need no export
 
 
 def test_export_downloads_json_and_csv(page: Page) -> None:
@@ -315,7 +356,7 @@ def test_screenshots_for_the_readme(page: Page, ui_server: UiServer, tmp_path: P
             )
     target = screenshot_dir(tmp_path)
     page.goto("/ui/")
-    expect(page.raw.locator("#chart-throughput rect.bar").last).to_be_visible()
+    expect(page.raw.locator("#chart-duration rect.bar").last).to_be_visible()
     page.raw.wait_for_load_state("networkidle")
     page.raw.screenshot(path=str(target / "overview.png"), full_page=True)
     page.goto("/ui/tasks")
@@ -424,3 +465,50 @@ def test_workers_show_load_heartbeat_and_running_tasks_live(
     expect(row).to_contain_text(task["name"], timeout=LIVE_S * 1000)  # live: no reload
     api.as_worker("POST", "/workers/heartbeat", {**beat, "current_load": 3})
     expect(row).to_contain_text("3 / 4", timeout=LIVE_S * 1000)
+
+
+def test_each_worker_shows_its_running_tasks_however_many_run(
+    page: Page, ui_server: UiServer
+) -> None:
+    """A worker's tasks come from the list's worker_id filter, not from a sample of the running
+    tasks: here 120 newer tasks run on another worker, and each row is still right."""
+    api = ui_server.api
+    mine, busy = unique("w"), unique("busy-w")
+    for w in (mine, busy):
+        api.as_worker("POST", "/workers/heartbeat",
+                      {"worker_id": w, "status": "active", "current_load": 1, "max_capacity": 200})  # fmt: skip
+    old = api.create(name=unique("old-one"), queue=unique("q"))
+    assert [t["id"] for t in api.lease(old["queue"], worker_id=mine)] == [old["id"]]
+    crowd = unique("crowd")
+    api.call("POST", "/tasks/batch", {"tasks": [{"name": "crowd-task", "queue": crowd}
+                                                for _ in range(120)]}, status=201)  # fmt: skip
+    leased = 0
+    while leased < 120:
+        got = api.lease(crowd, worker_id=busy)
+        assert got, "all 120 are pending"
+        leased += len(got)
+    page.goto("/ui/workers")
+    expect(page.raw.locator(f'#workers-body tr[data-worker="{mine}"]')).to_contain_text(old["name"])
+    busy_row = page.raw.locator(f'#workers-body tr[data-worker="{busy}"]')
+    expect(busy_row.locator("li")).to_have_count(6)  # 5 tasks, then how many more
+    expect(busy_row).to_contain_text("+115 more")
+
+
+def test_a_long_history_comes_a_page_at_a_time(page: Page, ui_server: UiServer) -> None:
+    api = ui_server.api
+    task = api.create(name=unique("long"), queue=unique("hist"))
+    (got,) = api.lease(task["queue"], worker_id="hist-worker")
+    for _ in range(60):  # created, leased, 60 extensions: 62 events
+        api.as_worker("POST", f"/tasks/{task['id']}/extend", {"lease_id": got["lease"]["id"]})
+    page.goto(f"/ui/tasks/{task['id']}")
+    timeline = page.raw.locator("#timeline > li")
+    expect(timeline).to_have_count(50)
+    expect(page.raw.locator("#events-info")).to_have_text(f"Events 1{DASH}50 of 62")
+    expect(timeline.first).to_contain_text("created")
+    expect(page.raw.locator("#events-prev")).to_be_disabled()
+    page.raw.click("#events-next")
+    expect(timeline).to_have_count(12)
+    expect(page.raw.locator("#events-info")).to_have_text(f"Events 51{DASH}62 of 62")
+    expect(page.raw.locator("#events-next")).to_be_disabled()
+    page.raw.click("#events-prev")
+    expect(timeline.first).to_contain_text("created")

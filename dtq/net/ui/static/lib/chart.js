@@ -5,7 +5,7 @@ import { h } from "./dom.js";
 const NS = "http://www.w3.org/2000/svg";
 const W = 640;
 const H = 180;
-const PAD = { left: 44, right: 8, top: 10, bottom: 22 };
+const PAD = { left: 54, right: 8, top: 10, bottom: 22 };
 
 function svg(tag, attrs, ...children) {
   const el = document.createElementNS(NS, tag);
@@ -23,10 +23,11 @@ function niceMax(max) {
 
 /**
  * Draws into `container`. `points`: [{label, value}], oldest first. `kind`: "bar" | "line".
- * `format(value)` writes axis and hover labels; `max` fixes the scale (e.g. 1 for rates).
+ * `format(value)` writes axis and hover labels; `max` fixes the scale (e.g. 1 for rates);
+ * otherwise it fits the values, and is at least `floor` (4 for counts; 0 for seconds).
  */
-export function drawChart(container, points, { kind = "bar", format = String, max, label }) {
-  const top = max ?? niceMax(Math.max(4, ...points.map((p) => p.value || 0)));
+export function drawChart(container, points, { kind = "bar", format = String, max, label, floor = 4 }) {
+  const top = max ?? niceMax(Math.max(floor, ...points.map((p) => p.value || 0)));
   const plotW = W - PAD.left - PAD.right;
   const plotH = H - PAD.top - PAD.bottom;
   const x = (i) => PAD.left + (points.length <= 1 ? plotW / 2 : (i * plotW) / (points.length - 1));

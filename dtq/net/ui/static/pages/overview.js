@@ -1,4 +1,4 @@
-// Overview: the dashboard figures live from /ws/metrics, daily charts, the busiest queues.
+// Overview: the dashboard figures live from /ws/metrics, daily trend charts, the busiest queues.
 import { ApiError, get, request } from "../lib/api.js";
 import { drawChart } from "../lib/chart.js";
 import { $, age, badge, count, duration, h, showError } from "../lib/dom.js";
@@ -39,20 +39,34 @@ let days = Number(new URLSearchParams(location.search).get("days")) || 7;
 if (![7, 30, 365].includes(days)) days = 7;
 $("days").value = String(days);
 
+// From /analytics/trends: a point per day of the tasks finished (completed + failed), completion
+// rate, error rate and average duration.
+// A day with no task finished has both rates 0 (they sum to 1 otherwise): it is a gap, not 0.
 async function loadCharts() {
   try {
-    const rows = (await get("/analytics/export", { days, format: "json" })).data.daily;
-    const label = (r) => r.date.slice(5);
-    drawChart($("chart-throughput"), rows.map((r) => ({ label: label(r), value: r.completed + r.failed })), {
+    const series = (await get("/analytics/trends", { days })).data.series;
+    const label = (p) => p.date.slice(5);
+    const finished = (p) => p.completion_rate + p.error_rate > 0;
+    const points = (field) => series.map((p) => ({ label: label(p), value: finished(p) ? p[field] : null }));
+    drawChart($("chart-throughput"), series.map((p) => ({ label: label(p), value: p.completed + p.failed })), {
       kind: "bar",
       label: "Tasks finished per day",
-      format: (v) => Number(v.toFixed(1)).toLocaleString(),
+      format: count,
+      floor: 0,
     });
-    drawChart(
-      $("chart-errors"),
-      rows.map((r) => ({ label: label(r), value: r.completed + r.failed ? r.error_rate : null })),
-      { kind: "line", max: 1, label: "Error rate per day", format: percent },
-    );
+    drawChart($("chart-completion"), points("completion_rate"), {
+      kind: "line",
+      max: 1,
+      label: "Completion rate per day",
+      format: percent,
+    });
+    drawChart($("chart-errors"), points("error_rate"), { kind: "line", max: 1, label: "Error rate per day", format: percent });
+    drawChart($("chart-duration"), points("avg_duration"), {
+      kind: "bar",
+      label: "Average duration per day",
+      format: duration,
+      floor: 0,
+    });
   } catch (err) {
     showError(errorBox, err);
   }

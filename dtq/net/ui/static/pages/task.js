@@ -126,20 +126,39 @@ function eventItem(e) {
   );
 }
 
+// The history a page at a time (oldest first), however many events the task has.
+const EVENTS_PAGE = 50;
+let eventsSkip = 0;
+
 async function loadEvents() {
   if (!eventsSupported) return;
   try {
-    const reply = await get(`/tasks/${id}/events`); // a few dozen at most: one per transition
-    const items = reply.data.map(eventItem);
-    const more = reply.pagination && reply.pagination.total > reply.data.length;
-    if (more) items.push(h("li", { class: "muted", text: `… and ${reply.pagination.total - reply.data.length} more` }));
-    $("timeline").replaceChildren(...items);
+    const reply = await get(`/tasks/${id}/events`, { skip: eventsSkip, limit: EVENTS_PAGE });
+    const total = reply.pagination ? reply.pagination.total : reply.data.length;
+    if (eventsSkip > 0 && eventsSkip >= total) {
+      eventsSkip = Math.max(0, (Math.ceil(total / EVENTS_PAGE) - 1) * EVENTS_PAGE);
+      return loadEvents();
+    }
+    $("timeline").replaceChildren(...reply.data.map(eventItem));
+    $("timeline").start = eventsSkip + 1;
+    $("events-pager").hidden = total <= EVENTS_PAGE;
+    $("events-info").textContent = `Events ${eventsSkip + 1}–${eventsSkip + reply.data.length} of ${total}`;
+    $("events-prev").disabled = eventsSkip <= 0;
+    $("events-next").disabled = eventsSkip + EVENTS_PAGE >= total;
     $("timeline-section").hidden = false;
   } catch (err) {
     if (err instanceof ApiError && err.missingRoute) eventsSupported = false;
     else showError(errorBox, err);
   }
 }
+$("events-prev").addEventListener("click", () => {
+  eventsSkip = Math.max(0, eventsSkip - EVENTS_PAGE);
+  loadEvents();
+});
+$("events-next").addEventListener("click", () => {
+  eventsSkip += EVENTS_PAGE;
+  loadEvents();
+});
 
 // A reason's figures: times (ISO strings, or epoch seconds under a time-like key) shown
 // relative with the exact time on hover, the rest as text.

@@ -8,21 +8,35 @@ import { root } from "../lib/session.js";
 import { taskUrl } from "../lib/tasks.js";
 
 await startPage();
-const RUNNING_SAMPLE = 100; // running tasks fetched to show against their workers
+const SHOWN = 5; // running tasks listed per worker (the count says how many more)
+const REFRESH_MS = 1000; // a worker's running tasks are fetched again at most once a second
 const DEFAULTS = { status: "", skip: 0, limit: 50 };
 const state = readQuery(DEFAULTS);
 const errorBox = $("workers-error");
 const form = $("filters");
 const workers = new Map(); // worker id -> worker
-const running = new Map(); // task id -> task (running)
+// worker id -> {tasks: its first running tasks, total: how many it runs}: one bounded list
+// request per worker shown (the tasks list's worker_id + status filter), so it is right
+// however many tasks run.
+const running = new Map();
 let total = 0;
 
 function runningCell(workerId) {
-  const mine = [...running.values()].filter((t) => t.worker_id === workerId);
-  if (!mine.length) return h("td", { class: "muted", text: "–" });
-  const shown = mine.slice(0, 5).map((t) => h("li", {}, h("a", { href: taskUrl(t.id), text: t.name })));
-  if (mine.length > 5) shown.push(h("li", { class: "muted", text: `+${mine.length - 5} more` }));
+  const mine = running.get(workerId);
+  if (!mine || !mine.total) return h("td", { class: "muted", text: "–" });
+  const shown = mine.tasks.map((t) => h("li", {}, h("a", { href: taskUrl(t.id), text: t.name })));
+  const more = mine.total - mine.tasks.length;
+  if (more > 0) {
+    shown.push(h("li", {}, h("a", { class: "muted", href: `${root}/ui/tasks?status=running&worker_id=${encodeURIComponent(workerId)}`, text: `+${count(more)} more` })));
+  }
   return h("td", {}, h("ul", { class: "plain" }, ...shown));
+}
+
+async function loadRunning(workerIds) {
+  const replies = await Promise.all(
+    workerIds.map((id) => get("/tasks", { status: "running", worker_id: id, limit: SHOWN, sort: "updated_at", order: "desc" })),
+  );
+  workerIds.forEach((id, i) => running.set(id, { tasks: replies[i].data, total: replies[i].pagination.total }));
 }
 
 function row(w) {
@@ -52,34 +66,56 @@ const showPage = pager(state, () => load());
 async function load() {
   writeQuery(state, DEFAULTS);
   try {
-    const [ws, rs] = await Promise.all([
-      get("/workers", { status: state.status, skip: state.skip, limit: state.limit }),
-      get("/tasks", { status: "running", limit: RUNNING_SAMPLE }),
-    ]);
-    showError(errorBox, null);
+    const ws = await get("/workers", { status: state.status, skip: state.skip, limit: state.limit });
     workers.clear();
     for (const w of ws.data) workers.set(w.worker_id, w);
     running.clear();
-    for (const t of rs.data) running.set(t.id, t);
+    await loadRunning([...workers.keys()]);
     total = ws.pagination.total;
+    showError(errorBox, null);
   } catch (err) {
     showError(errorBox, err);
   }
   render();
 }
 
+// Task events only say which workers to ask again; asked in one go, at most once a second.
+const stale = new Set();
+let refreshTimer = null;
+function refreshSoon(workerId) {
+  if (!workers.has(workerId)) return;
+  stale.add(workerId);
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(async () => {
+    refreshTimer = null;
+    const ids = [...stale].filter((id) => workers.has(id));
+    stale.clear();
+    try {
+      await loadRunning(ids);
+      render();
+    } catch (err) {
+      showError(errorBox, err);
+    }
+  }, REFRESH_MS);
+}
+
 function apply(events) {
+  let changed = false;
   for (const e of events) {
     if (e.worker) {
       if (workers.has(e.worker.worker_id) || (!state.status || state.status === e.worker.status)) {
-        if (workers.has(e.worker.worker_id) || workers.size < state.limit) workers.set(e.worker.worker_id, e.worker);
+        if (workers.has(e.worker.worker_id) || workers.size < state.limit) {
+          const known = workers.has(e.worker.worker_id);
+          workers.set(e.worker.worker_id, e.worker);
+          changed = true;
+          if (!known) refreshSoon(e.worker.worker_id);
+        }
       }
-    } else if (e.task) {
-      if (e.task.status === "running") running.set(e.task.id, e.task);
-      else running.delete(e.task.id);
+    } else if (e.task && e.task.worker_id) {
+      refreshSoon(e.task.worker_id);
     }
   }
-  render();
+  if (changed) render();
 }
 
 form.elements.status.value = state.status;
