@@ -33,6 +33,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
+    yield from cluster()
+
+
+def cluster() -> Iterator[str]:
+    """The URL of a throwaway cluster's `postgres` database while the generator runs."""
     if url := os.environ.get("DTQ_TEST_PG_URL"):
         yield url
         return

@@ -78,10 +78,9 @@ def test_the_claim_runs_on_the_migrated_tasks_table(db_url: str) -> None:
         m.migrate(conn)
         tid = uuid.uuid4()
         cur.execute(
-            "INSERT INTO dtq_tasks (id, seq, status, queue, name, priority, priority_rank,"
-            " created_at, updated_at, ready_at, data)"
-            " VALUES (%s, nextval('dtq_task_seq'), 'pending', 'q', 'n', 'normal', 1,"
-            " 0, 0, 0, %s)",
+            "INSERT INTO dtq_tasks (id, seq, status, queue, name, priority_rank,"
+            " created_us, updated_us, ready_at, data)"
+            " VALUES (%s, nextval('dtq_task_seq'), 'pending', 'q', 'n', 1, 0, 0, 0, %s)",
             (tid, b"x"),
         )
         now = sql.db_now(cur)

@@ -64,17 +64,23 @@ def claim_ready(
     limit: int,
     *,
     table: str = "tasks",
+    names_bytes: bool = False,
 ) -> list[bytes]:
     """The `data` of up to `limit` due pending rows, in dispatch order, locked until the
-    transaction ends; rows other transactions hold are skipped, never waited for."""
+    transaction ends; rows other transactions hold are skipped, never waited for.
+    `names_bytes`: the table keeps names as bytea (their UTF-8), as the store's does."""
     where = ["status = 'pending'", "(run_at IS NULL OR run_at <= %(now)s)"]
     params: dict[str, Any] = {"now": now, "limit": limit}
     if queues is not None:
         where.append("queue = ANY(%(queues)s)")
         params["queues"] = sorted(queues)
     if names is not None:
-        where.append("name = ANY(%(names)s)")
-        params["names"] = sorted(names)
+        if names_bytes:
+            where.append("name = ANY(%(names)s::bytea[])")
+            params["names"] = sorted(n.encode() for n in names)
+        else:
+            where.append("name = ANY(%(names)s)")
+            params["names"] = sorted(names)
     cur.execute(
         f"SELECT data FROM {table} WHERE {' AND '.join(where)} "
         f"ORDER BY {READY_ORDER} LIMIT %(limit)s FOR UPDATE SKIP LOCKED",

@@ -1,103 +1,127 @@
 -- dtq schema, version 1. Applied by dtq.storage.postgres.migrate under an advisory lock.
--- Task rows keep the msgspec-encoded record in `data`; the columns beside it are the ones
--- the claim (shared_sql.py) and the list filters/sorts read, so those never decode a row.
+-- Records are kept msgspec-encoded in `data`; the columns beside them are what claims, filters
+-- and sorts read. Keys a user names (task names, worker ids, usernames, counter names...) are
+-- bytea holding their UTF-8: any text fits (NUL too) and orders by its bytes, as LMDB does.
+-- Queue names are validated ASCII: text COLLATE "C" (byte order) so the claim SQL takes text.
 CREATE SEQUENCE IF NOT EXISTS dtq_task_seq;
 
 CREATE TABLE IF NOT EXISTS dtq_tasks (
     id uuid PRIMARY KEY,
-    seq bigint NOT NULL UNIQUE,
+    seq bigint NOT NULL,
     status text NOT NULL,
-    queue text NOT NULL,
-    name text NOT NULL,
-    priority text NOT NULL,
+    queue text COLLATE "C" NOT NULL,
+    name bytea NOT NULL,
     priority_rank smallint NOT NULL,
-    worker_id text,
-    created_at double precision NOT NULL,
-    updated_at double precision NOT NULL,
-    ready_at double precision NOT NULL,
+    worker_id bytea,
+    tags bytea[] NOT NULL DEFAULT '{}',
+    created_us bigint NOT NULL,
+    updated_us bigint NOT NULL,
+    dur_us bigint,                      -- max(duration µs, 0); NULL: none
+    completed_us bigint,
+    ready_at double precision NOT NULL, -- ready_at, else created_at: the FIFO order
     run_at double precision,
     lease_expires_at double precision,
-    duration double precision,
-    concurrency_key text,
+    concurrency_key text COLLATE "C",
     data bytea NOT NULL
 );
--- shared_sql.CLAIM_INDEXES for table dtq_tasks, order priority_rank, ready_at, seq
+-- claims (shared_sql.CLAIM_INDEXES): ready rows in dispatch order, running rows by expiry
 CREATE INDEX IF NOT EXISTS dtq_tasks_ready ON dtq_tasks (priority_rank, ready_at, seq)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS dtq_tasks_leases ON dtq_tasks (lease_expires_at)
     WHERE status = 'running';
--- list_tasks: filters by status/queue/priority/worker/name, sorts on a column, ties by seq
-CREATE INDEX IF NOT EXISTS dtq_tasks_status ON dtq_tasks (status, seq);
-CREATE INDEX IF NOT EXISTS dtq_tasks_queue ON dtq_tasks (queue, seq);
-CREATE INDEX IF NOT EXISTS dtq_tasks_priority ON dtq_tasks (priority_rank, seq);
-CREATE INDEX IF NOT EXISTS dtq_tasks_worker ON dtq_tasks (worker_id, seq)
+CREATE INDEX IF NOT EXISTS dtq_tasks_running ON dtq_tasks (queue, concurrency_key)
+    WHERE status = 'running';
+-- list_tasks: every sort is total, (µs, seq, id)
+CREATE INDEX IF NOT EXISTS dtq_tasks_created ON dtq_tasks (created_us, seq, id);
+CREATE INDEX IF NOT EXISTS dtq_tasks_updated ON dtq_tasks (updated_us, seq, id);
+CREATE INDEX IF NOT EXISTS dtq_tasks_duration ON dtq_tasks (dur_us, created_us, seq, id);
+CREATE INDEX IF NOT EXISTS dtq_tasks_status ON dtq_tasks (status, created_us, seq, id);
+CREATE INDEX IF NOT EXISTS dtq_tasks_queue ON dtq_tasks (queue, created_us, seq, id);
+CREATE INDEX IF NOT EXISTS dtq_tasks_name ON dtq_tasks (name, created_us, seq, id);
+CREATE INDEX IF NOT EXISTS dtq_tasks_worker ON dtq_tasks (worker_id, created_us, seq, id)
     WHERE worker_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS dtq_tasks_name ON dtq_tasks (name, seq);
-CREATE INDEX IF NOT EXISTS dtq_tasks_created ON dtq_tasks (created_at, seq);
-CREATE INDEX IF NOT EXISTS dtq_tasks_updated ON dtq_tasks (updated_at, seq);
-CREATE INDEX IF NOT EXISTS dtq_tasks_duration ON dtq_tasks (duration, seq)
-    WHERE duration IS NOT NULL;
-CREATE INDEX IF NOT EXISTS dtq_tasks_concurrency ON dtq_tasks (concurrency_key)
-    WHERE status = 'running' AND concurrency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dtq_tasks_tags ON dtq_tasks USING gin (tags);
+CREATE INDEX IF NOT EXISTS dtq_tasks_finished ON dtq_tasks (status, completed_us, seq)
+    WHERE completed_us IS NOT NULL;
 
-CREATE TABLE IF NOT EXISTS dtq_idempotency (
-    key text PRIMARY KEY,
+-- a task's history, in append order (the task row's lock serializes appends to one task)
+CREATE TABLE IF NOT EXISTS dtq_task_events (
+    id bigserial PRIMARY KEY,
     task_id uuid NOT NULL,
-    expires_at double precision NOT NULL
+    data bytea NOT NULL
 );
-CREATE INDEX IF NOT EXISTS dtq_idempotency_expiry ON dtq_idempotency (expires_at);
+CREATE INDEX IF NOT EXISTS dtq_task_events_task ON dtq_task_events (task_id, id);
+
+-- the body fingerprint decides replay vs conflict; a key lives as long as its task
+CREATE TABLE IF NOT EXISTS dtq_idempotency (
+    key bytea PRIMARY KEY,
+    task_id uuid NOT NULL,
+    fingerprint bytea NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS dtq_workers (
-    id text PRIMARY KEY,
-    last_seen double precision NOT NULL,
+    id bytea PRIMARY KEY,
+    status text NOT NULL,
     data bytea NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS dtq_users (
-    username text PRIMARY KEY,
+    username bytea PRIMARY KEY,
     data bytea NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS dtq_api_keys (
-    id text PRIMARY KEY,
-    key_hash text NOT NULL UNIQUE,
-    username text NOT NULL,
+    id bytea PRIMARY KEY,
     data bytea NOT NULL
 );
 
 -- shared settings, e.g. the JWT signing secret: one row per name, every server reads it
 CREATE TABLE IF NOT EXISTS dtq_settings (
-    name text PRIMARY KEY,
+    name bytea PRIMARY KEY,
     value bytea NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS dtq_schedules (
+    name bytea PRIMARY KEY,
+    data bytea NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS dtq_queues (
+    name bytea PRIMARY KEY,
+    data bytea NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS dtq_webhooks (
-    id text PRIMARY KEY,
+    id uuid PRIMARY KEY,
     data bytea NOT NULL
 );
 
+-- deliveries by (webhook, created µs, id); the due index holds the pending ones
 CREATE TABLE IF NOT EXISTS dtq_deliveries (
-    id text PRIMARY KEY,
-    webhook_id text NOT NULL,
-    due_at double precision,
-    data bytea NOT NULL
+    webhook_id uuid NOT NULL,
+    created_us bigint NOT NULL,
+    id uuid NOT NULL,
+    status text NOT NULL,
+    due_us bigint,
+    data bytea NOT NULL,
+    PRIMARY KEY (webhook_id, created_us, id)
 );
-CREATE INDEX IF NOT EXISTS dtq_deliveries_due ON dtq_deliveries (due_at)
-    WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dtq_deliveries_due ON dtq_deliveries (due_us, webhook_id, created_us, id)
+    WHERE due_us IS NOT NULL;
 
--- counters without a hot row: each commit batch adds delta rows under its server's id;
--- reads sum per name, and a compaction folds a server's rows into one
+-- counters without a hot row: each server adds its commit batches' deltas to rows of its own;
+-- reads sum per name
 CREATE TABLE IF NOT EXISTS dtq_counters (
     server text NOT NULL,
-    name text NOT NULL,
-    value bigint NOT NULL,
+    name bytea NOT NULL,
+    value double precision NOT NULL,
     PRIMARY KEY (server, name)
 );
 
 CREATE TABLE IF NOT EXISTS dtq_day_stats (
-    day text NOT NULL,
+    day integer NOT NULL,
     server text NOT NULL,
     name text NOT NULL,
-    value bigint NOT NULL,
+    value double precision NOT NULL,
     PRIMARY KEY (day, server, name)
 );

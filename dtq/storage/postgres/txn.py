@@ -1,0 +1,296 @@
+"""`SharedTxn` on PostgreSQL: one op's view of the writer's transaction (inside the op's own
+savepoint). Sync: it runs in the writer's thread, on the writer's connection."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from dtq.models import (
+    ApiKey,
+    Delivery,
+    DeliveryRef,
+    QueueConfig,
+    Schedule,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    User,
+    Worker,
+)
+from dtq.storage import codec
+from dtq.storage.counting import Deltas
+from dtq.storage.postgres import shared_sql
+from dtq.storage.postgres.migrate import TASKS_TABLE
+from dtq.storage.postgres.rows import TASK_COLUMNS, TASK_VALUES, decode_task, key, task_row, us
+
+if TYPE_CHECKING:
+    from dtq.storage.postgres.store import PostgresStore
+
+_dec_user = msgspec.msgpack.Decoder(User).decode
+_dec_delivery = msgspec.msgpack.Decoder(Delivery).decode
+_dec_queue = msgspec.msgpack.Decoder(QueueConfig).decode
+
+_TASK_UPDATE = (
+    f"UPDATE dtq_tasks SET ({TASK_COLUMNS}) = ({TASK_VALUES}) WHERE id = %s"
+)
+
+
+class PgTxn:
+    """One op's writes; counter changes are kept in `deltas` and merged only if it succeeds."""
+
+    def __init__(self, store: PostgresStore, cur: Any, now: float) -> None:
+        self._store = store
+        self._cur = cur
+        self.now = now
+        self.deltas = Deltas()
+        self.made_ready = False  # the batch then sends one NOTIFY
+
+    def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        self._cur.execute(sql, params)
+        return self._cur.fetchone()
+
+    def _lock(self, name: str) -> None:
+        """Serialize read-then-insert on `name` across servers until the batch commits."""
+        self._cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
+
+    def _deleted(self, sql: str, params: Sequence[Any]) -> bool:
+        self._cur.execute(sql, params)
+        return bool(self._cur.rowcount)
+
+    # -- tasks ------------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> Task | None:
+        row = self._one("SELECT data FROM dtq_tasks WHERE id = %s", (uuid.UUID(task_id),))
+        return None if row is None else decode_task(row[0])
+
+    def next_seq(self) -> int:
+        return int(self._one("SELECT nextval('dtq_task_seq')", ())[0])
+
+    def insert_task(self, task: Task) -> Task:
+        self._cur.execute(f"INSERT INTO dtq_tasks ({TASK_COLUMNS}) VALUES ({TASK_VALUES})",
+                          task_row(task))  # fmt: skip
+        if task.status == TaskStatus.PENDING:
+            self.made_ready = True
+        self.deltas.add("total")
+        self.deltas.task_status(task.queue, task.status, 1)
+        self.deltas.day(task.created_at, "created")
+        if (sink := self._store.event_sink) is not None:
+            sink(self, None, task)
+        return task
+
+    def replace_task(self, old: Task, new: Task) -> None:
+        row = task_row(new)
+        self._cur.execute(_TASK_UPDATE, (*row, row[0]))
+        if new.status == TaskStatus.PENDING:
+            self.made_ready = True
+        if old.status != new.status or old.queue != new.queue:
+            self.deltas.task_status(old.queue, old.status, -1)
+            self.deltas.task_status(new.queue, new.status, 1)
+        if (sink := self._store.event_sink) is not None:
+            sink(self, old, new)
+
+    def delete_task(self, task: Task) -> None:
+        self._remove_task(task, notify=True)
+
+    def prune_task(self, task: Task) -> None:
+        self._remove_task(task, notify=False)
+
+    def _remove_task(self, task: Task, *, notify: bool) -> None:
+        tid = uuid.UUID(task.id)
+        self._cur.execute("DELETE FROM dtq_tasks WHERE id = %s", (tid,))
+        self._cur.execute("DELETE FROM dtq_task_events WHERE task_id = %s", (tid,))
+        if task.idempotency_key:
+            self._cur.execute("DELETE FROM dtq_idempotency WHERE key = %s",
+                              (key(task.idempotency_key),))  # fmt: skip
+        self.deltas.add("total", -1)
+        self.deltas.task_status(task.queue, task.status, -1)
+        if task.status == TaskStatus.COMPLETED and task.duration is not None:
+            self.deltas.add("duration_sum", -task.duration)
+            self.deltas.add("duration_n", -1)
+        if notify and (sink := self._store.event_sink) is not None:
+            sink(self, task, None)
+
+    def finished_tasks(
+        self,
+        status: TaskStatus,
+        *,
+        after: tuple[int, int] | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int = 500,
+    ) -> list[Task]:
+        where = ["status = %s", "completed_us IS NOT NULL"]
+        params: list[Any] = [str(status)]
+        if since is not None:
+            where.append("completed_us >= %s")
+            params.append(us(since))
+        if before is not None:
+            where.append("completed_us < %s")
+            params.append(us(before))
+        if after is not None:
+            where.append("(completed_us, seq) > (%s, %s)")
+            params.extend(after)
+        params.append(limit)
+        self._cur.execute(
+            f"SELECT data FROM dtq_tasks WHERE {' AND '.join(where)} "
+            "ORDER BY completed_us, seq LIMIT %s",
+            params,
+        )
+        return [decode_task(r[0]) for r in self._cur.fetchall()]
+
+    # -- history ----------------------------------------------------------------------------
+    def append_task_event(self, task_id: str, event: TaskEvent) -> None:
+        self._cur.execute("INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)",
+                          (uuid.UUID(task_id), codec.encode(event)))  # fmt: skip
+
+    # -- schedules --------------------------------------------------------------------------
+    def get_schedule(self, name: str) -> Schedule | None:
+        row = self._one("SELECT data FROM dtq_schedules WHERE name = %s", (key(name),))
+        return None if row is None else codec.decode_schedule(bytes(row[0]))
+
+    def put_schedule(self, schedule: Schedule) -> None:
+        self._upsert("dtq_schedules", "name", key(schedule.name), codec.encode(schedule))
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._deleted("DELETE FROM dtq_schedules WHERE name = %s", (key(name),))
+
+    def _upsert(self, table: str, col: str, k: Any, data: bytes) -> None:
+        self._cur.execute(
+            f"INSERT INTO {table} ({col}, data) VALUES (%s, %s) "
+            f"ON CONFLICT ({col}) DO UPDATE SET data = EXCLUDED.data",
+            (k, data),
+        )
+
+    def count(self, name: str, n: float = 1) -> None:
+        self.deltas.add(name, n)
+
+    def count_day(self, t: float, name: str, n: float = 1) -> None:
+        self.deltas.day(t, name, n)
+
+    # -- idempotency ------------------------------------------------------------------------
+    def get_idempotent(self, key_: str) -> tuple[str, bytes] | None:
+        self._lock("dtq-idem:" + key_)  # two servers creating under one key: one wins
+        row = self._one("SELECT task_id, fingerprint FROM dtq_idempotency WHERE key = %s",
+                        (key(key_),))  # fmt: skip
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def put_idempotent(self, key_: str, task_id: str, fingerprint: bytes) -> None:
+        self._cur.execute(
+            "INSERT INTO dtq_idempotency (key, task_id, fingerprint) VALUES (%s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET task_id = EXCLUDED.task_id, "
+            "fingerprint = EXCLUDED.fingerprint",
+            (key(key_), uuid.UUID(task_id), bytes(fingerprint)),
+        )
+
+    # -- workers ----------------------------------------------------------------------------
+    def get_worker(self, worker_id: str) -> Worker | None:
+        self._lock("dtq-worker:" + worker_id)  # a first heartbeat on two servers: one insert
+        row = self._one("SELECT data FROM dtq_workers WHERE id = %s", (key(worker_id),))
+        return None if row is None else codec.decode_worker(bytes(row[0]))
+
+    def put_worker(self, old: Worker | None, new: Worker) -> None:
+        self._cur.execute(
+            "INSERT INTO dtq_workers (id, status, data) VALUES (%s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, data = EXCLUDED.data",
+            (key(new.worker_id), str(new.status), codec.encode(new)),
+        )
+        self.deltas.worker_changed(old, new)
+
+    # -- accounts ---------------------------------------------------------------------------
+    def get_user(self, username: str) -> User | None:
+        row = self._one("SELECT data FROM dtq_users WHERE username = %s", (key(username),))
+        return None if row is None else _dec_user(bytes(row[0]))
+
+    def put_user(self, user: User) -> None:
+        self._upsert("dtq_users", "username", key(user.username), codec.encode(user))
+
+    def delete_user(self, username: str) -> bool:
+        return self._deleted("DELETE FROM dtq_users WHERE username = %s", (key(username),))
+
+    def put_api_key(self, api_key: ApiKey) -> None:
+        self._upsert("dtq_api_keys", "id", key(api_key.key_id), codec.encode(api_key))
+
+    def delete_api_key(self, key_id: str) -> bool:
+        return self._deleted("DELETE FROM dtq_api_keys WHERE id = %s", (key(key_id),))
+
+    def get_setting(self, name: str) -> str | None:
+        self._lock("dtq-setting:" + name)  # the signing secret is made once, by one server
+        row = self._one("SELECT value FROM dtq_settings WHERE name = %s", (key(name),))
+        return None if row is None else bytes(row[0]).decode()
+
+    def put_setting(self, name: str, value: str) -> None:
+        self._cur.execute(
+            "INSERT INTO dtq_settings (name, value) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            (key(name), value.encode()),
+        )
+
+    # -- webhooks and deliveries ------------------------------------------------------------
+    def put_webhook(self, hook: Any) -> None:
+        self._upsert("dtq_webhooks", "id", uuid.UUID(hook.id), codec.encode(hook))
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        return self._deleted("DELETE FROM dtq_webhooks WHERE id = %s", (uuid.UUID(webhook_id),))
+
+    @staticmethod
+    def _ref(ref: DeliveryRef) -> tuple[uuid.UUID, int, uuid.UUID]:
+        return uuid.UUID(ref.webhook_id), ref.created_us, uuid.UUID(ref.id)
+
+    def get_delivery(self, ref: DeliveryRef) -> Delivery | None:
+        row = self._one("SELECT data FROM dtq_deliveries WHERE (webhook_id, created_us, id) = "
+                        "(%s, %s, %s)", self._ref(ref))  # fmt: skip
+        return None if row is None else _dec_delivery(bytes(row[0]))
+
+    def put_delivery(self, old: Delivery | None, new: Delivery) -> None:
+        due = None if new.next_attempt_at is None else us(new.next_attempt_at)
+        self._cur.execute(
+            "INSERT INTO dtq_deliveries (webhook_id, created_us, id, status, due_us, data) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (webhook_id, created_us, id) DO UPDATE "
+            "SET status = EXCLUDED.status, due_us = EXCLUDED.due_us, data = EXCLUDED.data",
+            (*self._ref(new.ref), str(new.status), due, codec.encode(new)),
+        )
+
+    def delete_delivery(self, delivery: Delivery) -> None:
+        self._cur.execute("DELETE FROM dtq_deliveries WHERE (webhook_id, created_us, id) = "
+                          "(%s, %s, %s)", self._ref(delivery.ref))  # fmt: skip
+
+    # -- queue configs ----------------------------------------------------------------------
+    def get_queue_config(self, name: str) -> QueueConfig | None:
+        row = self._one("SELECT data FROM dtq_queues WHERE name = %s", (key(name),))
+        return None if row is None else _dec_queue(bytes(row[0]))
+
+    def put_queue_config(self, config: QueueConfig) -> None:
+        self._upsert("dtq_queues", "name", key(config.name), codec.encode(config))
+
+    def delete_queue_config(self, name: str) -> bool:
+        return self._deleted("DELETE FROM dtq_queues WHERE name = %s", (key(name),))
+
+    # -- claims (`SharedTxn`) ---------------------------------------------------------------
+    def claim_ready(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None, limit: int
+    ) -> list[Task]:
+        rows = shared_sql.claim_ready(self._cur, self.now, queues, names, limit,
+                                      table=TASKS_TABLE, names_bytes=True)  # fmt: skip
+        return [decode_task(r) for r in rows]
+
+    def claim_expired(self, limit: int) -> list[Task]:
+        rows = shared_sql.claim_expired(self._cur, self.now, limit, table=TASKS_TABLE)
+        return [decode_task(r) for r in rows]
+
+    def take_lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        return shared_sql.take_lead(self._cur, self.now, name, holder, ttl_s)
+
+    def lock_queue(self, queue: str) -> None:
+        shared_sql.lock_queue(self._cur, queue)
+
+    def count_running(self, queue: str, concurrency_key: str | None = None) -> int:
+        return shared_sql.count_running(self._cur, queue, concurrency_key, table=TASKS_TABLE)
+
+    def take_tokens(self, queue: str, rate_per_s: float, wanted: int) -> int:
+        return shared_sql.take_tokens(self._cur, self.now, queue, rate_per_s, wanted)
+
+    def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
+        return shared_sql.add_hits(self._cur, self.now, hits)
