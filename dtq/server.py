@@ -38,16 +38,17 @@ from dtq.settings import MEMORY_STORE, Durability, Settings
 from dtq.storage.base import Store
 
 log = structlog.get_logger("dtq.server")
+PG_SCHEMES = ("postgresql://", "postgres://")
 
 
 def store_problem(settings: Settings) -> str | None:
     """Why `settings.store` names no store this server can open (None: it can)."""
-    if settings.store in ("", MEMORY_STORE):
+    if settings.store in ("", MEMORY_STORE) or settings.store.startswith(PG_SCHEMES):
         return None
     scheme = settings.store.partition("://")[0] if "://" in settings.store else settings.store
     return (
-        f"unknown store {settings.store!r} (scheme {scheme!r}): use memory:// or leave "
-        "--store / DTQ_STORE empty for LMDB in --data-dir"
+        f"unknown store {settings.store!r} (scheme {scheme!r}): use memory://, "
+        "postgresql://user:pass@host:5432/db, or leave --store / DTQ_STORE empty for LMDB in --data-dir"
     )
 
 
@@ -64,6 +65,12 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
             hint="tasks, users, API keys and webhooks are lost when the server stops",
         )
         return MemoryStore(clock)
+    if settings.store.startswith(PG_SCHEMES):
+        # several servers share it; its clock is the database's (`StoreTxn.now`)
+        from dtq.storage.postgres.notify import notify_enabled
+        from dtq.storage.postgres.store import PostgresStore
+
+        return PostgresStore(settings.store, notify=notify_enabled(settings.pg_notify))
     from dtq.storage.lmdb.store import LmdbStore
 
     return LmdbStore(

@@ -55,7 +55,7 @@ def test_the_banner_says_nothing_survives() -> None:
     assert "Data dir" not in fields
 
 
-@pytest.mark.parametrize("url", ["postgresql://u@h/db", "redis://x", "memory:/", "lmdb"])
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "redis://x", "memory:/", "lmdb"])
 def test_an_unknown_store_is_refused(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert store_problem(Settings(store=url)) is not None
     assert main(["serve", "--store", url, "--port", "0"]) == 2
@@ -65,3 +65,5 @@ def test_an_unknown_store_is_refused(url: str, capsys: pytest.CaptureFixture[str
 def test_known_stores() -> None:
     assert store_problem(Settings(store="")) is None
     assert store_problem(Settings(store="memory://")) is None
+    assert store_problem(Settings(store="postgresql://u@h/db")) is None
+    assert store_problem(Settings(store="postgres://u@h/db")) is None

@@ -219,10 +219,16 @@ class PostgresStore:
 
     def iter_pending(self) -> Iterator[PendingRow]:
         rows = [
-            PendingRow(t.queue, t.priority.rank, t.seq, t.id, t.name,
-                       math.ceil(t.run_at * 1_000_000) / 1_000_000 if t.run_at else None,
-                       int((t.ready_at or t.created_at) * 1_000_000) / 1_000_000,
-                       t.concurrency_key)  # fmt: skip
+            PendingRow(
+                t.queue,
+                t.priority.rank,
+                t.seq,
+                t.id,
+                t.name,
+                math.ceil(t.run_at * 1_000_000) / 1_000_000 if t.run_at else None,
+                int((t.ready_at or t.created_at) * 1_000_000) / 1_000_000,
+                t.concurrency_key,
+            )
             for t in self._sync_tasks("status = 'pending'")
         ]
         rows.sort(key=lambda r: (r.queue.encode(), r.rank, r.seq))

@@ -34,9 +34,7 @@ _dec_user = msgspec.msgpack.Decoder(User).decode
 _dec_delivery = msgspec.msgpack.Decoder(Delivery).decode
 _dec_queue = msgspec.msgpack.Decoder(QueueConfig).decode
 
-_TASK_UPDATE = (
-    f"UPDATE dtq_tasks SET ({TASK_COLUMNS}) = ({TASK_VALUES}) WHERE id = %s"
-)
+_TASK_UPDATE = f"UPDATE dtq_tasks SET ({TASK_COLUMNS}) = ({TASK_VALUES}) WHERE id = %s"
 
 
 class PgTxn:

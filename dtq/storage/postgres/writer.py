@@ -149,7 +149,9 @@ class PgWriter:
             self._conn = self._store.connect()
         return self._conn
 
-    def _run_batch(self, fns: list[Callable[[StoreTxn], Any]]) -> tuple[list[tuple[bool, Any]], bool]:
+    def _run_batch(
+        self, fns: list[Callable[[StoreTxn], Any]]
+    ) -> tuple[list[tuple[bool, Any]], bool]:
         conn = self._connection()
         for attempt in range(_RETRIES):
             try:
