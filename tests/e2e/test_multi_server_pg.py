@@ -8,6 +8,7 @@ above the store run everywhere in `test_multi_server.py` (a shared memory store)
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,8 +62,10 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 
 
 def _servers(procs: Processes, tmp_path: Path, database: str, n: int = 2) -> list[Server]:
-    env = server_env(DTQ_STORE=database, DTQ_LEASE_DEFAULT_S="5")
-    return [Server(procs, tmp_path / f"s{i}", env=env).start() for i in range(n)]
+    # an env each: server_env picks each server's own free fast-lane port
+    return [Server(procs, tmp_path / f"s{i}",
+                   env=server_env(DTQ_STORE=database, DTQ_LEASE_DEFAULT_S="5")).start()
+            for i in range(n)]  # fmt: skip
 
 
 def _workers(procs: Processes, tmp_path: Path, servers: list[Server], key: str) -> list[Proc]:
@@ -72,7 +75,9 @@ def _workers(procs: Processes, tmp_path: Path, servers: list[Server], key: str) 
     for i, order in enumerate((urls, urls[::-1])):
         args = ["worker", WORKER_TARGET, "--url", ",".join(order), "--api-key", key,
                 "--concurrency", "16", "--worker-id", f"pg-w{i}", "--log-format", "json"]  # fmt: skip
-        env = clean_env(PYTHONPATH=str(worker_dir), TW_LEASE_S="5", TW_POLL_WAIT_S="2")
+        # this checkout's dtq too, not whichever one is installed
+        path = os.pathsep.join((str(worker_dir), str(Path(__file__).resolve().parents[2])))
+        env = clean_env(PYTHONPATH=path, TW_LEASE_S="5", TW_POLL_WAIT_S="2")
         proc = procs.spawn(args, f"pg-w{i}", env=env, cwd=worker_dir)
         proc.wait_for_event("worker started")
         out.append(proc)
