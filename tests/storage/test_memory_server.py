@@ -62,6 +62,13 @@ def test_an_unknown_store_is_refused(url: str, capsys: pytest.CaptureFixture[str
     assert "unknown store" in capsys.readouterr().err
 
 
+def test_the_banner_names_the_database_without_its_password() -> None:
+    url = "postgresql://dtq:s3cret@db.example:5432/dtq"
+    fields = banner_fields(Settings(store=url), url="http://127.0.0.1:5000", sign_in="x")
+    assert "postgresql://dtq:***@db.example:5432/dtq" in fields["Store"]
+    assert "s3cret" not in fields["Store"] and "Data dir" not in fields
+
+
 def test_known_stores() -> None:
     assert store_problem(Settings(store="")) is None
     assert store_problem(Settings(store="memory://")) is None
