@@ -167,3 +167,26 @@ async def test_a_rate_limit_is_one_budget_across_servers(db_url: str) -> None:
         await lb.flush(now)
         await la.flush(now)
         assert not la.hit("key", now, 10, 0).allowed  # a sees b's hits too
+
+
+async def test_counters_are_summed_across_servers_and_folded_at_a_start(db_url: str) -> None:
+    async with servers(db_url) as (a, b):
+        for q in (a, b, a):
+            await create(q)
+        await lease(b, max_tasks=1)
+        want = await a.store.counters()
+        assert (want["total"], want["pending"], want["running"]) == (3, 2, 1)
+        assert await b.store.counters() == want
+    with psycopg.connect(db_url) as conn:
+        servers_before = conn.execute("SELECT count(DISTINCT server) FROM dtq_counters").fetchone()
+    assert servers_before == (2,)
+    third = PostgresStore(db_url)  # a start folds the rows of every other server into one
+    try:
+        assert await third.counters() == want
+        with psycopg.connect(db_url) as conn:
+            rows = conn.execute("SELECT DISTINCT server FROM dtq_counters").fetchall()
+        assert rows == [("folded",)]
+        days = await third.day_stats(0, 10**6)
+        assert [d.created for _, d in days] == [3]
+    finally:
+        third.close()

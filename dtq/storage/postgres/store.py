@@ -54,6 +54,38 @@ _READERS = 4
 _CONNECT_TIMEOUT_S = 10
 
 
+FOLDED = "folded"  # the counter rows of servers that started before this one, summed
+
+
+def _fold_counters(conn: Any) -> None:
+    """Sum every server's counter and day rows into one set (`FOLDED`), so rows do not pile
+    up with each server start. Sums stay exact while other servers run: a row this deletes
+    is locked until commit, and a server adding to it meanwhile then inserts a fresh one.
+    Best effort: a deadlock with a running server's commit leaves the rows for next time."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "WITH gone AS (DELETE FROM dtq_counters WHERE server <> %(f)s"
+                " RETURNING name, value)"
+                " INSERT INTO dtq_counters AS c (server, name, value)"
+                " SELECT %(f)s, name, sum(value) FROM gone GROUP BY name ORDER BY name"
+                " ON CONFLICT (server, name) DO UPDATE SET value = c.value + EXCLUDED.value",
+                {"f": FOLDED},
+            )
+            cur.execute(
+                "WITH gone AS (DELETE FROM dtq_day_stats WHERE server <> %(f)s"
+                " RETURNING day, name, value)"
+                " INSERT INTO dtq_day_stats AS s (day, server, name, value)"
+                " SELECT day, %(f)s, name, sum(value) FROM gone GROUP BY day, name"
+                " ORDER BY day, name"
+                " ON CONFLICT (day, server, name) DO UPDATE SET value = s.value + EXCLUDED.value",
+                {"f": FOLDED},
+            )
+        conn.commit()
+    except psycopg.errors.DeadlockDetected:
+        conn.rollback()
+
+
 class PostgresStore:
     """`SharedStore` on PostgreSQL (`dtq serve --store postgresql://...`)."""
 
@@ -75,6 +107,7 @@ class PostgresStore:
         try:
             with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
                 migrate(conn)
+                _fold_counters(conn)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the database: {exc}", reason="database_unavailable"
                                ) from exc  # fmt: skip
@@ -122,12 +155,22 @@ class PostgresStore:
 
     # -- reads ------------------------------------------------------------------------------
     def _read_now(self, fn: Callable[[Any], T]) -> T:
-        try:
-            with self._pool.connection(timeout=_CONNECT_TIMEOUT_S) as conn, conn.cursor() as cur:
-                return fn(cur)
-        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
-            raise StorageError(f"the database is unavailable: {exc}",
-                               reason="database_unavailable") from exc  # fmt: skip
+        # Reads change nothing, so one that met a connection the database had dropped (the
+        # pool hands it out unchecked, then discards it) runs again once on a fresh one.
+        for attempt in (1, 2):
+            try:
+                pool, wait_s = self._pool, _CONNECT_TIMEOUT_S
+                with pool.connection(timeout=wait_s) as conn, conn.cursor() as cur:
+                    return fn(cur)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if attempt == 1:
+                    continue
+                failure: Exception = exc
+            except psycopg_pool.PoolTimeout as exc:
+                failure = exc
+            break
+        raise StorageError(f"the database is unavailable: {failure}",
+                           reason="database_unavailable") from failure  # fmt: skip
 
     async def _read(self, fn: Callable[[Any], T]) -> T:
         return await trio.to_thread.run_sync(self._read_now, fn, limiter=self._readers)
