@@ -14,6 +14,10 @@ Sections:
   s  SQL on a real PostgreSQL: drain N rows with the shared store's claim statement (FOR
      UPDATE SKIP LOCKED, batch of --batch) + a grant, then a fenced complete (two transactions
      per batch, synchronous_commit on), through 1 vs 2 connections standing for servers.
+  p  core on the real stores: drain N tasks (batch lease + ack, 2 workers a server) on LMDB
+     (1 server) and on PostgreSQL (`PostgresStore`, 1 and 2 servers, each its own store on one
+     database), and a long poll parked on server A woken by a create on server B through
+     PostgreSQL's NOTIFY (p50/p99). Target: PostgreSQL with 1 server >= 50% of LMDB's rate.
   h  HTTP, real servers (--urls, at least two, sharing one store): create through B -> a long
      poll on A returns; p50/p99.
 Target (issue 13): cross-server wake-up p99 <= 5 ms. JSON goes to bench/results/multi.json.
@@ -69,6 +73,9 @@ def summary(ms: list[float]) -> dict[str, float]:
 def pg_cluster() -> Iterator[str]:
     initdb = shutil.which("initdb")
     bindir = Path(initdb).resolve().parent if initdb else None
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if bindir is None and (candidate / "initdb").exists():
+            bindir = candidate  # Debian keeps them off PATH
     if bindir is None:
         raise SystemExit("no PostgreSQL binaries: apt-get install postgresql, or --pg-url")
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -253,6 +260,112 @@ async def bench_core_drain(servers: int, tasks: int, batch: int) -> dict[str, An
             "tasks_per_s": round(done / elapsed)}  # fmt: skip
 
 
+# -- core on the real stores --------------------------------------------------------------------
+def _fresh_db(pg_url: str) -> str:
+    import psycopg
+
+    name = f"dtq_bench_{os.urandom(6).hex()}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_url.rsplit("/", 1)[0] + "/" + name
+
+
+def _stores(kind: str, servers: int, pg_url: str | None) -> list[Any]:
+    if kind == "lmdb":
+        from dtq.storage.lmdb.store import LmdbStore
+
+        path = tempfile.mkdtemp(prefix="dtq-bench-lmdb-")
+        return [LmdbStore(path, fsync=True, map_size_bytes=1 << 30)]
+    from dtq.storage.postgres.store import PostgresStore
+
+    assert pg_url is not None
+    url = _fresh_db(pg_url)
+    return [PostgresStore(url) for _ in range(servers)]
+
+
+async def bench_store_drain(
+    kind: str, servers: int, tasks: int, batch: int, pg_url: str | None
+) -> dict[str, Any]:
+    stores = _stores(kind, servers, pg_url)
+    clock = TrioClock()
+    queues = [TaskQueue(s, clock, Settings(store="memory://")) for s in stores]
+    try:
+        async with trio.open_nursery() as nursery:
+            for s in stores:
+                await nursery.start(s.run)
+            for q in queues:
+                await q.rebuild()
+            for start in range(0, tasks, 1000):
+                await queues[0].create_many([TaskCreate(name="job")
+                                             for _ in range(min(1000, tasks - start))])  # fmt: skip
+            done = 0
+            cpu0, started = time.process_time(), time.perf_counter()
+
+            async def worker(q: TaskQueue, wid: str) -> None:
+                nonlocal done
+                while True:
+                    leased = await q.lease(LeaseRequest(worker_id=wid, max_tasks=batch, wait=0))
+                    if not leased:
+                        return
+                    acks = [AckItem(id=t.id, lease_id=t.lease.id, status="completed")  # type: ignore[union-attr]
+                            for t in leased]  # fmt: skip
+                    await q.ack(acks)
+                    done += len(leased)
+
+            async with trio.open_nursery() as workers:
+                for i, q in enumerate(queues):
+                    for j in range(2):
+                        workers.start_soon(worker, q, f"w{i}-{j}")
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu0
+            for s in stores:
+                await s.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        for s in stores:
+            s.close()
+    return {"store": kind, "servers": servers, "batch": batch, "tasks": done,
+            "seconds": round(elapsed, 3), "tasks_per_s": round(done / elapsed),
+            "server_cpu_us_per_task": round(cpu / max(done, 1) * 1e6, 1)}  # fmt: skip
+
+
+async def bench_pg_wakeup(pg_url: str, rounds: int) -> dict[str, Any]:
+    stores = _stores("postgres", 2, pg_url)
+    clock = TrioClock()
+    settings = Settings(store="memory://", shared_poll_s=3600.0)  # NOTIFY alone wakes it
+    a, b = (TaskQueue(s, clock, settings) for s in stores)
+    ms: list[float] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            for s in stores:
+                await nursery.start(s.run)
+            for _ in range(rounds):
+                returned = trio.Event()
+                out: dict[str, float] = {}
+
+                async def poll(
+                    out: dict[str, float] = out, returned: trio.Event = returned
+                ) -> None:
+                    await a.lease(LeaseRequest(worker_id="w", wait=10))
+                    out["at"] = time.perf_counter()
+                    returned.set()
+
+                nursery.start_soon(poll)
+                while not a.shared_waiters:  # parked once its first claim (a thread) is back
+                    await trio.sleep(0.0005)
+                started = time.perf_counter()
+                await b.create(TaskCreate(name="job"))
+                await returned.wait()
+                ms.append((out["at"] - started) * 1000)
+            for s in stores:
+                await s.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        for s in stores:
+            s.close()
+    return summary(ms)
+
+
 # -- real servers over HTTP --------------------------------------------------------------------
 def bench_http(urls: list[str], api_key: str, rounds: int) -> dict[str, Any]:
     import httpx
@@ -300,7 +413,7 @@ def main() -> None:
     if args.urls:
         only.add("h")
     results: dict[str, Any] = {}
-    if only & {"n", "s"}:
+    if only & {"n", "s", "p"}:
         with _nothing() if args.pg_url else pg_cluster() as url:
             pg = args.pg_url or url
             if "n" in only:
@@ -308,6 +421,15 @@ def main() -> None:
             if "s" in only:
                 results["sql_drain"] = [bench_sql_drain(pg, n, args.tasks, b)
                                         for b in (10, args.batch) for n in (1, 2)]  # fmt: skip
+            if "p" in only:
+                rows = [trio.run(bench_store_drain, "lmdb", 1, args.tasks, args.batch, None)]
+                rows += [trio.run(bench_store_drain, "postgres", n, args.tasks, args.batch, pg)
+                         for n in (1, 2)]  # fmt: skip
+                results["store_drain"] = rows
+                ratio = rows[1]["tasks_per_s"] / max(rows[0]["tasks_per_s"], 1)
+                results["pg_vs_lmdb"] = {"ratio": round(ratio, 3), "target": 0.5,
+                                         "pass": ratio >= 0.5}  # fmt: skip
+                results["pg_wakeup"] = trio.run(bench_pg_wakeup, pg, min(args.rounds, 200))
     if "c" in only:
         results["core_wakeup"] = trio.run(bench_core_wakeup, args.rounds)
     if "d" in only:
@@ -324,6 +446,7 @@ def main() -> None:
         elif isinstance(res, list):
             for row in res:
                 per = f" (batch {row['batch']})" if "batch" in row else ""
+                per += f" on {row['store']}" if "store" in row else ""
                 print(f"{name:15} {row['servers']} server(s){per}: {row['tasks']} tasks in "
                       f"{row['seconds']} s = {row['tasks_per_s']}/s")  # fmt: skip
     out = ROOT / "bench" / "results"
