@@ -38,7 +38,13 @@ _TASK_UPDATE = f"UPDATE dtq_tasks SET ({TASK_COLUMNS}) = ({TASK_VALUES}) WHERE i
 
 
 class PgTxn:
-    """One op's writes; counter changes are kept in `deltas` and merged only if it succeeds."""
+    """One op's writes; counter changes are kept in `deltas` and merged only if it succeeds.
+
+    Writes whose answer nobody needs are held back and sent together (`flush`: consecutive
+    statements of one table and text as one `executemany`, one round trip in pipeline mode),
+    before any read they could change and at the op's end, so a lease or ack of 100 tasks costs
+    a few round trips, not hundreds. Tables share no keys or triggers, so only the order within
+    a table matters, and it is kept."""
 
     def __init__(self, store: PostgresStore, cur: Any, now: float) -> None:
         self._store = store
@@ -46,8 +52,37 @@ class PgTxn:
         self.now = now
         self.deltas = Deltas()
         self.made_ready = False  # the batch then sends one NOTIFY
+        self._pending: list[tuple[str, str, Sequence[Any]]] = []  # (table, sql, params)
+        self._dirty: set[str] = set()  # task ids with writes held back
+
+    def _write(
+        self, table: str, sql: str, params: Sequence[Any], task_id: str | None = None
+    ) -> None:
+        self._pending.append((table, sql, params))
+        if task_id is not None:
+            self._dirty.add(task_id)
+
+    def flush(self) -> None:
+        """Send the held-back writes (the writer calls it at the op's end, in its savepoint)."""
+        if not self._pending:
+            return
+        pending = sorted(self._pending, key=lambda w: w[0])  # stable: in order per table
+        self._pending = []
+        self._dirty.clear()
+        i = 0
+        while i < len(pending):
+            _, sql, params = pending[i]
+            j = i + 1
+            while j < len(pending) and pending[j][1] == sql:
+                j += 1
+            if j - i == 1:
+                self._cur.execute(sql, params)
+            else:
+                self._cur.executemany(sql, [w[2] for w in pending[i:j]])
+            i = j
 
     def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        self.flush()
         self._cur.execute(sql, params)
         return self._cur.fetchone()
 
@@ -56,20 +91,25 @@ class PgTxn:
         self._cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
 
     def _deleted(self, sql: str, params: Sequence[Any]) -> bool:
+        self.flush()
         self._cur.execute(sql, params)
         return bool(self._cur.rowcount)
 
     # -- tasks ------------------------------------------------------------------------------
     def get_task(self, task_id: str) -> Task | None:
-        row = self._one("SELECT data FROM dtq_tasks WHERE id = %s", (uuid.UUID(task_id),))
+        if task_id in self._dirty:
+            self.flush()  # else nothing held back touches its row: no need to send it yet
+        self._cur.execute("SELECT data FROM dtq_tasks WHERE id = %s", (uuid.UUID(task_id),))
+        row = self._cur.fetchone()
         return None if row is None else decode_task(row[0])
 
     def next_seq(self) -> int:
-        return int(self._one("SELECT nextval('dtq_task_seq')", ())[0])
+        self._cur.execute("SELECT nextval('dtq_task_seq')")  # no held-back write changes it
+        return int(self._cur.fetchone()[0])
 
     def insert_task(self, task: Task) -> Task:
-        self._cur.execute(f"INSERT INTO dtq_tasks ({TASK_COLUMNS}) VALUES ({TASK_VALUES})",
-                          task_row(task))  # fmt: skip
+        self._write("dtq_tasks", f"INSERT INTO dtq_tasks ({TASK_COLUMNS}) VALUES ({TASK_VALUES})",
+                    task_row(task), task.id)  # fmt: skip
         if task.status == TaskStatus.PENDING:
             self.made_ready = True
         self.deltas.add("total")
@@ -81,7 +121,7 @@ class PgTxn:
 
     def replace_task(self, old: Task, new: Task) -> None:
         row = task_row(new)
-        self._cur.execute(_TASK_UPDATE, (*row, row[0]))
+        self._write("dtq_tasks", _TASK_UPDATE, (*row, row[0]), new.id)
         if new.status == TaskStatus.PENDING:
             self.made_ready = True
         if old.status != new.status or old.queue != new.queue:
@@ -98,11 +138,11 @@ class PgTxn:
 
     def _remove_task(self, task: Task, *, notify: bool) -> None:
         tid = uuid.UUID(task.id)
-        self._cur.execute("DELETE FROM dtq_tasks WHERE id = %s", (tid,))
-        self._cur.execute("DELETE FROM dtq_task_events WHERE task_id = %s", (tid,))
+        self._write("dtq_tasks", "DELETE FROM dtq_tasks WHERE id = %s", (tid,), task.id)
+        self._write("dtq_task_events", "DELETE FROM dtq_task_events WHERE task_id = %s", (tid,))
         if task.idempotency_key:
-            self._cur.execute("DELETE FROM dtq_idempotency WHERE key = %s",
-                              (key(task.idempotency_key),))  # fmt: skip
+            self._write("dtq_idempotency", "DELETE FROM dtq_idempotency WHERE key = %s",
+                        (key(task.idempotency_key),))  # fmt: skip
         self.deltas.add("total", -1)
         self.deltas.task_status(task.queue, task.status, -1)
         if task.status == TaskStatus.COMPLETED and task.duration is not None:
@@ -132,6 +172,7 @@ class PgTxn:
             where.append("(completed_us, seq) > (%s, %s)")
             params.extend(after)
         params.append(limit)
+        self.flush()
         self._cur.execute(
             f"SELECT data FROM dtq_tasks WHERE {' AND '.join(where)} "
             "ORDER BY completed_us, seq LIMIT %s",
@@ -141,8 +182,8 @@ class PgTxn:
 
     # -- history ----------------------------------------------------------------------------
     def append_task_event(self, task_id: str, event: TaskEvent) -> None:
-        self._cur.execute("INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)",
-                          (uuid.UUID(task_id), codec.encode(event)))  # fmt: skip
+        self._write("dtq_task_events", "INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)",
+                    (uuid.UUID(task_id), codec.encode(event)))  # fmt: skip
 
     # -- schedules --------------------------------------------------------------------------
     def get_schedule(self, name: str) -> Schedule | None:
@@ -156,7 +197,8 @@ class PgTxn:
         return self._deleted("DELETE FROM dtq_schedules WHERE name = %s", (key(name),))
 
     def _upsert(self, table: str, col: str, k: Any, data: bytes) -> None:
-        self._cur.execute(
+        self._write(
+            table,
             f"INSERT INTO {table} ({col}, data) VALUES (%s, %s) "
             f"ON CONFLICT ({col}) DO UPDATE SET data = EXCLUDED.data",
             (k, data),
@@ -176,7 +218,8 @@ class PgTxn:
         return None if row is None else (str(row[0]), bytes(row[1]))
 
     def put_idempotent(self, key_: str, task_id: str, fingerprint: bytes) -> None:
-        self._cur.execute(
+        self._write(
+            "dtq_idempotency",
             "INSERT INTO dtq_idempotency (key, task_id, fingerprint) VALUES (%s, %s, %s) "
             "ON CONFLICT (key) DO UPDATE SET task_id = EXCLUDED.task_id, "
             "fingerprint = EXCLUDED.fingerprint",
@@ -190,7 +233,8 @@ class PgTxn:
         return None if row is None else codec.decode_worker(bytes(row[0]))
 
     def put_worker(self, old: Worker | None, new: Worker) -> None:
-        self._cur.execute(
+        self._write(
+            "dtq_workers",
             "INSERT INTO dtq_workers (id, status, data) VALUES (%s, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, data = EXCLUDED.data",
             (key(new.worker_id), str(new.status), codec.encode(new)),
@@ -220,7 +264,8 @@ class PgTxn:
         return None if row is None else bytes(row[0]).decode()
 
     def put_setting(self, name: str, value: str) -> None:
-        self._cur.execute(
+        self._write(
+            "dtq_settings",
             "INSERT INTO dtq_settings (name, value) VALUES (%s, %s) "
             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
             (key(name), value.encode()),
@@ -244,7 +289,8 @@ class PgTxn:
 
     def put_delivery(self, old: Delivery | None, new: Delivery) -> None:
         due = None if new.next_attempt_at is None else us(new.next_attempt_at)
-        self._cur.execute(
+        self._write(
+            "dtq_deliveries",
             "INSERT INTO dtq_deliveries (webhook_id, created_us, id, status, due_us, data) "
             "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (webhook_id, created_us, id) DO UPDATE "
             "SET status = EXCLUDED.status, due_us = EXCLUDED.due_us, data = EXCLUDED.data",
@@ -252,8 +298,8 @@ class PgTxn:
         )
 
     def delete_delivery(self, delivery: Delivery) -> None:
-        self._cur.execute("DELETE FROM dtq_deliveries WHERE (webhook_id, created_us, id) = "
-                          "(%s, %s, %s)", self._ref(delivery.ref))  # fmt: skip
+        self._write("dtq_deliveries", "DELETE FROM dtq_deliveries WHERE "
+                    "(webhook_id, created_us, id) = (%s, %s, %s)", self._ref(delivery.ref))  # fmt: skip
 
     # -- queue configs ----------------------------------------------------------------------
     def get_queue_config(self, name: str) -> QueueConfig | None:
@@ -270,25 +316,32 @@ class PgTxn:
     def claim_ready(
         self, queues: frozenset[str] | None, names: frozenset[str] | None, limit: int
     ) -> list[Task]:
+        self.flush()
         rows = shared_sql.claim_ready(self._cur, self.now, queues, names, limit,
                                       table=TASKS_TABLE, names_bytes=True)  # fmt: skip
         return [decode_task(r) for r in rows]
 
     def claim_expired(self, limit: int) -> list[Task]:
+        self.flush()
         rows = shared_sql.claim_expired(self._cur, self.now, limit, table=TASKS_TABLE)
         return [decode_task(r) for r in rows]
 
     def take_lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        self.flush()
         return shared_sql.take_lead(self._cur, self.now, name, holder, ttl_s)
 
     def lock_queue(self, queue: str) -> None:
+        self.flush()
         shared_sql.lock_queue(self._cur, queue)
 
     def count_running(self, queue: str, concurrency_key: str | None = None) -> int:
+        self.flush()
         return shared_sql.count_running(self._cur, queue, concurrency_key, table=TASKS_TABLE)
 
     def take_tokens(self, queue: str, rate_per_s: float, wanted: int) -> int:
+        self.flush()
         return shared_sql.take_tokens(self._cur, self.now, queue, rate_per_s, wanted)
 
     def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
+        self.flush()
         return shared_sql.add_hits(self._cur, self.now, hits)

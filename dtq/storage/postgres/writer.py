@@ -183,6 +183,7 @@ class PgWriter:
                 view = PgTxn(self._store, cur, now)
                 try:
                     result = fn(view)
+                    view.flush()  # its held-back writes, still inside its savepoint
                 except (*_RETRYABLE, psycopg.OperationalError, psycopg.InterfaceError):
                     raise  # the batch's, not this op's
                 except Exception as exc:  # this op's own failure; the others go on
