@@ -53,14 +53,12 @@ class PgTxn:
         self.deltas = Deltas()
         self.made_ready = False  # the batch then sends one NOTIFY
         self._pending: list[tuple[str, str, Sequence[Any]]] = []  # (table, sql, params)
-        self._dirty: set[str] = set()  # task ids with writes held back
+        self._dirty: set[tuple[str, Any]] = set()  # (table, key) with writes held back
 
-    def _write(
-        self, table: str, sql: str, params: Sequence[Any], task_id: str | None = None
-    ) -> None:
+    def _write(self, table: str, sql: str, params: Sequence[Any], k: Any = None) -> None:
+        """Hold a write back; `k`: the row key it touches (None: any row of `table`)."""
         self._pending.append((table, sql, params))
-        if task_id is not None:
-            self._dirty.add(task_id)
+        self._dirty.add((table, k))
 
     def flush(self) -> None:
         """Send the held-back writes (the writer calls it at the op's end, in its savepoint)."""
@@ -86,6 +84,15 @@ class PgTxn:
         self._cur.execute(sql, params)
         return self._cur.fetchone()
 
+    def _row(self, table: str, col: str, k: Any, what: str = "data") -> Any:
+        """The row of `table` whose `col` is `k`, locked until the batch commits (so two
+        servers' read-then-write of one row take turns, and none overwrites the other's).
+        Held-back writes go first only if they touch it."""
+        if (table, k) in self._dirty or (table, None) in self._dirty:
+            self.flush()
+        self._cur.execute(f"SELECT {what} FROM {table} WHERE {col} = %s FOR UPDATE", (k,))
+        return self._cur.fetchone()
+
     def _lock(self, name: str) -> None:
         """Serialize read-then-insert on `name` across servers until the batch commits."""
         self._cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
@@ -97,10 +104,7 @@ class PgTxn:
 
     # -- tasks ------------------------------------------------------------------------------
     def get_task(self, task_id: str) -> Task | None:
-        if task_id in self._dirty:
-            self.flush()  # else nothing held back touches its row: no need to send it yet
-        self._cur.execute("SELECT data FROM dtq_tasks WHERE id = %s", (uuid.UUID(task_id),))
-        row = self._cur.fetchone()
+        row = self._row("dtq_tasks", "id", uuid.UUID(task_id))
         return None if row is None else decode_task(row[0])
 
     def next_seq(self) -> int:
@@ -109,7 +113,7 @@ class PgTxn:
 
     def insert_task(self, task: Task) -> Task:
         self._write("dtq_tasks", f"INSERT INTO dtq_tasks ({TASK_COLUMNS}) VALUES ({TASK_VALUES})",
-                    task_row(task), task.id)  # fmt: skip
+                    task_row(task), uuid.UUID(task.id))  # fmt: skip
         if task.status == TaskStatus.PENDING:
             self.made_ready = True
         self.deltas.add("total")
@@ -121,7 +125,7 @@ class PgTxn:
 
     def replace_task(self, old: Task, new: Task) -> None:
         row = task_row(new)
-        self._write("dtq_tasks", _TASK_UPDATE, (*row, row[0]), new.id)
+        self._write("dtq_tasks", _TASK_UPDATE, (*row, row[0]), row[0])
         if new.status == TaskStatus.PENDING:
             self.made_ready = True
         if old.status != new.status or old.queue != new.queue:
@@ -138,7 +142,7 @@ class PgTxn:
 
     def _remove_task(self, task: Task, *, notify: bool) -> None:
         tid = uuid.UUID(task.id)
-        self._write("dtq_tasks", "DELETE FROM dtq_tasks WHERE id = %s", (tid,), task.id)
+        self._write("dtq_tasks", "DELETE FROM dtq_tasks WHERE id = %s", (tid,), tid)
         self._write("dtq_task_events", "DELETE FROM dtq_task_events WHERE task_id = %s", (tid,))
         if task.idempotency_key:
             self._write("dtq_idempotency", "DELETE FROM dtq_idempotency WHERE key = %s",
@@ -187,7 +191,7 @@ class PgTxn:
 
     # -- schedules --------------------------------------------------------------------------
     def get_schedule(self, name: str) -> Schedule | None:
-        row = self._one("SELECT data FROM dtq_schedules WHERE name = %s", (key(name),))
+        row = self._row("dtq_schedules", "name", key(name))
         return None if row is None else codec.decode_schedule(bytes(row[0]))
 
     def put_schedule(self, schedule: Schedule) -> None:
@@ -202,6 +206,7 @@ class PgTxn:
             f"INSERT INTO {table} ({col}, data) VALUES (%s, %s) "
             f"ON CONFLICT ({col}) DO UPDATE SET data = EXCLUDED.data",
             (k, data),
+            k,
         )
 
     def count(self, name: str, n: float = 1) -> None:
@@ -212,9 +217,10 @@ class PgTxn:
 
     # -- idempotency ------------------------------------------------------------------------
     def get_idempotent(self, key_: str) -> tuple[str, bytes] | None:
-        self._lock("dtq-idem:" + key_)  # two servers creating under one key: one wins
-        row = self._one("SELECT task_id, fingerprint FROM dtq_idempotency WHERE key = %s",
-                        (key(key_),))  # fmt: skip
+        row = self._row("dtq_idempotency", "key", key(key_), "task_id, fingerprint")
+        if row is None:  # two servers creating under one key: one inserts, one then sees it
+            self._lock("dtq-idem:" + key_)
+            row = self._row("dtq_idempotency", "key", key(key_), "task_id, fingerprint")
         return None if row is None else (str(row[0]), bytes(row[1]))
 
     def put_idempotent(self, key_: str, task_id: str, fingerprint: bytes) -> None:
@@ -224,12 +230,15 @@ class PgTxn:
             "ON CONFLICT (key) DO UPDATE SET task_id = EXCLUDED.task_id, "
             "fingerprint = EXCLUDED.fingerprint",
             (key(key_), uuid.UUID(task_id), bytes(fingerprint)),
+            key(key_),
         )
 
     # -- workers ----------------------------------------------------------------------------
     def get_worker(self, worker_id: str) -> Worker | None:
-        self._lock("dtq-worker:" + worker_id)  # a first heartbeat on two servers: one insert
-        row = self._one("SELECT data FROM dtq_workers WHERE id = %s", (key(worker_id),))
+        row = self._row("dtq_workers", "id", key(worker_id))
+        if row is None:  # a first heartbeat on two servers: one inserts, one then updates
+            self._lock("dtq-worker:" + worker_id)
+            row = self._row("dtq_workers", "id", key(worker_id))
         return None if row is None else codec.decode_worker(bytes(row[0]))
 
     def put_worker(self, old: Worker | None, new: Worker) -> None:
@@ -238,12 +247,13 @@ class PgTxn:
             "INSERT INTO dtq_workers (id, status, data) VALUES (%s, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, data = EXCLUDED.data",
             (key(new.worker_id), str(new.status), codec.encode(new)),
+            key(new.worker_id),
         )
         self.deltas.worker_changed(old, new)
 
     # -- accounts ---------------------------------------------------------------------------
     def get_user(self, username: str) -> User | None:
-        row = self._one("SELECT data FROM dtq_users WHERE username = %s", (key(username),))
+        row = self._row("dtq_users", "username", key(username))
         return None if row is None else _dec_user(bytes(row[0]))
 
     def put_user(self, user: User) -> None:
@@ -259,8 +269,10 @@ class PgTxn:
         return self._deleted("DELETE FROM dtq_api_keys WHERE id = %s", (key(key_id),))
 
     def get_setting(self, name: str) -> str | None:
-        self._lock("dtq-setting:" + name)  # the signing secret is made once, by one server
-        row = self._one("SELECT value FROM dtq_settings WHERE name = %s", (key(name),))
+        row = self._row("dtq_settings", "name", key(name), "value")
+        if row is None:  # the signing secret is made once, by one server
+            self._lock("dtq-setting:" + name)
+            row = self._row("dtq_settings", "name", key(name), "value")
         return None if row is None else bytes(row[0]).decode()
 
     def put_setting(self, name: str, value: str) -> None:
@@ -269,6 +281,7 @@ class PgTxn:
             "INSERT INTO dtq_settings (name, value) VALUES (%s, %s) "
             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
             (key(name), value.encode()),
+            key(name),
         )
 
     # -- webhooks and deliveries ------------------------------------------------------------
@@ -284,7 +297,7 @@ class PgTxn:
 
     def get_delivery(self, ref: DeliveryRef) -> Delivery | None:
         row = self._one("SELECT data FROM dtq_deliveries WHERE (webhook_id, created_us, id) = "
-                        "(%s, %s, %s)", self._ref(ref))  # fmt: skip
+                        "(%s, %s, %s) FOR UPDATE", self._ref(ref))  # fmt: skip
         return None if row is None else _dec_delivery(bytes(row[0]))
 
     def put_delivery(self, old: Delivery | None, new: Delivery) -> None:
@@ -303,7 +316,7 @@ class PgTxn:
 
     # -- queue configs ----------------------------------------------------------------------
     def get_queue_config(self, name: str) -> QueueConfig | None:
-        row = self._one("SELECT data FROM dtq_queues WHERE name = %s", (key(name),))
+        row = self._row("dtq_queues", "name", key(name))
         return None if row is None else _dec_queue(bytes(row[0]))
 
     def put_queue_config(self, config: QueueConfig) -> None:
