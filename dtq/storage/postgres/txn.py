@@ -54,11 +54,16 @@ class PgTxn:
         self.made_ready = False  # the batch then sends one NOTIFY
         self._pending: list[tuple[str, str, Sequence[Any]]] = []  # (table, sql, params)
         self._dirty: set[tuple[str, Any]] = set()  # (table, key) with writes held back
+        # rows this op read (and so locked): nobody else can change them until the commit
+        self._seen: dict[tuple[str, Any, str], Any] = {}
 
     def _write(self, table: str, sql: str, params: Sequence[Any], k: Any = None) -> None:
         """Hold a write back; `k`: the row key it touches (None: any row of `table`)."""
         self._pending.append((table, sql, params))
         self._dirty.add((table, k))
+        if self._seen:
+            self._seen = {c: r for c, r in self._seen.items()
+                          if c[0] != table or (k is not None and c[1] != k)}  # fmt: skip
 
     def flush(self) -> None:
         """Send the held-back writes (the writer calls it at the op's end, in its savepoint)."""
@@ -88,10 +93,16 @@ class PgTxn:
         """The row of `table` whose `col` is `k`, locked until the batch commits (so two
         servers' read-then-write of one row take turns, and none overwrites the other's).
         Held-back writes go first only if they touch it."""
+        cached = (table, k, what)
+        if cached in self._seen:
+            return self._seen[cached]
         if (table, k) in self._dirty or (table, None) in self._dirty:
             self.flush()
         self._cur.execute(f"SELECT {what} FROM {table} WHERE {col} = %s FOR UPDATE", (k,))
-        return self._cur.fetchone()
+        row = self._cur.fetchone()
+        if row is not None:  # an absent row is not locked: another server may insert it
+            self._seen[cached] = row
+        return row
 
     def _lock(self, name: str) -> None:
         """Serialize read-then-insert on `name` across servers until the batch commits."""
