@@ -114,6 +114,17 @@ class PgTxn:
         return bool(self._cur.rowcount)
 
     # -- tasks ------------------------------------------------------------------------------
+    def _locked_row(self, table: str, col: str, k: Any, lock: str, what: str = "data") -> Any:
+        """`_row`, for rows made by read-then-insert: when absent, take the advisory lock
+        `lock` (every server takes it before inserting one) and look again; then the
+        answer stays true until the commit, absent or not."""
+        row = self._row(table, col, k, what)
+        if row is None:
+            self._lock(lock)
+            row = self._row(table, col, k, what)
+            self._seen[(table, k, what)] = row
+        return row
+
     def get_task(self, task_id: str) -> Task | None:
         row = self._row("dtq_tasks", "id", uuid.UUID(task_id))
         return None if row is None else decode_task(row[0])
@@ -228,10 +239,9 @@ class PgTxn:
 
     # -- idempotency ------------------------------------------------------------------------
     def get_idempotent(self, key_: str) -> tuple[str, bytes] | None:
-        row = self._row("dtq_idempotency", "key", key(key_), "task_id, fingerprint")
-        if row is None:  # two servers creating under one key: one inserts, one then sees it
-            self._lock("dtq-idem:" + key_)
-            row = self._row("dtq_idempotency", "key", key(key_), "task_id, fingerprint")
+        # two servers creating under one key: one inserts, the other then sees it
+        row = self._locked_row("dtq_idempotency", "key", key(key_), "dtq-idem:" + key_,
+                               "task_id, fingerprint")  # fmt: skip
         return None if row is None else (str(row[0]), bytes(row[1]))
 
     def put_idempotent(self, key_: str, task_id: str, fingerprint: bytes) -> None:
@@ -246,10 +256,8 @@ class PgTxn:
 
     # -- workers ----------------------------------------------------------------------------
     def get_worker(self, worker_id: str) -> Worker | None:
-        row = self._row("dtq_workers", "id", key(worker_id))
-        if row is None:  # a first heartbeat on two servers: one inserts, one then updates
-            self._lock("dtq-worker:" + worker_id)
-            row = self._row("dtq_workers", "id", key(worker_id))
+        # a first heartbeat on two servers: one inserts, the other then updates
+        row = self._locked_row("dtq_workers", "id", key(worker_id), "dtq-worker:" + worker_id)
         return None if row is None else codec.decode_worker(bytes(row[0]))
 
     def put_worker(self, old: Worker | None, new: Worker) -> None:
@@ -280,10 +288,8 @@ class PgTxn:
         return self._deleted("DELETE FROM dtq_api_keys WHERE id = %s", (key(key_id),))
 
     def get_setting(self, name: str) -> str | None:
-        row = self._row("dtq_settings", "name", key(name), "value")
-        if row is None:  # the signing secret is made once, by one server
-            self._lock("dtq-setting:" + name)
-            row = self._row("dtq_settings", "name", key(name), "value")
+        # the signing secret is made once, by one server
+        row = self._locked_row("dtq_settings", "name", key(name), "dtq-setting:" + name, "value")
         return None if row is None else bytes(row[0]).decode()
 
     def put_setting(self, name: str, value: str) -> None:
