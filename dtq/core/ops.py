@@ -345,6 +345,13 @@ class Acked:
         return self.error is None
 
 
+def _valid_id(text: str) -> str | None:
+    try:
+        return parse_task_id(text, field="id")
+    except DtqError:
+        return None
+
+
 def ack(
     tx: StoreTxn,
     items: Sequence[AckItem],
@@ -355,6 +362,7 @@ def ack(
     """Many completions/failures at once; a stale lease fails only its own item."""
     outcomes: list[Acked] = []
     changed: list[Task] = []
+    tx.prefetch_tasks([i for i in (_valid_id(item.id) for item in items) if i is not None])
     for item in items:
         try:
             task_id = parse_task_id(item.id, field="id")

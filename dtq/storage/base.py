@@ -191,6 +191,11 @@ class StoreTxn(Protocol):
 
     # -- tasks: every index (listing, pending, idempotency on delete) follows these -----------
     def get_task(self, task_id: str) -> Task | None: ...
+    def prefetch_tasks(self, task_ids: Sequence[str]) -> None:
+        """A hint: `get_task` will be asked for these next (a batch ack). A networked store
+        reads (and locks, in id order) them in one round trip; an embedded one ignores it."""
+        ...
+
     def insert_task(self, task: Task) -> Task:
         """Store a new task (`task.seq` from `next_seq`); counts total, status, day created."""
         ...

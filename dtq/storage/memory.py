@@ -153,6 +153,9 @@ class MemoryTxn:
         raw = self._s.tasks.get(task_id)
         return None if raw is None else codec.decode_task(raw)
 
+    def prefetch_tasks(self, task_ids: Sequence[str]) -> None:
+        """Nothing to do: every read is in memory."""
+
     def next_seq(self) -> int:
         return self._store.take_seq()
 
