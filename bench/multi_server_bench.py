@@ -270,6 +270,23 @@ def _fresh_db(pg_url: str) -> str:
     return pg_url.rsplit("/", 1)[0] + "/" + name
 
 
+def postgres_cpu_s() -> float:
+    """CPU seconds used so far by every `postgres` process on this machine (the database's
+    share of a run on a machine of its own; 0 where /proc is not there)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
 def _stores(kind: str, servers: int, pg_url: str | None) -> list[Any]:
     if kind == "lmdb":
         from dtq.storage.lmdb.store import LmdbStore
@@ -299,7 +316,7 @@ async def bench_store_drain(
                 await queues[0].create_many([TaskCreate(name="job")
                                              for _ in range(min(1000, tasks - start))])  # fmt: skip
             done = 0
-            cpu0, started = time.process_time(), time.perf_counter()
+            cpu0, started, db0 = time.process_time(), time.perf_counter(), postgres_cpu_s()
 
             async def worker(q: TaskQueue, wid: str) -> None:
                 nonlocal done
@@ -318,6 +335,8 @@ async def bench_store_drain(
                         workers.start_soon(worker, q, f"w{i}-{j}")
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu0
+            db_cpu = postgres_cpu_s() - db0
+            writer = stores[0].stats
             for s in stores:
                 await s.aclose()
             nursery.cancel_scope.cancel()
@@ -326,7 +345,10 @@ async def bench_store_drain(
             s.close()
     return {"store": kind, "servers": servers, "batch": batch, "tasks": done,
             "seconds": round(elapsed, 3), "tasks_per_s": round(done / elapsed),
-            "server_cpu_us_per_task": round(cpu / max(done, 1) * 1e6, 1)}  # fmt: skip
+            "server_cpu_us_per_task": round(cpu / max(done, 1) * 1e6, 1),
+            "db_cpu_us_per_task": round(db_cpu / max(done, 1) * 1e6, 1),
+            "commit_ms_avg": round(writer.commit_seconds_total / max(writer.commits, 1) * 1e3, 2),
+            "commits": writer.commits}  # fmt: skip
 
 
 async def bench_pg_wakeup(pg_url: str, rounds: int) -> dict[str, Any]:
@@ -447,6 +469,10 @@ def main() -> None:
             for row in res:
                 per = f" (batch {row['batch']})" if "batch" in row else ""
                 per += f" on {row['store']}" if "store" in row else ""
+                if "db_cpu_us_per_task" in row:
+                    per += (f" [server CPU {row['server_cpu_us_per_task']} us/task, database CPU "
+                            f"{row['db_cpu_us_per_task']} us/task, commit {row['commit_ms_avg']} ms "
+                            f"avg over {row['commits']}]")  # fmt: skip
                 print(f"{name:15} {row['servers']} server(s){per}: {row['tasks']} tasks in "
                       f"{row['seconds']} s = {row['tasks_per_s']}/s")  # fmt: skip
     out = ROOT / "bench" / "results"
