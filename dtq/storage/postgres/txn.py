@@ -35,6 +35,32 @@ _dec_delivery = msgspec.msgpack.Decoder(Delivery).decode
 _dec_queue = msgspec.msgpack.Decoder(QueueConfig).decode
 
 _TASK_UPDATE = f"UPDATE dtq_tasks SET ({TASK_COLUMNS}) = ({TASK_VALUES}) WHERE id = %s"
+# Many task rows whose tags did not change, in one statement: a column array each (a row's
+# tags would make a ragged 2-D array, so they are left as they are).
+_SAME_TAGS = "-- same tags"  # the held-back form: a full `task_row`
+_UNNEST_TYPES = (
+    ("id", "uuid"), ("seq", "bigint"), ("status", "text"), ("queue", "text"), ("name", "bytea"),
+    ("priority_rank", "smallint"), ("worker_id", "bytea"), ("created_us", "bigint"),
+    ("updated_us", "bigint"), ("dur_us", "bigint"), ("completed_us", "bigint"),
+    ("ready_at", "float8"), ("run_at", "float8"), ("lease_expires_at", "float8"),
+    ("concurrency_key", "text"), ("data", "bytea"),
+)  # fmt: skip
+_EVENT_INSERT = "INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)"
+# many events in one statement, ids handed out in the order they were appended
+_EVENTS_INSERT = (
+    "INSERT INTO dtq_task_events (task_id, data) SELECT t, d FROM "
+    "unnest(%s::uuid[], %s::bytea[]) WITH ORDINALITY AS u(t, d, n) ORDER BY n"
+)
+_TAGS_AT = 7  # its index in `task_row`
+_BATCH_UPDATE = (
+    "UPDATE dtq_tasks AS t SET ({cols}) = ({ucols}) FROM unnest({arrays}) AS u({names}) "
+    "WHERE t.id = u.id"
+).format(
+    cols=", ".join(c for c, _ in _UNNEST_TYPES[1:]),
+    ucols=", ".join(f"u.{c}" for c, _ in _UNNEST_TYPES[1:]),
+    arrays=", ".join(f"%s::{t}[]" for _, t in _UNNEST_TYPES),
+    names=", ".join(c for c, _ in _UNNEST_TYPES),
+)
 
 
 class PgTxn:
@@ -55,15 +81,16 @@ class PgTxn:
         self._pending: list[tuple[str, str, Sequence[Any]]] = []  # (table, sql, params)
         self._dirty: set[tuple[str, Any]] = set()  # (table, key) with writes held back
         # rows this op read (and so locked): nobody else can change them until the commit
-        self._seen: dict[tuple[str, Any, str], Any] = {}
+        self._seen: dict[tuple[str, Any], dict[str, Any]] = {}  # (table, key) -> {what: row}
 
     def _write(self, table: str, sql: str, params: Sequence[Any], k: Any = None) -> None:
         """Hold a write back; `k`: the row key it touches (None: any row of `table`)."""
         self._pending.append((table, sql, params))
         self._dirty.add((table, k))
-        if self._seen:
-            self._seen = {c: r for c, r in self._seen.items()
-                          if c[0] != table or (k is not None and c[1] != k)}  # fmt: skip
+        if k is not None:
+            self._seen.pop((table, k), None)
+        elif self._seen:
+            self._seen = {c: r for c, r in self._seen.items() if c[0] != table}
 
     def flush(self) -> None:
         """Send the held-back writes (the writer calls it at the op's end, in its savepoint)."""
@@ -78,11 +105,25 @@ class PgTxn:
             j = i + 1
             while j < len(pending) and pending[j][1] == sql:
                 j += 1
-            if j - i == 1:
+            if sql == _SAME_TAGS:
+                self._update_tasks([w[2] for w in pending[i:j]])
+            elif sql == _EVENT_INSERT and j - i > 1:
+                rows = [w[2] for w in pending[i:j]]
+                self._cur.execute(_EVENTS_INSERT, ([r[0] for r in rows], [r[1] for r in rows]))
+            elif j - i == 1:
                 self._cur.execute(sql, params)
             else:
                 self._cur.executemany(sql, [w[2] for w in pending[i:j]])
             i = j
+
+    def _update_tasks(self, rows: list[Sequence[Any]]) -> None:
+        if len(rows) == 1:
+            self._cur.execute(_TASK_UPDATE, (*rows[0], rows[0][0]))
+            return
+        latest = {row[0]: row for row in rows}  # a row changed twice: its last version
+        columns = list(zip(*((*r[:_TAGS_AT], *r[_TAGS_AT + 1 :]) for r in latest.values()),
+                           strict=True))  # fmt: skip
+        self._cur.execute(_BATCH_UPDATE, [list(c) for c in columns])
 
     def _one(self, sql: str, params: Sequence[Any]) -> Any:
         self.flush()
@@ -93,15 +134,15 @@ class PgTxn:
         """The row of `table` whose `col` is `k`, locked until the batch commits (so two
         servers' read-then-write of one row take turns, and none overwrites the other's).
         Held-back writes go first only if they touch it."""
-        cached = (table, k, what)
-        if cached in self._seen:
-            return self._seen[cached]
+        cached = self._seen.get((table, k))
+        if cached is not None and what in cached:
+            return cached[what]
         if (table, k) in self._dirty or (table, None) in self._dirty:
             self.flush()
         self._cur.execute(f"SELECT {what} FROM {table} WHERE {col} = %s FOR UPDATE", (k,))
         row = self._cur.fetchone()
         if row is not None:  # an absent row is not locked: another server may insert it
-            self._seen[cached] = row
+            self._seen.setdefault((table, k), {})[what] = row
         return row
 
     def _lock(self, name: str) -> None:
@@ -122,11 +163,12 @@ class PgTxn:
         if row is None:
             self._lock(lock)
             row = self._row(table, col, k, what)
-            self._seen[(table, k, what)] = row
+            self._seen.setdefault((table, k), {})[what] = row
         return row
 
     def prefetch_tasks(self, task_ids: Sequence[str]) -> None:
-        ids = sorted({uuid.UUID(t) for t in task_ids} - {c[1] for c in self._seen})
+        seen = {k for (table, k), rows in self._seen.items() if table == "dtq_tasks" and rows}
+        ids = sorted({uuid.UUID(t) for t in task_ids} - seen)
         if not ids:
             return
         if any(table == "dtq_tasks" for table, _ in self._dirty):
@@ -135,7 +177,7 @@ class PgTxn:
         self._cur.execute("SELECT id, data FROM dtq_tasks WHERE id = ANY(%s) ORDER BY id "
                           "FOR UPDATE", (ids,))  # fmt: skip
         for tid, data in self._cur.fetchall():
-            self._seen[("dtq_tasks", tid, "data")] = (data,)
+            self._seen.setdefault(("dtq_tasks", tid), {})["data"] = (data,)
 
     def get_task(self, task_id: str) -> Task | None:
         row = self._row("dtq_tasks", "id", uuid.UUID(task_id))
@@ -159,7 +201,10 @@ class PgTxn:
 
     def replace_task(self, old: Task, new: Task) -> None:
         row = task_row(new)
-        self._write("dtq_tasks", _TASK_UPDATE, (*row, row[0]), row[0])
+        if old.tags == new.tags:
+            self._write("dtq_tasks", _SAME_TAGS, row, row[0])
+        else:
+            self._write("dtq_tasks", _TASK_UPDATE, (*row, row[0]), row[0])
         if new.status == TaskStatus.PENDING:
             self.made_ready = True
         if old.status != new.status or old.queue != new.queue:
@@ -220,7 +265,7 @@ class PgTxn:
 
     # -- history ----------------------------------------------------------------------------
     def append_task_event(self, task_id: str, event: TaskEvent) -> None:
-        self._write("dtq_task_events", "INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)",
+        self._write("dtq_task_events", _EVENT_INSERT,
                     (uuid.UUID(task_id), codec.encode(event)))  # fmt: skip
 
     # -- schedules --------------------------------------------------------------------------
