@@ -132,3 +132,43 @@ async def test_poll_mode_sends_no_notify_and_wakes_its_own_waiters(db_url: str) 
             await store.write(lambda tx: tx.insert_task(task))
             assert list(listener.notifies(timeout=0.5)) == []
         assert fired == [1]
+
+
+async def test_many_changes_in_one_op_are_stored_as_made(db_url: str) -> None:
+    import msgspec
+
+    from dtq.models import TaskEvent, TaskEventKind
+
+    async with opened(db_url) as store:
+        tasks = [make_task(seq=i) for i in range(4)]
+
+        def insert(tx: StoreTxn) -> None:
+            for t in tasks:
+                tx.insert_task(t)
+
+        await store.write(insert)
+        r = msgspec.structs.replace
+        a, b, c, d = tasks
+        a2, a3 = r(a, retry_count=1), r(a, retry_count=2)
+        b2 = r(b, tags=["new", "tags"])  # a tag change goes its own way
+        c2, d2 = r(c, worker_id="w9", updated_at=c.updated_at + 1), r(d, retry_count=7)
+
+        def change(tx: StoreTxn) -> None:
+            tx.replace_task(a, a2)
+            for i in range(5):
+                tx.append_task_event(
+                    a.id,
+                    TaskEvent(at=float(i), event=TaskEventKind.UPDATED, attempt=0, actor=str(i)),
+                )
+            tx.replace_task(a2, a3)  # the same row twice: its last version wins
+            tx.replace_task(b, b2)
+            tx.replace_task(c, c2)
+            tx.replace_task(d, d2)
+
+        await store.write(change)
+        got = [await store.get_task(t.id) for t in tasks]
+        assert [g.retry_count for g in got if g] == [2, 0, 0, 7]
+        assert got[1] is not None and got[1].tags == ["new", "tags"]
+        assert got[2] is not None and got[2].worker_id == "w9"
+        events = await store.list_task_events(a.id)
+        assert [e.actor for e in events] == ["0", "1", "2", "3", "4"]
