@@ -90,3 +90,35 @@ async def test_serve_on_postgres_over_http(db_url: str, tmp_path: Path) -> None:
                 assert board["completed_tasks"] == 1
             stop.set()
     assert not (tmp_path / "unused").exists()  # nothing was written to disk
+
+
+async def test_ready_reports_a_database_that_is_gone(
+    db_url: str, pg_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(store=db_url, port=0, data_dir=str(tmp_path / "unused"),
+                        admin_password=PASSWORD, rate_limit_per_minute=0,
+                        rate_limit_per_hour=0, protocol_port=0)  # fmt: skip
+    stop = trio.Event()
+    name = db_url.rsplit("/", 1)[1]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(partial(serve, settings, shutdown_trigger=stop.wait))
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=20) as http:
+                assert (await http.get("/ready")).status_code == 200
+                login = await http.post("/api/v1/auth/login",
+                                        json={"username": "admin", "password": PASSWORD})  # fmt: skip
+                token = login.json()["token"]
+
+                def drop() -> None:
+                    with psycopg.connect(pg_url, autocommit=True) as conn:
+                        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+                await trio.to_thread.run_sync(drop)
+                ready = await http.get("/ready")
+                assert ready.status_code == 503, ready.text
+                assert "database" in ready.json()["reason"]
+                created = await http.post("/api/v1/tasks", json={"name": "x"},
+                                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                assert created.status_code == 503, created.text
+                assert created.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+            stop.set()

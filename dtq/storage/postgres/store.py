@@ -52,6 +52,9 @@ _dec_queue = msgspec.msgpack.Decoder(QueueConfig).decode
 _DAY_INT_FIELDS = frozenset(f for f in DayStats.__struct_fields__ if f != "duration_sum")
 _READERS = 4
 _CONNECT_TIMEOUT_S = 10
+# a read waits this long for a pooled connection: when the database is gone, /ready and reads
+# answer 503 within it instead of hanging
+_POOL_WAIT_S = 3.0
 
 
 FOLDED = "folded"  # the counter rows of servers that started before this one, summed
@@ -159,7 +162,7 @@ class PostgresStore:
         # pool hands it out unchecked, then discards it) runs again once on a fresh one.
         for attempt in (1, 2):
             try:
-                pool, wait_s = self._pool, _CONNECT_TIMEOUT_S
+                pool, wait_s = self._pool, _POOL_WAIT_S
                 with pool.connection(timeout=wait_s) as conn, conn.cursor() as cur:
                     return fn(cur)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
