@@ -48,10 +48,6 @@ class _Pending(Generic[T]):
         self.result: Any = None
 
 
-class _BatchLost(Exception):
-    """The connection broke mid-batch: the whole batch failed."""
-
-
 class PgWriter:
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
