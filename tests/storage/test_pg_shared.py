@@ -190,3 +190,21 @@ async def test_counters_are_summed_across_servers_and_folded_at_a_start(db_url: 
         assert [d.created for _, d in days] == [3]
     finally:
         third.close()
+
+
+async def test_one_idempotency_key_on_two_servers_at_once_makes_one_task(db_url: str) -> None:
+    async with servers(db_url) as (a, b):
+        for round_ in range(5):
+            key = f"order-{round_}"
+            got: list[tuple[str, bool]] = []
+
+            async def make(q: TaskQueue, key: str = key, got: list[tuple[str, bool]] = got) -> None:
+                task, created = await q.create(TaskCreate(name="pay", idempotency_key=key))
+                got.append((task.id, created))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(make, a)
+                nursery.start_soon(make, b)
+            assert len({tid for tid, _ in got}) == 1, got  # one task, whichever server won
+            assert sorted(created for _, created in got) == [False, True]
+        assert (await a.store.counters())["total"] == 5
