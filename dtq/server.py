@@ -18,11 +18,12 @@ from dtq.core.ratelimit import RateLimiter
 from dtq.core.reaper import run_reaper
 from dtq.core.retention import run_retention
 from dtq.core.service import TaskQueue
+from dtq.core.shared_ratelimit import SharedRateLimiter
 from dtq.core.webhooks.delivery import WebhookService
 from dtq.core.webhooks.outbox import Outbox
 from dtq.net.app import create_app
 from dtq.net.banner import StartupReport
-from dtq.net.events import EventBus
+from dtq.net.events import EventBus, ServerRelay
 from dtq.net.metrics import Metrics
 from dtq.net.protocol import (
     Hub,
@@ -37,16 +38,17 @@ from dtq.settings import MEMORY_STORE, Durability, Settings
 from dtq.storage.base import Store
 
 log = structlog.get_logger("dtq.server")
+PG_SCHEMES = ("postgresql://", "postgres://")
 
 
 def store_problem(settings: Settings) -> str | None:
     """Why `settings.store` names no store this server can open (None: it can)."""
-    if settings.store in ("", MEMORY_STORE):
+    if settings.store in ("", MEMORY_STORE) or settings.store.startswith(PG_SCHEMES):
         return None
     scheme = settings.store.partition("://")[0] if "://" in settings.store else settings.store
     return (
-        f"unknown store {settings.store!r} (scheme {scheme!r}): use memory:// or leave "
-        "--store / DTQ_STORE empty for LMDB in --data-dir"
+        f"unknown store {settings.store!r} (scheme {scheme!r}): use memory://, "
+        "postgresql://user:pass@host:5432/db, or leave --store / DTQ_STORE empty for LMDB in --data-dir"
     )
 
 
@@ -63,6 +65,12 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
             hint="tasks, users, API keys and webhooks are lost when the server stops",
         )
         return MemoryStore(clock)
+    if settings.store.startswith(PG_SCHEMES):
+        # several servers share it; its clock is the database's (`StoreTxn.now`)
+        from dtq.storage.postgres.notify import notify_enabled
+        from dtq.storage.postgres.store import PostgresStore
+
+        return PostgresStore(settings.store, notify=notify_enabled(settings.pg_notify))
     from dtq.storage.lmdb.store import LmdbStore
 
     return LmdbStore(
@@ -103,6 +111,7 @@ async def open_queue(
     *,
     clock: Clock | None = None,
     on_open: Callable[[TaskQueue], Awaitable[None]] | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[TaskQueue]:
     """The running core. On exit: long-polls answer, queued writes are flushed, the store
     closes.
@@ -111,7 +120,8 @@ async def open_queue(
     store hook that must see every change).
     """
     clock = clock or server_clock(settings)
-    store = make_store(settings, clock)
+    # `store`: one made by the caller (tests: a handle on a shared memory store), else settings'
+    store = store if store is not None else make_store(settings, clock)
     try:
         queue = TaskQueue(store, clock, settings)
         await queue.rebuild()
@@ -143,7 +153,7 @@ async def open_writer(settings: Settings) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, report: StartupReport | None = None
+    settings: Settings, *, report: StartupReport | None = None, store: Store | None = None
 ) -> AsyncIterator[Services]:
     """Core, accounts and rate limiter, with the admin user bootstrapped; the webhook
     delivery loop runs in a nursery of its own until the block exits.
@@ -157,7 +167,7 @@ async def open_services(
         await outbox.install(queue.store)
         queue.queues.config_sink = outbox.queue_sink  # queue.* deliveries, same transaction
 
-    async with open_queue(settings, on_open=on_open) as queue:
+    async with open_queue(settings, on_open=on_open, store=store) as queue:
         accounts = await Accounts.open(queue.store, queue.clock, settings)
         upgraded = await accounts.upgrade_records()
         if upgraded:
@@ -179,8 +189,16 @@ async def open_services(
         webhooks.outcome_listeners.append(metrics.webhook_delivery)
         async with trio.open_nursery() as nursery:
             await nursery.start(webhooks.run)
+            if queue.store.shared and queue.store.changes is not None:
+                relay = ServerRelay(bus, queue.store)  # live views see every server's events
+                queue.task_listeners.append(relay.on_task)
+                await nursery.start(relay.run)
+            limiter = RateLimiter()
+            if queue.store.shared:  # one budget per key across every server
+                limiter = SharedRateLimiter(queue.store)
+                await nursery.start(limiter.run, queue.clock)
             try:
-                yield Services(queue, accounts, RateLimiter(), settings, bus, metrics,
+                yield Services(queue, accounts, limiter, settings, bus, metrics,
                                webhooks=webhooks)  # fmt: skip
             finally:
                 bus.close()
@@ -194,6 +212,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     freeze_gc: bool = False,
     report: StartupReport | None = None,
+    store: Store | None = None,
 ) -> None:
     """Run until `shutdown_trigger` returns (default: SIGTERM/SIGINT), then shut down cleanly.
 
@@ -202,7 +221,7 @@ async def serve(
     on a terminal).
     """
     report = report or StartupReport(settings, terminal=None)
-    async with open_services(settings, report=report) as services:
+    async with open_services(settings, report=report, store=store) as services:
         trigger = shutdown_trigger or shutdown_on_signals()
 
         hub = Hub()  # the fast lane's connections (cancel notices, shutdown)

@@ -86,6 +86,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # from test_clock_start_s (epoch seconds; default now). See dtq.clock.ScaledClock.
     test_clock_speed: float = 1.0
     test_clock_start_s: float | None = None
+    # Shared stores (several servers on one database): parked long polls and the reaper look
+    # at the database at least this often, whatever the cross-server signal says.
+    shared_poll_s: float = 1.0
+    # PostgreSQL: "on" (LISTEN/NOTIFY wake-ups between servers) or "off" (poll mode, for
+    # PgBouncer in transaction mode and engines without LISTEN/NOTIFY such as CockroachDB).
+    pg_notify: str = "on"
 
     @property
     def data_path(self) -> Path:

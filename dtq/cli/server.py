@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from dtq.cli.common import add_parser, add_store_flags, settings_from
+from dtq.cli.common import UsageError, add_parser, add_store_flags, settings_from
 from dtq.cli.output import progress_bytes
 
 
@@ -73,6 +73,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from dtq.storage.backup import backup
 
     settings = settings_from(args)
+    if settings.store.startswith(("postgresql://", "postgres://")):
+        raise UsageError(
+            "--store",
+            "dtq backup copies an LMDB data directory; for a PostgreSQL store use pg_dump "
+            "(e.g. pg_dump --format=custom --file dtq.dump DBNAME)",
+        )
     size = backup(settings.data_dir, args.dest, progress=progress_bytes)
     print(f"backup of {settings.data_dir} written to {args.dest} ({size / 1e6:.1f} MB)")
     return 0
@@ -136,4 +142,7 @@ def register(sub: Any) -> None:
     p = add_parser(sub, "backup", "hot, consistent copy of the data directory")
     p.add_argument("dest", help="destination directory (must not exist or be empty)")
     add_store_flags(p)
+    p.add_argument(
+        "--store", help="the server's store URL (else DTQ_STORE); PostgreSQL: use pg_dump"
+    )
     p.set_defaults(func=cmd_backup)

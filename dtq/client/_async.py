@@ -8,6 +8,7 @@ differs (sleeping, timeouts, the WebSocket wait) is in `_async_io.py` / `_sync_i
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ T = TypeVar("T")
 class AsyncClient(_Base):
     """`async with AsyncClient() as c: task = await c.submit("Process Data", {...})`."""
 
-    def __init__(self, url: str | None = None, **kw: Any) -> None:
+    def __init__(self, url: str | Sequence[str] | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
@@ -83,6 +84,7 @@ class AsyncClient(_Base):
     async def _send(self, req: _Req[T]) -> T:
         attempt = 0
         while True:
+            sent_to = self.url
             try:
                 if req.op is not None and not self._lane_off:
                     lane = await self.lane()
@@ -94,11 +96,22 @@ class AsyncClient(_Base):
                 )  # fmt: skip
                 return self._result(req, response)
             except (httpx.TransportError, RateLimited, Unavailable) as exc:
-                delay = self._backoff_s(attempt, exc) if self._retryable(req, exc) else None
+                delay = self._resend_delay_s(req, exc, attempt, sent_to)
                 if delay is None:
                     raise
                 attempt += 1
+                if self.url != sent_to:  # another server (endpoints.py): its own lane
+                    self._http.base_url = httpx.URL(self.url)
+                    await self._drop_lane()
                 await _io.sleep(delay)
+
+    async def _drop_lane(self) -> None:
+        """Forget the lane (it was to a server we left); the next call finds the new one's."""
+        lane, self._lane = self._lane, None
+        self._lane_off = self.transport == "http"
+        if lane is not None:
+            with contextlib.suppress(Exception):
+                await lane.aclose()
 
     async def login(self, username: str, password: str) -> str:
         return str((await self.sign_in(username, password))["token"])

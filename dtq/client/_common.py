@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 import msgspec
 
+from dtq.client.endpoints import Endpoints, never_arrived, server_down
 from dtq.errors import (
     Conflict,
     DtqError,
@@ -337,7 +338,7 @@ def _when(value: Any) -> Any:
 class _Base(_Requests):
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         api_key: str | None = None,
         token: str | None = None,
@@ -345,7 +346,10 @@ class _Base(_Requests):
         max_retries: int = 3,
         transport: str | None = None,
     ) -> None:
-        self.url = (url or os.environ.get("DTQ_URL") or DEFAULT_URL).rstrip("/")
+        # One URL, or several servers sharing one store ("http://a:5000,http://b:5000", or a
+        # list): the client moves to the next when one is down (`endpoints`).
+        self.endpoints = Endpoints(url or os.environ.get("DTQ_URL") or DEFAULT_URL)
+        self.url = self.endpoints.current
         self.api_key = api_key or os.environ.get("DTQ_API_KEY")
         self.token = token or os.environ.get("DTQ_TOKEN")
         self.timeout_s = timeout_s  # > the longest long poll (60 s)
@@ -402,6 +406,27 @@ class _Base(_Requests):
 
     def _hello(self) -> dict[str, Any]:
         return {"api_key": self.api_key} if self.api_key else {"token": self.token}
+
+    def _resend_delay_s(
+        self, req: _Req[Any], exc: Exception, attempt: int, sent_to: str
+    ) -> float | None:
+        """After `exc` from server `sent_to`: seconds to wait before sending `req` again
+        (`self.url` may now name another server), or None to raise.
+
+        With several servers, one that is down is left at once for the next, and the first
+        round over the others goes without waiting; a request that never reached a server
+        (connection refused) may go to another whatever it is."""
+        others = len(self.endpoints) - 1
+        moved = others > 0 and server_down(exc)
+        if moved:  # later requests go elsewhere too, even if this one is not resent
+            self.url = self.endpoints.failed(sent_to)
+        if not (self._retryable(req, exc) or (others and never_arrived(exc))):
+            return None
+        if moved:
+            if attempt < others:
+                return 0.0  # the first round over the other servers: at once
+            attempt -= others
+        return self._backoff_s(attempt, exc)
 
     def _retryable(self, req: _Req[Any], exc: Exception) -> bool:
         if isinstance(exc, RateLimited | Unavailable):

@@ -9,6 +9,7 @@ Generated from `_async.py` (the hand-written `AsyncClient`); its flavour-specifi
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ T = TypeVar("T")
 class Client(_Base):
     """`with Client() as c: task = c.submit("Process Data", {...})`."""
 
-    def __init__(self, url: str | None = None, **kw: Any) -> None:
+    def __init__(self, url: str | Sequence[str] | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._http = httpx.Client(
             base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
@@ -84,6 +85,7 @@ class Client(_Base):
     def _send(self, req: _Req[T]) -> T:
         attempt = 0
         while True:
+            sent_to = self.url
             try:
                 if req.op is not None and not self._lane_off:
                     lane = self.lane()
@@ -95,11 +97,22 @@ class Client(_Base):
                 )  # fmt: skip
                 return self._result(req, response)
             except (httpx.TransportError, RateLimited, Unavailable) as exc:
-                delay = self._backoff_s(attempt, exc) if self._retryable(req, exc) else None
+                delay = self._resend_delay_s(req, exc, attempt, sent_to)
                 if delay is None:
                     raise
                 attempt += 1
+                if self.url != sent_to:  # another server (endpoints.py): its own lane
+                    self._http.base_url = httpx.URL(self.url)
+                    self._drop_lane()
                 _io.sleep(delay)
+
+    def _drop_lane(self) -> None:
+        """Forget the lane (it was to a server we left); the next call finds the new one's."""
+        lane, self._lane = self._lane, None
+        self._lane_off = self.transport == "http"
+        if lane is not None:
+            with contextlib.suppress(Exception):
+                lane.close()
 
     def login(self, username: str, password: str) -> str:
         return str((self.sign_in(username, password))["token"])

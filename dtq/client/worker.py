@@ -136,7 +136,7 @@ class Worker:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,  # several: servers sharing one store
         *,
         api_key: str | None = None,
         token: str | None = None,
@@ -452,7 +452,20 @@ class Worker:
         del self._acks[: len(batch)]
         for outcome in outcomes:
             if not outcome.ok:
+                if failures and await self._landed_before(client, outcome.id):
+                    continue  # an earlier send (maybe through a server now down) recorded it
                 log.info("result not recorded", task_id=outcome.id, error=outcome.error)
+
+    async def _landed_before(self, client: WorkerTransport, task_id: str) -> bool:
+        """After a resent ack: did a send that got no answer record this worker's result?"""
+        get = getattr(client, "get", None)
+        if get is None:
+            return False
+        try:
+            task = await get(task_id)
+        except (*_TRANSIENT, DtqError):
+            return False
+        return bool(task.status in ("completed", "failed") and task.worker_id == self.worker_id)
 
     async def _flush_acks(self, client: WorkerTransport) -> None:
         with trio.move_on_after(max(self.grace_period_s, 5)):

@@ -57,3 +57,62 @@ async def wait_for_tasks(
         if not waiter.reserved or closing() or trio.current_time() >= deadline:
             return [], []
         # A reservation fell through (replayed idempotency key, not due): wait again.
+
+
+class Ticket:
+    """A long poll parked on a shared store: woken to claim again in the database."""
+
+    __slots__ = ("event", "names", "queues")
+
+    def __init__(self, queues: frozenset[str] | None, names: frozenset[str] | None) -> None:
+        self.queues = queues
+        self.names = names
+        self.event = trio.Event()
+
+    def wants(self, queue: str, name: str) -> bool:
+        return (self.queues is None or queue in self.queues) and (
+            self.names is None or name in self.names
+        )
+
+
+class SharedWaiters:
+    """The long polls of a shared store (`Store.shared`): no task ids are handed over here,
+    since another server may claim any task first; a woken poll claims in the database and
+    parks again if it got nothing.
+
+    A local commit that made a task ready wakes the oldest poll that wants it (one per task,
+    so a create does not stampede every waiter); the store's cross-server signal and the
+    safety poll wake them all (they carry no detail). A ticket is taken *before* the claim that
+    comes up empty, so a task that becomes ready between that claim and the wait is not missed.
+    """
+
+    def __init__(self) -> None:
+        self._tickets: dict[Ticket, None] = {}  # arrival order
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def ticket(self, queues: frozenset[str] | None, names: frozenset[str] | None) -> Ticket:
+        ticket = Ticket(queues, names)
+        self._tickets[ticket] = None
+        return ticket
+
+    def done(self, ticket: Ticket) -> None:
+        self._tickets.pop(ticket, None)
+
+    def wake_for(self, queue: str, name: str) -> None:
+        """A task of (queue, name) became ready here: the oldest idle poll that wants it."""
+        for ticket in self._tickets:
+            if not ticket.event.is_set() and ticket.wants(queue, name):
+                ticket.event.set()
+                return
+
+    def wake_all(self) -> None:
+        for ticket in self._tickets:
+            ticket.event.set()
+
+    @staticmethod
+    async def wait(ticket: Ticket, until_trio: float) -> None:
+        """Until the ticket is woken or the trio clock reaches `until_trio`."""
+        with trio.move_on_at(until_trio):
+            await ticket.event.wait()

@@ -18,6 +18,7 @@ from msgspec.structs import replace
 from dtq.core import history
 from dtq.core import states as lifecycle
 from dtq.core.history import E
+from dtq.core.shared_limits import OVERFETCH, LimitsOf, admit
 from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
 from dtq.ids import new_task_id
 from dtq.models import (
@@ -34,7 +35,7 @@ from dtq.models import (
     error_from_input,
 )
 from dtq.retry import RetryPolicy
-from dtq.storage.base import StoreTxn
+from dtq.storage.base import SharedTxn, StoreTxn
 
 S = TaskStatus
 
@@ -170,6 +171,52 @@ def lease(
     return granted, not_due
 
 
+def claim(
+    tx: SharedTxn,
+    queues: frozenset[str] | None,
+    names: frozenset[str] | None,
+    max_tasks: int,
+    worker_id: str,
+    lease_s: float,
+    holder: str | None = None,
+    limits_of: LimitsOf | None = None,
+) -> list[Task]:
+    """A shared store's lease: claim ready rows in the database (locked, others' locks skipped)
+    and grant them in the same transaction, so two servers never lease one task. With
+    `limits_of`, queue limits are decided in the same transaction (`shared_limits`)."""
+    if limits_of is None:
+        candidates = tx.claim_ready(queues, names, max_tasks)
+    else:
+        candidates = tx.claim_ready(queues, names, max_tasks * OVERFETCH)
+        candidates = admit(tx, candidates, limits_of, max_tasks)
+    granted: list[Task] = []
+    for task in candidates:
+        new = lifecycle.grant_lease(
+            task, worker_id=worker_id, lease_s=lease_s, now=tx.now, holder=holder
+        )
+        tx.replace_task(task, new)
+        _record_leased(tx, new, holder)
+        granted.append(new)
+    return granted
+
+
+def expire_claimed(
+    tx: SharedTxn, policy: RetryPolicy, max_deliveries: int = 10, limit: int = 500
+) -> list[Task]:
+    """A shared store's reaper pass: the leases that ran out by the database's clock, each
+    handled by whichever server claims it first."""
+    changed = []
+    for task in tx.claim_expired(limit):
+        new = lifecycle.expire(
+            task, now=tx.now, policy=policy, rand=random.random(), max_deliveries=max_deliveries
+        )
+        tx.replace_task(task, new)
+        _record_finish(tx, task, new)
+        _record_expired(tx, task, new)
+        changed.append(new)
+    return changed
+
+
 def _record_finish(tx: StoreTxn, old: Task, new: Task) -> None:
     """Counters and per-day stats for an attempt that ended (old was running)."""
     if new.status == S.COMPLETED:
@@ -298,6 +345,13 @@ class Acked:
         return self.error is None
 
 
+def _valid_id(text: str) -> str | None:
+    try:
+        return parse_task_id(text, field="id")
+    except DtqError:
+        return None
+
+
 def ack(
     tx: StoreTxn,
     items: Sequence[AckItem],
@@ -308,6 +362,7 @@ def ack(
     """Many completions/failures at once; a stale lease fails only its own item."""
     outcomes: list[Acked] = []
     changed: list[Task] = []
+    tx.prefetch_tasks([i for i in (_valid_id(item.id) for item in items) if i is not None])
     for item in items:
         try:
             task_id = parse_task_id(item.id, field="id")
@@ -345,11 +400,15 @@ def expire(
         )
         tx.replace_task(task, new)
         _record_finish(tx, task, new)
-        timed_out = new.error is not None and new.error.type == lifecycle.TIMED_OUT
-        kind = E.TIMED_OUT if timed_out else E.LEASE_EXPIRED
-        history.record_lease_end(tx, kind, task, new, SYSTEM_ACTOR)
+        _record_expired(tx, task, new)
         changed.append(new)
     return changed
+
+
+def _record_expired(tx: StoreTxn, old: Task, new: Task) -> None:
+    timed_out = new.error is not None and new.error.type == lifecycle.TIMED_OUT
+    kind = E.TIMED_OUT if timed_out else E.LEASE_EXPIRED
+    history.record_lease_end(tx, kind, old, new, SYSTEM_ACTOR)
 
 
 def restart_grace(tx: StoreTxn, task_ids: Sequence[str]) -> list[Task]:

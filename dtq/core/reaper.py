@@ -37,7 +37,9 @@ async def reap(queue: TaskQueue) -> None:
             deadlines.retry_orphans(orphans)
             raise
     due = deadlines.due_leases(now)
-    if due:
+    if queue.shared:
+        await _expire_shared(queue)
+    elif due:
         max_deliveries = queue.settings.max_deliveries
 
         def on_expired(changed: list[Task]) -> None:
@@ -68,6 +70,25 @@ async def reap(queue: TaskQueue) -> None:
         except BaseException:
             deadlines.retry_workers(silent, now)
             raise
+
+
+async def _expire_shared(queue: TaskQueue) -> None:
+    """A shared store: expire what ran out by the database's clock, whichever server granted
+    it (claimed with SKIP LOCKED, so each lease is expired once across servers)."""
+    max_deliveries = queue.settings.max_deliveries
+
+    def on_expired(changed: list[Task]) -> None:
+        queue.lease_expiries += len(changed)
+        for task in changed:
+            queue._after_attempt(task)
+
+    while True:
+        changed = await queue.store.write(
+            lambda tx: ops.expire_claimed(tx, queue.policy, max_deliveries),  # type: ignore[arg-type]
+            on_expired,
+        )
+        if len(changed) < 500:
+            return
 
 
 async def run_reaper(

@@ -20,12 +20,13 @@ from dtq.core.deadlines import Deadlines
 from dtq.core.dispatcher import Dispatcher, Entry
 from dtq.core.events import EventKind, attempt_kind
 from dtq.core.events import EventKind as K
-from dtq.core.longpoll import wait_for_tasks
+from dtq.core.longpoll import SharedWaiters, wait_for_tasks
 from dtq.core.polls import Polls
 from dtq.core.queues import Queues
 from dtq.core.reaper import reap, run_reaper
 from dtq.core.rebuild import rebuild
 from dtq.core.schedules import Schedules
+from dtq.core.shared_limits import limits_of_config
 from dtq.errors import DtqError, NotFound
 from dtq.models import (
     SYSTEM_ACTOR,
@@ -46,7 +47,7 @@ from dtq.models import (
 )
 from dtq.retry import RetryPolicy
 from dtq.settings import Settings
-from dtq.storage.base import Store
+from dtq.storage.base import SharedStore, Store
 
 S = TaskStatus
 EventListener = Callable[[EventKind, Task], None]
@@ -83,6 +84,12 @@ class TaskQueue:
         self.schedules = Schedules(self)
         self._active_workers: set[str] = set()
         self.closing = False
+        # A shared store (several servers on one database) claims in the database: the
+        # dispatcher's ready queues stay empty and long polls park here instead.
+        self.shared = store.shared
+        self.shared_waiters = SharedWaiters()
+        if store.changes is not None:
+            store.changes.subscribe(self.shared_waiters.wake_all)
 
     # -- start-up -----------------------------------------------------------------------
     async def rebuild(self) -> int:
@@ -91,6 +98,13 @@ class TaskQueue:
         for config in await self.store.list_queue_configs():
             self.dispatcher.configure(config)
         await self.schedules.load()
+        if self.shared:
+            # The database is the ready queue and the lease plan: only this server's view of
+            # the workers is kept in memory.
+            self._active_workers.update(w.worker_id for w in workers)
+            timeout_s = self.settings.worker_timeout_s
+            self.deadlines.load((), [(w.last_heartbeat + timeout_s, w.worker_id) for w in workers])
+            return 0
         return rebuild(
             self.store,
             workers,
@@ -104,7 +118,12 @@ class TaskQueue:
     async def grant_restart_grace(self) -> int:
         """Start-up, before the reaper runs: leases held when the server stopped get their own
         length again from now, so workers that kept running can still report (a crash must not
-        cost them their work). Returns how many."""
+        cost them their work). Returns how many.
+
+        Not on a shared store: the other servers are still running, and the leases they
+        granted are live; a lease held through a server that died simply runs out."""
+        if self.shared:
+            return 0
         task_ids = self.deadlines.live_lease_tasks()
         if not task_ids:
             return 0
@@ -127,6 +146,12 @@ class TaskQueue:
             listener(event, task)
 
     def _became_pending(self, task: Task) -> None:
+        if self.shared:
+            if task.run_at is None or task.run_at <= self.clock.now():
+                self.shared_waiters.wake_for(task.queue, task.name)
+            else:
+                self.dispatcher.schedule_changed.set()  # the reaper's wake-up may be sooner
+            return
         if task.run_at is not None and task.run_at > self.clock.now():
             self.dispatcher.schedule(_entry(task), task.run_at)
         else:
@@ -146,7 +171,7 @@ class TaskQueue:
     # `actor`: who acts (`Principal.identity`, or "system"), as the task's history records it.
     async def create(self, body: TaskCreate, actor: str = SYSTEM_ACTOR) -> tuple[Task, bool]:
         waiter = None
-        if body.run_at is None and body.delay is None and not self.closing:
+        if body.run_at is None and body.delay is None and not self.closing and not self.shared:
             waiter = self.dispatcher.reserve(body.queue, body.name)
         if waiter is None:
 
@@ -253,6 +278,10 @@ class TaskQueue:
         names = frozenset(req.names) if req.names else None
         lease_s = req.lease_seconds or self.settings.lease_default_s
         self.polls.record(req.worker_id, req.queues, req.names, self.clock.now())
+        if self.shared:
+            return await self._lease_shared(
+                queues, names, req.max_tasks, req.wait, req.worker_id, lease_s, holder
+            )
         claimed = self.dispatcher.take(queues, names, req.max_tasks)
         if not claimed and req.wait > 0 and not self.closing:
             claimed, granted = await self._wait_for_tasks(
@@ -289,6 +318,55 @@ class TaskQueue:
             self.dispatcher.give_back(claimed)  # nothing was granted
             raise
         return granted
+
+    async def _lease_shared(
+        self,
+        queues: frozenset[str] | None,
+        names: frozenset[str] | None,
+        max_tasks: int,
+        wait_s: float,
+        worker_id: str,
+        lease_s: float,
+        holder: str | None,
+    ) -> list[Task]:
+        """The lease on a shared store: claim and grant in one transaction; with nothing
+        ready, park until a local commit, the store's cross-server signal, the next `run_at`
+        or the safety poll, then claim again."""
+        deadline = trio.current_time() + wait_s
+        waiters = self.shared_waiters
+        store: SharedStore = self.store  # type: ignore[assignment]
+        poll_s = self.settings.shared_poll_s
+
+        def on_commit(granted: list[Task]) -> None:
+            for task in granted:
+                self._track_lease(task)
+                self._emit(K.TASK_LEASED, task)
+
+        while True:
+            ticket = waiters.ticket(queues, names)
+            try:
+                # Shielded: once submitted, the grant's outcome must be known (see `lease`).
+                with trio.CancelScope(shield=True):
+                    granted = await self.store.write(
+                        lambda tx: ops.claim(
+                            tx,  # type: ignore[arg-type]
+                            queues, names, max_tasks, worker_id, lease_s, holder,
+                            limits_of=limits_of_config,
+                        ),
+                        on_commit,
+                    )  # fmt: skip
+                if granted:
+                    return granted
+                now = trio.current_time()
+                if wait_s <= 0 or self.closing or now >= deadline:
+                    return []
+                wake_at = min(deadline, now + poll_s)
+                next_run_at = await store.next_run_at()
+                if next_run_at is not None:
+                    wake_at = min(wake_at, self.clock.to_trio(next_run_at))
+                await waiters.wait(ticket, wake_at)
+            finally:
+                waiters.done(ticket)
 
     def _orphan(self, tasks: list[Task]) -> None:
         """Tasks leased to a long poll that ended before it could return them: the reaper
@@ -433,13 +511,18 @@ class TaskQueue:
 
     # -- the reaper's side ----------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        """The earliest moment the reaper has something to do."""
+        """The earliest moment the reaper has something to do (on a shared store, also the
+        next safety poll: leases granted through other servers expire here too)."""
         times = [
             t
             for t in (self.dispatcher.next_scheduled_at(), self.schedules.times.next_at())
             if t is not None
         ]
-        return self.deadlines.next_at(min(times) if times else None)
+        planned = self.deadlines.next_at(min(times) if times else None)
+        if self.shared:
+            poll_at = self.clock.now() + self.settings.shared_poll_s
+            return poll_at if planned is None else min(planned, poll_at)
+        return planned
 
     async def reap(self) -> None:
         """Promote due tasks, expire due leases, mark silent workers inactive, hand back
@@ -468,7 +551,7 @@ class TaskQueue:
             dashboard=await self.dashboard(),
             ready_by_queue=d.ready_by_queue(),
             scheduled=d.scheduled_count(),
-            longpolls_waiting=d.waiting_count(),
+            longpolls_waiting=d.waiting_count() + len(self.shared_waiters),
             lease_expiries=self.lease_expiries,
         )
 
@@ -490,3 +573,4 @@ class TaskQueue:
         """Open long-polls answer now (empty unless a task was already handed to them)."""
         self.closing = True
         self.dispatcher.wake_all_waiters()
+        self.shared_waiters.wake_all()

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -52,6 +53,15 @@ def write_secret_file(path: Path, secret: str) -> None:
         os.close(fd)
 
 
+def redact_url(url: str) -> str:
+    """A database URL fit for a log: its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def banner_fields(
     settings: Settings, *, url: str, sign_in: str, protocol_url: str | None = None
 ) -> dict[str, str]:
@@ -65,6 +75,11 @@ def banner_fields(
         fields["Protocol"] = protocol_url
     if settings.store == MEMORY_STORE:
         fields["Store"] = "memory: NOTHING SURVIVES A STOP (tasks, users, keys are lost)"
+    elif settings.store.startswith(("postgresql://", "postgres://")):
+        fields["Store"] = (
+            f"postgresql {redact_url(settings.store)} (shared by every server on it; "
+            "synchronous_commit on)"
+        )
     else:
         data_dir = str(settings.data_path.resolve())
         fields["Store"] = (

@@ -8,7 +8,8 @@ writer's commit callbacks, i.e. only after the change they describe is durable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -231,3 +232,53 @@ class EventBus:
         """Shutdown: every subscriber reads what is left, then ends."""
         self.closed = True
         self._published.set()
+
+
+class ServerRelay:
+    """Shared stores: this server's task events go to the other servers' buses, and theirs
+    come into this one's, so `/ws/tasks` and `/ws/metrics` on any server see every server.
+
+    Outgoing events are collected and handed to the store once per scheduling round (the
+    store sends them in batches: one `NOTIFY` per batch on PostgreSQL); at most
+    `max_pending` wait, older ones are dropped beyond that (counted in `dropped`), so a slow
+    relay costs memory that is bounded, never a stall of the commit path. Incoming events are
+    published on the local bus as they come; this server's own are skipped (it published them
+    already)."""
+
+    def __init__(self, bus: EventBus, store: Any, *, max_pending: int = 10_000) -> None:
+        self.bus = bus
+        self.store = store
+        self.origin = uuid.uuid4().hex
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.relayed_in = 0
+        self._pending: list[tuple[str, Task]] = []
+        self._ready = trio.Event()
+        store.changes.subscribe_events(self.on_foreign)
+
+    def on_task(self, kind: str, task: Task) -> None:
+        """TaskQueue listener."""
+        pending = self._pending
+        pending.append((kind, task))
+        if len(pending) > self.max_pending:
+            excess = len(pending) - self.max_pending
+            del pending[:excess]
+            self.dropped += excess
+        self._ready.set()
+
+    def on_foreign(self, origin: str, events: Sequence[tuple[str, Task]]) -> None:
+        if origin == self.origin:
+            return
+        self.relayed_in += len(events)
+        for kind, task in events:
+            self.bus.publish(Event(kind, task=task))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._ready.wait()
+            self._ready = trio.Event()
+            await trio.lowlevel.checkpoint()  # let the rest of this round's commits add theirs
+            batch, self._pending = self._pending, []
+            if batch:
+                self.store.publish_events(self.origin, batch)

@@ -21,11 +21,21 @@ runs it in the backend's next commit, which may hold many operations (group comm
 Reads. Methods a networked backend must wait for are `async`; an embedded backend may answer at
 once. A read sees every write whose `write` call has returned; it never waits for the writer.
 Sync reads (`iter_pending`, `iter_leases`) are start-up only.
+
+Shared stores. A store with `shared = True` (PostgreSQL) may be used by several dtq servers at
+once, so no server's memory sees every write. Core then keeps no in-memory ready queues: a lease
+claims in the database (`StoreTxn.claim_ready`, rows locked and others' locks skipped) and grants
+in the same transaction; the reaper claims expired leases the same way (`claim_expired`), so
+each is handled once whichever server gets there; `StoreTxn.now` is the database's clock, one
+for every server; `take_lead` elects one server for work that must run once (webhook
+delivery); `changes` tells core that another server made tasks ready, so parked long polls try
+again. An embedded store (LMDB, memory) has `shared = False`: one process owns it and core's
+in-memory dispatcher is the fast path (`claim_ready` is then unused).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -105,6 +115,8 @@ class PendingRow(NamedTuple):
     concurrency_key: str | None = None
 
 
+# (origin server id, [(event kind, task)]): task events another server published
+EventRelayListener = Callable[[str, "Sequence[tuple[str, Task]]"], None]
 # (txn, old, new): a task change, inside the op that makes it (None: inserted / deleted)
 EventSink = Callable[["StoreTxn", Task | None, Task | None], None]
 
@@ -129,6 +141,43 @@ class WriterStats:
         self.commit_seconds_total += seconds
 
 
+class ChangeSignal:
+    """A shared store's word to core that something changed that this process did not commit:
+    another server made tasks ready (a `NOTIFY`, one per commit batch, not per task). Fired on
+    the trio thread; listeners must not block. It may fire spuriously (a claim then finds
+    nothing) and may be late or missed (core polls about once a second while it waits), so it is
+    a hint for speed, never the truth."""
+
+    __slots__ = ("_event_listeners", "_listeners", "fired")
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+        self._event_listeners: list[EventRelayListener] = []
+        self.fired = 0  # how many times (a figure for /metrics and tests)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def fire(self) -> None:
+        self.fired += 1
+        for listener in list(self._listeners):
+            listener()
+
+    # Task events relayed between servers (`SharedStore.publish_events`), so live views on any
+    # server see every server's changes. Best effort: a relay may drop events under overload.
+    def subscribe_events(self, listener: EventRelayListener) -> None:
+        self._event_listeners.append(listener)
+
+    def deliver_events(self, origin: str, events: Sequence[tuple[str, Task]]) -> None:
+        """The backend: events published by server `origin` arrived (trio thread)."""
+        for listener in list(self._event_listeners):
+            listener(origin, events)
+
+
 class StoreTxn(Protocol):
     """One operation's view inside a write transaction. Sync: it runs where the backend runs
     the commit (LMDB: the writer thread), so it must touch nothing but the transaction.
@@ -136,10 +185,17 @@ class StoreTxn(Protocol):
     Reads see this op's own writes and those of every op committed before it.
     """
 
-    now: float  # the commit's wall-clock time, one value for every op in it
+    # The commit's wall-clock time, one value for every op in it. A shared store takes it from
+    # the database (`now()` of the transaction), so every server judges lease expiry alike.
+    now: float
 
     # -- tasks: every index (listing, pending, idempotency on delete) follows these -----------
     def get_task(self, task_id: str) -> Task | None: ...
+    def prefetch_tasks(self, task_ids: Sequence[str]) -> None:
+        """A hint: `get_task` will be asked for these next (a batch ack). A networked store
+        reads (and locks, in id order) them in one round trip; an embedded one ignores it."""
+        ...
+
     def insert_task(self, task: Task) -> Task:
         """Store a new task (`task.seq` from `next_seq`); counts total, status, day created."""
         ...
@@ -241,6 +297,10 @@ class Store(Protocol):
     write and `aclose` to flush; `close` releases it."""
 
     durability: str  # fsync | os | none
+    # Several servers may use this store at once (see the module): core claims in the store.
+    shared: bool
+    # Shared stores: fired when another server made tasks ready (None: never fires).
+    changes: ChangeSignal | None
     stats: WriterStats
     # (batch size, seconds) after every commit, on the trio thread
     commit_hooks: list[Callable[[int, float], None]]
@@ -372,6 +432,73 @@ class Store(Protocol):
     async def due_deliveries(self, limit: int) -> list[tuple[float, DeliveryRef]]:
         """(next_attempt_at, ref) of the first `limit` pending deliveries, soonest first
         (ties by ref order). Times are rounded down to the microsecond."""
+        ...
+
+
+class SharedTxn(StoreTxn, Protocol):
+    """The transaction of a shared store (`Store.shared`): claims in the database."""
+
+    def claim_ready(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None, limit: int
+    ) -> list[Task]:
+        """Up to `limit` pending tasks due by `now` (`run_at` unset or <= now) in the given
+        queues / with the given names (None: any), in dispatch order: priority rank, then
+        `ready_at` (else `created_at`), then `seq`. Each row is locked until this commit ends;
+        rows another transaction holds are skipped, never waited for (PostgreSQL: one
+        `SELECT ... FOR UPDATE SKIP LOCKED`). The caller changes them with `replace_task` in the
+        same op."""
+        ...
+
+    def claim_expired(self, limit: int) -> list[Task]:
+        """Up to `limit` running tasks whose lease expired by `now`, soonest first, locked and
+        skipping locked rows as `claim_ready` does."""
+        ...
+
+    def take_lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Hold the lead called `name` for `ttl_s` seconds from `now` if nobody holds it, its
+        holder's time ran out, or `holder` already holds it (a renewal); True if `holder` holds
+        it now. Atomic across servers (PostgreSQL: one `INSERT ... ON CONFLICT DO UPDATE ...
+        WHERE`)."""
+        ...
+
+    # Queue limits that must hold across servers (paused, running per queue and per key,
+    # leases per second): a claim locks each limited queue, then reads the facts in SQL.
+    def lock_queue(self, queue: str) -> None:
+        """Serialize claims on `queue` across servers until this commit ends (PostgreSQL:
+        `pg_advisory_xact_lock`), so counts read after it cannot be raced by another claim."""
+        ...
+
+    def count_running(self, queue: str, concurrency_key: str | None = None) -> int:
+        """Running tasks of `queue` (with that `concurrency_key`, if given), committed ones and
+        this transaction's."""
+        ...
+
+    def take_tokens(self, queue: str, rate_per_s: float, wanted: int) -> int:
+        """Take up to `wanted` lease tokens from `queue`'s bucket (`rate_per_s` a second, at
+        most one second's worth saved, full when new), refilled up to `now`; returns how many
+        were taken. Call it under `lock_queue`."""
+        ...
+
+    def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
+        """Rate-limit counters shared by every server: for each (counter key, expires_at,
+        n), add n to the counter (made at 0 if absent) and return its total, in order. A
+        counter is dropped once `now` passes its expires_at (PostgreSQL: one `INSERT ... ON
+        CONFLICT DO UPDATE ... RETURNING` for the batch, rows locked in key order)."""
+        ...
+
+
+class SharedStore(Store, Protocol):
+    """A store several servers use at once (`shared = True`)."""
+
+    async def next_run_at(self) -> float | None:
+        """The earliest `run_at` of the pending tasks not yet due, or None (shared stores: the
+        moment a parked long poll must look again)."""
+        ...
+
+    def publish_events(self, origin: str, events: Sequence[tuple[str, Task]]) -> None:
+        """Relay committed task events to every server's `changes.deliver_events` (this one's
+        too: listeners skip their own `origin`). Never waits: a backend queues and sends them
+        in batches (PostgreSQL: `NOTIFY` payloads), and may drop what it cannot send."""
         ...
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -44,7 +44,14 @@ from dtq.models import (
     epoch,
 )
 from dtq.storage import codec
-from dtq.storage.base import EventSink, PendingRow, StoreTxn, TaskQuery, WriterStats
+from dtq.storage.base import (
+    ChangeSignal,
+    EventSink,
+    PendingRow,
+    StoreTxn,
+    TaskQuery,
+    WriterStats,
+)
 from dtq.storage.counting import Deltas, apply_counters, apply_day
 
 T = TypeVar("T")
@@ -105,6 +112,10 @@ class _State:
         self.days: dict[int, DayStats] = {}
         self.events: dict[str, tuple[bytes, ...]] = {}  # task id -> its events, in order
         self.schedules: dict[str, bytes] = {}
+        self.leads: dict[str, tuple[str, float]] = {}  # name -> (holder, until)
+        self.hits: dict[str, tuple[int, float]] = {}  # rate-limit counter -> (total, expires)
+        self.seq = 1  # the next enqueue sequence number
+        self.buckets: dict[str, tuple[float, float]] = {}  # queue -> (tokens, updated)
 
 
 class MemoryTxn:
@@ -115,6 +126,7 @@ class MemoryTxn:
         self._s = store.state
         self.now = now
         self.deltas = Deltas()
+        self.made_ready = False  # a task became pending: a shared store signals `changes`
         self._undo: list[tuple[dict[Any, Any], Any, Any]] = []
 
     def _set(self, table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -141,11 +153,15 @@ class MemoryTxn:
         raw = self._s.tasks.get(task_id)
         return None if raw is None else codec.decode_task(raw)
 
+    def prefetch_tasks(self, task_ids: Sequence[str]) -> None:
+        """Nothing to do: every read is in memory."""
+
     def next_seq(self) -> int:
         return self._store.take_seq()
 
     def insert_task(self, task: Task) -> Task:
         self._set(self._s.tasks, task.id, codec.encode(task))
+        self.made_ready = True
         self.deltas.add("total")
         self.deltas.task_status(task.queue, task.status, 1)
         self.deltas.day(task.created_at, "created")
@@ -155,6 +171,8 @@ class MemoryTxn:
 
     def replace_task(self, old: Task, new: Task) -> None:
         self._set(self._s.tasks, new.id, codec.encode(new))
+        if new.status == TaskStatus.PENDING:
+            self.made_ready = True
         if old.status != new.status:
             self.deltas.task_status(old.queue, old.status, -1)
             self.deltas.task_status(new.queue, new.status, 1)
@@ -298,19 +316,87 @@ class MemoryTxn:
     def delete_queue_config(self, name: str) -> bool:
         return self._del(self._s.queues, name)
 
+    # -- claims (`SharedTxn`): one op runs at a time here, so nothing is ever locked ----------
+    def claim_ready(
+        self, queues: frozenset[str] | None, names: frozenset[str] | None, limit: int
+    ) -> list[Task]:
+        due = [
+            t
+            for t in (codec.decode_task(raw) for raw in self._s.tasks.values())
+            if t.status == TaskStatus.PENDING
+            and (t.run_at is None or t.run_at <= self.now)
+            and (queues is None or t.queue in queues)
+            and (names is None or t.name in names)
+        ]
+        due.sort(key=lambda t: (t.priority.rank, t.ready_at or t.created_at, t.seq))
+        return due[:limit]
+
+    def claim_expired(self, limit: int) -> list[Task]:
+        expired = [
+            t
+            for t in (codec.decode_task(raw) for raw in self._s.tasks.values())
+            if t.status == TaskStatus.RUNNING
+            and t.lease is not None
+            and t.lease.expires_at <= self.now
+        ]
+        expired.sort(key=lambda t: (t.lease.expires_at if t.lease else 0.0, t.seq))
+        return expired[:limit]
+
+    def take_lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        current = self._s.leads.get(name)
+        if current is None or current[0] == holder or current[1] <= self.now:
+            self._set(self._s.leads, name, (holder, self.now + ttl_s))
+            return True
+        return False
+
+    def lock_queue(self, queue: str) -> None:
+        """Nothing to do: one op runs at a time."""
+
+    def count_running(self, queue: str, concurrency_key: str | None = None) -> int:
+        return sum(
+            1
+            for t in (codec.decode_task(raw) for raw in self._s.tasks.values())
+            if t.status == TaskStatus.RUNNING
+            and t.queue == queue
+            and (concurrency_key is None or t.concurrency_key == concurrency_key)
+        )
+
+    def take_tokens(self, queue: str, rate_per_s: float, wanted: int) -> int:
+        capacity = max(rate_per_s, 1.0)
+        tokens, updated = self._s.buckets.get(queue, (capacity, self.now))
+        tokens = min(capacity, tokens + max(self.now - updated, 0.0) * rate_per_s)
+        taken = min(wanted, int(tokens))
+        self._set(self._s.buckets, queue, (tokens - taken, self.now))
+        return taken
+
+    def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
+        table = self._s.hits
+        for key in [k for k, (_, expires) in table.items() if expires <= self.now]:
+            self._del(table, key)
+        totals = []
+        for key, expires_at, n in hits:
+            total = table.get(key, (0, expires_at))[0] + n
+            self._set(table, key, (total, expires_at))
+            totals.append(total)
+        return totals
+
 
 class MemoryStore:
     """`Store` in this process's memory. One commit per write, on the trio thread."""
 
     durability = "none"
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, shared: bool = False) -> None:
+        # `shared`: behave as a store several servers use at once (tests of core's claim path:
+        # two TaskQueues over one MemoryStore are two servers over one database).
+        self.shared = shared
+        self.changes: ChangeSignal | None = ChangeSignal() if shared else None
         self.state = _State()
         self.stats = WriterStats()
         self.commit_hooks: list[Callable[[int, float], None]] = []
         self.event_sink: EventSink | None = None
         self._clock = clock
-        self._seq = 1
+        self._made_ready = False
         self._closing = False
         self._stopped = trio.Event()
 
@@ -333,9 +419,20 @@ class MemoryStore:
         self.event_sink = sink
 
     def take_seq(self) -> int:
-        seq = self._seq
-        self._seq += 1
+        seq = self.state.seq
+        self.state.seq += 1
         return seq
+
+    def connect_another(self) -> MemoryStore:
+        """Another server's handle on the same data (a shared store only): it shares the
+        tables and the change signal, and has its own life cycle, event sink and commit hooks,
+        so one "server" can stop, or die, while the others carry on."""
+        if not self.shared:
+            raise ValueError("only a shared memory store has other handles")
+        other = MemoryStore(self._clock, shared=True)
+        other.state = self.state
+        other.changes = self.changes
+        return other
 
     def run_op(self, op: Callable[[StoreTxn], T], now: float) -> T:
         """Run one op as its own commit: all of its writes, or (if it raises) none."""
@@ -346,6 +443,7 @@ class MemoryStore:
             view.rollback()
             raise
         s = self.state
+        self._made_ready = view.made_ready
         apply_counters(s.counters, view.deltas)
         for day, fields in view.deltas.days.items():
             stats = s.days.get(day)
@@ -369,6 +467,8 @@ class MemoryStore:
             hook(1, elapsed)
         if on_commit is not None:
             on_commit(result)
+        if self.changes is not None and self._made_ready:
+            self.changes.fire()  # what a NOTIFY does between servers
         # A commit is a scheduling point, as with the writer: other tasks run before we return.
         await trio.lowlevel.cancel_shielded_checkpoint()
         return result
@@ -537,6 +637,19 @@ class MemoryStore:
             matched = [d for d in matched if d.status == status]
         end = None if limit is None else skip + limit
         return matched[skip:end], len(matched)
+
+    def publish_events(self, origin: str, events: Sequence[tuple[str, Task]]) -> None:
+        if self.changes is not None:
+            self.changes.deliver_events(origin, list(events))
+
+    async def next_run_at(self) -> float | None:
+        now = self._clock.now() if self._clock is not None else time.time()
+        times = [
+            t.run_at
+            for t in self._all_tasks()
+            if t.status == TaskStatus.PENDING and t.run_at is not None and t.run_at > now
+        ]
+        return min(times) if times else None
 
     async def due_deliveries(self, limit: int) -> list[tuple[float, DeliveryRef]]:
         entries = sorted(self.state.due, key=_due_order)[:limit]

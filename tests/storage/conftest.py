@@ -6,8 +6,9 @@ state (a restart). Adding one (e.g. `postgres`) is one entry in `BACKENDS`; no t
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from dtq.models import Priority, Task, TaskStatus
 from dtq.storage.base import Store
 from dtq.storage.lmdb.store import LmdbStore
 from dtq.storage.memory import MemoryStore
+from tests.storage._pg_cluster import cluster
 
 NOW = 1_750_000_000.0
 
@@ -39,11 +41,45 @@ def _memory(tmp_path: Path) -> Backend:
     return Backend("memory", MemoryStore, False)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"lmdb": _lmdb, "memory": _memory}
+def _postgres(tmp_path: Path) -> Backend:
+    raise AssertionError("made by the backend fixture, with a cluster")  # pragma: no cover
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "lmdb": _lmdb,
+    "memory": _memory,
+    "postgres": _postgres,
+}
+
+
+@pytest.fixture(scope="session")
+def pg_cluster_url() -> Iterator[str]:
+    """One throwaway cluster for the session's contract tests (skips without PostgreSQL
+    binaries, fails under CI=true); each test gets a database of its own in it."""
+    yield from cluster()
+
+
+def _fresh_database(cluster_url: str) -> str:
+    import psycopg
+
+    name = f"dtq_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(cluster_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return cluster_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "postgres":
+        try:
+            from dtq.storage.postgres.store import PostgresStore
+        except ImportError as exc:  # psycopg missing: a skip here, a failure under CI
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"the PostgreSQL driver is not installed ({exc})")
+
+        url = _fresh_database(request.getfixturevalue("pg_cluster_url"))
+        return Backend("postgres", lambda: PostgresStore(url), True)
     return BACKENDS[request.param](tmp_path)
 
 

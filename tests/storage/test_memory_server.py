@@ -55,13 +55,22 @@ def test_the_banner_says_nothing_survives() -> None:
     assert "Data dir" not in fields
 
 
-@pytest.mark.parametrize("url", ["postgresql://u@h/db", "redis://x", "memory:/", "lmdb"])
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "redis://x", "memory:/", "lmdb"])
 def test_an_unknown_store_is_refused(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert store_problem(Settings(store=url)) is not None
     assert main(["serve", "--store", url, "--port", "0"]) == 2
     assert "unknown store" in capsys.readouterr().err
 
 
+def test_the_banner_names_the_database_without_its_password() -> None:
+    url = "postgresql://dtq:s3cret@db.example:5432/dtq"
+    fields = banner_fields(Settings(store=url), url="http://127.0.0.1:5000", sign_in="x")
+    assert "postgresql://dtq:***@db.example:5432/dtq" in fields["Store"]
+    assert "s3cret" not in fields["Store"] and "Data dir" not in fields
+
+
 def test_known_stores() -> None:
     assert store_problem(Settings(store="")) is None
     assert store_problem(Settings(store="memory://")) is None
+    assert store_problem(Settings(store="postgresql://u@h/db")) is None
+    assert store_problem(Settings(store="postgres://u@h/db")) is None

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import httpx
 import structlog
@@ -66,6 +67,10 @@ _STORAGE_TROUBLE_PAUSE_S = 1.0
 # Registration waits this long at most for the URL's host to resolve; a name that does not
 # resolve (or not in time) is refused: it could not be checked, and could not be delivered to.
 REGISTRATION_RESOLVE_S = 5.0
+# Shared stores: one server sends (the holder of this lead); it renews at a third of the lead's
+# length, so another takes over within LEAD_TTL_S of its death.
+WEBHOOK_LEAD = "webhook-delivery"
+LEAD_TTL_S = 10.0
 
 Render = Callable[[Delivery], bytes]
 
@@ -119,6 +124,9 @@ class WebhookService:
         self._resolver = resolver
         self._in_flight: set[DeliveryRef] = set()
         self._wakeup = trio.Event()
+        # A shared store: every server writes deliveries (the outbox), only the lead sends.
+        self.server_id = uuid.uuid4().hex
+        self.leading = not store.shared
         outbox.on_write = self._wake
         store.commit_hooks.append(outbox.after_commit)
 
@@ -222,6 +230,8 @@ class WebhookService:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._prune_forever)
+                if self.store.shared:
+                    nursery.start_soon(self._follow_shared_store)
                 task_status.started()
                 while True:
                     self._wakeup = trio.Event()  # before looking, so no wake-up is missed
@@ -235,8 +245,8 @@ class WebhookService:
         """Start attempts for due deliveries (up to the free slots); the trio time to look
         again (inf: only when woken)."""
         free = self._concurrency - len(self._in_flight)
-        if free <= 0:
-            return math.inf  # a finishing attempt wakes the loop
+        if free <= 0 or not self.leading:
+            return math.inf  # a finishing attempt (or taking the lead) wakes the loop
         now = self.clock.now()
         # In-flight deliveries are still in the index; past them there are `free` + 1 others.
         for when, ref in await self.store.due_deliveries(len(self._in_flight) + free + 1):
@@ -334,6 +344,44 @@ class WebhookService:
                 return code, None
             return code, f"HTTP {code} {reply.reason_phrase}".rstrip()
         return None, timed_out
+
+    # -- several servers on one store ----------------------------------------------------------
+    async def _follow_shared_store(self) -> None:
+        """Shared store: pick up webhooks registered through other servers (every server's
+        outbox writes their deliveries) and hold, or wait for, the sending lead."""
+        poll_s = max(min(self.settings.shared_poll_s, LEAD_TTL_S / 3), 0.05)
+        renew_every_s = LEAD_TTL_S / 3
+        renew_at = -math.inf
+        while True:
+            try:
+                await self.refresh_hooks()
+                if trio.current_time() >= renew_at:
+                    await self.take_lead()
+                    renew_at = trio.current_time() + renew_every_s
+            except Unavailable as exc:
+                log.warning("webhook lead not renewed", error=exc.message)
+                self.leading = False
+            await trio.sleep(poll_s)
+
+    async def refresh_hooks(self) -> None:
+        """Swap in the stored webhooks when they differ from the ones this server knows."""
+        stored = await self.store.list_webhooks()
+        if {h.id: h for h in stored} != dict(self.outbox.hooks):
+            self.outbox.set_hooks(stored)
+
+    async def take_lead(self) -> bool:
+        """Hold (or renew) the sending lead; True while this server sends."""
+        me = self.server_id
+
+        def op(tx: Any) -> bool:
+            return bool(tx.take_lead(WEBHOOK_LEAD, me, LEAD_TTL_S))
+
+        was = self.leading
+        self.leading = await self.store.write(op)
+        if self.leading and not was:
+            log.info("sending webhooks for every server", server_id=me)
+            self._wakeup.set()
+        return self.leading
 
     # -- retention ---------------------------------------------------------------------------
     async def _prune_forever(self) -> None:

@@ -66,6 +66,7 @@ from dtq.storage import codec
 from dtq.storage import keys as K
 from dtq.storage.base import (
     JWT_SECRET_SETTING,
+    ChangeSignal,
     EventSink,
     PendingRow,
     StoreTxn,
@@ -144,6 +145,8 @@ class LmdbStore(Listing):
         # Called in the writer thread with (txn view, old, new); swap it only between batches.
         self.event_sink: EventSink | None = None
         self.durability = "fsync" if fsync else "os"
+        self.shared = False  # one process owns the environment
+        self.changes: ChangeSignal | None = None
         self.writer = GroupCommitWriter(self, clock)
         self.stats: WriterStats = self.writer.stats
         self.commit_hooks: list[Callable[[int, float], None]] = self.writer.commit_hooks

@@ -6,6 +6,7 @@ writer thread runs it (stack-findings trap 3), so nothing here touches trio.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import lmdb
@@ -45,6 +46,9 @@ class LmdbTxn:
     def get_task(self, task_id: str) -> Task | None:
         raw = self._txn.get(K.task_key(task_id), db=self._s.db["tasks"])
         return None if raw is None else codec.decode_task(raw)
+
+    def prefetch_tasks(self, task_ids: Sequence[str]) -> None:
+        """Nothing to do: a read is a memory-mapped lookup."""
 
     def next_seq(self) -> int:
         return self._s.take_seq()
