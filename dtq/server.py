@@ -6,6 +6,7 @@ core alone (tests, offline command-line tools)."""
 from __future__ import annotations
 
 import gc
+import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -43,7 +44,15 @@ PG_SCHEMES = ("postgresql://", "postgres://")
 
 def store_problem(settings: Settings) -> str | None:
     """Why `settings.store` names no store this server can open (None: it can)."""
-    if settings.store in ("", MEMORY_STORE) or settings.store.startswith(PG_SCHEMES):
+    if settings.store.startswith(PG_SCHEMES):
+        missing = [m for m in ("psycopg", "psycopg_pool") if importlib.util.find_spec(m) is None]
+        if missing:
+            return (
+                f"the PostgreSQL store needs {' and '.join(missing)}: "
+                "pip install 'dtq[postgres]' (or pip install 'psycopg[binary]' psycopg-pool)"
+            )
+        return None
+    if settings.store in ("", MEMORY_STORE):
         return None
     scheme = settings.store.partition("://")[0] if "://" in settings.store else settings.store
     return (
