@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 import structlog
@@ -19,6 +19,7 @@ import trio
 from dtq.clock import Clock, TrioClock
 from dtq.errors import StorageError, Unavailable
 from dtq.storage.base import StoreTxn, WriterStats
+from dtq.storage.batching import Pending, settle_committed
 from dtq.storage.faults import write_failure
 
 if TYPE_CHECKING:
@@ -30,22 +31,11 @@ log = structlog.get_logger("dtq.writer")
 _MAX_BATCH = 4096
 
 
-class _Pending(Generic[T]):
-    __slots__ = ("done", "fn", "ok", "on_commit", "result")
-
-    def __init__(self, fn: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None) -> None:
-        self.fn = fn
-        self.on_commit = on_commit
-        self.done = trio.Event()
-        self.ok = False
-        self.result: Any = None
-
-
 class GroupCommitWriter:
     def __init__(self, store: LmdbStore, clock: Clock | None) -> None:
         self._store = store
         self._clock = clock  # None: a TrioClock, made when the writer starts
-        self._queue: list[_Pending[Any]] = []
+        self._queue: list[Pending[Any]] = []
         self._wakeup = trio.Event()
         self._closing = False
         self._stopped = trio.Event()
@@ -66,7 +56,7 @@ class GroupCommitWriter:
         """
         if self._closing:
             raise Unavailable("the server is shutting down")
-        pending = _Pending(op, on_commit)
+        pending = Pending(op, on_commit)
         self._queue.append(pending)
         self._wakeup.set()
         await pending.done.wait()
@@ -98,7 +88,7 @@ class GroupCommitWriter:
         self._wakeup.set()
         await self._stopped.wait()
 
-    async def _commit(self, batch: list[_Pending[Any]]) -> None:
+    async def _commit(self, batch: list[Pending[Any]]) -> None:
         fns = [p.fn for p in batch]
         clock = self._clock
         assert clock is not None, "the writer runs"
@@ -128,19 +118,11 @@ class GroupCommitWriter:
         if self._failing is not None:
             log.warning("storage writes work again", after=self._failing)
             self._failing = None
-        elapsed = time.perf_counter() - started
-        self.stats.record(len(batch), elapsed)
-        for hook in self.commit_hooks:
-            hook(len(batch), elapsed)
-        for p, (ok, result) in zip(batch, outcomes, strict=True):
-            p.ok = ok
-            p.result = result
-            if ok and p.on_commit is not None:
-                p.on_commit(result)
-        for p in batch:
-            p.done.set()
+        settle_committed(
+            batch, outcomes, time.perf_counter() - started, self.stats, self.commit_hooks
+        )
 
-    def _fail(self, batch: list[_Pending[Any]], err: StorageError) -> None:
+    def _fail(self, batch: list[Pending[Any]], err: StorageError) -> None:
         reason = err.details.get("reason")
         if reason != self._failing:  # once per outage, not once per batch
             log.error("storage writes fail", error=err.message, reason=reason, batch=len(batch))

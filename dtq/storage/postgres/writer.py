@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import structlog
@@ -21,6 +21,7 @@ import trio
 
 from dtq.errors import StorageError, Unavailable
 from dtq.storage.base import StoreTxn, WriterStats
+from dtq.storage.batching import Pending, settle_committed
 from dtq.storage.counting import Deltas
 from dtq.storage.postgres import shared_sql
 from dtq.storage.postgres.notify import notify_ready
@@ -37,22 +38,11 @@ _RETRIES = 10  # serialization / deadlock: the batch runs again, this many times
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 
-class _Pending(Generic[T]):
-    __slots__ = ("done", "fn", "ok", "on_commit", "result")
-
-    def __init__(self, fn: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None) -> None:
-        self.fn = fn
-        self.on_commit = on_commit
-        self.done = trio.Event()
-        self.ok = False
-        self.result: Any = None
-
-
 class PgWriter:
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._conn: Any = None
-        self._queue: list[_Pending[Any]] = []
+        self._queue: list[Pending[Any]] = []
         self._wakeup = trio.Event()
         self._closing = False
         self._stopped = trio.Event()
@@ -66,7 +56,7 @@ class PgWriter:
     ) -> T:
         if self._closing:
             raise Unavailable("the server is shutting down")
-        pending = _Pending(op, on_commit)
+        pending = Pending(op, on_commit)
         self._queue.append(pending)
         self._wakeup.set()
         await pending.done.wait()
@@ -101,7 +91,7 @@ class PgWriter:
             self._conn.close()
             self._conn = None
 
-    async def _commit(self, batch: list[_Pending[Any]]) -> None:
+    async def _commit(self, batch: list[Pending[Any]]) -> None:
         fns = [p.fn for p in batch]
         started = time.perf_counter()
         try:
@@ -114,21 +104,13 @@ class PgWriter:
         if self._failing is not None:
             log.warning("database writes work again", after=self._failing)
             self._failing = None
-        elapsed = time.perf_counter() - started
-        self.stats.record(len(batch), elapsed)
-        for hook in self.commit_hooks:
-            hook(len(batch), elapsed)
-        for p, (ok, result) in zip(batch, outcomes, strict=True):
-            p.ok = ok
-            p.result = result
-            if ok and p.on_commit is not None:
-                p.on_commit(result)
-        for p in batch:
-            p.done.set()
+        settle_committed(
+            batch, outcomes, time.perf_counter() - started, self.stats, self.commit_hooks
+        )
         if made_ready and self._store.changes is not None and not self._store.notifying:
             self._store.changes.fire()  # poll mode: at least this server's waiters look again
 
-    def _fail(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
+    def _fail(self, batch: list[Pending[Any]], exc: BaseException) -> None:
         reason = type(exc).__name__
         if reason != self._failing:  # once per outage, not once per batch
             log.error("database writes fail", error=str(exc), reason=reason, batch=len(batch))
