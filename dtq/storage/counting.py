@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dtq.models import DayStats, Worker, WorkerStatus
+from dtq.models import DayStats, Task, TaskStatus, Worker, WorkerStatus
 from dtq.storage.base import day_number, queue_counter
 
 
@@ -27,6 +27,15 @@ class Deltas:
         the queue's own one follow."""
         self.add(status, n)
         self.add(queue_counter(queue, status), n)
+
+    def task_removed(self, task: Task) -> None:
+        """A stored task is gone (deleted or pruned): the total, its status and, for a
+        completed one, the duration figures no longer count it."""
+        self.add("total", -1)
+        self.task_status(task.queue, task.status, -1)
+        if task.status == TaskStatus.COMPLETED and task.duration is not None:
+            self.add("duration_sum", -task.duration)
+            self.add("duration_n", -1)
 
     def worker_changed(self, old: Worker | None, new: Worker) -> None:
         """The dashboard's worker counters follow a worker record's insert or status change."""

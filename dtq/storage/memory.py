@@ -190,11 +190,7 @@ class MemoryTxn:
         self._del(self._s.events, task.id)
         if task.idempotency_key:
             self._del(self._s.idem, task.idempotency_key)
-        self.deltas.add("total", -1)
-        self.deltas.task_status(task.queue, task.status, -1)
-        if task.status == TaskStatus.COMPLETED and task.duration is not None:
-            self.deltas.add("duration_sum", -task.duration)
-            self.deltas.add("duration_n", -1)
+        self.deltas.task_removed(task)
         if notify and (sink := self._store.event_sink) is not None:
             sink(self, task, None)
 

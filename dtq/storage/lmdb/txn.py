@@ -196,12 +196,8 @@ class LmdbTxn:
         self._delete_events(tkey)
         if task.idempotency_key:
             txn.delete(task.idempotency_key.encode(), db=db["idem"])
-        self.deltas.add("total", -1)
+        self.deltas.task_removed(task)
         self.deltas.add(L.priority_counter(task.priority), -1)
-        self.deltas.task_status(task.queue, task.status, -1)
-        if task.status == TaskStatus.COMPLETED and task.duration is not None:
-            self.deltas.add("duration_sum", -task.duration)
-            self.deltas.add("duration_n", -1)
         if notify and (sink := self._s.event_sink) is not None:
             sink(self, task, None)
 

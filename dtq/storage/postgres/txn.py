@@ -226,11 +226,7 @@ class PgTxn:
         if task.idempotency_key:
             self._write("dtq_idempotency", "DELETE FROM dtq_idempotency WHERE key = %s",
                         (key(task.idempotency_key),))  # fmt: skip
-        self.deltas.add("total", -1)
-        self.deltas.task_status(task.queue, task.status, -1)
-        if task.status == TaskStatus.COMPLETED and task.duration is not None:
-            self.deltas.add("duration_sum", -task.duration)
-            self.deltas.add("duration_n", -1)
+        self.deltas.task_removed(task)
         if notify and (sink := self._store.event_sink) is not None:
             sink(self, task, None)
 
