@@ -9,7 +9,8 @@ batches of encoded replies to `write`; `listener` (TCP/TLS) and `ws` (`/ws/sessi
   again (a revoked key or a changed password ends the connection), it is counted against the
   caller's rate limits, its permission is required, and leases are fenced by the caller's
   identity. Requests run concurrently (at most `MAX_IN_FLIGHT`); replies go out as they finish.
-- Output waits in a bounded queue; a peer that does not read within `WRITE_TIMEOUT_S`, or that
+- Output waits in a bounded queue (`Outbox`; a transport with a direct path sends a reply at
+  once when nothing is queued); a peer that does not read within `WRITE_TIMEOUT_S`, or that
   lets a notice find the queue full, is disconnected. The core never waits for a socket.
 - Push mode: `credit` lets a per-connection loop lease (the core's long poll) and `push` tasks.
   Pushed tasks the worker has not acknowledged with `started` (nor finished) are handed back
@@ -47,6 +48,7 @@ from dtq.models import Heartbeat as HeartbeatBody
 from dtq.net.envelope import error_info
 from dtq.net.protocol.bodies import decode_body
 from dtq.net.protocol.hub import Hub
+from dtq.net.protocol.outbox import Outbox, SendNow
 from dtq.net.routes.tasks import caller_of
 from dtq.net.routing import Services
 from dtq.net.views import task_out, worker_out
@@ -126,7 +128,7 @@ class Session:
         self.hub = hub
         self.peer = peer
         self.max_frame_bytes = max_frame_bytes
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUT_QUEUE_FRAMES)
+        self._out = Outbox(OUT_QUEUE_FRAMES, WRITE_BATCH)
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
         self._credentials: tuple[str | None, str | None] | None = None
         self.principal: Principal | None = None
@@ -141,7 +143,9 @@ class Session:
         self._closing = False
 
     # -- life cycle ----------------------------------------------------------------------
-    async def run(self, receive: Receive, write: Write) -> None:
+    async def run(self, receive: Receive, write: Write, send_now: SendNow | None = None) -> None:
+        """Serve the connection; `send_now`: the transport's direct path (see `Outbox`)."""
+        self._out.send_now = send_now
         self.hub.sessions.add(self)
         try:
             with self._scope:
@@ -152,7 +156,7 @@ class Session:
                     with contextlib.suppress(CloseConnection):
                         await self._read_loop(receive, nursery)
                     # Flush what is queued (an error frame saying why we close), then stop.
-                    self._out_send.close()
+                    self._out.close()
                     with trio.move_on_after(WRITE_TIMEOUT_S):
                         await writer_done.wait()
                     nursery.cancel_scope.cancel()
@@ -210,9 +214,7 @@ class Session:
         self._closing = True
         frame = error_frame(0, Unavailable("Server shutting down", reason="shutting down"),
                             closing=True)  # fmt: skip
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError,
-                                 trio.BrokenResourceError):  # fmt: skip
-            self._out_send.send_nowait(encoder.encode(frame))
+        self._out.offer(encoder.encode(frame))  # (a full queue: the peer is not reading anyway)
         self._scope.deadline = trio.current_time() + 1.0  # time to write the notice
 
     def abort(self, why: str) -> None:
@@ -221,38 +223,17 @@ class Session:
 
     # -- output --------------------------------------------------------------------------
     async def _send(self, message: Any) -> None:
-        payload = encoder.encode(message)
-        try:
-            # Room in the queue (the usual case): no trip through trio's scheduler for it.
-            self._out_send.send_nowait(payload)
-        except trio.WouldBlock:
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                await self._out_send.send(payload)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # closing: nothing more goes out
+        # Room in the queue (the usual case): no trip through trio's scheduler for it.
+        await self._out.put(encoder.encode(message))
 
     def _send_nowait(self, message: Any) -> None:
-        try:
-            self._out_send.send_nowait(encoder.encode(message))
-        except trio.WouldBlock:
+        if not self._out.offer(encoder.encode(message)):
             self.abort("peer too slow: output queue full")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     async def _write_loop(self, write: Write, done: trio.Event) -> None:
         try:
-            async for first in self._out_recv:
-                batch = [first]
-                while len(batch) < WRITE_BATCH:
-                    try:
-                        batch.append(self._out_recv.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                with trio.move_on_after(WRITE_TIMEOUT_S) as timer:
-                    await write(batch)
-                if timer.cancelled_caught:
-                    self.abort("peer not reading")
-                    return
+            if not await self._out.run(write, WRITE_TIMEOUT_S):
+                self.abort("peer not reading")
         finally:
             done.set()
             self._scope.cancel()  # no more output: the connection is over
@@ -319,7 +300,7 @@ class Session:
                 principal = await self._authenticate()
             except Unauthorized as exc:
                 await self._send(error_frame(msg.id, exc, closing=True))
-                self._out_send.close()  # the writer flushes the notice, then the session ends
+                self._out.close()  # the writer flushes the notice, then the session ends
                 return
             self._charge(principal)
             handler, permission = _HANDLERS[type(msg)]
@@ -446,7 +427,7 @@ class Session:
                         principal.require(Permission.TASKS_WORK)
                     except DtqError as exc:
                         await self._send(error_frame(0, exc, closing=True))
-                        self._out_send.close()
+                        self._out.close()
                         return
                     req = LeaseRequest(
                         worker_id=sub.worker_id, queues=sub.queues, names=sub.names,
@@ -469,16 +450,13 @@ class Session:
             self.pushed[task.id] = task.lease.id
             self.hub.track(self, task)
         sent = False
-        try:
-            # Not interrupted by `pause`: leased tasks go out (or back) as one.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(WRITE_TIMEOUT_S):
-                    await self._out_send.send(
-                        encoder.encode(Push(tasks=[task_out(t, lease_id=True) for t in tasks]))
-                    )
-                    sent = True
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        # Not interrupted by `pause`: leased tasks go out (or back) as one.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(WRITE_TIMEOUT_S):
+                await self._out.put(
+                    encoder.encode(Push(tasks=[task_out(t, lease_id=True) for t in tasks]))
+                )
+                sent = True
         if not sent:
             self.abort("peer not reading")
 

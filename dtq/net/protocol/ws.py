@@ -29,6 +29,7 @@ def register_session_websocket(app: Any, svc: Services, hub: Hub) -> None:
 
         async def write(batch: list[bytes]) -> None:
             for payload in batch:
-                await websocket.send(payload)
+                if payload:  # (never empty: no direct path here, so no flush marker)
+                    await websocket.send(payload)
 
         await session.run(receive, write)
