@@ -159,6 +159,9 @@ class PgTxn:
         """`_row`, for rows made by read-then-insert: when absent, take the advisory lock
         `lock` (every server takes it before inserting one) and look again; then the
         answer stays true until the commit, absent or not."""
+        cached = self._seen.get((table, k))
+        if cached is not None and what in cached:  # absent under the lock counts: no 2nd lock
+            return cached[what]
         row = self._row(table, col, k, what)
         if row is None:
             self._lock(lock)
