@@ -49,7 +49,7 @@ _EVENT_INSERT = "INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)"
 # many events in one statement, ids handed out in the order they were appended
 _EVENTS_INSERT = (
     "INSERT INTO dtq_task_events (task_id, data) SELECT t, d FROM "
-    "unnest(%s::uuid[], %s::bytea[]) WITH ORDINALITY AS u(t, d, n) ORDER BY n"
+    "unnest(%b::uuid[], %b::bytea[]) WITH ORDINALITY AS u(t, d, n) ORDER BY n"
 )
 _TAGS_AT = 7  # its index in `task_row`
 _BATCH_UPDATE = (
@@ -58,7 +58,7 @@ _BATCH_UPDATE = (
 ).format(
     cols=", ".join(c for c, _ in _UNNEST_TYPES[1:]),
     ucols=", ".join(f"u.{c}" for c, _ in _UNNEST_TYPES[1:]),
-    arrays=", ".join(f"%s::{t}[]" for _, t in _UNNEST_TYPES),
+    arrays=", ".join(f"%b::{t}[]" for _, t in _UNNEST_TYPES),
     names=", ".join(c for c, _ in _UNNEST_TYPES),
 )
 
