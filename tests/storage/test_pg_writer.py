@@ -197,3 +197,25 @@ async def test_an_absent_row_found_under_its_lock_is_not_looked_up_again(db_url:
         assert await store.write(op) == [None] * 50
         assert sum("pg_advisory_xact_lock" in s for s in sent) == 1
         assert len(sent) == 3, sent  # look, lock, look again
+
+
+async def test_a_batch_update_whose_optional_columns_are_all_null_or_wide(db_url: str) -> None:
+    # the column arrays go in binary: an all-NULL array and 8-byte integers must still cast
+    import msgspec
+
+    async with opened(db_url) as store:
+        tasks = [make_task(seq=2**40 + i) for i in range(3)]  # pending: no worker, no lease
+
+        def insert(tx: StoreTxn) -> None:
+            for t in tasks:
+                tx.insert_task(t)
+
+        await store.write(insert)
+        changed = [msgspec.structs.replace(t, retry_count=3) for t in tasks]
+
+        def change(tx: StoreTxn) -> None:
+            for old, new in zip(tasks, changed, strict=True):
+                tx.replace_task(old, new)
+
+        await store.write(change)
+        assert [await store.get_task(t.id) for t in tasks] == changed
