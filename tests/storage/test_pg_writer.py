@@ -172,3 +172,50 @@ async def test_many_changes_in_one_op_are_stored_as_made(db_url: str) -> None:
         assert got[2] is not None and got[2].worker_id == "w9"
         events = await store.list_task_events(a.id)
         assert [e.actor for e in events] == ["0", "1", "2", "3", "4"]
+
+
+async def test_an_absent_row_found_under_its_lock_is_not_looked_up_again(db_url: str) -> None:
+    # an ack of 100 tasks of an unregistered worker asked for it 100 times: one lock, one look
+    async with opened(db_url) as store:
+        sent: list[str] = []
+
+        class Spy:
+            def __init__(self, cur: Any) -> None:
+                self._cur = cur
+
+            def execute(self, sql: str, params: Any = None) -> Any:
+                sent.append(sql)
+                return self._cur.execute(sql, params)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._cur, name)
+
+        def op(tx: StoreTxn) -> list[Any]:
+            tx._cur = Spy(tx._cur)  # type: ignore[attr-defined]
+            return [tx.get_worker("ghost") for _ in range(50)]
+
+        assert await store.write(op) == [None] * 50
+        assert sum("pg_advisory_xact_lock" in s for s in sent) == 1
+        assert len(sent) == 3, sent  # look, lock, look again
+
+
+async def test_a_batch_update_whose_optional_columns_are_all_null_or_wide(db_url: str) -> None:
+    # the column arrays go in binary: an all-NULL array and 8-byte integers must still cast
+    import msgspec
+
+    async with opened(db_url) as store:
+        tasks = [make_task(seq=2**40 + i) for i in range(3)]  # pending: no worker, no lease
+
+        def insert(tx: StoreTxn) -> None:
+            for t in tasks:
+                tx.insert_task(t)
+
+        await store.write(insert)
+        changed = [msgspec.structs.replace(t, retry_count=3) for t in tasks]
+
+        def change(tx: StoreTxn) -> None:
+            for old, new in zip(tasks, changed, strict=True):
+                tx.replace_task(old, new)
+
+        await store.write(change)
+        assert [await store.get_task(t.id) for t in tasks] == changed

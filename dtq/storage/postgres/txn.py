@@ -49,7 +49,7 @@ _EVENT_INSERT = "INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)"
 # many events in one statement, ids handed out in the order they were appended
 _EVENTS_INSERT = (
     "INSERT INTO dtq_task_events (task_id, data) SELECT t, d FROM "
-    "unnest(%s::uuid[], %s::bytea[]) WITH ORDINALITY AS u(t, d, n) ORDER BY n"
+    "unnest(%b::uuid[], %b::bytea[]) WITH ORDINALITY AS u(t, d, n) ORDER BY n"
 )
 _TAGS_AT = 7  # its index in `task_row`
 _BATCH_UPDATE = (
@@ -58,7 +58,7 @@ _BATCH_UPDATE = (
 ).format(
     cols=", ".join(c for c, _ in _UNNEST_TYPES[1:]),
     ucols=", ".join(f"u.{c}" for c, _ in _UNNEST_TYPES[1:]),
-    arrays=", ".join(f"%s::{t}[]" for _, t in _UNNEST_TYPES),
+    arrays=", ".join(f"%b::{t}[]" for _, t in _UNNEST_TYPES),
     names=", ".join(c for c, _ in _UNNEST_TYPES),
 )
 
@@ -159,6 +159,9 @@ class PgTxn:
         """`_row`, for rows made by read-then-insert: when absent, take the advisory lock
         `lock` (every server takes it before inserting one) and look again; then the
         answer stays true until the commit, absent or not."""
+        cached = self._seen.get((table, k))
+        if cached is not None and what in cached:  # absent under the lock counts: no 2nd lock
+            return cached[what]
         row = self._row(table, col, k, what)
         if row is None:
             self._lock(lock)
