@@ -87,6 +87,32 @@ async def test_a_refused_statement_fails_its_op_alone(db_url: str) -> None:
         assert (await store.counters())["total"] == 3
 
 
+async def test_a_lone_failing_op_rolls_back_alone_and_the_next_batch_works(db_url: str) -> None:
+    """A batch of one op runs without a savepoint: its failure rolls the transaction back."""
+    async with opened(db_url) as store:
+        task = make_task(seq=1)
+        await store.write(lambda tx: tx.insert_task(task))
+
+        def dup(tx: StoreTxn) -> None:
+            tx.put_setting("half", "written")  # undone with the op
+            tx.count("half")
+            tx.insert_task(task)  # the same id: the database refuses it
+
+        def fails(tx: StoreTxn) -> None:
+            tx.put_setting("half", "written")
+            raise ValueError("the op's own failure")
+
+        with pytest.raises(StorageError):
+            await store.write(dup)
+        with pytest.raises(ValueError):
+            await store.write(fails)
+        assert await store.get_setting("half") is None
+        assert "half" not in await store.counters()
+        other = make_task(seq=2)
+        assert (await store.write(lambda tx: tx.insert_task(other))).id == other.id
+        assert (await store.counters())["total"] == 2
+
+
 async def test_a_serialization_failure_runs_the_batch_again(db_url: str) -> None:
     async with opened(db_url) as store:
         runs = {"flaky": 0, "plain": 0}
