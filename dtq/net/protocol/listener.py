@@ -114,7 +114,6 @@ class PlainSocket:
         self.sock.setblocking(False)
         self._reads = 0
         self._rest = b""  # of a message `send_now` could send only in part
-        self._sending = False
         self._broken = False
 
     async def receive_some(self, max_bytes: int) -> bytes:
@@ -132,7 +131,8 @@ class PlainSocket:
             return data
 
     def send_now(self, payload: bytes) -> int:
-        if self._sending or self._rest or self._broken:
+        """Only while no `send_all` runs (the caller's to ensure: `Outbox` and the send lock)."""
+        if self._rest or self._broken:
             return NOT_TAKEN
         data = frame(payload)
         try:
@@ -148,17 +148,13 @@ class PlainSocket:
         return PARTIAL
 
     async def send_all(self, data: bytes) -> None:
-        self._sending = True
-        try:
-            view = memoryview(self._rest + data if self._rest else data)
-            self._rest = b""
-            while view:
-                try:
-                    view = view[self.sock.send(view) :]
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.sock)
-        finally:
-            self._sending = False
+        view = memoryview(self._rest + data if self._rest else data)
+        self._rest = b""
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
 
     def close(self) -> None:
         trio.lowlevel.notify_closing(self.sock)

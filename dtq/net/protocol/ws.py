@@ -29,7 +29,6 @@ def register_session_websocket(app: Any, svc: Services, hub: Hub) -> None:
 
         async def write(batch: list[bytes]) -> None:
             for payload in batch:
-                if payload:  # (never empty: no direct path here, so no flush marker)
-                    await websocket.send(payload)
+                await websocket.send(payload)
 
         await session.run(receive, write)

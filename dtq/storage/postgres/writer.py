@@ -3,10 +3,10 @@
 The writer takes every op waiting at that moment and runs them in ONE transaction, in a worker
 thread (psycopg's sync driver: its async one is asyncio-only): `now` read from the database
 once, a SAVEPOINT per op when there are several (an op that raises rolls back to it and fails
-alone; a lone op that raises rolls the transaction back), the batch's counter deltas under this server's rows, one NOTIFY if any op made a task ready, one COMMIT
-(`synchronous_commit` on: a 2xx means committed). A serialization failure or deadlock
-re-runs the whole batch; a lost connection fails every op of it with `Unavailable` and the
-next batch connects again.
+alone; a lone op that raises rolls the transaction back), the batch's counter deltas under
+this server's rows, one NOTIFY if any op made a task ready, one COMMIT (`synchronous_commit`
+on: a 2xx means committed). A serialization failure or deadlock re-runs the whole batch; a
+lost connection fails every op of it with `Unavailable` and the next batch connects again.
 """
 
 from __future__ import annotations
