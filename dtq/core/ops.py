@@ -18,7 +18,7 @@ from msgspec.structs import replace
 from dtq.core import history
 from dtq.core import states as lifecycle
 from dtq.core.history import E
-from dtq.core.shared_limits import OVERFETCH, LimitsOf, admit
+from dtq.core.shared_limits import OVERFETCH, LimitsOf, QueueLimits, admit
 from dtq.errors import Conflict, DtqError, InvalidRequest, NotFound
 from dtq.ids import new_task_id
 from dtq.models import (
@@ -184,11 +184,15 @@ def claim(
     """A shared store's lease: claim ready rows in the database (locked, others' locks skipped)
     and grant them in the same transaction, so two servers never lease one task. With
     `limits_of`, queue limits are decided in the same transaction (`shared_limits`)."""
-    if limits_of is None:
-        candidates = tx.claim_ready(queues, names, max_tasks)
-    else:
-        candidates = tx.claim_ready(queues, names, max_tasks * OVERFETCH)
-        candidates = admit(tx, candidates, limits_of, max_tasks)
+    candidates = tx.claim_ready(queues, names, max_tasks)
+    if limits_of is not None and candidates:
+        # Rows are claimed (and locked) only as many as asked, unless a queue among them has
+        # limits: then more, so those the limits hold back leave room for others.
+        known = {q: limits_of(tx, q) for q in sorted({t.queue for t in candidates})}
+        if any(lim is not None and not lim.unlimited for lim in known.values()):
+            if len(candidates) == max_tasks:
+                candidates = tx.claim_ready(queues, names, max_tasks * OVERFETCH)
+            candidates = admit(tx, candidates, _remembered(known, limits_of), max_tasks)
     granted: list[Task] = []
     for task in candidates:
         new = lifecycle.grant_lease(
@@ -198,6 +202,11 @@ def claim(
         _record_leased(tx, new, holder)
         granted.append(new)
     return granted
+
+
+def _remembered(known: dict[str, QueueLimits | None], limits_of: LimitsOf) -> LimitsOf:
+    """`limits_of`, answering from `known` for the queues already read."""
+    return lambda tx, queue: known[queue] if queue in known else limits_of(tx, queue)
 
 
 def expire_claimed(

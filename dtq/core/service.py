@@ -346,6 +346,7 @@ class TaskQueue:
             ticket = waiters.ticket(queues, names)
             try:
                 # Shielded: once submitted, the grant's outcome must be known (see `lease`).
+                # Unordered: a create it does not see yet wakes `ticket`, and it claims again.
                 with trio.CancelScope(shield=True):
                     granted = await self.store.write(
                         lambda tx: ops.claim(
@@ -354,6 +355,7 @@ class TaskQueue:
                             limits_of=limits_of_config,
                         ),
                         on_commit,
+                        ordered=False,
                     )  # fmt: skip
                 if granted:
                     return granted
@@ -473,8 +475,10 @@ class TaskQueue:
             for task in res[1]:
                 self._after_attempt(task)
 
+        # Unordered: an ack depends on no write still waiting (on PostgreSQL it may commit
+        # beside them, in the writer's second lane).
         outcomes, _ = await self.store.write(
-            lambda tx: ops.ack(tx, items, self.policy, caller, actor), on_commit
+            lambda tx: ops.ack(tx, items, self.policy, caller, actor), on_commit, ordered=False
         )
         return outcomes
 

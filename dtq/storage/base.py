@@ -12,6 +12,12 @@ runs it in the backend's next commit, which may hold many operations (group comm
   in it raises `StorageError`/`Unavailable`), and nothing of it is stored.
 - *Ordered*: ops commit in the order `write` was called, and an op sees the writes of every op
   committed before it (including earlier ops of its own commit).
+- *Unordered* (`write(op, ordered=False)`): for an op whose outcome may not depend on ops
+  called before it that have not committed yet (an ack, a shared store's claim). A shared store
+  may commit it beside the ordered commits, before or after ops called earlier (PostgreSQL: in a
+  second transaction while the first is in the database); row locks order it against them, as
+  they order two servers' commits. It sees every commit made before it began. Embedded stores
+  commit it in call order like any other.
 - *Durable on return*: `write` returns (or `on_commit` runs) only after the commit holding the
   op is as durable as the backend's durability mode promises (`fsync`: on disk; `os`: survives
   a process crash; `none`, the memory store: until the process stops).
@@ -318,9 +324,14 @@ class Store(Protocol):
 
     # -- writes -------------------------------------------------------------------------------
     async def write(
-        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
+        self,
+        op: Callable[[StoreTxn], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        ordered: bool = True,
     ) -> T:
-        """Run `op` in the next commit; return its result once durable (see the module)."""
+        """Run `op` in the next commit; return its result once durable (see the module).
+        `ordered=False`: see *Unordered* in the module."""
         ...
 
     def set_event_sink(self, sink: EventSink | None) -> None:

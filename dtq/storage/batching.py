@@ -17,10 +17,17 @@ class Pending(Generic[T]):
     """One `Store.write` call: its op, and (after the commit) whether it worked and what it
     returned or raised."""
 
-    __slots__ = ("done", "fn", "ok", "on_commit", "result")
+    __slots__ = ("done", "fn", "ok", "on_commit", "ordered", "result")
 
-    def __init__(self, fn: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[StoreTxn], T],
+        on_commit: Callable[[T], None] | None,
+        *,
+        ordered: bool = True,
+    ) -> None:
         self.fn = fn
+        self.ordered = ordered
         self.on_commit = on_commit
         self.done = trio.Event()
         self.ok = False

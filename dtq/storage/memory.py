@@ -449,7 +449,11 @@ class MemoryStore:
         return result
 
     async def write(
-        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
+        self,
+        op: Callable[[StoreTxn], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        ordered: bool = True,  # every op commits in call order
     ) -> T:
         if self._closing:
             raise Unavailable("the server is shutting down")

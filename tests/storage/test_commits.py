@@ -8,7 +8,7 @@ import uuid
 import pytest
 import trio
 
-from dtq.errors import Unavailable
+from dtq.errors import NotFound, Unavailable
 from dtq.models import Delivery, Task, User
 from dtq.storage.base import Store, StoreTxn
 
@@ -85,6 +85,23 @@ async def test_commits_follow_call_order(store: Store) -> None:
     assert order == list(range(20))
     assert seen == [None, *[str(i) for i in range(19)]]  # each op saw the one before
     assert await store.get_setting("last") == "19"
+
+
+async def test_an_unordered_write_commits_its_op_and_runs_on_commit(store: Store) -> None:
+    marks: list[str] = []
+    result = await store.write(
+        lambda tx: tx.put_setting("u", "1") or "done", marks.append, ordered=False
+    )
+    assert result == "done" and marks == ["done"]
+    assert await store.get_setting("u") == "1"
+
+    def missing(tx: StoreTxn) -> None:
+        tx.put_setting("v", "1")
+        raise NotFound("no such thing")
+
+    with pytest.raises(NotFound):  # it fails alone, leaving nothing behind
+        await store.write(missing, ordered=False)
+    assert await store.get_setting("v") is None
 
 
 async def test_on_commit_runs_before_write_returns(store: Store) -> None:

@@ -5,6 +5,7 @@ tasks ready; poll mode (`DTQ_PG_NOTIFY=off`) sends none and still wakes its own 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -245,3 +246,46 @@ async def test_a_batch_update_whose_optional_columns_are_all_null_or_wide(db_url
 
         await store.write(change)
         assert [await store.get_task(t.id) for t in tasks] == changed
+
+
+async def test_an_unordered_op_commits_while_an_ordered_batch_is_in_the_database(
+    db_url: str,
+) -> None:
+    entered, gate = threading.Event(), threading.Event()
+
+    def slow(tx: StoreTxn) -> str:  # holds the main lane's transaction open until the gate
+        tx.put_setting("slow", "1")
+        tx.count("work", 1)
+        entered.set()
+        gate.wait(20)
+        return "slow"
+
+    def quick(tx: StoreTxn) -> str:
+        tx.put_setting("quick", "1")
+        tx.count("work", 1)
+        return "quick"
+
+    results: dict[str, str] = {}
+    async with opened(db_url) as store:
+
+        async def call(name: str, op: Any, ordered: bool) -> None:
+            results[name] = await store.write(op, ordered=ordered)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "slow", slow, True)
+                with trio.fail_after(10):
+                    await trio.to_thread.run_sync(entered.wait, 10)
+                nursery.start_soon(call, "after", lambda tx: tx.put_setting("after", "1"), True)
+                with trio.fail_after(10):  # the side lane commits it beside the open batch
+                    assert await store.write(quick, ordered=False) == "quick"
+                assert await store.get_setting("quick") == "1"
+                assert await store.get_setting("slow") is None  # not committed yet
+                assert "after" not in results  # an ordered op waits for the ones before it
+                gate.set()
+        finally:
+            gate.set()
+        assert results == {"slow": "slow", "after": None}
+        assert await store.get_setting("after") == "1"
+        # each lane adds to counter rows of its own; a read sums them
+        assert (await store.counters())["work"] == 2

@@ -159,7 +159,11 @@ class LmdbStore(Listing):
         await self.writer.aclose()
 
     async def write(
-        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
+        self,
+        op: Callable[[StoreTxn], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        ordered: bool = True,  # one writer: every op commits in call order
     ) -> T:
         return await self.writer.write(op, on_commit)
 

@@ -3,7 +3,6 @@ beside each encoded record, computed here once so writes and reads agree."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from dtq.models import Task
@@ -29,7 +28,7 @@ def key(text: str) -> bytes:
 def task_row(task: Task) -> tuple[Any, ...]:
     d = task.duration
     return (
-        uuid.UUID(task.id),
+        task.id,  # text: PostgreSQL casts it to the uuid column
         task.seq,
         str(task.status),
         task.queue,

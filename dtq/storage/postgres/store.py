@@ -149,9 +149,13 @@ class PostgresStore:
         self._pool.close()
 
     async def write(
-        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
+        self,
+        op: Callable[[StoreTxn], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        ordered: bool = True,
     ) -> T:
-        return await self._writer.write(op, on_commit)
+        return await self._writer.write(op, on_commit, ordered=ordered)
 
     def set_event_sink(self, sink: EventSink | None) -> None:
         self.event_sink = sink

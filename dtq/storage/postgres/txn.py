@@ -39,7 +39,7 @@ _TASK_UPDATE = f"UPDATE dtq_tasks SET ({TASK_COLUMNS}) = ({TASK_VALUES}) WHERE i
 # tags would make a ragged 2-D array, so they are left as they are).
 _SAME_TAGS = "-- same tags"  # the held-back form: a full `task_row`
 _UNNEST_TYPES = (
-    ("id", "uuid"), ("seq", "bigint"), ("status", "text"), ("queue", "text"), ("name", "bytea"),
+    ("id", "text[]::uuid"), ("seq", "bigint"), ("status", "text"), ("queue", "text"), ("name", "bytea"),
     ("priority_rank", "smallint"), ("worker_id", "bytea"), ("created_us", "bigint"),
     ("updated_us", "bigint"), ("dur_us", "bigint"), ("completed_us", "bigint"),
     ("ready_at", "float8"), ("run_at", "float8"), ("lease_expires_at", "float8"),
@@ -49,12 +49,14 @@ _EVENT_INSERT = "INSERT INTO dtq_task_events (task_id, data) VALUES (%s, %s)"
 # many events in one statement, ids handed out in the order they were appended
 _EVENTS_INSERT = (
     "INSERT INTO dtq_task_events (task_id, data) SELECT t, d FROM "
-    "unnest(%b::uuid[], %b::bytea[]) WITH ORDINALITY AS u(t, d, n) ORDER BY n"
+    "unnest(%b::text[]::uuid[], %b::bytea[]) WITH ORDINALITY AS u(t, d, n) ORDER BY n"
 )
 _TAGS_AT = 7  # its index in `task_row`
+# `t.id = ANY(ids)` beside the join: without it the planner hashes the whole table (a seq
+# scan per batch) for any table of up to some 30,000 rows; with it, the rows come by the key.
 _BATCH_UPDATE = (
     "UPDATE dtq_tasks AS t SET ({cols}) = ({ucols}) FROM unnest({arrays}) AS u({names}) "
-    "WHERE t.id = u.id"
+    "WHERE t.id = u.id AND t.id = ANY(%b::text[]::uuid[])"
 ).format(
     cols=", ".join(c for c, _ in _UNNEST_TYPES[1:]),
     ucols=", ".join(f"u.{c}" for c, _ in _UNNEST_TYPES[1:]),
@@ -79,18 +81,21 @@ class PgTxn:
         self.deltas = Deltas()
         self.made_ready = False  # the batch then sends one NOTIFY
         self._pending: list[tuple[str, str, Sequence[Any]]] = []  # (table, sql, params)
-        self._dirty: set[tuple[str, Any]] = set()  # (table, key) with writes held back
-        # rows this op read (and so locked): nobody else can change them until the commit
-        self._seen: dict[tuple[str, Any], dict[str, Any]] = {}  # (table, key) -> {what: row}
+        self._dirty: dict[str, set[Any]] = {}  # table -> keys with writes held back (None: any)
+        # rows this op read (and so locked): nobody else can change them until the commit;
+        # table -> key -> {what: row}. Task ids are kept as text (PostgreSQL casts them).
+        self._seen: dict[str, dict[Any, dict[str, Any]]] = {}
 
     def _write(self, table: str, sql: str, params: Sequence[Any], k: Any = None) -> None:
         """Hold a write back; `k`: the row key it touches (None: any row of `table`)."""
         self._pending.append((table, sql, params))
-        self._dirty.add((table, k))
-        if k is not None:
-            self._seen.pop((table, k), None)
-        elif self._seen:
-            self._seen = {c: r for c, r in self._seen.items() if c[0] != table}
+        self._dirty.setdefault(table, set()).add(k)
+        seen = self._seen.get(table)
+        if seen:
+            if k is None:
+                del self._seen[table]
+            else:
+                seen.pop(k, None)
 
     def flush(self) -> None:
         """Send the held-back writes (the writer calls it at the op's end, in its savepoint)."""
@@ -123,7 +128,8 @@ class PgTxn:
         latest = {row[0]: row for row in rows}  # a row changed twice: its last version
         columns = list(zip(*((*r[:_TAGS_AT], *r[_TAGS_AT + 1 :]) for r in latest.values()),
                            strict=True))  # fmt: skip
-        self._cur.execute(_BATCH_UPDATE, [list(c) for c in columns])
+        arrays = [list(c) for c in columns]
+        self._cur.execute(_BATCH_UPDATE, [*arrays, arrays[0]])
 
     def _one(self, sql: str, params: Sequence[Any]) -> Any:
         self.flush()
@@ -134,15 +140,16 @@ class PgTxn:
         """The row of `table` whose `col` is `k`, locked until the batch commits (so two
         servers' read-then-write of one row take turns, and none overwrites the other's).
         Held-back writes go first only if they touch it."""
-        cached = self._seen.get((table, k))
+        cached = self._seen.get(table, {}).get(k)
         if cached is not None and what in cached:
             return cached[what]
-        if (table, k) in self._dirty or (table, None) in self._dirty:
+        dirty = self._dirty.get(table)
+        if dirty is not None and (k in dirty or None in dirty):
             self.flush()
         self._cur.execute(f"SELECT {what} FROM {table} WHERE {col} = %s FOR UPDATE", (k,))
         row = self._cur.fetchone()
         if row is not None:  # an absent row is not locked: another server may insert it
-            self._seen.setdefault((table, k), {})[what] = row
+            self._seen.setdefault(table, {}).setdefault(k, {})[what] = row
         return row
 
     def _lock(self, name: str) -> None:
@@ -159,31 +166,32 @@ class PgTxn:
         """`_row`, for rows made by read-then-insert: when absent, take the advisory lock
         `lock` (every server takes it before inserting one) and look again; then the
         answer stays true until the commit, absent or not."""
-        cached = self._seen.get((table, k))
+        cached = self._seen.get(table, {}).get(k)
         if cached is not None and what in cached:  # absent under the lock counts: no 2nd lock
             return cached[what]
         row = self._row(table, col, k, what)
         if row is None:
             self._lock(lock)
             row = self._row(table, col, k, what)
-            self._seen.setdefault((table, k), {})[what] = row
+            self._seen.setdefault(table, {}).setdefault(k, {})[what] = row
         return row
 
     def prefetch_tasks(self, task_ids: Sequence[str]) -> None:
-        seen = {k for (table, k), rows in self._seen.items() if table == "dtq_tasks" and rows}
-        ids = sorted({uuid.UUID(t) for t in task_ids} - seen)
+        seen = self._seen.setdefault("dtq_tasks", {})
+        ids = sorted({t for t in task_ids if "data" not in seen.get(t, ())})
         if not ids:
             return
-        if any(table == "dtq_tasks" for table, _ in self._dirty):
+        if "dtq_tasks" in self._dirty:
             self.flush()
         # locked in id order, as every batch does: two servers' acks never deadlock on them
-        self._cur.execute("SELECT id, data FROM dtq_tasks WHERE id = ANY(%s) ORDER BY id "
-                          "FOR UPDATE", (ids,))  # fmt: skip
+        self._cur.execute("SELECT id::text, data FROM dtq_tasks WHERE id = ANY(%b::text[]::uuid[]) "
+                          "ORDER BY id FOR UPDATE", (ids,))  # fmt: skip
+        seen = self._seen.setdefault("dtq_tasks", {})  # a flush may have dropped it
         for tid, data in self._cur.fetchall():
-            self._seen.setdefault(("dtq_tasks", tid), {})["data"] = (data,)
+            seen.setdefault(tid, {})["data"] = (data,)
 
     def get_task(self, task_id: str) -> Task | None:
-        row = self._row("dtq_tasks", "id", uuid.UUID(task_id))
+        row = self._row("dtq_tasks", "id", task_id)
         return None if row is None else decode_task(row[0])
 
     def next_seq(self) -> int:
@@ -192,7 +200,7 @@ class PgTxn:
 
     def insert_task(self, task: Task) -> Task:
         self._write("dtq_tasks", f"INSERT INTO dtq_tasks ({TASK_COLUMNS}) VALUES ({TASK_VALUES})",
-                    task_row(task), uuid.UUID(task.id))  # fmt: skip
+                    task_row(task), task.id)  # fmt: skip
         if task.status == TaskStatus.PENDING:
             self.made_ready = True
         self.deltas.add("total")
@@ -223,7 +231,7 @@ class PgTxn:
         self._remove_task(task, notify=False)
 
     def _remove_task(self, task: Task, *, notify: bool) -> None:
-        tid = uuid.UUID(task.id)
+        tid = task.id
         self._write("dtq_tasks", "DELETE FROM dtq_tasks WHERE id = %s", (tid,), tid)
         self._write("dtq_task_events", "DELETE FROM dtq_task_events WHERE task_id = %s", (tid,))
         if task.idempotency_key:
@@ -265,7 +273,7 @@ class PgTxn:
     # -- history ----------------------------------------------------------------------------
     def append_task_event(self, task_id: str, event: TaskEvent) -> None:
         self._write("dtq_task_events", _EVENT_INSERT,
-                    (uuid.UUID(task_id), codec.encode(event)))  # fmt: skip
+                    (task_id, codec.encode(event)))  # fmt: skip
 
     # -- schedules --------------------------------------------------------------------------
     def get_schedule(self, name: str) -> Schedule | None:
@@ -306,7 +314,7 @@ class PgTxn:
             "INSERT INTO dtq_idempotency (key, task_id, fingerprint) VALUES (%s, %s, %s) "
             "ON CONFLICT (key) DO UPDATE SET task_id = EXCLUDED.task_id, "
             "fingerprint = EXCLUDED.fingerprint",
-            (key(key_), uuid.UUID(task_id), bytes(fingerprint)),
+            (key(key_), task_id, bytes(fingerprint)),
             key(key_),
         )
 

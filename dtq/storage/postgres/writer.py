@@ -1,10 +1,10 @@
-"""Group commit on PostgreSQL: one connection owns every write transaction.
+"""Group commit on PostgreSQL, over two connections (lanes; see `PgWriter`).
 
-The writer takes every op waiting at that moment and runs them in ONE transaction, in a worker
+The main lane takes every op waiting at that moment and runs them in ONE transaction, in a worker
 thread (psycopg's sync driver: its async one is asyncio-only): `now` read from the database
 once, a SAVEPOINT per op when there are several (an op that raises rolls back to it and fails
 alone; a lone op that raises rolls the transaction back), the batch's counter deltas under
-this server's rows, one NOTIFY if any op made a task ready, one COMMIT (`synchronous_commit`
+the lane's own rows, one NOTIFY if any op made a task ready, one COMMIT (`synchronous_commit`
 on: a 2xx means committed). A serialization failure or deadlock re-runs the whole batch; a
 lost connection fails every op of it with `Unavailable` and the next batch connects again.
 """
@@ -38,102 +38,164 @@ _RETRIES = 10  # serialization / deadlock: the batch runs again, this many times
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 
+class _Lane:
+    """One writer connection and the thread it is used in, with counter rows of its own (so
+    the two lanes' commits never wait on one row)."""
+
+    def __init__(self, counter_id: str) -> None:
+        self.conn: Any = None
+        self.counter_id = counter_id
+        self.thread = trio.CapacityLimiter(1)
+        self.failing: str | None = None
+        self.busy = False
+
+
 class PgWriter:
+    """Two lanes, each a connection. The main lane commits every kind of op, in call order,
+    in batches; the side lane commits one unordered op at a time (`write(ordered=False)`: a
+    claim, an ack) beside it, so Python prepares one commit while PostgreSQL runs the other
+    (one lane alone leaves one of them idle at any moment). Row locks order the two lanes'
+    transactions as they order two servers'.
+
+    Deadlocks: a lone ack locks its task rows in id order, then its worker's row; a lone claim
+    skips locked task rows and waits only on a configured queue's row or a limited queue's
+    lock. So the lanes can wait on each other in a cycle only when one main-lane batch both
+    holds such a row or lock and wants a task row of the side lane's op (a cancel of a task
+    being claimed or acked, say); PostgreSQL then breaks the cycle (after `deadlock_timeout`)
+    and the batch runs again, as it does between two servers."""
+
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
-        self._conn: Any = None
-        self._queue: list[Pending[Any]] = []
-        self._wakeup = trio.Event()
+        self._main = _Lane(store.server_id)
+        self._side = _Lane(store.server_id + ".side")
+        self._queue: list[Pending[Any]] = []  # in call order
+        self._changed = trio.Event()  # an op arrived or a lane finished a commit
         self._closing = False
         self._stopped = trio.Event()
-        self._one_thread = trio.CapacityLimiter(1)
         self.stats = WriterStats()
         self.commit_hooks: list[Callable[[int, float], None]] = []
-        self._failing: str | None = None
 
     async def write(
-        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
+        self,
+        op: Callable[[StoreTxn], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        ordered: bool = True,
     ) -> T:
         if self._closing:
             raise Unavailable("the server is shutting down")
-        pending = Pending(op, on_commit)
+        pending = Pending(op, on_commit, ordered=ordered)
         self._queue.append(pending)
-        self._wakeup.set()
+        self._changed.set()
         await pending.done.wait()
         if pending.ok:
             return pending.result
         raise pending.result
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
         try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-                    continue
-                batch = self._queue[:_MAX_BATCH]
-                del self._queue[:_MAX_BATCH]
-                with trio.CancelScope(shield=True):  # a commit is never left half-known
-                    await self._commit(batch)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_lane, self._main)
+                nursery.start_soon(self._run_lane, self._side)
+                task_status.started()
         finally:
             self._stopped.set()
 
+    def _take(self, lane: _Lane) -> list[Pending[Any]]:
+        """The ops `lane` commits next (none: it waits)."""
+        queue = self._queue
+        if lane is self._side:
+            # one unordered op, when the main lane has work of its own
+            if self._main.busy or len(queue) > 1:
+                for i, p in enumerate(queue):
+                    if not p.ordered:
+                        return [queue.pop(i)]
+            return []
+        if not queue:
+            return []
+        spare = None
+        if not self._side.busy and len(queue) > 1:  # leave the last unordered op to the side
+            spare = next((i for i in range(len(queue) - 1, -1, -1) if not queue[i].ordered),
+                         None)  # fmt: skip
+        kept = [] if spare is None else [queue.pop(spare)]
+        batch = queue[:_MAX_BATCH]
+        del queue[:_MAX_BATCH]
+        queue[:0] = kept
+        return batch
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        while True:
+            batch = self._take(lane)
+            if not batch:
+                if self._closing and not self._queue:
+                    return
+                if self._changed.is_set():
+                    self._changed = trio.Event()
+                await self._changed.wait()
+                continue
+            if self._queue:
+                self._changed.set()  # the other lane may take what is left
+            lane.busy = True
+            try:
+                with trio.CancelScope(shield=True):  # a commit is never left half-known
+                    await self._commit(lane, batch)
+            finally:
+                lane.busy = False
+                self._changed.set()
+
     async def aclose(self) -> None:
         self._closing = True
-        self._wakeup.set()
+        self._changed.set()
         await self._stopped.wait()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for lane in (self._main, self._side):
+            if lane.conn is not None:
+                lane.conn.close()
+                lane.conn = None
 
-    async def _commit(self, batch: list[Pending[Any]]) -> None:
+    async def _commit(self, lane: _Lane, batch: list[Pending[Any]]) -> None:
         fns = [p.fn for p in batch]
         started = time.perf_counter()
         try:
             outcomes, made_ready = await trio.to_thread.run_sync(
-                self._run_batch, fns, limiter=self._one_thread
+                self._run_batch, lane, fns, limiter=lane.thread
             )
         except (psycopg.Error, OSError) as exc:
-            self._fail(batch, exc)
+            self._fail(lane, batch, exc)
             return
-        if self._failing is not None:
-            log.warning("database writes work again", after=self._failing)
-            self._failing = None
+        if lane.failing is not None:
+            log.warning("database writes work again", after=lane.failing)
+            lane.failing = None
         settle_committed(
             batch, outcomes, time.perf_counter() - started, self.stats, self.commit_hooks
         )
         if made_ready and self._store.changes is not None and not self._store.notifying:
             self._store.changes.fire()  # poll mode: at least this server's waiters look again
 
-    def _fail(self, batch: list[Pending[Any]], exc: BaseException) -> None:
+    def _fail(self, lane: _Lane, batch: list[Pending[Any]], exc: BaseException) -> None:
         reason = type(exc).__name__
-        if reason != self._failing:  # once per outage, not once per batch
+        if reason != lane.failing:  # once per outage, not once per batch
             log.error("database writes fail", error=str(exc), reason=reason, batch=len(batch))
-            self._failing = reason
-        self.close()  # the next batch connects again
+            lane.failing = reason
+        if lane.conn is not None:  # the next batch connects again
+            lane.conn.close()
+            lane.conn = None
         for p in batch:
             p.result = StorageError(f"the database is unavailable: {exc}".strip(),
                                     reason="database_unavailable")  # fmt: skip
             p.done.set()
 
     # -- in the worker thread -----------------------------------------------------------------
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._store.connect()
-        return self._conn
-
     def _run_batch(
-        self, fns: list[Callable[[StoreTxn], Any]]
+        self, lane: _Lane, fns: list[Callable[[StoreTxn], Any]]
     ) -> tuple[list[tuple[bool, Any]], bool]:
-        conn = self._connection()
+        if lane.conn is None or lane.conn.closed:
+            lane.conn = self._store.connect()
+        conn = lane.conn
         for attempt in range(_RETRIES):
             try:
-                return self._try_batch(conn, fns)
+                return self._try_batch(conn, lane.counter_id, fns)
             except _RETRYABLE:
                 conn.rollback()
                 if attempt == _RETRIES - 1:
@@ -149,7 +211,7 @@ class PgWriter:
         raise AssertionError("unreachable")
 
     def _try_batch(
-        self, conn: Any, fns: list[Callable[[StoreTxn], Any]]
+        self, conn: Any, counter_id: str, fns: list[Callable[[StoreTxn], Any]]
     ) -> tuple[list[tuple[bool, Any]], bool]:
         outcomes: list[tuple[bool, Any]] = []
         batch = Deltas()
@@ -183,14 +245,13 @@ class PgWriter:
                 batch.merge(view.deltas)
                 made_ready = made_ready or view.made_ready
                 outcomes.append((True, result))
-            self._apply_deltas(cur, batch)
+            self._apply_deltas(cur, counter_id, batch)
             if made_ready and self._store.notifying:
                 notify_ready(cur)
         conn.commit()
         return outcomes, made_ready
 
-    def _apply_deltas(self, cur: Any, d: Deltas) -> None:
-        server = self._store.server_id
+    def _apply_deltas(self, cur: Any, server: str, d: Deltas) -> None:
         if d.counters:
             names = sorted(d.counters)  # rows locked in name order: no deadlock between batches
             cur.execute(
