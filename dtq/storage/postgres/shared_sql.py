@@ -2,7 +2,8 @@
 
 Each function takes a psycopg cursor inside the commit batch's transaction (the op's
 savepoint) and runs one statement; the PostgreSQL `StoreTxn` delegates its `claim_ready`,
-`claim_expired`, `take_lead` and `add_hits` here, and gets `now` from `db_now` once per batch.
+`claim_expired`, `take_lead` and `add_hits` here, and reads `now` from the database once per
+batch (`db_now`; the store's writer reads it with the batch's first statement).
 
 What the task statements expect of the tasks table (the store's schema may
 name its table differently: pass `table=`): the row's `data` is the encoded Task, and the

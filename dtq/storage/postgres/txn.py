@@ -74,10 +74,13 @@ class PgTxn:
     a few round trips, not hundreds. Tables share no keys or triggers, so only the order within
     a table matters, and it is kept."""
 
-    def __init__(self, store: PostgresStore, cur: Any, now: float) -> None:
+    def __init__(
+        self, store: PostgresStore, cur: Any, now: float, spare_seq: list[int] | None = None
+    ) -> None:
         self._store = store
         self._cur = cur
         self.now = now
+        self._spare_seq = spare_seq if spare_seq is not None else []  # the batch's, shared
         self.deltas = Deltas()
         self.made_ready = False  # the batch then sends one NOTIFY
         self._pending: list[tuple[str, str, Sequence[Any]]] = []  # (table, sql, params)
@@ -195,6 +198,8 @@ class PgTxn:
         return None if row is None else decode_task(row[0])
 
     def next_seq(self) -> int:
+        if self._spare_seq:  # taken with the batch's clock, before any other this batch
+            return self._spare_seq.pop()
         self._cur.execute("SELECT nextval('dtq_task_seq')")  # no held-back write changes it
         return int(self._cur.fetchone()[0])
 
