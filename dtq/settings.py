@@ -67,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     websocket_ping_interval_s: float = 0.0
     ws_idle_ping_s: float = 20.0
     ws_min_send_interval_s: float = 0.1  # per /ws/tasks socket: batches events under load
+    ws_recheck_s: float = 5.0  # open WebSockets check their credentials again this often (0: no)
     ws_buffer_events: int = 10_000  # events kept for /ws/tasks readers; further behind: "lagged"
     backlog: int = 4096
     keep_alive_max_requests: int = 1_000_000

@@ -5,6 +5,7 @@
 import { getSession, root } from "./session.js";
 
 const MAX_BACKOFF_MS = 10000;
+const POLICY_VIOLATION = 1008; // the server closed: these credentials no longer hold
 
 function setState(text) {
   const el = document.getElementById("live-state");
@@ -75,9 +76,14 @@ export function live(path, params, onEvents, { onReconnect, onLagged } = {}) {
       take(data);
       if (pending.length) schedule();
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       socket = null;
       if (closed) return;
+      if (event.code === POLICY_VIOLATION) {
+        // the server found the session's credentials no longer valid: retrying cannot help
+        setState("signed out: sign in again");
+        return;
+      }
       setState("reconnecting…");
       setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
