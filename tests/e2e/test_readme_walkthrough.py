@@ -51,20 +51,26 @@ async def test_readme_worker_walkthrough_reaches_completed(
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the `dtq worker` child goes too
         )  # fmt: skip
+    monitor_out, monitor_err = tmp_path / "monitor.out", tmp_path / "monitor.err"
+    returncode: int | None = None
     try:
-        with trio.fail_after(BOUND_S * 6):
-            monitor = await trio.run_process(
-                ["bash", "-c", monitor_script], cwd=str(tmp_path), env=env,
-                capture_stdout=True, capture_stderr=True, check=False,
-            )  # fmt: skip
+        # Output to files, not pipes: if the bound runs out, what was said so far is kept.
+        with open(monitor_out, "wb") as out, open(monitor_err, "wb") as err:
+            with trio.move_on_after(BOUND_S * 6):
+                monitor = await trio.run_process(
+                    ["bash", "-c", monitor_script], cwd=str(tmp_path), env=env,
+                    stdout=out, stderr=err, check=False,
+                )  # fmt: skip
+                returncode = monitor.returncode
     finally:
         with trio.CancelScope(shield=True):
             stop_group(worker.pid)
             await worker.wait()
-    output = monitor.stdout.decode()
-    context = f"{output}\n--- stderr ---\n{monitor.stderr.decode()}\n--- worker ---\n"
+    output = monitor_out.read_text()
+    context = f"{output}\n--- stderr ---\n{monitor_err.read_text()}\n--- worker ---\n"
     context += worker_log.read_text()
-    assert monitor.returncode == 0, context
+    assert returncode is not None, f"the walkthrough took over {BOUND_S * 6} s:\n{context}"
+    assert returncode == 0, context
     statuses = re.findall(r"^Status: (\w+)$", output, re.M)
     assert statuses and statuses[-1] == "completed", context
 
