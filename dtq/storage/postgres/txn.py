@@ -39,7 +39,8 @@ _TASK_UPDATE = f"UPDATE dtq_tasks SET ({TASK_COLUMNS}) = ({TASK_VALUES}) WHERE i
 # tags would make a ragged 2-D array, so they are left as they are).
 _SAME_TAGS = "-- same tags"  # the held-back form: a full `task_row`
 _UNNEST_TYPES = (
-    ("id", "text[]::uuid"), ("seq", "bigint"), ("status", "text"), ("queue", "text"), ("name", "bytea"),
+    ("id", "text[]::uuid"),  # ids are sent as text and cast (no uuid.UUID objects in Python)
+    ("seq", "bigint"), ("status", "text"), ("queue", "text"), ("name", "bytea"),
     ("priority_rank", "smallint"), ("worker_id", "bytea"), ("created_us", "bigint"),
     ("updated_us", "bigint"), ("dur_us", "bigint"), ("completed_us", "bigint"),
     ("ready_at", "float8"), ("run_at", "float8"), ("lease_expires_at", "float8"),
@@ -187,9 +188,9 @@ class PgTxn:
         if "dtq_tasks" in self._dirty:
             self.flush()
         # locked in id order, as every batch does: two servers' acks never deadlock on them
-        self._cur.execute("SELECT id::text, data FROM dtq_tasks WHERE id = ANY(%b::text[]::uuid[]) "
-                          "ORDER BY id FOR UPDATE", (ids,))  # fmt: skip
-        seen = self._seen.setdefault("dtq_tasks", {})  # a flush may have dropped it
+        self._cur.execute("SELECT id::text, data FROM dtq_tasks "
+                          "WHERE id = ANY(%b::text[]::uuid[]) ORDER BY id FOR UPDATE",
+                          (ids,))  # fmt: skip
         for tid, data in self._cur.fetchall():
             seen.setdefault(tid, {})["data"] = (data,)
 
