@@ -12,7 +12,7 @@ runs it in the backend's next commit, which may hold many operations (group comm
   in it raises `StorageError`/`Unavailable`), and nothing of it is stored.
 - *Ordered*: ops commit in the order `write` was called, and an op sees the writes of every op
   committed before it (including earlier ops of its own commit).
-- *Unordered* (`write(op, ordered=False)`): for an op whose outcome may not depend on ops
+- *Unordered* (`write(op, ordered=False)`): for an op whose outcome must not depend on ops
   called before it that have not committed yet (an ack, a shared store's claim). A shared store
   may commit it beside the ordered commits, before or after ops called earlier (PostgreSQL: in a
   second transaction while the first is in the database); row locks order it against them, as
