@@ -17,8 +17,8 @@ Sections:
   p  core on the real stores: drain N tasks (batch lease + ack, 2 workers a server) on LMDB
      (1 server) and on PostgreSQL (`PostgresStore`, 1 and 2 servers, each its own store on one
      database), and a long poll parked on server A woken by a create on server B (a process of
-     its own) through PostgreSQL's NOTIFY (p50/p99, after 10 warm-up rounds). Target: PostgreSQL with 1 server
-     >= 50% of LMDB's rate.
+     its own) through PostgreSQL's NOTIFY (p50/p99, after 10 warm-up rounds). Target:
+     PostgreSQL with 1 server >= 50% of LMDB's rate.
   h  HTTP, real servers (--urls, at least two, sharing one store): create through B -> a long
      poll on A returns; p50/p99.
 Target (issue 13): cross-server wake-up p99 <= 5 ms. JSON goes to bench/results/multi.json.

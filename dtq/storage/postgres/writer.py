@@ -58,6 +58,12 @@ class _Lane:
         self.failing: str | None = None
         self.busy = False
 
+    def drop(self) -> None:
+        """Close the connection; the lane's next batch connects again."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
 
 class PgWriter:
     """Two lanes, each a connection. The main lane commits every kind of op, in call order,
@@ -158,10 +164,8 @@ class PgWriter:
         await self._stopped.wait()
 
     def close(self) -> None:
-        for lane in (self._main, self._side):
-            if lane.conn is not None:
-                lane.conn.close()
-                lane.conn = None
+        self._main.drop()
+        self._side.drop()
 
     async def _commit(self, lane: _Lane, batch: list[Pending[Any]]) -> None:
         fns = [p.fn for p in batch]
@@ -187,9 +191,7 @@ class PgWriter:
         if reason != lane.failing:  # once per outage, not once per batch
             log.error("database writes fail", error=str(exc), reason=reason, batch=len(batch))
             lane.failing = reason
-        if lane.conn is not None:  # the next batch connects again
-            lane.conn.close()
-            lane.conn = None
+        lane.drop()
         for p in batch:
             p.result = StorageError(f"the database is unavailable: {exc}".strip(),
                                     reason="database_unavailable")  # fmt: skip
@@ -239,7 +241,7 @@ class PgWriter:
             for fn in fns:
                 if not solo:
                     cur.execute("SAVEPOINT op")
-                view = PgTxn(self._store, cur, float(now), spare_seq)
+                view = PgTxn(self._store, cur, now, spare_seq)
                 try:
                     result = fn(view)
                     if not solo:
