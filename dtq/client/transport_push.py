@@ -4,7 +4,8 @@ The worker's lease loop still calls `lease(max_tasks=free slots, wait=...)`; her
 the server `credit` for the free slots not already covered (tasks pushed and not yet taken, or
 credit still outstanding) and returns what the server has pushed, waiting up to `wait` for the
 first. The server pushes each task as it becomes ready, with no request per task. Tasks taken
-are reported `started` at once (without waiting for the reply); until then, a dropped
+are reported `started` one scheduler tick later, once their handlers have begun (the report's
+send is not on the way to a handler), without waiting for the reply; until then, a dropped
 connection hands them back at once. Everything else goes through the client, over the lane.
 """
 
@@ -49,6 +50,8 @@ class PushTransport:
         self._buffer: list[TaskOut] = []  # pushed, not yet handed to the worker
         self._outstanding = 0  # credit granted and not yet used by a push
         self._arrived = trio.Event()
+        self._unreported: list[str] = []  # taken on this connection, `started` not sent yet
+        self._taken = trio.Event()
 
     async def _connected(self) -> AsyncLane:
         lane = await self.client.lane()
@@ -67,6 +70,7 @@ class PushTransport:
             self._generation = lane.generation
             self._buffer.clear()
             self._outstanding = 0
+            self._unreported.clear()
         return lane
 
     async def run_push(
@@ -80,8 +84,26 @@ class PushTransport:
         self._on_cancelled = on_cancelled
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._report_started)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _report_started(self) -> None:
+        while True:
+            await self._taken.wait()
+            self._taken = trio.Event()
+            # One tick: the handlers of the tasks just taken (spawned in this tick) begin
+            # first; then one `started` for all of them.
+            await trio.lowlevel.checkpoint()
+            await self._flush_started()
+
+    async def _flush_started(self) -> None:
+        lane = self._lane
+        if not self._unreported or lane is None or not lane.is_connected():
+            return  # (a lost connection handed them back already; a new one clears them)
+        ids, self._unreported = self._unreported, []
+        with contextlib.suppress(httpx.TransportError):  # lost now: handed back, as above
+            await lane.send(LaneCall("started", task_ids=ids))
 
     def _pushed(self, tasks: list[TaskOut]) -> None:
         self._buffer.extend(tasks)
@@ -123,7 +145,8 @@ class PushTransport:
                 await self._arrived.wait()
         taken, self._buffer = self._buffer[:max_tasks], self._buffer[max_tasks:]
         if taken:
-            await lane.send(LaneCall("started", task_ids=[t.id for t in taken]))
+            self._unreported.extend(t.id for t in taken)
+            self._taken.set()
         return taken
 
     async def stop_leasing(self) -> None:
@@ -132,6 +155,8 @@ class PushTransport:
             return
         try:
             with trio.move_on_after(5):
+                # Taken tasks are reported first: a pause hands back the unreported ones.
+                await self._flush_started()
                 await self._lane.call(LaneCall("pause"))  # type: ignore[arg-type]
         except httpx.TransportError:
             return  # the connection is gone: the server handed them back already

@@ -8,6 +8,7 @@ transaction, so a failing op never leaves half its writes behind).
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,14 @@ from dtq.storage.base import SharedTxn, StoreTxn
 S = TaskStatus
 
 
+# The canonical form (what dtq hands out): most ids arrive so and need no uuid.UUID round trip.
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def parse_task_id(task_id: str, field: str = "task_id") -> str:
     """Canonical form of a task id, or the guide's INVALID_REQUEST for anything else."""
+    if type(task_id) is str and _CANONICAL_ID.fullmatch(task_id):
+        return task_id
     try:
         return str(uuid.UUID(task_id))
     except (ValueError, TypeError, AttributeError):

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from dtq import AsyncClient, Client, Forbidden, InvalidRequest, LeaseLost, NotFound
+from dtq.client.transport_push import PushTransport
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem
 
@@ -137,3 +138,38 @@ def test_unknown_transports_are_refused(monkeypatch: pytest.MonkeyPatch) -> None
         Client("http://127.0.0.1:1", transport="carrier-pigeon")
     monkeypatch.setenv("DTQ_TRANSPORT", "ws")
     assert Client("http://127.0.0.1:1").transport == "ws"
+
+
+async def test_a_taken_task_is_reported_started_so_a_dropped_connection_keeps_it(
+    server_url: str, keys: dict[str, str]
+) -> None:
+    """Push mode reports taken tasks `started` a tick after handing them to the worker (off
+    the way to the handler). Once reported, a dropped connection hands back only what was
+    pushed and never taken; the taken task stays leased to the worker running it."""
+    q = "q-started"
+    async with (
+        AsyncClient(server_url, api_key=keys["operator"], transport="http") as op,
+        AsyncClient(server_url, api_key=keys["worker"], transport="tcp") as w,
+        trio.open_nursery() as nursery,
+    ):
+        push = PushTransport(w)
+        await nursery.start(push.run_push, lambda task_id: None)
+        first = await op.submit("t", queue=q)
+        second = await op.submit("t", queue=q)
+        with trio.fail_after(10):
+            assert await push.lease("w-started", queues=[q], max_tasks=2, wait=0) == []
+            while len(push._buffer) < 2:  # both pushed against the credit
+                push._arrived = trio.Event()
+                await push._arrived.wait()
+            taken = await push.lease("w-started", queues=[q], max_tasks=1, wait=5)
+            assert [t.id for t in taken] == [first.id]
+            while push._unreported:
+                await trio.sleep(0)
+            await w.get(first.id)  # a round trip behind the report, on the same connection
+            lane = await w.lane()
+            assert lane is not None
+            await lane.aclose()
+            while (await op.get(second.id)).status != "pending":
+                await trio.sleep(0.01)  # the server hands it back once it sees the close
+        assert (await op.get(first.id)).status == "running"
+        nursery.cancel_scope.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from dtq.models import TaskCreate, TaskStatus
 from dtq.server import open_queue
 from dtq.settings import Settings
 from dtq.storage.lmdb.store import LmdbStore, LmdbTxn
+from dtq.storage.lmdb.writer import INLINE_COMMIT_MAX_S
 
 from .conftest import WALL0, all_tasks, create, make_settings, recount
 
@@ -234,3 +237,52 @@ def test_tiny_map_size_at_open(tmp_path: Path) -> None:
     except StorageError:
         return  # a clear error is acceptable
     store.close()
+
+
+# --------------------------------------------------------------------------- where it commits
+
+
+async def test_a_lone_write_commits_on_the_event_loop_until_commits_turn_slow(
+    q: TaskQueue,
+) -> None:
+    """A lone op while commits are quick skips the two thread hand-offs; a batch of several,
+    or any op once commits have turned slow, runs on the writer's thread, so a slow disk never
+    holds up the event loop."""
+    loop_thread = threading.get_ident()
+    writer = q.store.writer
+
+    async def thread_of_write(hold_s: float = 0.0) -> int:
+        def op(tx: LmdbTxn) -> int:
+            time.sleep(hold_s)  # a slow commit, as a slow disk makes it
+            return threading.get_ident()
+
+        thread: int = await q.store.write(op)
+        return thread
+
+    writer.recent_commit_s = 0.0
+    assert await thread_of_write() == loop_thread
+
+    threads: list[int] = []
+
+    async def record() -> None:
+        threads.append(await thread_of_write())
+
+    # Hold the writer: the first write waits in it alone, the next three queue together.
+    async with trio.open_nursery() as nursery, writer._one_thread:
+        nursery.start_soon(thread_of_write)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):
+            nursery.start_soon(record)
+            await trio.testing.wait_all_tasks_blocked()
+    assert q.store.stats.last_batch == 3
+    assert set(threads) != {loop_thread} and len(set(threads)) == 1
+
+    writer.recent_commit_s = 0.0
+    assert await thread_of_write(hold_s=INLINE_COMMIT_MAX_S * 8) == loop_thread  # turns slow
+    assert writer.recent_commit_s > INLINE_COMMIT_MAX_S
+    assert await thread_of_write() != loop_thread
+    for _ in range(50):  # quick commits bring the average back down: inline again
+        if writer.recent_commit_s < INLINE_COMMIT_MAX_S:
+            break
+        await thread_of_write()
+    assert await thread_of_write() == loop_thread
