@@ -10,7 +10,9 @@
     worker.run()                           # or: dtq worker mymodule:worker
 
 Leases as many tasks as it has free slots (one long poll), of the names it has handlers for
-(`any_name=True` for every name), extends each lease at a third of its
+(`any_name=True` for every name); while tasks run, it asks again once a quarter of its slots
+are free or 2 ms after the first one freed, so a busy worker asks for batches, not one task per
+finished one. It extends each lease at a third of its
 length, reports results in batches, and hands unfinished tasks back on shutdown. It only uses
 the public HTTP API or the fast lane (push mode, `transport_push`), through `WorkerTransport`.
 """
