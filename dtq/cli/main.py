@@ -10,7 +10,7 @@ import httpx
 import msgspec
 
 from dtq import __version__
-from dtq.cli import accounts, db, queues, schedules, server, tasks
+from dtq.cli import accounts, db, queues, schedules, server, tasks, webhooks
 from dtq.cli.common import HelpFormatter, UsageError
 from dtq.errors import DtqError, Unauthorized
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(sub)
     tasks.register(sub)
     schedules.register(sub)
+    webhooks.register(sub)
     accounts.register(sub)
     queues.register(sub)
     db.register(sub)

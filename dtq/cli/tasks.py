@@ -125,7 +125,7 @@ def _list_tasks(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_task_events(args: argparse.Namespace) -> int:
     with client_for(args) as client:
-        events = client.task_events(args.task_id)
+        events = client.task_events(args.task_id, skip=args.skip, limit=args.limit)
     if wants_json(args.json):
         print_rows(events, True)
     else:
@@ -175,6 +175,9 @@ def register_operating(tasks: Any) -> None:
     """`dtq tasks events|retry|purge`."""
     p = add_parser(tasks, "events", "show everything that happened to a task, oldest first")
     p.add_argument("task_id", help="the task's id")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N (default: 0)")
+    p.add_argument("--limit", type=int,
+                   help="at most N, up to 1000 (default: the server's, 1000)")  # fmt: skip
     add_remote_flags(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_task_events)

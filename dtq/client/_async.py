@@ -307,3 +307,33 @@ class AsyncClient(_Base):
     async def trigger_schedule(self, name: str) -> dict[str, Any]:
         """Run its task now; returns {schedule, task}."""
         return await self._send(self._req_schedule("POST", name, None, "trigger"))
+
+    # -- webhooks (admin, operator) ---------------------------------------------------------
+    async def create_webhook(
+        self,
+        url: str,
+        events: Sequence[str] = ("*",),
+        *,
+        secret: str | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """Register `url` for `events` (event kinds, or "*" for all). The answer holds the
+        signing `secret` (generated when not given): it is shown only here."""
+        body = {"url": url, "events": list(events), "secret": secret, "description": description}
+        return await self._send(self._req_create_webhook(body))
+
+    async def list_webhooks(self) -> builtins.list[dict[str, Any]]:
+        return await self._send(self._req_webhooks())
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return await self._send(self._req_webhook("GET", webhook_id))
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        """No delivery is sent for it any more; its delivery history goes."""
+        await self._send(self._req_webhook("DELETE", webhook_id))
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, skip: int = 0, limit: int = 50
+    ) -> builtins.list[dict[str, Any]]:
+        """Newest first, each with its attempts; `status`: pending, delivered or failed."""
+        return await self._send(self._req_webhook_deliveries(webhook_id, status, skip, limit))

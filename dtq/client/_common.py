@@ -327,6 +327,25 @@ class _Requests:
         # Resending is safe: a second create of the same name is a 409, never a second one.
         return _Req("POST", "/api/v1/schedules", _clean(body), None, False, dict[str, Any])
 
+    # -- webhooks (admin, operator) ---------------------------------------------------------
+    def _req_create_webhook(self, body: dict[str, Any]) -> _Req[dict[str, Any]]:
+        # Never resent: a second POST would register a second webhook.
+        return _Req("POST", "/api/v1/webhooks", _clean(body), None, False, dict[str, Any])
+
+    def _req_webhooks(self) -> _Req[list[dict[str, Any]]]:
+        return _Req("GET", "/api/v1/webhooks", None, None, True, list[dict[str, Any]])
+
+    def _req_webhook(self, method: str, webhook_id: str) -> _Req[Any]:
+        data_type = None if method == "DELETE" else dict[str, Any]
+        return _Req(method, f"/api/v1/webhooks/{webhook_id}", None, None, True, data_type)
+
+    def _req_webhook_deliveries(
+        self, webhook_id: str, status: str | None, skip: int, limit: int
+    ) -> _Req[list[dict[str, Any]]]:
+        params = _clean({"status": status, "skip": skip or None, "limit": limit})
+        path = f"/api/v1/webhooks/{webhook_id}/deliveries"
+        return _Req("GET", path, None, params, True, list[dict[str, Any]])
+
 
 def _when(value: Any) -> Any:
     """A datetime filter as the API takes it (RFC 3339); anything else as given."""

@@ -301,3 +301,33 @@ class Client(_Base):
     def trigger_schedule(self, name: str) -> dict[str, Any]:
         """Run its task now; returns {schedule, task}."""
         return self._send(self._req_schedule("POST", name, None, "trigger"))
+
+    # -- webhooks (admin, operator) ---------------------------------------------------------
+    def create_webhook(
+        self,
+        url: str,
+        events: Sequence[str] = ("*",),
+        *,
+        secret: str | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """Register `url` for `events` (event kinds, or "*" for all). The answer holds the
+        signing `secret` (generated when not given): it is shown only here."""
+        body = {"url": url, "events": list(events), "secret": secret, "description": description}
+        return self._send(self._req_create_webhook(body))
+
+    def list_webhooks(self) -> builtins.list[dict[str, Any]]:
+        return self._send(self._req_webhooks())
+
+    def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return self._send(self._req_webhook("GET", webhook_id))
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """No delivery is sent for it any more; its delivery history goes."""
+        self._send(self._req_webhook("DELETE", webhook_id))
+
+    def webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, skip: int = 0, limit: int = 50
+    ) -> builtins.list[dict[str, Any]]:
+        """Newest first, each with its attempts; `status`: pending, delivered or failed."""
+        return self._send(self._req_webhook_deliveries(webhook_id, status, skip, limit))

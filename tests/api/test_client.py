@@ -30,6 +30,7 @@ from dtq import (
 from dtq.models import AckItem
 
 from .helpers import SERVE_ADMIN_PASSWORD as ADMIN_PASSWORD
+from .webhook_support import run_receiver
 
 
 def when(iso: str | None) -> datetime:
@@ -269,6 +270,34 @@ async def test_heartbeat_and_workers(admin: AsyncClient) -> None:
     (listed,) = await admin.workers("active")
     assert (listed.worker_id, listed.current_load, listed.queues) == ("w-7", 1, ["a"])
     assert await admin.workers("inactive") == []
+
+
+@pytest.mark.parametrize(
+    "server_overrides", [{"webhook_allow_private_networks": True}], indirect=True
+)
+async def test_webhooks_register_deliver_list_and_delete(admin: AsyncClient) -> None:
+    async with run_receiver() as receiver:
+        hook = await admin.create_webhook(receiver.url, ["task.created"], description="ci")
+        assert hook["url"] == receiver.url and hook["events"] == ["task.created"]
+        assert len(hook["secret"]) >= 16  # generated, shown only here
+        assert [h["id"] for h in await admin.list_webhooks()] == [hook["id"]]
+        got = await admin.get_webhook(hook["id"])
+        assert got["description"] == "ci" and "secret" not in got
+
+        task = await admin.submit("a")
+        await receiver.wait_count(1)
+        with trio.fail_after(10):
+            while not (done := await admin.webhook_deliveries(hook["id"], status="delivered")):
+                await trio.sleep(0.01)  # the receiver has it; the outcome is written after
+        assert [(d["event"], d["task_id"]) for d in done] == [("task.created", task.id)]
+        assert await admin.webhook_deliveries(hook["id"], status="pending") == []
+
+        with pytest.raises(InvalidRequest):
+            await admin.create_webhook(receiver.url, ["no.such.event"])
+        await admin.delete_webhook(hook["id"])
+        with pytest.raises(NotFound):
+            await admin.get_webhook(hook["id"])
+        assert await admin.list_webhooks() == []
 
 
 async def test_dashboard_trends_and_export(admin: AsyncClient) -> None:

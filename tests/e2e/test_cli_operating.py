@@ -1,18 +1,24 @@
-"""`dtq tasks events|retry|purge` and `dtq schedules ...` against a real server, with the SDK
-methods behind them (`task_events`, `retry_task(s)`, `purge_tasks`, the schedule calls)."""
+"""`dtq tasks events|retry|purge`, `dtq schedules ...` and `dtq webhooks ...` against a real
+server, with the SDK methods behind them (`task_events`, `retry_task(s)`, `purge_tasks`, the
+schedule and webhook calls)."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from dtq import Client, NotFound
 
+from . import procs as worker_procs
 from .conftest import SharedServer
-from .procs import run_cli
+from .procs import run_cli, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +90,61 @@ def test_schedules_commands(shared_server: SharedServer) -> None:
     done = run_cli("schedules", "create", f"{name}-c", "* * *", "--task", task,
                    *remote(shared_server))  # fmt: skip
     assert done.returncode != 0 and "cron" in done.stderr
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:  # the http.server hook for POST
+        self.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhooks_commands(procs: worker_procs.Processes, tmp_path: Path) -> None:
+    server = worker_procs.Server(
+        procs, tmp_path / "data", env=server_env(DTQ_WEBHOOK_ALLOW_PRIVATE_NETWORKS="true")
+    ).start()
+    (key,) = server.create_keys("admin")
+    shared = SharedServer(server, key, key)
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        made = cli_json(shared, "webhooks", "create", url, "--event", "task.created",
+                        "--description", "from the CLI")  # fmt: skip
+        assert made["url"] == url and made["events"] == ["task.created"]
+        assert len(made["secret"]) >= 16
+        assert [h["id"] for h in cli_json(shared, "webhooks", "list")] == [made["id"]]
+        assert cli_json(shared, "webhooks", "get", made["id"])["description"] == "from the CLI"
+        with Client(server.url, api_key=key) as client:
+            task = client.submit("job", queue="hooked")
+        deadline = time.monotonic() + 20
+        while not (done := cli_json(shared, "webhooks", "deliveries", made["id"], "--status",
+                                    "delivered")):  # fmt: skip
+            assert time.monotonic() < deadline, "the delivery never landed"
+            time.sleep(0.05)
+        assert [(d["event"], d["task_id"]) for d in done] == [("task.created", task.id)]
+        assert json.loads(_Receiver.received[-1])["task"]["id"] == task.id
+        table = run_cli("webhooks", "list", *remote(shared))
+        assert table.returncode == 0 and url in table.stdout
+        gone = run_cli("webhooks", "delete", made["id"], *remote(shared))
+        assert gone.returncode == 0 and made["id"] in gone.stdout
+        assert cli_json(shared, "webhooks", "list") == []
+        missing = run_cli("webhooks", "get", made["id"], *remote(shared))
+        assert missing.returncode != 0 and "not found" in missing.stderr.lower()
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def test_task_events_pages(shared_server: SharedServer) -> None:
+    queue = f"ops-{uuid.uuid4().hex[:8]}"
+    with Client(shared_server.url, api_key=shared_server.admin_key) as client:
+        (task_id,) = failed_tasks(client, queue, 1)
+    page = cli_json(shared_server, "tasks", "events", task_id, "--skip", "1", "--limit", "1")
+    assert [e["event"] for e in page] == ["leased"]
