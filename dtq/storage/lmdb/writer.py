@@ -36,7 +36,7 @@ log = structlog.get_logger("dtq.writer")
 
 _MAX_BATCH = 4096
 # A lone op commits on the trio thread while the commits' running average stays below this.
-INLINE_COMMIT_MAX_S = 0.001
+INLINE_COMMIT_MAX_S = 0.002
 _AVERAGE_WEIGHT = 0.25  # of the newest commit in that average
 
 
