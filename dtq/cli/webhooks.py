@@ -72,7 +72,8 @@ def register(sub: Any) -> None:
         p.set_defaults(func=cmd_webhooks)
     p = add_parser(actions, "deliveries", "a webhook's deliveries, newest first, with attempts")
     p.add_argument("webhook_id", help="the webhook's id")
-    p.add_argument("--status", choices=["pending", "delivered", "failed"])
+    p.add_argument("--status", choices=["pending", "delivered", "failed"],
+                   help="only deliveries in this state (default: all)")  # fmt: skip
     p.add_argument("--skip", type=int, default=0, help="leave out the first N (default: 0)")
     p.add_argument("--limit", type=int, default=50, help="at most N, up to 100 (default: 50)")
     add_remote_flags(p)

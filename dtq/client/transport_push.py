@@ -155,7 +155,8 @@ class PushTransport:
             return
         try:
             with trio.move_on_after(5):
-                # Taken tasks are reported first: a pause hands back the unreported ones.
+                # Taken tasks are reported first: when this worker's connection closes
+                # after the drain, the server hands back every pushed task not reported.
                 await self._flush_started()
                 await self._lane.call(LaneCall("pause"))  # type: ignore[arg-type]
         except httpx.TransportError:
