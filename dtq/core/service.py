@@ -50,6 +50,9 @@ from dtq.settings import Settings
 from dtq.storage.base import SharedStore, Store
 
 S = TaskStatus
+# A lease or ack of at most this many tasks is a quick write (`Store.write(quick=True)`): an
+# embedded store may commit it on the event loop when it is alone. Larger ones may take long.
+QUICK_BATCH = 8
 EventListener = Callable[[EventKind, Task], None]
 WorkerListener = Callable[[EventKind, Worker], None]
 QueueListener = Callable[[EventKind, QueueConfig], None]
@@ -181,7 +184,9 @@ class TaskQueue:
                     self._became_pending(task)
                     self._emit(K.TASK_CREATED, task)
 
-            return await self.store.write(lambda tx: ops.create(tx, body, actor), on_commit)
+            return await self.store.write(
+                lambda tx: ops.create(tx, body, actor), on_commit, quick=True
+            )
 
         # A worker is parked waiting for exactly this: lease the task to it in the same
         # commit (one fsync on the wake-up path instead of two).
@@ -210,6 +215,7 @@ class TaskQueue:
                         tx, body, parked.worker_id, parked.lease_s, parked.holder, actor
                     ),
                     on_leased,
+                    quick=True,
                 )
         except DtqError:
             parked.event.set()  # nothing was leased to it: it goes back to waiting
@@ -312,7 +318,9 @@ class TaskQueue:
             # leaves leases that expire and retry (at-least-once).
             with trio.CancelScope(shield=True):
                 granted, _ = await self.store.write(
-                    lambda tx: ops.lease(tx, ids, req.worker_id, lease_s, holder), on_commit
+                    lambda tx: ops.lease(tx, ids, req.worker_id, lease_s, holder),
+                    on_commit,
+                    quick=len(ids) <= QUICK_BATCH,
                 )
         except DtqError:
             self.dispatcher.give_back(claimed)  # nothing was granted
@@ -417,6 +425,7 @@ class TaskQueue:
         return await self.store.write(
             lambda tx: ops.complete(tx, task_id, lease_id, result, caller, actor),
             self._after_attempt,
+            quick=True,
         )
 
     async def fail(
@@ -434,6 +443,7 @@ class TaskQueue:
                 tx, task_id, lease_id, error, retry, self.policy, caller=caller, actor=actor
             ),
             self._after_attempt,
+            quick=True,
         )
 
     async def release(
@@ -450,7 +460,7 @@ class TaskQueue:
             self._emit(K.TASK_RELEASED, task)
 
         return await self.store.write(
-            lambda tx: ops.release(tx, task_id, lease_id, caller, actor), on_commit
+            lambda tx: ops.release(tx, task_id, lease_id, caller, actor), on_commit, quick=True
         )
 
     async def extend(
@@ -466,6 +476,7 @@ class TaskQueue:
         return await self.store.write(
             lambda tx: ops.extend(tx, task_id, lease_id, seconds, caller, actor),
             self._track_lease,
+            quick=True,
         )
 
     async def ack(
@@ -478,7 +489,10 @@ class TaskQueue:
         # Unordered: an ack depends on no write still waiting (on PostgreSQL it may commit
         # beside them, in the writer's second lane).
         outcomes, _ = await self.store.write(
-            lambda tx: ops.ack(tx, items, self.policy, caller, actor), on_commit, ordered=False
+            lambda tx: ops.ack(tx, items, self.policy, caller, actor),
+            on_commit,
+            ordered=False,
+            quick=len(items) <= QUICK_BATCH,
         )
         return outcomes
 
@@ -500,7 +514,7 @@ class TaskQueue:
             for listener in self.worker_listeners:
                 listener(kind, worker)
 
-        return await self.store.write(lambda tx: ops.heartbeat(tx, hb), on_commit)
+        return await self.store.write(lambda tx: ops.heartbeat(tx, hb), on_commit, quick=True)
 
     async def get_worker(self, worker_id: str) -> Worker:
         worker = await self.store.get_worker(worker_id)

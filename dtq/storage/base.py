@@ -18,6 +18,11 @@ runs it in the backend's next commit, which may hold many operations (group comm
   second transaction while the first is in the database); row locks order it against them, as
   they order two servers' commits. It sees every commit made before it began. Embedded stores
   commit it in call order like any other.
+- *Quick* (`write(op, quick=True)`): a hint that the op writes a handful of rows (one task
+  and what follows from it). An embedded store may commit a quick op that is alone in its
+  batch on the event loop itself (LMDB, while its commits stay quick), sparing the hand-off to
+  its writer thread and back; it never does so for other ops, which may be large (a purge, a
+  prune, a batch ack) and would hold up the loop. Other stores ignore it.
 - *Durable on return*: `write` returns (or `on_commit` runs) only after the commit holding the
   op is as durable as the backend's durability mode promises (`fsync`: on disk; `os`: survives
   a process crash; `none`, the memory store: until the process stops).
@@ -329,9 +334,10 @@ class Store(Protocol):
         on_commit: Callable[[T], None] | None = None,
         *,
         ordered: bool = True,
+        quick: bool = False,
     ) -> T:
         """Run `op` in the next commit; return its result once durable (see the module).
-        `ordered=False`: see *Unordered* in the module."""
+        `ordered=False`: see *Unordered*; `quick=True`: see *Quick* in the module."""
         ...
 
     def set_event_sink(self, sink: EventSink | None) -> None:

@@ -17,7 +17,7 @@ class Pending(Generic[T]):
     """One `Store.write` call: its op, and (after the commit) whether it worked and what it
     returned or raised."""
 
-    __slots__ = ("done", "fn", "ok", "on_commit", "ordered", "result")
+    __slots__ = ("done", "fn", "ok", "on_commit", "ordered", "quick", "result")
 
     def __init__(
         self,
@@ -25,9 +25,11 @@ class Pending(Generic[T]):
         on_commit: Callable[[T], None] | None,
         *,
         ordered: bool = True,
+        quick: bool = False,
     ) -> None:
         self.fn = fn
         self.ordered = ordered
+        self.quick = quick
         self.on_commit = on_commit
         self.done = trio.Event()
         self.ok = False

@@ -454,6 +454,7 @@ class MemoryStore:
         on_commit: Callable[[T], None] | None = None,
         *,
         ordered: bool = True,  # every op commits in call order
+        quick: bool = False,  # (nothing to hand off: ops run on the event loop)
     ) -> T:
         if self._closing:
             raise Unavailable("the server is shutting down")

@@ -242,25 +242,26 @@ def test_tiny_map_size_at_open(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- where it commits
 
 
-async def test_a_lone_write_commits_on_the_event_loop_until_commits_turn_slow(
+async def test_a_lone_quick_write_commits_on_the_event_loop_until_commits_turn_slow(
     q: TaskQueue,
 ) -> None:
-    """A lone op while commits are quick skips the two thread hand-offs; a batch of several,
-    or any op once commits have turned slow, runs on the writer's thread, so a slow disk never
-    holds up the event loop."""
+    """A lone quick op while commits are quick skips the two thread hand-offs; an op not
+    marked quick (it may be a purge of thousands), a batch of several, or any op once commits
+    have turned slow runs on the writer's thread, so the event loop never waits long."""
     loop_thread = threading.get_ident()
     writer = q.store.writer
 
-    async def thread_of_write(hold_s: float = 0.0) -> int:
+    async def thread_of_write(hold_s: float = 0.0, *, quick: bool = True) -> int:
         def op(tx: LmdbTxn) -> int:
             time.sleep(hold_s)  # a slow commit, as a slow disk makes it
             return threading.get_ident()
 
-        thread: int = await q.store.write(op)
+        thread: int = await q.store.write(op, quick=quick)
         return thread
 
     writer.recent_commit_s = 0.0
     assert await thread_of_write() == loop_thread
+    assert await thread_of_write(quick=False) != loop_thread
 
     threads: list[int] = []
 

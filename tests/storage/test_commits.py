@@ -104,6 +104,25 @@ async def test_an_unordered_write_commits_its_op_and_runs_on_commit(store: Store
     assert await store.get_setting("v") is None
 
 
+async def test_a_quick_write_is_a_write_like_any_other(store: Store) -> None:
+    """`quick=True` is a hint (an embedded store may commit it on the event loop); what the
+    caller sees is the same: durable on return, on_commit first, a failure leaves nothing."""
+    marks: list[str] = []
+    result = await store.write(
+        lambda tx: tx.put_setting("q", "1") or "done", marks.append, quick=True
+    )
+    assert result == "done" and marks == ["done"]
+    assert await store.get_setting("q") == "1"
+
+    def missing(tx: StoreTxn) -> None:
+        tx.put_setting("w", "1")
+        raise NotFound("no such thing")
+
+    with pytest.raises(NotFound):
+        await store.write(missing, quick=True)
+    assert await store.get_setting("w") is None
+
+
 async def test_on_commit_runs_before_write_returns(store: Store) -> None:
     marks: list[str] = []
     result = await store.write(lambda tx: "r", lambda r: marks.append(f"committed {r}"))

@@ -164,8 +164,9 @@ class LmdbStore(Listing):
         on_commit: Callable[[T], None] | None = None,
         *,
         ordered: bool = True,  # one writer: every op commits in call order
+        quick: bool = False,
     ) -> T:
-        return await self.writer.write(op, on_commit)
+        return await self.writer.write(op, on_commit, quick=quick)
 
     def set_event_sink(self, sink: EventSink | None) -> None:
         self.event_sink = sink

@@ -5,11 +5,13 @@ runs them in ONE LMDB transaction in ONE worker thread (begin, write and commit 
 thread: stack-findings trap 3), fsyncs once, then resolves them all. A caller returns only
 after its transaction is durable, so a 2xx built on that return is durable too.
 
-A lone op, while commits are quick, commits on the trio thread instead: with nobody else
-writing there is nothing to overlap, and the two thread hand-offs (there and back, each a
-wake-up of a sleeping thread) cost a sequential producer ~0.1 ms per write and an idle
-server's first write ~0.3 ms. Once commits slow down (a busy or slow disk, big batches), every
-batch goes to the thread again, so the event loop never waits long on the disk.
+A quick op (`write(op, quick=True)`: one task's create and the like) that is alone in its
+batch, while commits are quick, commits on the trio thread instead: with nobody else writing
+there is nothing to overlap, and the two thread hand-offs (there and back, each a wake-up of a
+sleeping thread) cost a sequential producer ~0.1 ms per write and an idle server's first write
+~0.3 ms. Other ops (a purge, a prune, a batch ack: they may take tens of ms) always go to the
+thread, and once commits slow down (a busy or slow disk) so does every batch, so the event loop
+never waits long on the disk.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ T = TypeVar("T")
 log = structlog.get_logger("dtq.writer")
 
 _MAX_BATCH = 4096
-# A lone op commits on the trio thread while the commits' running average stays below this.
+# A lone quick op commits on the trio thread while the commits' average stays below this.
 INLINE_COMMIT_MAX_S = 0.002
 _AVERAGE_WEIGHT = 0.25  # of the newest commit in that average
 
@@ -57,7 +59,11 @@ class GroupCommitWriter:
         self.recent_commit_s = 0.0  # running average of commit times: inline or thread
 
     async def write(
-        self, op: Callable[[StoreTxn], T], on_commit: Callable[[T], None] | None = None
+        self,
+        op: Callable[[StoreTxn], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        quick: bool = False,
     ) -> T:
         """Run `op` in the next group commit and return its result once durable.
 
@@ -66,7 +72,7 @@ class GroupCommitWriter:
         """
         if self._closing:
             raise Unavailable("the server is shutting down")
-        pending = Pending(op, on_commit)
+        pending = Pending(op, on_commit, quick=quick)
         self._queue.append(pending)
         self._wakeup.set()
         await pending.done.wait()
@@ -105,7 +111,11 @@ class GroupCommitWriter:
         while True:
             started = time.perf_counter()
             try:
-                if len(fns) == 1 and self.recent_commit_s < INLINE_COMMIT_MAX_S:
+                if (
+                    len(batch) == 1
+                    and batch[0].quick
+                    and self.recent_commit_s < INLINE_COMMIT_MAX_S
+                ):
                     async with self._one_thread:  # the same one-writer token (tests hold it)
                         outcomes = self._store.run_batch(fns, clock.now())
                 else:

@@ -154,6 +154,7 @@ class PostgresStore:
         on_commit: Callable[[T], None] | None = None,
         *,
         ordered: bool = True,
+        quick: bool = False,  # (every commit is a database round trip: the writer's thread)
     ) -> T:
         return await self._writer.write(op, on_commit, ordered=ordered)
 
