@@ -16,7 +16,7 @@ import httpx
 import msgspec
 
 from dtq.client import _async_io as _io
-from dtq.client._common import FINAL_STATUSES, _Base, _Req
+from dtq.client._common import FINAL_STATUSES, LIMITS, _Base, _Req
 from dtq.errors import RateLimited, Unavailable
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome
@@ -29,9 +29,7 @@ class AsyncClient(_Base):
 
     def __init__(self, url: str | Sequence[str] | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
-        self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=self.timeout_s, limits=httpx.Limits(max_connections=100)
-        )
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, limits=LIMITS)
         self._lane: _io.Lane | None = None  # the fast lane, once a call opened it
         self._lane_off = self.transport == "http"  # auto found no lane: HTTP from now on
         self._lane_lock = _io.Lock()  # concurrent first calls open one lane, not one each

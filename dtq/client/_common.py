@@ -37,6 +37,12 @@ from dtq.wire import ReplyIn
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:5000"
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# An idle keep-alive connection is dropped after 2 s, well before the server closes its end
+# (DTQ_KEEP_ALIVE_TIMEOUT_S, 5 s by default). With both at 5 s, a request sent on a connection
+# just as the server closed it failed with "Server disconnected without sending a response",
+# and a POST cannot be sent again safely.
+KEEPALIVE_EXPIRY_S = 2.0
+LIMITS = httpx.Limits(max_connections=100, keepalive_expiry=KEEPALIVE_EXPIRY_S)
 # Resending a request the server refused or never answered: 0.25 s, 0.5 s, 1 s, ... up to 5 s,
 # each scaled by a random factor in [0.5, 1.5).
 CLIENT_RETRY = RetryPolicy(base_s=0.25, cap_s=5.0, jitter=0.5)

@@ -28,6 +28,7 @@ from dtq import (
     Unauthorized,
 )
 from dtq.models import AckItem
+from dtq.settings import Settings
 
 from .helpers import SERVE_ADMIN_PASSWORD as ADMIN_PASSWORD
 from .webhook_support import run_receiver
@@ -360,6 +361,15 @@ async def test_api_errors_are_typed(admin: AsyncClient, server_url: str) -> None
         issubclass(cls, DtqError)
         for cls in (NotFound, InvalidRequest, Forbidden, Unauthorized, LeaseLost)
     )
+
+
+def test_idle_connections_are_dropped_before_the_server_closes_them() -> None:
+    """A request on a keep-alive connection the server is closing that very moment gets no
+    answer, and a POST cannot be sent again: the clients give idle connections up first."""
+    server_closes_after_s = Settings().keep_alive_timeout_s
+    for client in (Client("http://127.0.0.1:1"), AsyncClient("http://127.0.0.1:1")):
+        pool = client._http._transport._pool  # type: ignore[attr-defined]
+        assert pool._keepalive_expiry <= server_closes_after_s / 2
 
 
 async def test_the_sync_client_in_a_thread(admin: AsyncClient, server_url: str) -> None:

@@ -74,6 +74,9 @@ class Api:
             base_url=self.url + "/api/v1",
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=procs.BOUND_S,
+            # Idle connections go before the server's keep-alive timeout (5 s) closes them:
+            # a request sent on one just as it closed fails without a response.
+            limits=httpx.Limits(keepalive_expiry=2.0),
         )
 
     def call(self, method: str, path: str, json: Any = None, status: int = 200) -> Any:
