@@ -494,8 +494,7 @@ DTQ_WORKER_MODULE = textwrap.dedent(
     import os, time
     from dtq import Worker
 
-    worker = Worker(concurrency=100, heartbeat_interval_s=5, poll_wait_s=20,
-                    threads=int(os.environ.get("BENCH_THREADS", "0")) or None)
+    worker = Worker(concurrency=100, heartbeat_interval_s=5, poll_wait_s=20)
 
     if os.environ["BENCH_HANDLER"] == "sync":
         @worker.task("noop")

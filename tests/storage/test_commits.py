@@ -87,11 +87,19 @@ async def test_commits_follow_call_order(store: Store) -> None:
     assert await store.get_setting("last") == "19"
 
 
-async def test_an_unordered_write_commits_its_op_and_runs_on_commit(store: Store) -> None:
+@pytest.mark.parametrize(
+    "hint",
+    [{"ordered": False}, {"quick": True}],
+    ids=["unordered", "quick"],
+)
+async def test_a_hinted_write_commits_its_op_and_runs_on_commit(
+    store: Store, hint: dict[str, bool]
+) -> None:
+    """`ordered=False` and `quick=True` change where or when a store may commit an op (see
+    the port), never what the caller sees: durable on return, on_commit first, and a failing
+    op leaves nothing behind."""
     marks: list[str] = []
-    result = await store.write(
-        lambda tx: tx.put_setting("u", "1") or "done", marks.append, ordered=False
-    )
+    result = await store.write(lambda tx: tx.put_setting("u", "1") or "done", marks.append, **hint)
     assert result == "done" and marks == ["done"]
     assert await store.get_setting("u") == "1"
 
@@ -100,27 +108,8 @@ async def test_an_unordered_write_commits_its_op_and_runs_on_commit(store: Store
         raise NotFound("no such thing")
 
     with pytest.raises(NotFound):  # it fails alone, leaving nothing behind
-        await store.write(missing, ordered=False)
+        await store.write(missing, **hint)
     assert await store.get_setting("v") is None
-
-
-async def test_a_quick_write_is_a_write_like_any_other(store: Store) -> None:
-    """`quick=True` is a hint (an embedded store may commit it on the event loop); what the
-    caller sees is the same: durable on return, on_commit first, a failure leaves nothing."""
-    marks: list[str] = []
-    result = await store.write(
-        lambda tx: tx.put_setting("q", "1") or "done", marks.append, quick=True
-    )
-    assert result == "done" and marks == ["done"]
-    assert await store.get_setting("q") == "1"
-
-    def missing(tx: StoreTxn) -> None:
-        tx.put_setting("w", "1")
-        raise NotFound("no such thing")
-
-    with pytest.raises(NotFound):
-        await store.write(missing, quick=True)
-    assert await store.get_setting("w") is None
 
 
 async def test_on_commit_runs_before_write_returns(store: Store) -> None:
