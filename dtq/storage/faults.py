@@ -29,12 +29,13 @@ _CAUSES: dict[int, tuple[str, str]] = {
 }
 
 
-def write_failure(exc: lmdb.Error, path: str, *, growing: bool = False) -> StorageError:
+def write_failure(exc: lmdb.Error | OSError, path: str, *, growing: bool = False) -> StorageError:
     """The 503 for a write transaction that failed with `exc` on the store at `path`.
 
     `growing`: `exc` came from enlarging a full map (the database cannot grow any more).
     """
-    code = getattr(exc, "code", None)  # py-lmdb: the errno, or LMDB's own MDB_* code
+    # py-lmdb: the errno, or LMDB's own MDB_* code; the write-ahead log: an OSError's errno
+    code = exc.errno if isinstance(exc, OSError) else getattr(exc, "code", None)
     errno_name = errno.errorcode.get(code) if isinstance(code, int) and code > 0 else None
     if growing:
         reason, cause = "storage_full", f"the database cannot grow: {_lmdb_text(exc)}"
@@ -55,7 +56,7 @@ def write_failure(exc: lmdb.Error, path: str, *, growing: bool = False) -> Stora
     )
 
 
-def _lmdb_text(exc: lmdb.Error) -> str:
+def _lmdb_text(exc: lmdb.Error | OSError) -> str:
     """LMDB's own words ('mdb_txn_commit: Input/output error' -> 'Input/output error')."""
-    reason = getattr(exc, "reason", None)
+    reason = exc.strerror if isinstance(exc, OSError) else getattr(exc, "reason", None)
     return str(reason) if reason else str(exc)

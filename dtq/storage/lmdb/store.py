@@ -76,11 +76,14 @@ from dtq.storage.base import (
 )
 from dtq.storage.lmdb import layouts as L
 from dtq.storage.lmdb.listing import COUNTERS, Listing
+from dtq.storage.lmdb.logged import BesideTheLog, CommitLog, LogBusy
+from dtq.storage.lmdb.redo import RecordingTxn
 from dtq.storage.lmdb.txn import Deltas, LmdbTxn
 from dtq.storage.lmdb.writer import GroupCommitWriter
 
 T = TypeVar("T")
 
+# Append only: a write-ahead log record names tables by their place here.
 TABLES = (
     "tasks", "pending", "by_created", "by_updated", "by_status", "by_priority",
     "by_worker", "by_queue", "by_name", "idem", "workers", "days", "meta",
@@ -114,18 +117,34 @@ class LmdbStore(Listing):
         clock: Clock | None = None,
     ) -> None:
         os.makedirs(path, exist_ok=True)
+        # Each commit's durability point is one record in the write-ahead log (synced with
+        # fsync), unless another process (a server) holds the log; then LMDB syncs its own.
+        self.log: CommitLog | None = None
+        try:
+            self.log = CommitLog(path, sync=fsync)
+        except LogBusy:
+            pass
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot open the write-ahead log in {path!r}: {exc}") from exc
+        else:
+            self.log.rewind_if_power_was_lost()
+        lmdb_syncs = self.log is None
         try:
             self.env = lmdb.open(
                 path,
                 map_size=map_size_bytes,
                 max_dbs=len(TABLES) + 2,
-                sync=fsync,
-                metasync=fsync,
+                sync=lmdb_syncs,
+                metasync=lmdb_syncs,
                 readahead=False,
                 max_readers=512,
             )
         except lmdb.Error as exc:
+            if self.log is not None:
+                self.log.wal.close()
             raise StorageError(f"cannot open data directory {path!r}: {exc}") from exc
+        if self.log is not None:
+            self.log.opened(self.env)
         self.path = path
         self.db: dict[str, Any] = {}
         while True:
@@ -133,6 +152,9 @@ class LmdbStore(Listing):
                 with self.env.begin(write=True) as txn:
                     for name in TABLES:
                         self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
+                    self._tables = [self.db[name] for name in TABLES]
+                    if self.log is not None:
+                        self.log.recover(txn, self._tables, self.db["meta"])
                     raw = txn.get(_SEQ, db=self.db["meta"])
                     self._build_missing_indexes(txn)
                     self._build_queue_counters(txn)
@@ -140,6 +162,12 @@ class LmdbStore(Listing):
                 break
             except lmdb.MapFullError:  # a map too small for the tables or indexes: grow it
                 self.grow()
+        self._table_number = {db: i for i, db in enumerate(self._tables)}
+        self._beside: BesideTheLog | None = None
+        if self.log is not None:
+            self.log.start(self.env, self.db["meta"])
+        else:
+            self._beside = BesideTheLog(path, self.env, self.db["meta"])
         self._seq = K.from_u64(raw) if raw else 1
         self._seq_dirty = False
         # Called in the writer thread with (txn view, old, new); swap it only between batches.
@@ -172,7 +200,13 @@ class LmdbStore(Listing):
         self.event_sink = sink
 
     def close(self) -> None:
-        self.env.close()
+        try:
+            if self.log is not None:
+                self.log.close()
+            if self._beside is not None:
+                self._beside.close()
+        finally:
+            self.env.close()
 
     def _adopt_secret_file(self, txn: lmdb.Transaction) -> None:
         """Data directories from before the JWT secret lived in the store kept it in a file
@@ -277,11 +311,14 @@ class LmdbStore(Listing):
         outcomes: list[tuple[bool, Any]] = []
         batch = Deltas()
         seq_before = self._seq
+        logged = self.log is not None
         txn = self.env.begin(write=True)
         try:
+            top: Any = RecordingTxn(txn, self._table_number) if logged else txn
             for op in ops:
                 child = self.env.begin(write=True, parent=txn)
-                view = LmdbTxn(self, child, now)
+                child_view: Any = RecordingTxn(child, self._table_number) if logged else child
+                view = LmdbTxn(self, child_view, now)
                 try:
                     result = op(view)
                 except lmdb.Error:
@@ -292,12 +329,20 @@ class LmdbStore(Listing):
                     outcomes.append((False, exc))
                     continue
                 child.commit()
+                if logged:
+                    top.changes.extend(child_view.changes)
                 batch.merge(view.deltas)
                 outcomes.append((True, result))
-            self._apply_deltas(txn, batch)
+            self._apply_deltas(top, batch)
             if self._seq_dirty:
-                txn.put(_SEQ, K.u64(self._seq), db=self.db["meta"])
-            txn.commit()
+                top.put(_SEQ, K.u64(self._seq), db=self.db["meta"])
+            if logged and top.changes:
+                assert self.log is not None
+                self.log.commit(txn, top, self.db["meta"])
+            else:
+                txn.commit()  # (logged: nothing changed, nothing to make durable)
+                if self._beside is not None:
+                    self._beside.committed()
         except BaseException:
             txn.abort()
             self._seq = max(self._seq, seq_before)  # seqs are only ever skipped, never reused
@@ -305,7 +350,7 @@ class LmdbStore(Listing):
         self._seq_dirty = False
         return outcomes
 
-    def _apply_deltas(self, txn: lmdb.Transaction, d: Deltas) -> None:
+    def _apply_deltas(self, txn: lmdb.Transaction | RecordingTxn, d: Deltas) -> None:
         if d.counters:
             meta = self.db["meta"]
             raw = txn.get(COUNTERS, db=meta)
@@ -326,6 +371,12 @@ class LmdbStore(Listing):
         """Double the map. Call only when no transaction of this process is open."""
         new_size = self.env.info()["map_size"] * 2
         self.env.set_mapsize(new_size)
+        # Growing ended every transaction, the checkpoint's pin too: pin again before the
+        # next commit may reuse the snapshot's pages.
+        if self.log is not None and self.log.checkpointer is not None:
+            self.log.checkpoint_now()
+        elif self.log is not None:  # still opening: the snapshot it opened at
+            self.log.opened(self.env)
         return int(new_size)
 
     # -- reads (never wait for the writer; no transaction spans an await) ---------------

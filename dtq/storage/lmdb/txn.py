@@ -28,6 +28,7 @@ from dtq.storage import codec
 from dtq.storage import keys as K
 from dtq.storage.counting import Deltas
 from dtq.storage.lmdb import layouts as L
+from dtq.storage.lmdb.redo import RecordingTxn
 
 if TYPE_CHECKING:
     from dtq.storage.lmdb.store import LmdbStore
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 class LmdbTxn:
     """`StoreTxn` over one nested LMDB write transaction (one per operation)."""
 
-    def __init__(self, store: LmdbStore, txn: lmdb.Transaction, now: float) -> None:
+    def __init__(self, store: LmdbStore, txn: lmdb.Transaction | RecordingTxn, now: float) -> None:
         self._s = store
         self._txn = txn
         self.now = now
@@ -249,12 +250,16 @@ class LmdbTxn:
         self._txn.put(key, codec.encode(event), db=self._s.db["events"])
 
     def _delete_events(self, tkey: bytes) -> None:
-        cur = self._txn.cursor(db=self._s.db["events"])
-        if not cur.set_range(tkey):
-            return
-        while bytes(cur.key()[:16]) == tkey:
-            if not cur.delete():
-                break
+        db = self._s.db["events"]
+        cur = self._txn.cursor(db=db)
+        keys: list[bytes] = []
+        if cur.set_range(tkey):
+            for key in cur.iternext(values=False):
+                if key[:16] != tkey:
+                    break
+                keys.append(bytes(key))
+        for key in keys:  # through the transaction, so the write-ahead log sees each
+            self._txn.delete(key, db=db)
 
     # -- schedules --------------------------------------------------------------------------
     def get_schedule(self, name: str) -> Schedule | None:

@@ -12,10 +12,14 @@ sleeping thread) cost a sequential producer ~0.1 ms per write and an idle server
 ~0.3 ms. Other ops (a purge, a prune, a batch ack: they may take tens of ms) always go to the
 thread, and once commits slow down (a busy or slow disk) so does every batch, so the event loop
 never waits long on the disk.
+
+With the write-ahead log (`dtq.storage.lmdb.logged`), the writer also starts each checkpoint
+between two batches; its sync runs in another thread while the commits go on.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,8 +33,10 @@ from dtq.errors import StorageError, Unavailable
 from dtq.storage.base import StoreTxn, WriterStats
 from dtq.storage.batching import Pending, settle_committed
 from dtq.storage.faults import write_failure
+from dtq.storage.lmdb.logged import CHECKPOINT_INTERVAL_S
 
 if TYPE_CHECKING:
+    from dtq.storage.lmdb.logged import CommitLog
     from dtq.storage.lmdb.store import LmdbStore
 
 T = TypeVar("T")
@@ -57,6 +63,9 @@ class GroupCommitWriter:
         )
         self.commit_hooks: list[Callable[[int, float], None]] = []  # (batch size, seconds)
         self.recent_commit_s = 0.0  # running average of commit times: inline or thread
+        self._checkpointing: trio.Event | None = None  # set when the one in flight ends
+        self.checkpoint_interval_s = CHECKPOINT_INTERVAL_S
+        self._checkpointed_at = 0.0  # trio.current_time() when the last checkpoint began
 
     async def write(
         self,
@@ -83,20 +92,69 @@ class GroupCommitWriter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._clock is None:
             self._clock = TrioClock()
-        task_status.started()
         try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup = trio.Event()
+            async with trio.open_nursery() as nursery:  # a checkpoint's sync, in the background
+                task_status.started()
+                await self._loop(nursery)
+        finally:
+            self._stopped.set()
+
+    async def _loop(self, nursery: trio.Nursery) -> None:
+        commit_log = self._store.log
+        self._checkpointed_at = trio.current_time()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup = trio.Event()
+                with trio.move_on_after(self._idle_s(commit_log)):
                     await self._wakeup.wait()
-                    continue
+            else:
                 batch = self._queue[:_MAX_BATCH]
                 del self._queue[:_MAX_BATCH]
                 await self._commit(batch)
+            if commit_log is not None and self._checkpoint_due(commit_log):
+                await self._begin_checkpoint(commit_log, nursery)
+
+    def _idle_s(self, commit_log: CommitLog | None) -> float:
+        """How long to wait for a write before a checkpoint is due."""
+        if commit_log is None or not commit_log.uncheckpointed:
+            return math.inf
+        since = trio.current_time() - self._checkpointed_at
+        return max(0.0, self.checkpoint_interval_s - since)
+
+    def _checkpoint_due(self, commit_log: CommitLog) -> bool:
+        if self._checkpointing is not None or not commit_log.uncheckpointed:
+            return False
+        since = trio.current_time() - self._checkpointed_at
+        return commit_log.wal.checkpoint_due or since >= self.checkpoint_interval_s
+
+    async def _begin_checkpoint(self, commit_log: CommitLog, nursery: trio.Nursery) -> None:
+        try:
+            snap = await trio.to_thread.run_sync(
+                commit_log.begin_checkpoint, limiter=self._one_thread
+            )
+        except (lmdb.Error, OSError, RuntimeError) as exc:
+            log.error("checkpoint failed", error=str(exc))
+            return
         finally:
-            self._stopped.set()
+            self._checkpointed_at = trio.current_time()  # (after a failure: try again then)
+        done = self._checkpointing = trio.Event()
+
+        async def finish() -> None:
+            try:
+                await trio.to_thread.run_sync(commit_log.finish_checkpoint, snap)
+            except OSError as exc:
+                # The last good checkpoint stays, and so do the records after it.
+                log.error("checkpoint failed", error=str(exc))
+                commit_log.checkpoint_failed(snap)
+            else:
+                commit_log.hold(snap)
+            finally:
+                self._checkpointing = None
+                done.set()
+
+        nursery.start_soon(finish)
 
     async def aclose(self) -> None:
         """Stop taking new writes, flush the queued ones, wait for the writer to finish."""
@@ -124,7 +182,10 @@ class GroupCommitWriter:
                         self._store.run_batch, fns, clock.now(), limiter=self._one_thread
                     )
             except lmdb.MapFullError:
-                # No transaction is open now (reads never span an await), so growing is safe.
+                # No transaction is open now (reads never span an await), so growing is safe
+                # once a checkpoint in flight has its pin (growing ends it; `grow` pins anew).
+                if self._checkpointing is not None:
+                    await self._checkpointing.wait()
                 try:
                     size = self._store.grow()
                 except lmdb.Error as exc:  # no memory or address space for a larger map
@@ -132,7 +193,7 @@ class GroupCommitWriter:
                     return
                 log.info("storage map grown", map_size_bytes=size)
                 continue
-            except lmdb.Error as exc:
+            except (lmdb.Error, OSError) as exc:
                 # The transaction was aborted: nothing of it is stored, nothing before it is
                 # touched (LMDB never overwrites committed pages), and the next batch gets a
                 # fresh transaction, so writes work again as soon as the disk does.

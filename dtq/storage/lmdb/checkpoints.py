@@ -1,0 +1,141 @@
+"""Checkpoints: the LMDB snapshot the write-ahead log's records follow, synced and kept intact.
+
+LMDB commits without syncing while the log is the durability point. After a power cut the
+newest meta page on disk may then name pages that never reached it. So a checkpoint:
+
+1. under LMDB's write lock (no process commits meanwhile), copies the two meta pages as they
+   are and opens a read transaction on that snapshot (the pin);
+2. syncs the data file: the snapshot's pages were all written before, so now they are on disk;
+3. records the copied meta pages, the snapshot's txn id and the last log record it holds in
+   the checkpoint file.
+
+While the pin is open LMDB reuses no page of the snapshot, so it stays intact on disk until
+the next checkpoint moves the pin. After a power cut (a new boot id), writing the copied meta
+pages back makes LMDB open at that snapshot, and the log's later records replay on top.
+
+The checkpoint file only moves forward: a command-line tool that writes while a server holds
+the log records a checkpoint after each of its (synced) commits, which the server's own
+checkpoints then never move back past.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from dtq.storage.lmdb import wal
+from dtq.storage.lmdb.wal import Checkpoint
+
+__all__ = ["Checkpointer", "Snapshot", "rewind_to"]
+
+_META_MAGIC = 0xBEEFC0DE
+_META_MAGIC_AT = 16  # after the page header
+_META_TXNID_AT = 144  # LMDB 0.9, 64-bit: the last field of MDB_meta
+
+
+def _txn_id_of(meta_pages: bytes, psize: int) -> int:
+    """The snapshot two meta pages open at (LMDB takes the newer one), checking their format."""
+    ids = []
+    for page in (meta_pages[:psize], meta_pages[psize:]):
+        (magic,) = struct.unpack_from("<I", page, _META_MAGIC_AT)
+        if magic != _META_MAGIC:
+            raise ValueError("not an LMDB 0.9 meta page")
+        ids.append(struct.unpack_from("<Q", page, _META_TXNID_AT)[0])
+    return max(ids)
+
+
+def rewind_to(data_file: str, ckpt: Checkpoint) -> None:
+    """Make the LMDB data file open at the checkpoint's snapshot (call before opening it)."""
+    fd = os.open(data_file, os.O_WRONLY)
+    try:
+        os.pwrite(fd, ckpt.meta_pages, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    pin: lmdb.Transaction  # the read transaction that keeps the snapshot's pages
+    txn_id: int
+    number: int  # the last log record in it
+    meta_pages: bytes
+
+
+class Checkpointer:
+    """Takes and records checkpoints of one environment; holds the pin of the last one."""
+
+    def __init__(
+        self, env: lmdb.Environment, data_file: str, log_dir: str, number_key: bytes, meta: Any
+    ) -> None:
+        self._env = env
+        self._fd = os.open(data_file, os.O_RDONLY)
+        self._log_dir = log_dir
+        self._number_key = number_key  # where each commit stores its record's number
+        self._meta = meta  # ... in this table
+        self._psize = int(env.stat()["psize"])
+        self.held: Snapshot | None = None  # the last recorded checkpoint's pin
+
+    def take(self) -> Snapshot:
+        """Copy the meta pages and pin the newest snapshot. Call with no write transaction of
+        this process open; begins and ends one (so: in one thread)."""
+        lock = self._env.begin(write=True)  # keeps other processes from committing meanwhile
+        try:
+            pages = os.pread(self._fd, 2 * self._psize, 0)
+            pin = self._env.begin()
+        finally:
+            lock.abort()
+        txn_id = _txn_id_of(pages, self._psize)
+        if txn_id != pin.id():
+            pin.abort()
+            raise RuntimeError(f"meta pages at txn {txn_id}, snapshot at {pin.id()}")
+        raw = pin.get(self._number_key, db=self._meta)
+        number = 0 if raw is None else int.from_bytes(raw, "big")
+        return Snapshot(pin, txn_id, number, pages)
+
+    def record(self, snap: Snapshot, generation: int | None) -> bool:
+        """Sync the data file, then write the checkpoint file unless a newer one is there.
+        Blocking (a thread's job). `generation`: the log's; None keeps the file's (a tool
+        writing beside a server). Returns whether the file now names `snap`."""
+        os.fdatasync(self._fd)
+        lock_fd = os.open(os.path.join(self._log_dir, "checkpoint.lock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            current = wal.read_checkpoint(self._log_dir)
+            if current is not None and current.txn_id >= snap.txn_id:
+                return False
+            if generation is None:
+                if current is None:
+                    return False  # no log to follow this snapshot: LMDB's own sync suffices
+                generation = current.generation
+            ckpt = Checkpoint(generation, snap.txn_id, snap.number, wal.boot_id(), snap.meta_pages)
+            wal.write_checkpoint(self._log_dir, ckpt)
+            return True
+        finally:
+            os.close(lock_fd)  # releases the lock
+
+    def hold(self, snap: Snapshot) -> None:
+        """Keep `snap` pinned instead of the one before (which may now be reused)."""
+        before, self.held = self.held, snap
+        if before is not None:
+            _end(before.pin)
+
+    def release(self) -> None:
+        if self.held is not None:
+            _end(self.held.pin)
+            self.held = None
+
+    def close(self) -> None:
+        self.release()
+        os.close(self._fd)
+
+
+def _end(pin: lmdb.Transaction) -> None:
+    with contextlib.suppress(lmdb.Error):  # already ended: growing the map ends them all
+        pin.abort()
