@@ -40,8 +40,8 @@ __all__ = [
     "write_checkpoint",
 ]
 
-# A segment is preallocated (a sync after an append that grows a file also writes metadata)
-# and grows in steps; a checkpoint is due once the current one holds CHECKPOINT_BYTES.
+# A segment is preallocated (a sync after an append that grows a file also writes metadata,
+# and on ext4 waits for its journal) and grows in steps; a checkpoint is due once the current one holds CHECKPOINT_BYTES.
 SEGMENT_STEP_BYTES = 1 << 20
 CHECKPOINT_BYTES = 4 << 20
 _RECORD = struct.Struct("<IIIQQ")  # magic, payload length, crc32, generation, number
@@ -233,8 +233,13 @@ class WriteAheadLog:
     def _allocate(self, index: int, size: int) -> None:
         if size <= self._allocated[index]:
             return
-        os.posix_fallocate(self._fds[index], 0, size)
-        os.fsync(self._fds[index])
+        # Zeros written, not fallocate's unwritten extents: the first sync over those would
+        # commit ext4's journal, and that waits for every other file's pending writes.
+        fd, start = self._fds[index], self._allocated[index]
+        zeros = bytes(min(size - start, SEGMENT_STEP_BYTES))
+        while start < size:
+            start += os.pwrite(fd, zeros[: size - start], start)
+        os.fsync(fd)
         self._allocated[index] = size
 
     def unappend(self) -> None:
