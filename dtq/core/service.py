@@ -210,7 +210,7 @@ class TaskQueue:
         try:
             # Shielded: the parked worker waits for this commit's outcome either way.
             with trio.CancelScope(shield=True):
-                task, _, created = await self.store.write(
+                task, leased, created = await self.store.write(
                     lambda tx: ops.create_leased(
                         tx, body, parked.worker_id, parked.lease_s, parked.holder, actor
                     ),
@@ -220,6 +220,10 @@ class TaskQueue:
         except DtqError:
             parked.event.set()  # nothing was leased to it: it goes back to waiting
             raise
+        if leased is not None:
+            # The worker's wake-up and this caller's reply are ready in the same scheduler
+            # round, in random order: step aside once so the task reaches its worker first.
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return task, created
 
     async def create_many(

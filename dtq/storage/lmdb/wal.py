@@ -42,6 +42,7 @@ __all__ = [
 
 # A segment is preallocated (a sync after an append that grows a file also writes metadata,
 # and on ext4 waits for its journal) and grows in steps; a checkpoint is due once the current one holds CHECKPOINT_BYTES.
+SEGMENT_START_BYTES = 256 << 10  # small: every store opened (a test, a CLI call) makes two
 SEGMENT_STEP_BYTES = 1 << 20
 CHECKPOINT_BYTES = 4 << 20
 _RECORD = struct.Struct("<IIIQQ")  # magic, payload length, crc32, generation, number
@@ -208,7 +209,7 @@ class WriteAheadLog:
                 self._allocated.append(os.fstat(fd).st_size)
                 # A full disk: reads go on; the first append reports it (a 503).
                 with contextlib.suppress(OSError):
-                    self._allocate(index, SEGMENT_STEP_BYTES)
+                    self._allocate(index, SEGMENT_START_BYTES)
             _fsync_dir(self.directory)
         self.generation = secrets.randbits(63) if generation is None else generation
         self._current = 0

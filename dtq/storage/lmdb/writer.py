@@ -173,9 +173,12 @@ class GroupCommitWriter:
                     len(batch) == 1
                     and batch[0].quick
                     and self.recent_commit_s < INLINE_COMMIT_MAX_S
+                    and self._take_token()
                 ):
-                    async with self._one_thread:  # the same one-writer token (tests hold it)
+                    try:
                         outcomes = self._store.run_batch(fns, clock.now())
+                    finally:
+                        self._one_thread.release()
                 else:
                     # Never abandon: a cancelled caller must not leave a commit half-known.
                     outcomes = await trio.to_thread.run_sync(
@@ -200,6 +203,17 @@ class GroupCommitWriter:
                 self._fail(batch, write_failure(exc, self._store.path))
                 return
             break
+        self._settle(batch, outcomes, started)
+
+    def _take_token(self) -> bool:
+        """The one-writer token without waiting (tests hold it to stop commits)."""
+        try:
+            self._one_thread.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def _settle(self, batch: list[Pending[Any]], outcomes: list[Any], started: float) -> None:
         elapsed_s = time.perf_counter() - started
         self.recent_commit_s += (elapsed_s - self.recent_commit_s) * _AVERAGE_WEIGHT
         if self._failing is not None:
