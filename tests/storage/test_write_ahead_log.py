@@ -216,3 +216,30 @@ async def test_without_fsync_a_crash_still_loses_nothing_acknowledged(tmp_path: 
     result = _child(path, "cut-short", "os")
     assert result.returncode == -9, result.stderr
     assert await _settings(path, ["before", "cut"]) == {"before": "1", "cut": "short"}
+
+
+async def test_a_failed_checkpoint_keeps_every_record_the_last_good_one_needs(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint whose sync fails must not let the log reuse the segment holding the
+    records after the last good checkpoint: they are all still read back from it."""
+    path = tmp_path / "data"
+    store = LmdbStore(str(path), fsync=True, map_size_bytes=8 << 20)
+    log = store.log
+    assert log is not None
+    store.writer.checkpoint_interval_s = 3600.0  # only the checkpoints this test takes
+    good = wal.read_checkpoint(str(path / "wal"))
+    assert good is not None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for round_ in range(3):  # each round: writes, then a checkpoint that fails
+            for i in range(5):
+                await store.write(lambda txn, n=f"r{round_}-{i}": txn.put_setting(n, "1"))
+            snap = log.begin_checkpoint()
+            log.checkpoint_failed(snap)  # as if its sync had failed
+        nursery.cancel_scope.cancel()
+    numbers = [n for n, _ in wal.read_records(str(path / "wal"), good.generation, good.number)]
+    assert numbers == list(range(good.number + 1, log.number + 1))
+    assert len(numbers) == 15
+    await store.aclose()
+    store.close()
