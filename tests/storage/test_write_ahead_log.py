@@ -132,6 +132,45 @@ async def test_a_batch_cut_short_after_its_record_is_synced_replays_at_open(
     assert await _settings(path, ["before", "cut"]) == {"before": "1", "cut": "short"}
 
 
+async def test_a_foreign_data_file_put_in_place_gets_no_records_replayed(
+    tmp_path: Path,
+) -> None:
+    path, other = tmp_path / "data", tmp_path / "other"
+    result = _child(path, "cut-short")
+    assert result.returncode == -9, result.stderr  # `cut` waits in the log for its commit
+    store = LmdbStore(str(other), fsync=True, map_size_bytes=8 << 20)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.write(lambda txn: txn.put_setting("foreign", "1"))
+        nursery.cancel_scope.cancel()
+    await store.aclose()
+    store.close()
+    (path / "data.mdb").write_bytes((other / "data.mdb").read_bytes())
+
+    found = await _settings(path, ["foreign", "before", "cut"])
+    assert found == {"foreign": "1", "before": None, "cut": None}
+
+
+async def test_after_a_reboot_a_foreign_data_file_is_not_rewound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy put in place of the data file is older than the log's checkpoint: writing the
+    checkpoint's meta pages into it would break it, so it opens as it is."""
+    path, other = tmp_path / "data", tmp_path / "other"
+    for where, names in ((path, [f"ours-{i}" for i in range(30)]), (other, ["foreign"])):
+        store = LmdbStore(str(where), fsync=True, map_size_bytes=8 << 20)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            for name in names:
+                await store.write(lambda txn, name=name: txn.put_setting(name, "1"))
+            nursery.cancel_scope.cancel()
+        await store.aclose()
+        store.close()
+    (path / "data.mdb").write_bytes((other / "data.mdb").read_bytes())
+    monkeypatch.setattr(wal, "boot_id", lambda: "a-later-boot")
+    assert await _settings(path, ["foreign", "ours-0"]) == {"foreign": "1", "ours-0": None}
+
+
 def _tear_pages_written_since(synced: bytes, current: bytes, psize: int) -> bytes:
     """The data file as a power cut may leave it: the newest meta pages reached the disk, but
     every other page written after the checkpoint is garbage."""

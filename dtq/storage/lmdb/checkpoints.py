@@ -52,14 +52,26 @@ def _txn_id_of(meta_pages: bytes, psize: int) -> int:
     return max(ids)
 
 
-def rewind_to(data_file: str, ckpt: Checkpoint) -> None:
-    """Make the LMDB data file open at the checkpoint's snapshot (call before opening it)."""
-    fd = os.open(data_file, os.O_WRONLY)
+def rewind_to(data_file: str, ckpt: Checkpoint) -> bool:
+    """Make the LMDB data file open at the checkpoint's snapshot (call before opening it).
+
+    False, touching nothing, when the file cannot have come from that snapshot: its meta pages
+    are older than the checkpoint (LMDB's txn ids only grow: another file was put there).
+    """
+    psize = len(ckpt.meta_pages) // 2
+    fd = os.open(data_file, os.O_RDWR)
     try:
+        try:
+            current = _txn_id_of(os.pread(fd, 2 * psize, 0), psize)
+        except (ValueError, struct.error):
+            current = ckpt.txn_id  # torn meta pages: the copies are the only way back
+        if current < ckpt.txn_id:
+            return False
         os.pwrite(fd, ckpt.meta_pages, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
+    return True
 
 
 @dataclass(slots=True)

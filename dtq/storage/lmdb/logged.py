@@ -36,6 +36,7 @@ __all__ = ["NUMBER_KEY", "BesideTheLog", "CommitLog", "LogBusy"]
 log = structlog.get_logger("dtq.storage")
 
 NUMBER_KEY = b"wal_number"  # in `meta`: the last log record the data file holds
+GENERATION_KEY = b"wal_generation"  # in `meta`: the log generation the data file follows
 CHECKPOINT_INTERVAL_S = 1.0  # the writer checkpoints at most this long after a commit
 
 
@@ -67,7 +68,10 @@ class CommitLog:
             return
         if ckpt.boot and ckpt.boot == wal.boot_id():
             return  # same boot: every commit reached the page cache, and the disk keeps it
-        rewind_to(_data_file(self._path), ckpt)
+        if not rewind_to(_data_file(self._path), ckpt):
+            log.warning("the data file is not the one the write-ahead log's checkpoint was "
+                        "taken from: it is not rewound")  # fmt: skip
+            return
         log.warning(
             "the machine restarted since the last checkpoint: data file rewound to it, the "
             "write-ahead log replays from there",
@@ -87,6 +91,12 @@ class CommitLog:
         self.number = 0 if raw is None else int.from_bytes(raw, "big")
         if self._ckpt is None:
             return 0
+        raw = txn.get(GENERATION_KEY, db=meta)
+        if raw is not None and int.from_bytes(raw, "big") != self._ckpt.generation:
+            # Another data file than the log's (a copy put in its place): the records do not
+            # follow it. A restored copy of this very file does match, and replays forward.
+            log.warning("the data file does not follow this write-ahead log: not replayed")
+            return 0
         replayed = 0
         for number, payload in wal.read_records(
             self.wal.directory, self._ckpt.generation, self.number
@@ -104,6 +114,8 @@ class CommitLog:
             env, _data_file(self._path), self.wal.directory, NUMBER_KEY, meta
         )
         self.wal.start()
+        with env.begin(write=True) as txn:  # the data file says which log it follows
+            txn.put(GENERATION_KEY, self.wal.generation.to_bytes(8, "big"), db=meta)
         self.checkpoint_now()
         self._release_opened_pin()
 
