@@ -2,7 +2,7 @@
 
 With durability "fsync" each record is synced; with "os" it is only written (it survives a
 crash of the process), but checkpoints and recovery are the same, so even then a power cut
-costs at most the last second of writes, never the environment's integrity.
+costs about the last second of writes, never the environment's integrity.
 
 `CommitLog` is the process that holds the log (the server): it recovers at open, appends one
 record per commit, and checkpoints. `BesideTheLog` is a process that opens the same data
@@ -60,6 +60,7 @@ class CommitLog:
         # segment (whose records it covers).
         self._may_switch = True
         self._opened_pin: lmdb.Transaction | None = None
+        self.pin_lost = False  # the map grew (ending every transaction): checkpoint first
 
     def rewind_if_power_was_lost(self) -> None:
         """Before LMDB opens: after a new boot, go back to the synced snapshot."""
@@ -180,12 +181,24 @@ class CommitLog:
             self.checkpoint_failed(snap)
             raise
         self.hold(snap)
+        self.pin_lost = False
 
     def close(self) -> None:
         self._release_opened_pin()
         try:
             if self.checkpointer is not None:
-                self.checkpoint_now()  # a clean stop leaves nothing to replay
+                try:
+                    self.checkpoint_now()  # a clean stop leaves nothing to replay
+                finally:
+                    self.checkpointer.close()
+        finally:
+            self.wal.close()
+
+    def abandon(self) -> None:
+        """Let go without a checkpoint (the store failed to open)."""
+        self._release_opened_pin()
+        try:
+            if self.checkpointer is not None:
                 self.checkpointer.close()
         finally:
             self.wal.close()

@@ -141,7 +141,7 @@ class LmdbStore(Listing):
             )
         except lmdb.Error as exc:
             if self.log is not None:
-                self.log.wal.close()
+                self.log.abandon()
             raise StorageError(f"cannot open data directory {path!r}: {exc}") from exc
         if self.log is not None:
             self.log.opened(self.env)
@@ -165,7 +165,14 @@ class LmdbStore(Listing):
         self._table_number = {db: i for i, db in enumerate(self._tables)}
         self._beside: BesideTheLog | None = None
         if self.log is not None:
-            self.log.start(self.env, self.db["meta"])
+            try:
+                self.log.start(self.env, self.db["meta"])
+            except (OSError, lmdb.Error) as exc:
+                self.log.abandon()
+                self.env.close()
+                raise StorageError(
+                    f"cannot start the write-ahead log in {path!r} (is the disk full?): {exc}"
+                ) from exc
         else:
             self._beside = BesideTheLog(path, self.env, self.db["meta"])
         self._seq = K.from_u64(raw) if raw else 1
@@ -308,6 +315,8 @@ class LmdbStore(Listing):
         Returns (ok, result-or-exception) per op. Must begin and commit in one thread
         (stack-findings trap 3). Raises lmdb errors for the whole batch (map full, disk).
         """
+        if self.log is not None and self.log.pin_lost:
+            self.log.checkpoint_now()  # (it fails: so does this batch, and the next tries again)
         outcomes: list[tuple[bool, Any]] = []
         batch = Deltas()
         seq_before = self._seq
@@ -371,10 +380,10 @@ class LmdbStore(Listing):
         """Double the map. Call only when no transaction of this process is open."""
         new_size = self.env.info()["map_size"] * 2
         self.env.set_mapsize(new_size)
-        # Growing ended every transaction, the checkpoint's pin too: pin again before the
-        # next commit may reuse the snapshot's pages.
+        # Growing ended every transaction, the checkpoint's pin too: the next batch takes a
+        # checkpoint first, before its commit could reuse the snapshot's pages.
         if self.log is not None and self.log.checkpointer is not None:
-            self.log.checkpoint_now()
+            self.log.pin_lost = True
         elif self.log is not None:  # still opening: the snapshot it opened at
             self.log.opened(self.env)
         return int(new_size)

@@ -144,7 +144,7 @@ class GroupCommitWriter:
         async def finish() -> None:
             try:
                 await trio.to_thread.run_sync(commit_log.finish_checkpoint, snap)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # (ValueError: a damaged checkpoint file)
                 # The last good checkpoint stays, and so do the records after it.
                 log.error("checkpoint failed", error=str(exc))
                 commit_log.checkpoint_failed(snap)
