@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lmdb
@@ -44,6 +45,17 @@ async def _settings(path: Path, names: list[str]) -> dict[str, str | None]:
         return {name: await store.get_setting(name) for name in names}
     finally:
         store.close()
+
+
+async def _checkpoint_reaching(path: Path, number: int) -> wal.Checkpoint:
+    """The checkpoint file once it covers record `number` (its sync runs in a thread, in real
+    time, whatever trio's clock does); bounded."""
+    for _ in range(500):
+        ckpt = wal.read_checkpoint(str(path / "wal"))
+        if ckpt is not None and ckpt.number >= number:
+            return ckpt
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+    raise AssertionError(f"no checkpoint reached record {number} within 5 s")
 
 
 # -- the log's records ------------------------------------------------------------------------
@@ -282,3 +294,30 @@ async def test_a_failed_checkpoint_keeps_every_record_the_last_good_one_needs(
     assert len(numbers) == 15
     await store.aclose()
     store.close()
+
+
+async def test_the_writer_checkpoints_a_second_after_a_commit_then_rests(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A checkpoint follows the commits within `checkpoint_interval_s`; an idle store takes
+    none (nothing to sync), and a clean close leaves nothing to replay."""
+    path = tmp_path / "data"
+    store = LmdbStore(str(path), fsync=True, map_size_bytes=8 << 20)
+    log = store.log
+    assert log is not None
+    at_open = wal.read_checkpoint(str(path / "wal"))
+    assert at_open is not None and at_open.number == log.number
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for i in range(3):
+            await store.write(lambda txn, i=i: txn.put_setting(f"s{i}", "1"))
+        assert wal.read_checkpoint(str(path / "wal")) == at_open  # not yet: it is due later
+        await trio.sleep(store.writer.checkpoint_interval_s + 0.5)
+        later = await _checkpoint_reaching(path, log.number)
+        assert later.number == log.number == at_open.number + 3
+        await trio.sleep(60)  # idle: nothing new to checkpoint
+        assert wal.read_checkpoint(str(path / "wal")) == later
+        nursery.cancel_scope.cancel()
+    await store.aclose()
+    store.close()
+    assert wal.read_checkpoint(str(path / "wal")) == later  # nothing since: nothing to add
