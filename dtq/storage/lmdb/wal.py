@@ -22,6 +22,7 @@ This module knows files, not LMDB.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -137,6 +138,17 @@ def read_checkpoint(directory: str) -> Checkpoint | None:
     return Checkpoint(generation, txn_id, number, boot.rstrip(b"\0").decode(), pages)
 
 
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite all of `data` (a short write, on a copy-on-write filesystem short of space, is
+    retried, and a write that takes nothing raises ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[written:], offset + written
+
+
 def _segment_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"segment-{index}")
 
@@ -225,7 +237,7 @@ class WriteAheadLog:
         end = self.offset + len(head) + len(payload)
         if end > self._allocated[self._current]:
             self._allocate(self._current, end + SEGMENT_STEP_BYTES)
-        os.pwrite(fd, head + payload, self.offset)
+        _write_all(fd, head + payload, self.offset)
         if self._sync:
             os.fdatasync(fd)
         self._last_start = self.offset
@@ -247,7 +259,7 @@ class WriteAheadLog:
         """Undo the last append (its batch did not commit): zero its header, so a reader
         stops before it, and write the next record in its place."""
         fd = self._fds[self._current]
-        os.pwrite(fd, bytes(_RECORD.size), self._last_start)
+        _write_all(fd, bytes(_RECORD.size), self._last_start)
         if self._sync:
             os.fdatasync(fd)
         self.offset = self._last_start
