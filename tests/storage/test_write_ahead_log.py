@@ -163,13 +163,16 @@ async def test_a_foreign_data_file_put_in_place_gets_no_records_replayed(
     assert found == {"foreign": "1", "before": None, "cut": None}
 
 
+@pytest.mark.parametrize("foreign_writes", [1, 60], ids=["older-txn-ids", "newer-txn-ids"])
 async def test_after_a_reboot_a_foreign_data_file_is_not_rewound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, foreign_writes: int
 ) -> None:
-    """A copy put in place of the data file is older than the log's checkpoint: writing the
-    checkpoint's meta pages into it would break it, so it opens as it is."""
+    """A copy put in place of the data file: writing the log's checkpoint meta pages into it
+    would break it, so it opens as it is. It is told apart by its txn ids when they are older
+    than the checkpoint's, else by the page where the snapshot's main root was."""
     path, other = tmp_path / "data", tmp_path / "other"
-    for where, names in ((path, [f"ours-{i}" for i in range(30)]), (other, ["foreign"])):
+    foreign = ["foreign", *(f"more-{i}" for i in range(foreign_writes - 1))]
+    for where, names in ((path, [f"ours-{i}" for i in range(30)]), (other, foreign)):
         store = LmdbStore(str(where), fsync=True, map_size_bytes=8 << 20)
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
@@ -180,7 +183,8 @@ async def test_after_a_reboot_a_foreign_data_file_is_not_rewound(
         store.close()
     (path / "data.mdb").write_bytes((other / "data.mdb").read_bytes())
     monkeypatch.setattr(wal, "boot_id", lambda: "a-later-boot")
-    assert await _settings(path, ["foreign", "ours-0"]) == {"foreign": "1", "ours-0": None}
+    found = await _settings(path, [*foreign, "ours-0"])
+    assert found == {**dict.fromkeys(foreign, "1"), "ours-0": None}  # all of it, as it was
 
 
 def _tear_pages_written_since(synced: bytes, current: bytes, psize: int) -> bytes:

@@ -39,6 +39,8 @@ __all__ = ["Checkpointer", "Snapshot", "rewind_to"]
 _META_MAGIC = 0xBEEFC0DE
 _META_MAGIC_AT = 16  # after the page header
 _META_TXNID_AT = 144  # LMDB 0.9, 64-bit: the last field of MDB_meta
+_META_MAIN_ROOT_AT = 128  # mm_dbs[MAIN_DBI].md_root (the tree naming every sub-database)
+_NO_PAGE = 0xFFFFFFFFFFFFFFFF
 
 
 def _txn_id_of(meta_pages: bytes, psize: int) -> int:
@@ -52,11 +54,57 @@ def _txn_id_of(meta_pages: bytes, psize: int) -> int:
     return max(ids)
 
 
-def rewind_to(data_file: str, ckpt: Checkpoint) -> bool:
+def _newest(meta_pages: bytes, psize: int) -> bytes:
+    """The meta page LMDB opens at (the higher txn id)."""
+    first, second = meta_pages[:psize], meta_pages[psize:]
+    txn = struct.Struct("<Q").unpack_from
+    return first if txn(first, _META_TXNID_AT)[0] >= txn(second, _META_TXNID_AT)[0] else second
+
+
+def _fingerprint(fd: int, meta_pages: bytes, psize: int, table: bytes) -> bytes:
+    """The snapshot's main root page and the root page of `table` (the sub-database holding
+    the log's generation, random per log) as the file holds them; b"" for an empty tree.
+    They stay as they are while the snapshot is pinned, and only a file the snapshot came
+    from holds them: two stores built alike can share a main root page, not a generation."""
+    (root,) = struct.unpack_from("<Q", _newest(meta_pages, psize), _META_MAIN_ROOT_AT)
+    if root == _NO_PAGE:
+        return b""
+    main = os.pread(fd, psize, root * psize)
+    table_root = _sub_database_root(main, table)
+    return main if table_root is None else main + os.pread(fd, psize, table_root * psize)
+
+
+_P_LEAF = 0x02
+_NODE = struct.Struct("<HHHH")  # mn_lo, mn_hi, mn_flags, mn_ksize; then the key, the data
+
+
+def _sub_database_root(page: bytes, name: bytes) -> int | None:
+    """The root page of sub-database `name`, from a leaf page of the main tree (LMDB 0.9:
+    a 16-byte page header, then 2-byte node offsets up to `lower`); None if not found."""
+    (flags, lower) = struct.unpack_from("<HH", page, 10)
+    if not flags & _P_LEAF:
+        return None  # (so many sub-databases that the main tree has branches)
+    for i in range((lower - 16) // 2):
+        (at,) = struct.unpack_from("<H", page, 16 + 2 * i)
+        if at + _NODE.size > len(page):
+            return None
+        *_, key_size = _NODE.unpack_from(page, at)
+        key_at = at + _NODE.size
+        if page[key_at : key_at + key_size] == name:
+            data_at = key_at + key_size
+            if data_at + 48 > len(page):
+                return None
+            (root,) = struct.unpack_from("<Q", page, data_at + 40)  # MDB_db.md_root
+            return None if root == _NO_PAGE else int(root)
+    return None
+
+
+def rewind_to(data_file: str, ckpt: Checkpoint, table: bytes) -> bool:
     """Make the LMDB data file open at the checkpoint's snapshot (call before opening it).
 
-    False, touching nothing, when the file cannot have come from that snapshot: its meta pages
-    are older than the checkpoint (LMDB's txn ids only grow: another file was put there).
+    False, touching nothing, when the file cannot have come from that snapshot (another file
+    was put there): its meta pages are older than the checkpoint (LMDB's txn ids only grow),
+    or its page where the snapshot's main root is differs from the one recorded.
     """
     psize = len(ckpt.meta_pages) // 2
     fd = os.open(data_file, os.O_RDWR)
@@ -66,6 +114,8 @@ def rewind_to(data_file: str, ckpt: Checkpoint) -> bool:
         except (ValueError, struct.error):
             current = ckpt.txn_id  # torn meta pages: the copies are the only way back
         if current < ckpt.txn_id:
+            return False
+        if ckpt.fingerprint and _fingerprint(fd, ckpt.meta_pages, psize, table) != ckpt.fingerprint:
             return False
         os.pwrite(fd, ckpt.meta_pages, 0)
         os.fsync(fd)
@@ -80,19 +130,27 @@ class Snapshot:
     txn_id: int
     number: int  # the last log record in it
     meta_pages: bytes
+    fingerprint: bytes
 
 
 class Checkpointer:
     """Takes and records checkpoints of one environment; holds the pin of the last one."""
 
     def __init__(
-        self, env: lmdb.Environment, data_file: str, log_dir: str, number_key: bytes, meta: Any
+        self,
+        env: lmdb.Environment,
+        data_file: str,
+        log_dir: str,
+        number_key: bytes,
+        meta: Any,
+        meta_name: bytes,
     ) -> None:
         self._env = env
         self._fd = os.open(data_file, os.O_RDONLY)
         self._log_dir = log_dir
         self._number_key = number_key  # where each commit stores its record's number
         self._meta = meta  # ... in this table
+        self._meta_name = meta_name  # (its name)
         self._psize = int(env.stat()["psize"])
         self.held: Snapshot | None = None  # the last recorded checkpoint's pin
 
@@ -111,7 +169,8 @@ class Checkpointer:
             raise RuntimeError(f"meta pages at txn {txn_id}, snapshot at {pin.id()}")
         raw = pin.get(self._number_key, db=self._meta)
         number = 0 if raw is None else int.from_bytes(raw, "big")
-        return Snapshot(pin, txn_id, number, pages)
+        printed = _fingerprint(self._fd, pages, self._psize, self._meta_name)
+        return Snapshot(pin, txn_id, number, pages, printed)
 
     def record(self, snap: Snapshot, generation: int | None) -> bool:
         """Sync the data file, then write the checkpoint file unless a newer one is there.
@@ -128,7 +187,8 @@ class Checkpointer:
                 if current is None:
                     return False  # no log to follow this snapshot: LMDB's own sync suffices
                 generation = current.generation
-            ckpt = Checkpoint(generation, snap.txn_id, snap.number, wal.boot_id(), snap.meta_pages)
+            ckpt = Checkpoint(generation, snap.txn_id, snap.number, wal.boot_id(),
+                              snap.meta_pages, snap.fingerprint)  # fmt: skip
             wal.write_checkpoint(self._log_dir, ckpt)
             return True
         finally:

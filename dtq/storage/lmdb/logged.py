@@ -37,6 +37,7 @@ log = structlog.get_logger("dtq.storage")
 
 NUMBER_KEY = b"wal_number"  # in `meta`: the last log record the data file holds
 GENERATION_KEY = b"wal_generation"  # in `meta`: the log generation the data file follows
+META_TABLE = b"meta"  # the sub-database both keys are in
 CHECKPOINT_INTERVAL_S = 1.0  # the writer checkpoints at most this long after a commit
 
 
@@ -69,7 +70,7 @@ class CommitLog:
             return
         if ckpt.boot and ckpt.boot == wal.boot_id():
             return  # same boot: every commit reached the page cache, and the disk keeps it
-        if not rewind_to(_data_file(self._path), ckpt):
+        if not rewind_to(_data_file(self._path), ckpt, META_TABLE):
             log.warning("the data file is not the one the write-ahead log's checkpoint was "
                         "taken from: it is not rewound")  # fmt: skip
             return
@@ -112,7 +113,7 @@ class CommitLog:
     def start(self, env: lmdb.Environment, meta: Any) -> None:
         """After recovery: a new generation, starting from a synced checkpoint."""
         self.checkpointer = Checkpointer(
-            env, _data_file(self._path), self.wal.directory, NUMBER_KEY, meta
+            env, _data_file(self._path), self.wal.directory, NUMBER_KEY, meta, META_TABLE
         )
         self.wal.start()
         with env.begin(write=True) as txn:  # the data file says which log it follows
@@ -208,7 +209,9 @@ class BesideTheLog:
     """Checkpoints after each commit of a process that does not hold the log."""
 
     def __init__(self, path: str, env: lmdb.Environment, meta: Any) -> None:
-        self._checkpointer = Checkpointer(env, _data_file(path), _log_dir(path), NUMBER_KEY, meta)
+        self._checkpointer = Checkpointer(
+            env, _data_file(path), _log_dir(path), NUMBER_KEY, meta, META_TABLE
+        )
 
     def committed(self) -> None:
         snap = self._checkpointer.take()

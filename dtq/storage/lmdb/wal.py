@@ -48,9 +48,8 @@ SEGMENT_STEP_BYTES = 1 << 20
 CHECKPOINT_BYTES = 4 << 20
 _RECORD = struct.Struct("<IIIQQ")  # magic, payload length, crc32, generation, number
 _RECORD_MAGIC = 0x4C515444  # "DTQL"
-_CHECKPOINT = struct.Struct(
-    "<8sIQQQ40sI"
-)  # magic, version, generation, txn id, number, boot, psize
+# magic, version, generation, txn id, number, boot, psize, fingerprint length
+_CHECKPOINT = struct.Struct("<8sIQQQ40sII")
 _CHECKPOINT_MAGIC = b"dtq-ckpt"
 _CHECKPOINT_VERSION = 1
 
@@ -76,6 +75,7 @@ class Checkpoint:
     number: int  # the last record the snapshot holds
     boot: str  # boot_id() when it was written
     meta_pages: bytes  # LMDB's two meta pages as they were on disk for that snapshot
+    fingerprint: bytes = b""  # a page of the snapshot: recognises its data file after a reboot
 
 
 def _fsync_dir(path: str) -> None:
@@ -98,8 +98,9 @@ def write_checkpoint(directory: str, ckpt: Checkpoint) -> None:
         ckpt.number,
         boot,
         psize,
+        len(ckpt.fingerprint),
     )
-    body = head + ckpt.meta_pages
+    body = head + ckpt.meta_pages + ckpt.fingerprint
     body += struct.pack("<I", zlib.crc32(body))
     final = os.path.join(directory, "checkpoint")
     tmp = final + ".tmp"
@@ -129,13 +130,14 @@ def read_checkpoint(directory: str) -> Checkpoint | None:
     (crc,) = struct.unpack_from("<I", body, len(body) - 4)
     if zlib.crc32(body[:-4]) != crc:
         raise ValueError("the WAL checkpoint file fails its checksum")
-    magic, version, generation, txn_id, number, boot, psize = _CHECKPOINT.unpack_from(body)
+    magic, version, generation, txn_id, number, boot, psize, printed = _CHECKPOINT.unpack_from(body)
     if magic != _CHECKPOINT_MAGIC or version != _CHECKPOINT_VERSION:
         raise ValueError("the WAL checkpoint file is of an unknown format")
-    pages = body[_CHECKPOINT.size : -4]
-    if len(pages) != 2 * psize:
+    rest = body[_CHECKPOINT.size : -4]
+    if len(rest) != 2 * psize + printed:
         raise ValueError("the WAL checkpoint file is truncated")
-    return Checkpoint(generation, txn_id, number, boot.rstrip(b"\0").decode(), pages)
+    pages, fingerprint = rest[: 2 * psize], rest[2 * psize :]
+    return Checkpoint(generation, txn_id, number, boot.rstrip(b"\0").decode(), pages, fingerprint)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
