@@ -84,7 +84,7 @@ def _sub_database_root(page: bytes, name: bytes) -> int | None:
     (flags, lower) = struct.unpack_from("<HH", page, 10)
     if not flags & _P_LEAF:
         return None  # (so many sub-databases that the main tree has branches)
-    for i in range((lower - 16) // 2):
+    for i in range((min(lower, len(page)) - 16) // 2):
         (at,) = struct.unpack_from("<H", page, 16 + 2 * i)
         if at + _NODE.size > len(page):
             return None
@@ -104,7 +104,7 @@ def rewind_to(data_file: str, ckpt: Checkpoint, table: bytes) -> bool:
 
     False, touching nothing, when the file cannot have come from that snapshot (another file
     was put there): its meta pages are older than the checkpoint (LMDB's txn ids only grow),
-    or its page where the snapshot's main root is differs from the one recorded.
+    or its pages where the snapshot's main and meta roots were differ from those recorded.
     """
     psize = len(ckpt.meta_pages) // 2
     fd = os.open(data_file, os.O_RDWR)
@@ -115,8 +115,13 @@ def rewind_to(data_file: str, ckpt: Checkpoint, table: bytes) -> bool:
             current = ckpt.txn_id  # torn meta pages: the copies are the only way back
         if current < ckpt.txn_id:
             return False
-        if ckpt.fingerprint and _fingerprint(fd, ckpt.meta_pages, psize, table) != ckpt.fingerprint:
-            return False
+        if ckpt.fingerprint:
+            try:
+                printed = _fingerprint(fd, ckpt.meta_pages, psize, table)
+            except struct.error:  # (pages that are not LMDB's where the roots were)
+                return False
+            if printed != ckpt.fingerprint:
+                return False
         os.pwrite(fd, ckpt.meta_pages, 0)
         os.fsync(fd)
     finally:
