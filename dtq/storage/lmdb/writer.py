@@ -173,6 +173,7 @@ class GroupCommitWriter:
                     len(batch) == 1
                     and batch[0].quick
                     and self.recent_commit_s < INLINE_COMMIT_MAX_S
+                    and not self._checkpoint_first()
                     and self._take_token()
                 ):
                     try:
@@ -186,7 +187,8 @@ class GroupCommitWriter:
                     )
             except lmdb.MapFullError:
                 # No transaction is open now (reads never span an await), so growing is safe
-                # once a checkpoint in flight has its pin (growing ends it; `grow` pins anew).
+                # once a checkpoint in flight has its pin (growing ends it: the next batch
+                # then checkpoints first, in the thread).
                 if self._checkpointing is not None:
                     await self._checkpointing.wait()
                 try:
@@ -204,6 +206,12 @@ class GroupCommitWriter:
                 return
             break
         self._settle(batch, outcomes, started)
+
+    def _checkpoint_first(self) -> bool:
+        """The next batch must checkpoint before it commits (the map grew): not a job for
+        the event loop."""
+        commit_log = self._store.log
+        return commit_log is not None and commit_log.pin_lost
 
     def _take_token(self) -> bool:
         """The one-writer token without waiting (tests hold it to stop commits)."""
