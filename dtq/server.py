@@ -193,6 +193,9 @@ async def open_services(
         metrics = Metrics(queue)
         queue.task_listeners.append(metrics.on_task)
         queue.store.commit_hooks.append(metrics.on_commit)
+        checkpoint_hooks = getattr(queue.store, "checkpoint_hooks", None)  # LMDB's write-ahead log
+        if checkpoint_hooks is not None:
+            checkpoint_hooks.append(metrics.on_checkpoint)
         webhooks = WebhookService(queue.store, queue.clock, settings, outbox,
                                   render=delivery_body)  # fmt: skip
         webhooks.outcome_listeners.append(metrics.webhook_delivery)

@@ -63,6 +63,8 @@ BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(13))  # 1 .. 4096 (the wri
 COMMIT_SECONDS_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
+CHECKPOINT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                              2.5, 5.0, 10.0)  # fmt: skip
 
 
 class _QueueSeries:
@@ -244,6 +246,17 @@ class Metrics:
             "dtq_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"],
             registry=r,
         )  # fmt: skip
+        self.checkpoints = Counter(
+            "dtq_storage_checkpoints",
+            "Checkpoints of the LMDB store (its data file synced behind the write-ahead log), "
+            "by outcome (ok, failed).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.checkpoint_duration = Histogram(
+            "dtq_storage_checkpoint_duration_seconds",
+            "Time of one checkpoint's sync of the LMDB data file and its record.",
+            buckets=CHECKPOINT_SECONDS_BUCKETS, registry=r,
+        )  # fmt: skip
 
     # -- hooks (called on the trio thread; they must never raise) --------------------------
     def on_task(self, kind: str, task: Task) -> None:
@@ -269,6 +282,12 @@ class Metrics:
         """A `GroupCommitWriter.commit_hooks` entry."""
         self.commit_batch.observe(batch_size)
         self.commit_duration.observe(seconds)
+
+    def on_checkpoint(self, ok: bool, seconds: float) -> None:
+        """A `GroupCommitWriter.checkpoint_hooks` entry (the LMDB store only)."""
+        self.checkpoints.labels("ok" if ok else "failed").inc()
+        if ok:
+            self.checkpoint_duration.observe(seconds)
 
     def observe_request(self, route: str | None, method: str, status: int, seconds: float) -> None:
         """One finished HTTP request; `route` is the URL rule (None when nothing matched)."""

@@ -6,6 +6,7 @@ time is trio's manual `mock_clock`, so durations and queue waits are exact.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,27 @@ async def test_webhook_deliveries(client: Client, svc: Services) -> None:
     m = await scrape(client)
     assert value(m, "dtq_webhook_deliveries_total", outcome="delivered") == 2
     assert value(m, "dtq_webhook_deliveries_total", outcome="failed") == 1
+
+
+async def test_checkpoints_of_the_write_ahead_log(client: Client, svc: Services) -> None:
+    """The LMDB store's background checkpoints are counted, with their duration."""
+    store: Any = svc.queue.store
+    store.writer.checkpoint_interval_s = 0.0  # one after every commit
+    seen: list[bool] = []
+    store.checkpoint_hooks.append(lambda ok, seconds: seen.append(ok))
+    before = (await scrape(client)).get(
+        ("dtq_storage_checkpoints_total", frozenset({("outcome", "ok")})), 0.0
+    )  # (the server's own first writes may have had one already)
+    await svc.queue.create(TaskCreate(name="checkpointed"))
+    for _ in range(500):  # its sync runs in a thread, in real time; bounded
+        if seen:
+            break
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+    assert seen and all(seen)
+    m = await scrape(client)
+    ok = value(m, "dtq_storage_checkpoints_total", outcome="ok")
+    assert ok == before + len(seen)
+    assert value(m, "dtq_storage_checkpoint_duration_seconds_count") == ok
 
 
 async def test_registry_is_per_app(svc: Services) -> None:

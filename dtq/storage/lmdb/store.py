@@ -185,6 +185,7 @@ class LmdbStore(Listing):
         self.writer = GroupCommitWriter(self, clock)
         self.stats: WriterStats = self.writer.stats
         self.commit_hooks: list[Callable[[int, float], None]] = self.writer.commit_hooks
+        self.checkpoint_hooks: list[Callable[[bool, float], None]] = self.writer.checkpoint_hooks
 
     # -- the port's life cycle and writes ---------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

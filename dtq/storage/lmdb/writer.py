@@ -65,6 +65,8 @@ class GroupCommitWriter:
         self.recent_commit_s = 0.0  # running average of commit times: inline or thread
         self._checkpointing: trio.Event | None = None  # set when the one in flight ends
         self.checkpoint_interval_s = CHECKPOINT_INTERVAL_S
+        # (ok, seconds) after each background checkpoint's sync and record
+        self.checkpoint_hooks: list[Callable[[bool, float], None]] = []
         self._checkpointed_at = 0.0  # trio.current_time() when the last checkpoint began
 
     async def write(
@@ -142,6 +144,8 @@ class GroupCommitWriter:
         done = self._checkpointing = trio.Event()
 
         async def finish() -> None:
+            started = time.perf_counter()
+            ok = False
             try:
                 await trio.to_thread.run_sync(commit_log.finish_checkpoint, snap)
             except (OSError, ValueError) as exc:  # (ValueError: a damaged checkpoint file)
@@ -150,9 +154,12 @@ class GroupCommitWriter:
                 commit_log.checkpoint_failed(snap)
             else:
                 commit_log.hold(snap)
+                ok = True
             finally:
                 self._checkpointing = None
                 done.set()
+            for hook in self.checkpoint_hooks:
+                hook(ok, time.perf_counter() - started)
 
         nursery.start_soon(finish)
 
