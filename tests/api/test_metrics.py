@@ -6,7 +6,6 @@ time is trio's manual `mock_clock`, so durations and queue waits are exact.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -270,15 +269,19 @@ async def test_checkpoints_of_the_write_ahead_log(client: Client, svc: Services)
     store: Any = svc.queue.store
     store.writer.checkpoint_interval_s = 0.0  # one after every commit
     seen: list[bool] = []
-    store.checkpoint_hooks.append(lambda ok, seconds: seen.append(ok))
+    one = trio.Event()
+
+    def heard(ok: bool, seconds: float) -> None:
+        seen.append(ok)
+        one.set()
+
+    store.checkpoint_hooks.append(heard)
     before = (await scrape(client)).get(
         ("dtq_storage_checkpoints_total", frozenset({("outcome", "ok")})), 0.0
     )  # (the server's own first writes may have had one already)
     await svc.queue.create(TaskCreate(name="checkpointed"))
-    for _ in range(500):  # its sync runs in a thread, in real time; bounded
-        if seen:
-            break
-        await trio.to_thread.run_sync(time.sleep, 0.01)
+    with trio.fail_after(5):  # its sync runs in a thread
+        await one.wait()
     assert seen and all(seen)
     m = await scrape(client)
     ok = value(m, "dtq_storage_checkpoints_total", outcome="ok")

@@ -47,6 +47,18 @@ async def _settings(path: Path, names: list[str]) -> dict[str, str | None]:
         store.close()
 
 
+async def _write(path: Path, settings: dict[str, str]) -> None:
+    """Open the store, write `settings` one commit each, close it cleanly."""
+    store = LmdbStore(str(path), fsync=True, map_size_bytes=8 << 20)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for name, text in settings.items():
+            await store.write(lambda txn, name=name, text=text: txn.put_setting(name, text))
+        nursery.cancel_scope.cancel()
+    await store.aclose()
+    store.close()
+
+
 async def _checkpoint_reaching(path: Path, number: int) -> wal.Checkpoint:
     """The checkpoint file once it covers record `number` (its sync runs in a thread, in real
     time, whatever trio's clock does); bounded."""
@@ -150,13 +162,7 @@ async def test_a_foreign_data_file_put_in_place_gets_no_records_replayed(
     path, other = tmp_path / "data", tmp_path / "other"
     result = _child(path, "cut-short")
     assert result.returncode == -9, result.stderr  # `cut` waits in the log for its commit
-    store = LmdbStore(str(other), fsync=True, map_size_bytes=8 << 20)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        await store.write(lambda txn: txn.put_setting("foreign", "1"))
-        nursery.cancel_scope.cancel()
-    await store.aclose()
-    store.close()
+    await _write(other, {"foreign": "1"})
     (path / "data.mdb").write_bytes((other / "data.mdb").read_bytes())
 
     found = await _settings(path, ["foreign", "before", "cut"])
@@ -172,15 +178,8 @@ async def test_after_a_reboot_a_foreign_data_file_is_not_rewound(
     than the checkpoint's, else by the page where the snapshot's main root was."""
     path, other = tmp_path / "data", tmp_path / "other"
     foreign = ["foreign", *(f"more-{i}" for i in range(foreign_writes - 1))]
-    for where, names in ((path, [f"ours-{i}" for i in range(30)]), (other, foreign)):
-        store = LmdbStore(str(where), fsync=True, map_size_bytes=8 << 20)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run)
-            for name in names:
-                await store.write(lambda txn, name=name: txn.put_setting(name, "1"))
-            nursery.cancel_scope.cancel()
-        await store.aclose()
-        store.close()
+    await _write(path, dict.fromkeys((f"ours-{i}" for i in range(30)), "1"))
+    await _write(other, dict.fromkeys(foreign, "1"))
     (path / "data.mdb").write_bytes((other / "data.mdb").read_bytes())
     monkeypatch.setattr(wal, "boot_id", lambda: "a-later-boot")
     found = await _settings(path, [*foreign, "ours-0"])
@@ -222,13 +221,7 @@ async def test_after_a_power_cut_the_data_file_rewinds_and_the_log_replays(
     assert found == {name: value(name, value_bytes) for name in acked}
 
     # The store goes on from there: a write, a clean close, a reopen on the same boot.
-    store = LmdbStore(str(path), fsync=True, map_size_bytes=8 << 20)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        await store.write(lambda txn: txn.put_setting("after", "recovery"))
-        nursery.cancel_scope.cancel()
-    await store.aclose()
-    store.close()
+    await _write(path, {"after": "recovery"})
     monkeypatch.undo()
     assert await _settings(path, ["after", "late-59"]) == {
         "after": "recovery",

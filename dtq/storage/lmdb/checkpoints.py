@@ -43,22 +43,25 @@ _META_MAIN_ROOT_AT = 128  # mm_dbs[MAIN_DBI].md_root (the tree naming every sub-
 _NO_PAGE = 0xFFFFFFFFFFFFFFFF
 
 
+_U64 = struct.Struct("<Q")
+
+
 def _txn_id_of(meta_pages: bytes, psize: int) -> int:
     """The snapshot two meta pages open at (LMDB takes the newer one), checking their format."""
-    ids = []
     for page in (meta_pages[:psize], meta_pages[psize:]):
         (magic,) = struct.unpack_from("<I", page, _META_MAGIC_AT)
         if magic != _META_MAGIC:
             raise ValueError("not an LMDB 0.9 meta page")
-        ids.append(struct.unpack_from("<Q", page, _META_TXNID_AT)[0])
-    return max(ids)
+    return _U64.unpack_from(_newest(meta_pages, psize), _META_TXNID_AT)[0]
 
 
 def _newest(meta_pages: bytes, psize: int) -> bytes:
     """The meta page LMDB opens at (the higher txn id)."""
     first, second = meta_pages[:psize], meta_pages[psize:]
-    txn = struct.Struct("<Q").unpack_from
-    return first if txn(first, _META_TXNID_AT)[0] >= txn(second, _META_TXNID_AT)[0] else second
+    newer = (
+        _U64.unpack_from(first, _META_TXNID_AT)[0] >= _U64.unpack_from(second, _META_TXNID_AT)[0]
+    )
+    return first if newer else second
 
 
 def _fingerprint(fd: int, meta_pages: bytes, psize: int, table: bytes) -> bytes:
@@ -66,7 +69,7 @@ def _fingerprint(fd: int, meta_pages: bytes, psize: int, table: bytes) -> bytes:
     the log's generation, random per log) as the file holds them; b"" for an empty tree.
     They stay as they are while the snapshot is pinned, and only a file the snapshot came
     from holds them: two stores built alike can share a main root page, not a generation."""
-    (root,) = struct.unpack_from("<Q", _newest(meta_pages, psize), _META_MAIN_ROOT_AT)
+    (root,) = _U64.unpack_from(_newest(meta_pages, psize), _META_MAIN_ROOT_AT)
     if root == _NO_PAGE:
         return b""
     main = os.pread(fd, psize, root * psize)
@@ -94,7 +97,7 @@ def _sub_database_root(page: bytes, name: bytes) -> int | None:
             data_at = key_at + key_size
             if data_at + 48 > len(page):
                 return None
-            (root,) = struct.unpack_from("<Q", page, data_at + 40)  # MDB_db.md_root
+            (root,) = _U64.unpack_from(page, data_at + 40)  # MDB_db.md_root
             return None if root == _NO_PAGE else int(root)
     return None
 

@@ -19,7 +19,7 @@ __all__ = ["Change", "RecordingTxn", "decode_changes", "encode_changes", "replay
 Change = tuple[int, bytes, bytes | None]
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes, bytes | None]])
+_decoder = msgspec.msgpack.Decoder(list[Change])
 
 
 class RecordingTxn:
