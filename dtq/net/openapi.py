@@ -358,6 +358,8 @@ class _Builder:
                 for ct in spec.content_types
             }
         responses: dict[str, Any] = {str(spec.status): ok}
+        for status in spec.also:
+            responses[str(status)] = {**copy.deepcopy(ok), "description": _phrase(status)}
         for status in sorted(self._error_statuses(spec)):
             responses[str(status)] = self._error_response(status, rate_limited=limited)
         return responses

@@ -50,7 +50,8 @@ class RouteSpec:
     top-level envelope members, e.g. ``(("token", str),)``. `content_types` lists the media
     types the success response comes in; non-JSON ones are documented as strings.
     `path_types` gives path parameters a type (``(("task_id", uuid.UUID),)``): its schema is
-    documented, and so is the 400 a value of another shape gets. A body documents the 415 a
+    documented, and so is the 400 a value of another shape gets. `also` lists further success
+    statuses with the same body (a create that can be a replay: 201, or 200). A body documents the 415 a
     body that is not JSON (by its Content-Type) gets.
     """
 
@@ -63,6 +64,7 @@ class RouteSpec:
     query: type | None = None
     response: Any = None
     status: int = 200
+    also: tuple[int, ...] = ()
     errors: tuple[int, ...] = ()
     auth: bool = True
     roles: tuple[str, ...] = ()
@@ -83,6 +85,8 @@ class RouteSpec:
             raise ValueError(f"path must start with '/': {self.path!r}")
         if not 200 <= self.status < 400:
             raise ValueError(f"success status must be 2xx or 3xx, got {self.status}")
+        if any(not 200 <= code < 400 or code == 204 for code in self.also):
+            raise ValueError(f"`also` statuses must be 2xx/3xx with a body, got {self.also}")
         if any(not 400 <= code < 600 for code in self.errors):
             raise ValueError(f"error statuses must be 4xx or 5xx, got {self.errors}")
         if self.paginated and not self.envelope:

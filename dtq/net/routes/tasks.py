@@ -67,7 +67,7 @@ def register(api: Api) -> None:
 
     @api.route(
         RouteSpec("POST", P, "Create a task", TAG, "create_task", body=TaskCreate,
-                  response=TaskOut, status=201, errors=(409,),
+                  response=TaskOut, status=201, also=(200,), errors=(409,),
                   description="With `idempotency_key`, a replay of the same body returns the "
                   "first task with status 200; a different body under the same key is 409."),
         Permission.TASKS_CREATE,
