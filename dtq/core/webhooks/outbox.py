@@ -34,6 +34,7 @@ from dtq.core.events import (
     WebhookEventName,
     task_event_kind,
 )
+from dtq.core.webhooks.targets import WEBHOOK_URL_PATTERN
 from dtq.models import (
     Attempt,
     Delivery,
@@ -62,17 +63,13 @@ EVENT_HEADER = "X-DTQ-Event"
 DELIVERY_HEADER = "X-DTQ-Delivery"
 
 
-# What check_url accepts, as far as a pattern can say it (the document shows it).
-WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(:[0-9]{1,4})?([/?#][!-~]*)?$"
-
-
 class WebhookCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     url: Annotated[
         str,
         Meta(
             min_length=1,
             max_length=2048,
-            # documented, not enforced here: check_url is the rule and says what is wrong
+            # documented, not enforced here: check_url enforces it and says what is wrong
             extra_json_schema={"pattern": WEBHOOK_URL_PATTERN},
             description="An absolute http or https URL with a host; no spaces or control "
             "characters.",

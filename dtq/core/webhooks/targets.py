@@ -83,6 +83,16 @@ class TargetRefused(Exception):
         self.reason = reason
 
 
+# The shape check_url accepts, as a pattern (the OpenAPI document shows it): a host name of
+# unreserved characters or a bracketed IPv6 address, a port, then printable ASCII. check_url
+# enforces it last, so nothing the document calls invalid is ever accepted.
+WEBHOOK_URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+    r"([/?#][!-~]*)?$"
+)
+_URL_SHAPE = re.compile(WEBHOOK_URL_PATTERN)
+
+
 def _bad_url(reason: str) -> InvalidRequest:
     return InvalidRequest(f"url must be an absolute http or https URL: {reason}",
                           field="url", reason=reason)  # fmt: skip
@@ -112,6 +122,11 @@ def check_url(url: str) -> str:
                              field="url", reason="credentials in URL")  # fmt: skip
     if not parts.hostname:
         raise _bad_url("no host")
+    if not _URL_SHAPE.match(url):
+        raise _bad_url(
+            "the host may have only letters, digits and . _ ~ - (or be a bracketed "
+            "IPv6 address), the rest only printable ASCII (percent-encode others)"
+        )
     return url
 
 
