@@ -15,6 +15,8 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dtq.core import ops
 from dtq.core import states as lifecycle
@@ -186,6 +188,14 @@ def test_bad_urls(url: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         check_url(url)
     assert info.value.details["field"] == "url"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.from_regex(WEBHOOK_URL_PATTERN, fullmatch=True))
+def test_every_url_the_document_calls_valid_is_accepted(url: str) -> None:
+    """Schemathesis checks both ways: no URL the pattern refuses is accepted (above), and none
+    it allows is refused."""
+    assert check_url(url) == url
 
 
 # --- the outbox, on real LMDB --------------------------------------------------------------------

@@ -84,11 +84,26 @@ class TargetRefused(Exception):
 
 
 # The shape check_url accepts, as a pattern (the OpenAPI document shows it): a host name of
-# unreserved characters or a bracketed IPv6 address, a port, then printable ASCII. check_url
-# enforces it last, so nothing the document calls invalid is ever accepted.
+# unreserved characters or a bracketed IPv6 address (RFC 3986's grammar), a port up to 65535,
+# then printable ASCII. check_url enforces it last, so nothing the document calls invalid is
+# accepted, and everything it calls valid passes the other checks too.
+_H16 = "[0-9A-Fa-f]{1,4}"
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LS32 = f"({_H16}:{_H16}|{_OCTET}(\\.{_OCTET}){{3}})"
+_IPV6 = "|".join([
+    f"({_H16}:){{6}}{_LS32}",
+    f"::({_H16}:){{5}}{_LS32}",
+    f"({_H16})?::({_H16}:){{4}}{_LS32}",
+    f"(({_H16}:){{0,1}}{_H16})?::({_H16}:){{3}}{_LS32}",
+    f"(({_H16}:){{0,2}}{_H16})?::({_H16}:){{2}}{_LS32}",
+    f"(({_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+    f"(({_H16}:){{0,4}}{_H16})?::{_LS32}",
+    f"(({_H16}:){{0,5}}{_H16})?::{_H16}",
+    f"(({_H16}:){{0,6}}{_H16})?::",
+])  # fmt: skip
+_PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 WEBHOOK_URL_PATTERN = (
-    r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
-    r"([/?#][!-~]*)?$"
+    f"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~-]+|\\[({_IPV6})\\])(:{_PORT})?([/?#][!-~]*)?$"
 )
 _URL_SHAPE = re.compile(WEBHOOK_URL_PATTERN)
 
