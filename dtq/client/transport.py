@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import msgspec
+import sniffio
 
 from dtq.client.transport_base import (
     READ_BYTES,
@@ -35,6 +37,15 @@ if TYPE_CHECKING:
     from dtq.client._common import _Req
 
 __all__ = ["AsyncLane", "lane_address"]
+
+
+def _under_trio() -> bool:
+    try:
+        return sniffio.current_async_library() == "trio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+
+
 _GONE = (OSError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
@@ -46,13 +57,23 @@ class _Waiter:
         self.result: ReplyIn | Error | BaseException | None = None
 
 
+FAIR_READS = 64  # direct reads that found data in a row; then one scheduler round
+
+
 class _Connection:
-    def __init__(self, stream: anyio.abc.ByteStream, codec: Any) -> None:
+    def __init__(
+        self, stream: anyio.abc.ByteStream, codec: Any, direct: socket.socket | None
+    ) -> None:
         self.stream = stream
         self.codec = codec
         self.waiters: dict[int, _Waiter] = {}
         self.inbox: list[bytes] = []
         self.broken: BaseException | None = None
+        # Under trio, on plain TCP: the socket itself, read and written without the stream.
+        # trio's stream takes one more scheduler round after every successful receive and
+        # send; a lane message would pay two more (a push on its way to a handler, too).
+        self.direct = direct
+        self.reads = 0
 
 
 class AsyncLane:
@@ -104,7 +125,9 @@ class AsyncLane:
         sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         if sock is not None:  # small frames go out at once
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Connection(stream, make_codec(a))
+        # (asyncio reads the socket itself, through its transport; TLS needs the stream)
+        direct = sock if sock is not None and not a.tls and _under_trio() else None
+        conn = _Connection(stream, make_codec(a), direct)
         if hs := conn.codec.handshake():
             await stream.send(hs)
             while not conn.codec.accepted:
@@ -129,11 +152,53 @@ class AsyncLane:
         return [client_decoder.decode(m) for m in inbox]
 
     async def _read_some(self, conn: _Connection) -> None:
-        data = await conn.stream.receive(READ_BYTES)
+        data = await (
+            self._receive_direct(conn) if conn.direct else conn.stream.receive(READ_BYTES)
+        )
         messages, reply = conn.codec.feed(data)
         if reply:
-            await conn.stream.send(reply)
+            await self._send_payload(conn, reply)
         conn.inbox.extend(messages)
+
+    @staticmethod
+    async def _receive_direct(conn: _Connection) -> bytes:
+        sock = conn.direct
+        assert sock is not None
+        if conn.reads >= FAIR_READS:  # a peer that always has data does not starve the rest
+            conn.reads = 0
+            await anyio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = sock.recv(READ_BYTES)
+            except BlockingIOError:
+                conn.reads = 0
+                await anyio.wait_readable(sock)
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            conn.reads += 1
+            return data
+
+    async def _send_payload(self, conn: _Connection, payload: bytes) -> None:
+        """All of `payload`, never interleaved with another frame. The direct path sends at
+        once when no other send is under way and the socket takes it all."""
+        lock = self._send_lock
+        if conn.direct is not None and not lock.locked():
+            try:
+                sent = conn.direct.send(payload)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(payload):
+                return
+            payload = payload[sent:]
+            lock.acquire_nowait()  # (free: nothing awaited since `locked()`)
+        else:
+            await lock.acquire()
+        try:
+            with anyio.CancelScope(shield=True):  # half a frame would break the stream
+                await conn.stream.send(payload)
+        finally:
+            lock.release()
 
     # -- requests ------------------------------------------------------------------------
     async def call(self, req: _Req[Any]) -> ReplyIn | Error:
@@ -144,9 +209,7 @@ class AsyncLane:
         try:
             payload = conn.codec.encode(check_size(encoder.encode(req.lane_message(rid)),
                                                    self.welcome))  # fmt: skip
-            async with self._send_lock:
-                with anyio.CancelScope(shield=True):  # half a frame would break the stream
-                    await conn.stream.send(payload)
+            await self._send_payload(conn, payload)
             with anyio.fail_after(self.timeout_s):
                 while waiter.result is None:
                     if self.background:
@@ -173,9 +236,7 @@ class AsyncLane:
         conn = await self.connect()
         payload = conn.codec.encode(encoder.encode(req.lane_message(next(self._ids))))
         try:
-            async with self._send_lock:
-                with anyio.CancelScope(shield=True):
-                    await conn.stream.send(payload)
+            await self._send_payload(conn, payload)
         except _GONE as exc:
             self._broken(conn, exc)
 

@@ -4,9 +4,11 @@ The worker's lease loop still calls `lease(max_tasks=free slots, wait=...)`; her
 the server `credit` for the free slots not already covered (tasks pushed and not yet taken, or
 credit still outstanding) and returns what the server has pushed, waiting up to `wait` for the
 first. The server pushes each task as it becomes ready, with no request per task. Tasks taken
-are reported `started` one scheduler tick later, once their handlers have begun (the report's
-send is not on the way to a handler), without waiting for the reply; until then, a dropped
-connection hands them back at once. Everything else goes through the client, over the lane.
+are reported `started` `STARTED_REPORT_S` later (or before an ack, if that comes first), in
+one message, without waiting for the reply; until then, a dropped connection hands them back at
+once. The wait keeps the report off the way to the handlers: a plain `def` handler's thread
+gets the interpreter only once the event loop rests. Everything else goes through the client,
+over the lane.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from dtq.client.transport import AsyncLane
 from dtq.errors import DtqError
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome
+
+# How long after tasks are taken their `started` report goes: the longer, the more tasks one
+# report covers, and the wider the window in which a dropped connection hands back a task that
+# already runs (at-least-once: it runs again).
+STARTED_REPORT_S = 0.005
 
 
 class LaneCall:
@@ -91,10 +98,8 @@ class PushTransport:
     async def _report_started(self) -> None:
         while True:
             await self._taken.wait()
+            await trio.sleep(STARTED_REPORT_S)  # (tasks taken meanwhile join this report)
             self._taken = trio.Event()
-            # One tick: the handlers of the tasks just taken (spawned in this tick) begin
-            # first; then one `started` for all of them.
-            await trio.lowlevel.checkpoint()
             await self._flush_started()
 
     async def _flush_started(self) -> None:
@@ -170,6 +175,9 @@ class PushTransport:
                     await self.client.release(task.id, task.lease.id)
 
     async def ack(self, acks: Sequence[AckItem]) -> list[AckOutcome]:
+        # The report goes first: were the connection to drop before the ack is read, the
+        # tasks stay leased to this worker, and the ack's resend on the next connection lands.
+        await self._flush_started()
         return await self.client.ack(acks)
 
     async def extend(self, task_id: str, lease_id: str, lease_seconds: float) -> TaskOut:

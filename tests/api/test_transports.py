@@ -173,3 +173,34 @@ async def test_a_taken_task_is_reported_started_so_a_dropped_connection_keeps_it
                 await trio.sleep(0.01)  # the server hands it back once it sees the close
         assert (await op.get(first.id)).status == "running"
         nursery.cancel_scope.cancel()
+
+
+async def test_frames_larger_than_the_socket_takes_at_once_arrive_whole(
+    server_url: str, keys: dict[str, str]
+) -> None:
+    """Under trio the lane writes its socket directly and falls back to the stream for what
+    the kernel does not take at once; frames sent meanwhile by other tasks must wait their
+    turn, never land inside the large one."""
+    big = {"blob": "x" * 9_000_000}  # more than loopback's socket buffers take at once
+    async with AsyncClient(server_url, api_key=keys["operator"], transport="tcp") as c:
+        small = await c.submit("small", queue="q-big")
+        got: dict[str, Any] = {}
+
+        async def big_submit() -> None:
+            got["big"] = await c.submit("big", queue="q-big", payload=big)
+
+        async def small_gets() -> None:
+            lane = await c.lane()
+            assert lane is not None
+            while not lane._send_lock.locked():  # the big frame's rest is being sent
+                await trio.sleep(0)
+            got["gets"] = [(await c.get(small.id)).id for _ in range(20)]
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(big_submit)
+                nursery.start_soon(small_gets)
+            assert (await c.get(got["big"].id)).payload == big
+        assert got["gets"] == [small.id] * 20
+        lane = await c.lane()
+        assert lane is not None and lane.generation == 1  # one connection all along
