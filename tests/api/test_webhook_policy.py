@@ -93,10 +93,11 @@ async def test_public_targets_are_accepted(strict: Server, fake_dns: FakeDNS) ->
     assert "public.example.com" in fake_dns.asked
 
 
-async def test_an_unresolvable_host_is_refused(strict: Server) -> None:
-    status, reply = await strict.admin.call(
-        "POST", P, {"url": "https://nowhere.example.com/", "events": ["*"]}
-    )
+@pytest.mark.parametrize(
+    "url", ["https://nowhere.example.com/", "http://a..example.com/", f"http://{'x' * 64}.io/"]
+)
+async def test_an_unresolvable_host_is_refused(strict: Server, url: str) -> None:
+    status, reply = await strict.admin.call("POST", P, {"url": url, "events": ["*"]})
     assert status == 400
     assert _error(reply)["details"] == {"field": "url", "reason": "host does not resolve"}
 
@@ -202,3 +203,19 @@ async def test_redirects_are_not_followed(server: Server) -> None:
         assert row["status"] == "failed"
         assert [a["status_code"] for a in row["history"]] == [307, 307, 307]
         assert len(receiver.requests) == 3 and target.requests == []
+
+
+async def test_a_host_name_idna_refuses_fails_its_deliveries_not_the_server(
+    server: Server,
+) -> None:
+    """Private networks allowed, so nothing resolves at registration. getaddrinfo's IDNA step
+    raised UnicodeError for the empty label at delivery, and that stopped the whole server
+    (schemathesis found it)."""
+    hook = await server.admin.ok(
+        "POST", P, {"url": "http://a..example.com/hook", "events": ["task.created"]}, status=201
+    )
+    await _create_task(server)
+    [row] = await server.wait_settled(hook["id"], 1)
+    assert row["status"] == "failed"
+    assert all("not a valid host name" in a["error"] for a in row["history"]), row
+    await _create_task(server)  # and the server goes on

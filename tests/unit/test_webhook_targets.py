@@ -15,7 +15,7 @@ from dtq.core.webhooks.targets import (
     check_url,
     parse_ip,
 )
-from dtq.core.webhooks.transport import GuardedBackend, PolicyRefused, checked_addresses
+from dtq.core.webhooks.transport import GuardedBackend, PolicyRefused, checked_addresses, resolve
 from dtq.errors import InvalidRequest
 from dtq.settings import load_settings
 
@@ -211,3 +211,13 @@ def test_the_opt_out_is_off_by_default_and_read_from_the_environment() -> None:
     assert load_settings(environ={}).webhook_allow_private_networks is False
     on = load_settings(environ={"DTQ_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true"})
     assert on.webhook_allow_private_networks is True
+
+
+@pytest.mark.parametrize("host", ["a..example.com", f"{'x' * 64}.example.com", ".example.com"])
+async def test_a_name_idna_refuses_does_not_resolve(host: str) -> None:
+    """Schemathesis registered such a URL (private networks allowed, so no check at
+    registration) and its delivery's UnicodeError from getaddrinfo stopped the server."""
+    with pytest.raises(OSError, match="not a valid host name"):
+        await resolve(host, 80)
+    with pytest.raises(httpcore.ConnectError, match="could not resolve host"):
+        await GuardedBackend(allow_private=True, inner=RecordingBackend()).connect_tcp(host, 80)

@@ -340,6 +340,9 @@ class WebhookService:
                 return None, f"ConnectError: {exc}" if str(exc) else "ConnectError"
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except Exception as exc:  # the boundary: one target's oddity fails its attempt only
+                log.exception("webhook delivery raised", url=url)
+                return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if 200 <= code < 300:
                 return code, None
             return code, f"HTTP {code} {reply.reason_phrase}".rstrip()

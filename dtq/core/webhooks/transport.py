@@ -37,14 +37,18 @@ REFUSED_ERROR = "refused: the target address is not public"  # what the delivery
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to (TCP), in the resolver's order; OSError if none.
+    """Every address `host` resolves to (TCP), in the resolver's order; OSError if none, or
+    if `host` is no valid name.
 
     trio runs getaddrinfo in a thread, so the loop never blocks; callers bound it in time.
     """
     literal = parse_ip(host)
     if literal is not None:
         return [literal]
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:  # IDNA refuses the name (an empty or over-long label)
+        raise OSError(f"{host!r} is not a valid host name: {exc}") from None
     found: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         addr = parse_ip(str(sockaddr[0]))
