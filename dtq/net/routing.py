@@ -51,8 +51,8 @@ class RouteSpec:
     types the success response comes in; non-JSON ones are documented as strings.
     `path_types` gives path parameters a type (``(("task_id", uuid.UUID),)``): its schema is
     documented, and so is the 400 a value of another shape gets. `also` lists further success
-    statuses with the same body (a create that can be a replay: 201, or 200). A body documents the 415 a
-    body that is not JSON (by its Content-Type) gets.
+    statuses with the same body (a create that can be a replay: 201, or 200). A body documents
+    the 415 a body that is not JSON (by its Content-Type) gets.
     """
 
     method: str
