@@ -219,3 +219,20 @@ async def test_a_host_name_idna_refuses_fails_its_deliveries_not_the_server(
     assert row["status"] == "failed"
     assert all("not a valid host name" in a["error"] for a in row["history"]), row
     await _create_task(server)  # and the server goes on
+
+
+async def test_whatever_a_delivery_raises_fails_that_attempt_only(
+    server: Server, fake_dns: FakeDNS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kw: object) -> list[Any]:
+        raise RuntimeError("resolver bug")
+
+    monkeypatch.setattr(fake_dns, "getaddrinfo", broken)
+    hook = await server.admin.ok(
+        "POST", P, {"url": "http://odd.example.com/hook", "events": ["task.created"]}, status=201
+    )
+    await _create_task(server)
+    [row] = await server.wait_settled(hook["id"], 1)
+    assert row["status"] == "failed"
+    assert all(a["error"] == "RuntimeError: resolver bug" for a in row["history"]), row
+    await _create_task(server)  # and the server goes on

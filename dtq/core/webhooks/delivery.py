@@ -341,7 +341,8 @@ class WebhookService:
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception as exc:  # the boundary: one target's oddity fails its attempt only
-                log.exception("webhook delivery raised", url=url)
+                # (the host, not the URL: a URL's query may carry a token)
+                log.exception("webhook delivery raised", host=url_host(url))
                 return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if 200 <= code < 300:
                 return code, None
