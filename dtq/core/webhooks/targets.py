@@ -139,8 +139,9 @@ def check_url(url: str) -> str:
         raise _bad_url("no host")
     if not _URL_SHAPE.match(url):
         raise _bad_url(
-            "the host may have only letters, digits and . _ ~ - (or be a bracketed "
-            "IPv6 address), the rest only printable ASCII (percent-encode others)"
+            "the host may have only letters, digits and . _ ~ - (an international name in "
+            "its xn-- form) or be a bracketed IPv6 address, the rest only printable ASCII "
+            "(percent-encode others)"
         )
     return url
 
