@@ -4,11 +4,10 @@ The worker's lease loop still calls `lease(max_tasks=free slots, wait=...)`; her
 the server `credit` for the free slots not already covered (tasks pushed and not yet taken, or
 credit still outstanding) and returns what the server has pushed, waiting up to `wait` for the
 first. The server pushes each task as it becomes ready, with no request per task. Tasks taken
-are reported `started` `STARTED_REPORT_S` later (or before an ack, if that comes first), in
-one message, without waiting for the reply; until then, a dropped connection hands them back at
-once. The wait keeps the report off the way to the handlers: a plain `def` handler's thread
-gets the interpreter only once the event loop rests. Everything else goes through the client,
-over the lane.
+are reported `started` in one message before `lease` returns them, without waiting for the
+reply: once a handler may run, a dropped connection (a worker killed mid-task) leaves its lease
+to expire, so the run counts as an attempt and a task that kills its workers still exhausts its
+retries. Everything else goes through the client, over the lane.
 """
 
 from __future__ import annotations
@@ -25,11 +24,6 @@ from dtq.client.transport import AsyncLane
 from dtq.errors import DtqError
 from dtq.messages import TaskOut, WorkerOut
 from dtq.models import AckItem, AckOutcome
-
-# How long after tasks are taken their `started` report goes: the longer, the more tasks one
-# report covers, and the wider the window in which a dropped connection hands back a task that
-# already runs (at-least-once: it runs again).
-STARTED_REPORT_S = 0.005
 
 
 class LaneCall:
@@ -57,8 +51,6 @@ class PushTransport:
         self._buffer: list[TaskOut] = []  # pushed, not yet handed to the worker
         self._outstanding = 0  # credit granted and not yet used by a push
         self._arrived = trio.Event()
-        self._unreported: list[str] = []  # taken on this connection, `started` not sent yet
-        self._taken = trio.Event()
 
     async def _connected(self) -> AsyncLane:
         lane = await self.client.lane()
@@ -77,7 +69,6 @@ class PushTransport:
             self._generation = lane.generation
             self._buffer.clear()
             self._outstanding = 0
-            self._unreported.clear()
         return lane
 
     async def run_push(
@@ -91,24 +82,14 @@ class PushTransport:
         self._on_cancelled = on_cancelled
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._report_started)
             task_status.started()
             await trio.sleep_forever()
 
-    async def _report_started(self) -> None:
-        while True:
-            await self._taken.wait()
-            await trio.sleep(STARTED_REPORT_S)  # (tasks taken meanwhile join this report)
-            self._taken = trio.Event()
-            await self._flush_started()
-
-    async def _flush_started(self) -> None:
-        lane = self._lane
-        if not self._unreported or lane is None or not lane.is_connected():
-            return  # (a lost connection handed them back already; a new one clears them)
-        ids, self._unreported = self._unreported, []
+    async def _report_started(self, lane: AsyncLane, task_ids: list[str]) -> None:
+        if not lane.is_connected() or lane.generation != self._generation:
+            return  # pushed on a connection now lost: the server handed them back already
         with contextlib.suppress(httpx.TransportError):  # lost now: handed back, as above
-            await lane.send(LaneCall("started", task_ids=ids))
+            await lane.send(LaneCall("started", task_ids=task_ids))
 
     def _pushed(self, tasks: list[TaskOut]) -> None:
         self._buffer.extend(tasks)
@@ -150,8 +131,7 @@ class PushTransport:
                 await self._arrived.wait()
         taken, self._buffer = self._buffer[:max_tasks], self._buffer[max_tasks:]
         if taken:
-            self._unreported.extend(t.id for t in taken)
-            self._taken.set()
+            await self._report_started(lane, [t.id for t in taken])
         return taken
 
     async def stop_leasing(self) -> None:
@@ -160,9 +140,6 @@ class PushTransport:
             return
         try:
             with trio.move_on_after(5):
-                # Taken tasks are reported first: when this worker's connection closes
-                # after the drain, the server hands back every pushed task not reported.
-                await self._flush_started()
                 await self._lane.call(LaneCall("pause"))  # type: ignore[arg-type]
         except httpx.TransportError:
             return  # the connection is gone: the server handed them back already
@@ -175,9 +152,6 @@ class PushTransport:
                     await self.client.release(task.id, task.lease.id)
 
     async def ack(self, acks: Sequence[AckItem]) -> list[AckOutcome]:
-        # The report goes first: were the connection to drop before the ack is read, the
-        # tasks stay leased to this worker, and the ack's resend on the next connection lands.
-        await self._flush_started()
         return await self.client.ack(acks)
 
     async def extend(self, task_id: str, lease_id: str, lease_seconds: float) -> TaskOut:

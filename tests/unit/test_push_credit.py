@@ -37,7 +37,11 @@ class FastServerLane:
         self.on_push: Any = None
         self.on_cancelled: Any = None
         self.credits: list[int] = []
+        self.started: list[list[str]] = []
         self.next_id = 0
+
+    def is_connected(self) -> bool:
+        return True
 
     async def run_reader(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -58,6 +62,7 @@ class FastServerLane:
 
     async def send(self, req: Any) -> None:
         assert req.op == "started"
+        self.started.append(req.fields["task_ids"])
 
 
 class FakeClient:
@@ -83,3 +88,5 @@ async def test_credit_pushed_before_its_reply_is_not_counted_twice() -> None:
             nursery.cancel_scope.cancel()
     assert [t.id for t in first + second] == [task(i).id for i in range(4)]
     assert lane.credits == [2, 2]
+    # each batch reported before `lease` returned it (before any handler could begin)
+    assert lane.started == [[t.id for t in first], [t.id for t in second]]
