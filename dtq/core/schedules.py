@@ -16,6 +16,7 @@ import heapq
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 from msgspec.structs import replace
 
 from dtq.core import cron, ops
@@ -34,6 +35,8 @@ from dtq.storage.base import StoreTxn
 
 if TYPE_CHECKING:
     from dtq.core.service import TaskQueue
+
+log = structlog.get_logger("dtq.schedules")
 
 # With catch_up "none", a tick more than this late (the server was down) is skipped.
 MISFIRE_GRACE_S = 60.0
@@ -84,7 +87,16 @@ def _check_task_body(body: TaskCreate) -> None:
 
 
 def _body_of(schedule: Schedule, key: str) -> TaskCreate:
-    body = msgspec.convert(schedule.task, TaskCreate)
+    """The tick's task. Bodies are checked when stored, but one stored by another version may
+    not pass this one's model: InvalidRequest then, naming the schedule."""
+    try:
+        body = msgspec.convert(schedule.task, TaskCreate)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(
+            f"schedule {schedule.name!r} holds a task this server cannot create: {exc}",
+            field="task",
+            reason="stored task no longer valid; replace it with PATCH",
+        ) from None
     return replace(body, idempotency_key=key)
 
 
@@ -92,6 +104,16 @@ def _submit(tx: StoreTxn, schedule: Schedule, key: str) -> tuple[Task | None, bo
     try:
         return ops.create(tx, _body_of(schedule, key), SYSTEM_ACTOR)
     except Conflict:  # the key was used by a task of an earlier schedule of this name
+        return None, False
+
+
+def _submit_tick(tx: StoreTxn, schedule: Schedule, key: str) -> tuple[Task | None, bool]:
+    """A cron tick: a task that cannot be created skips the tick (logged) and the schedule
+    goes on, rather than stopping the reaper that fires every schedule."""
+    try:
+        return _submit(tx, schedule, key)
+    except InvalidRequest as exc:
+        log.warning("schedule_tick_skipped", schedule=schedule.name, error=exc.message)
         return None, False
 
 
@@ -153,7 +175,8 @@ def fire_op(tx: StoreTxn, name: str, tick: float) -> Fired | None:
     now = tx.now
     latest = cron.last_at_or_before(s.cron, s.timezone, tick, now) if tick <= now else tick
     fire = s.catch_up == CatchUp.ONE or now - latest <= MISFIRE_GRACE_S
-    task, created = _submit(tx, s, f"schedule:{name}:{int(latest)}") if fire else (None, False)
+    key = f"schedule:{name}:{int(latest)}"
+    task, created = _submit_tick(tx, s, key) if fire else (None, False)
     new = replace(s, next_run_at=cron.next_after(s.cron, s.timezone, max(latest, now)))
     if fire:
         new = replace(new, last_run_at=latest, last_task_id=task.id if task else None)

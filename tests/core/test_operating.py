@@ -323,6 +323,31 @@ async def test_a_tick_and_its_next_fire_time_commit_together(q: TaskQueue) -> No
     assert len(await scheduled_tasks(q)) == 1
 
 
+async def test_a_stored_task_this_version_refuses_skips_its_ticks_only(
+    q: TaskQueue, mock_clock: MockClock
+) -> None:
+    """A schedule whose stored task no longer validates (stored by another version) must not
+    stop the reaper: its ticks are skipped, every other schedule goes on, and a trigger says
+    what is wrong."""
+    from msgspec.structs import replace
+
+    await q.schedules.create(_every_minute("broken"))
+    good = await q.schedules.create(_every_minute())
+    broken = await q.schedules.get("broken")
+    stale = replace(broken, task={"name": "cron-job", "priority": "urgent"})
+    await q.store.write(lambda tx: tx.put_schedule(stale))
+    assert good.next_run_at is not None
+    await advance(mock_clock, q, good.next_run_at - q.clock.now() + 1)
+    await advance(mock_clock, q, 60)
+    assert await scheduled_tasks(q) == [f"schedule:tick:{int(good.next_run_at + 60 * i)}"
+                                        for i in range(2)]  # fmt: skip
+    after = await q.schedules.get("broken")
+    assert after.last_task_id is None and after.next_run_at == good.next_run_at + 120
+    with pytest.raises(InvalidRequest) as err:
+        await q.schedules.trigger("broken")
+    assert err.value.details["field"] == "task"
+
+
 @pytest.mark.parametrize("catch_up", [CatchUp.NONE, CatchUp.ONE])
 async def test_catch_up_after_downtime(tmp_path: Path, mock_clock: MockClock,
                                        catch_up: CatchUp) -> None:  # fmt: skip
