@@ -6,6 +6,7 @@ time is trio's manual `mock_clock`, so durations and queue waits are exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,17 @@ async def test_webhook_deliveries(client: Client, svc: Services) -> None:
 async def test_checkpoints_of_the_write_ahead_log(client: Client, svc: Services) -> None:
     """The LMDB store's background checkpoints are counted, with their duration."""
     store: Any = svc.queue.store
-    store.writer.checkpoint_interval_s = 0.0  # one after every commit
+    writer = store.writer
+
+    async def quiet() -> None:
+        """No checkpoint starts (none is due by size here) and none is under way."""
+        writer.checkpoint_interval_s = math.inf
+        with trio.fail_after(5):
+            await store.write(lambda tx: None)  # after a checkpoint's start, if one is starting
+            while (under_way := writer._checkpointing) is not None:
+                await under_way.wait()
+
+    await quiet()  # (the server's own first writes may have started one)
     seen: list[bool] = []
     one = trio.Event()
 
@@ -278,10 +289,12 @@ async def test_checkpoints_of_the_write_ahead_log(client: Client, svc: Services)
     store.checkpoint_hooks.append(heard)
     before = (await scrape(client)).get(
         ("dtq_storage_checkpoints_total", frozenset({("outcome", "ok")})), 0.0
-    )  # (the server's own first writes may have had one already)
+    )
+    writer.checkpoint_interval_s = 0.0  # one after every commit
     await svc.queue.create(TaskCreate(name="checkpointed"))
     with trio.fail_after(5):  # its sync runs in a thread
         await one.wait()
+    await quiet()  # so the scrape below and `seen` count the same checkpoints
     assert seen and all(seen)
     m = await scrape(client)
     ok = value(m, "dtq_storage_checkpoints_total", outcome="ok")

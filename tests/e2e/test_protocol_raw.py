@@ -331,6 +331,45 @@ def test_push_mode_and_dropped_connections_hand_unstarted_tasks_back(lane: Any) 
         producer.close()
 
 
+def test_a_started_sent_just_before_the_connection_ends_still_counts(lane: Any) -> None:
+    """A worker killed as its handler begins: its `started` and the end of the stream arrive
+    together. The server applies `started` as it reads it, so the started task stays leased
+    (its lease expires, counting the attempt) and only the unstarted one is handed back."""
+    _, admin_key, worker_key, port = lane
+    producer = connect(port, admin_key)
+    try:
+        for attempt in range(5):  # each round a fresh pair: the race, if any, shows in a few
+            queue = f"started-eof-{attempt}"
+            worker = connect(port, worker_key)
+            worker.call("credit", n=2, worker_id="eof-w", queues=[queue])
+            for _ in range(2):
+                producer.call("submit", body={"name": "p", "queue": queue})
+            pushed: list[dict[str, Any]] = []
+            while len(pushed) < 2:
+                message = worker.recv()
+                assert message is not None
+                if message["op"] == "push":
+                    pushed.extend(message["tasks"])
+            started, unstarted = pushed
+            worker.request("started", task_ids=[started["id"]])  # no wait for the reply...
+            worker.sock.shutdown(socket.SHUT_WR)  # ...and the stream ends right behind it
+            worker.close()
+            other = connect(port, worker_key)
+            seen: set[str] = set()
+            for _ in range(5):
+                leased = other.call("lease", body={"worker_id": "other", "queues": [queue],
+                                                   "max_tasks": 2, "wait": 2})["data"]  # fmt: skip
+                seen |= {t["id"] for t in leased}
+                if unstarted["id"] in seen:
+                    break
+            other.close()
+            assert seen == {unstarted["id"]}  # handed back; the started one was not
+            held = producer.call("get", task_id=started["id"])["data"]
+            assert held["status"] == "running" and held["worker_id"] == "eof-w"
+    finally:
+        producer.close()
+
+
 def test_kill_9_with_pipelined_submits_in_flight_loses_no_acknowledged_task(
     tmp_path: Path,
 ) -> None:

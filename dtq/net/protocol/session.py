@@ -194,11 +194,18 @@ class Session:
                     "Already authenticated: hello comes once, first", field="op",
                     reason="duplicate hello"))  # fmt: skip
                 continue
+            outcome = None
+            if type(msg) is Started:
+                # Applied as read, before what follows it: an end of stream right behind it
+                # (a worker killed as its handler begins) must not hand these tasks back,
+                # and the request itself may still wait (a credential read) and be cut off.
+                # The reply still passes every check a request does.
+                outcome = self._mark_started(msg.task_ids)
             try:
                 self._slots.acquire_nowait()  # a free slot: no scheduler round per message
             except trio.WouldBlock:
                 await self._slots.acquire()
-            nursery.start_soon(self._serve_one, msg)
+            nursery.start_soon(self._serve_one, msg, outcome)
 
     async def _refuse(self, request_id: int, exc: DtqError) -> None:
         """An error frame; before `hello` every refusal also ends the connection."""
@@ -294,7 +301,8 @@ class Session:
             raise decision.error()
 
     # -- requests --------------------------------------------------------------------------
-    async def _serve_one(self, msg: Any) -> None:
+    async def _serve_one(self, msg: Any, outcome: tuple[int, Any] | None = None) -> None:
+        """`outcome`: the reply's status and data when the read loop did the work already."""
         try:
             try:
                 principal = await self._authenticate()
@@ -306,7 +314,7 @@ class Session:
             handler, permission = _HANDLERS[type(msg)]
             if permission is not None:
                 principal.require(permission)
-            status, data = await handler(self, msg, principal)
+            status, data = outcome or await handler(self, msg, principal)
             await self._send(_reply(msg.id, status, data))
         except DtqError as exc:
             await self._send(error_frame(msg.id, exc))
@@ -357,7 +365,10 @@ class Session:
         return 200, {"credit": 0}
 
     async def _started(self, msg: Started, p: Principal) -> tuple[int, Any]:
-        started = sum(1 for tid in msg.task_ids if self.pushed.pop(tid, None) is not None)
+        return self._mark_started(msg.task_ids)  # (the read loop does it first; see there)
+
+    def _mark_started(self, task_ids: list[str]) -> tuple[int, Any]:
+        started = sum(1 for tid in task_ids if self.pushed.pop(tid, None) is not None)
         return 200, {"started": started}
 
     async def _complete(self, msg: Complete, p: Principal) -> tuple[int, Any]:
