@@ -29,6 +29,7 @@ from dtq.core.auth import (
 )
 from dtq.core.auth.credentials import ambiguous_credentials
 from dtq.core.auth.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
+from dtq.core.auth.shared_throttle import SharedLoginThrottle
 from dtq.core.auth.throttle import LoginThrottle
 from dtq.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from dtq.models import ApiKey, User
@@ -98,6 +99,11 @@ class Accounts:
         self._clock = clock
         self.tokens = TokenIssuer(jwt_secret, settings.jwt_ttl_s)
         self.login_throttle = LoginThrottle()
+        # Several servers on one store: the throttle's records are the store's, so a guesser
+        # gets no more attempts for spreading them over the servers.
+        self.shared_login_throttle = (
+            SharedLoginThrottle(store) if getattr(store, "shared", False) else None
+        )
         self._verified: dict[str, Principal] = {}
 
     @classmethod
@@ -215,14 +221,21 @@ class Accounts:
     async def login(self, body: LoginRequest) -> tuple[str, User]:
         # Throttled per username before the password is looked at: a 429 says nothing about
         # whether the password (or the user) was right. Unknown names are throttled the same.
-        self.login_throttle.begin(body.username, self._clock.now())
+        shared = self.shared_login_throttle
+        if shared is not None:
+            await shared.begin(body.username)
+        else:
+            self.login_throttle.begin(body.username, self._clock.now())
         user = await self.get_user(body.username)
         ok = await trio.to_thread.run_sync(
             verify_password, body.password, user.password_hash if user else None
         )
         if not ok or user is None or user.disabled:
             raise Unauthorized("Invalid username or password", reason="bad_credentials")
-        self.login_throttle.succeeded(body.username)
+        if shared is not None:
+            await shared.succeeded(body.username)
+        else:
+            self.login_throttle.succeeded(body.username)
         if not user.account_id:  # a record from before account ids, not yet upgraded
             user = await self._update_user(user.username, lambda u: u, bump=False)
         return self.issue_token(user), user

@@ -503,6 +503,26 @@ class SharedTxn(StoreTxn, Protocol):
         CONFLICT DO UPDATE ... RETURNING` for the batch, rows locked in key order)."""
         ...
 
+    # The login throttle's records (`dtq.core.auth.shared_throttle`), one per username.
+    def login_failures(self, username: str) -> LoginFailures | None:
+        """The username's record, locked until this commit ends, absent or not (PostgreSQL:
+        `FOR UPDATE`, and an advisory lock while absent), so two servers' attempts take turns."""
+        ...
+
+    def put_login_failures(self, username: str, record: LoginFailures, forget_at: float) -> None:
+        """Store the record; it may be dropped once `now` passes `forget_at`."""
+        ...
+
+    def clear_login_failures(self, username: str) -> None: ...
+
+    def forget_login_failures(self) -> None:
+        """Drop every record whose `forget_at` has passed (`now`)."""
+        ...
+
+
+# (failures counted, the last one's time, the end of its lock), times in epoch seconds
+LoginFailures = tuple[int, float, float]
+
 
 class SharedStore(Store, Protocol):
     """A store several servers use at once (`shared = True`)."""

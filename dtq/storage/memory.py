@@ -47,6 +47,7 @@ from dtq.storage import codec
 from dtq.storage.base import (
     ChangeSignal,
     EventSink,
+    LoginFailures,
     PendingRow,
     StoreTxn,
     TaskQuery,
@@ -116,6 +117,8 @@ class _State:
         self.hits: dict[str, tuple[int, float]] = {}  # rate-limit counter -> (total, expires)
         self.seq = 1  # the next enqueue sequence number
         self.buckets: dict[str, tuple[float, float]] = {}  # queue -> (tokens, updated)
+        # username -> (its login throttle record, forget_at)
+        self.login_failures: dict[str, tuple[LoginFailures, float]] = {}
 
 
 class MemoryTxn:
@@ -375,6 +378,21 @@ class MemoryTxn:
             self._set(table, key, (total, expires_at))
             totals.append(total)
         return totals
+
+    def login_failures(self, username: str) -> LoginFailures | None:
+        row = self._s.login_failures.get(username)
+        return None if row is None else row[0]
+
+    def put_login_failures(self, username: str, record: LoginFailures, forget_at: float) -> None:
+        self._set(self._s.login_failures, username, (record, forget_at))
+
+    def clear_login_failures(self, username: str) -> None:
+        self._del(self._s.login_failures, username)
+
+    def forget_login_failures(self) -> None:
+        table = self._s.login_failures
+        for username in [u for u, (_, forget_at) in table.items() if forget_at <= self.now]:
+            self._del(table, username)
 
 
 class MemoryStore:

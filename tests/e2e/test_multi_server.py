@@ -88,6 +88,25 @@ async def test_a_token_and_a_key_from_one_server_work_on_the_other(tmp_path: Pat
             assert (await cb.get("/ready")).status_code == 200
 
 
+async def test_failed_logins_count_across_servers(tmp_path: Path) -> None:
+    """The login throttle's records are the store's: nine wrong passwords spread over two
+    servers are nine, the tenth (at either) locks the account at both, and while it is locked
+    even the right password is refused, before it is checked."""
+    async with two_servers(tmp_path) as (a, b), a.client() as ca, b.client() as cb:
+        for i in range(10):
+            wrong = await (ca, cb)[i % 2].post(
+                "/api/v1/auth/login", json={"username": "admin", "password": f"guess-{i}"}
+            )
+            assert wrong.status_code == 401, wrong.text
+        for c in (ca, cb):
+            locked = await c.post(
+                "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
+            assert locked.status_code == 429, locked.text
+            assert locked.json()["error"]["details"]["reason"] == "login_throttled"
+            assert int(locked.headers["Retry-After"]) >= 1
+
+
 async def test_long_poll_on_a_wakes_for_a_create_on_b_and_fencing_holds_across(
     tmp_path: Path,
 ) -> None:

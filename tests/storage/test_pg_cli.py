@@ -34,9 +34,9 @@ def test_db_migrate_applies_then_reports_up_to_date(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["db", "migrate", "--store", db_url]) == 0
-    assert "applied schema version(s) 1" in capsys.readouterr().out
+    assert "applied schema version(s) 1, 2; now at 2" in capsys.readouterr().out
     assert main(["db", "migrate", "--store", db_url]) == 0
-    assert "up to date (version 1)" in capsys.readouterr().out
+    assert "up to date (version 2)" in capsys.readouterr().out
 
 
 def test_db_migrate_without_a_postgres_url_is_a_usage_error(

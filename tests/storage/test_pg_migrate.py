@@ -37,11 +37,25 @@ def db_url(pg_url: str) -> Iterator[str]:
 def test_migrate_applies_once_and_records_the_version(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         assert m.schema_version(conn) == 0
-        assert m.migrate(conn) == [1]
+        assert m.migrate(conn) == [1, 2]
         assert m.migrate(conn) == []
-        assert m.schema_version(conn) == 1
+        assert m.schema_version(conn) == 2
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables")}
-    assert {"dtq_tasks", "dtq_settings", "dtq_deliveries", "dtq_leads", "dtq_rate_hits"} <= tables
+    assert {"dtq_tasks", "dtq_settings", "dtq_deliveries", "dtq_leads", "dtq_rate_hits",
+            "dtq_login_failures"} <= tables  # fmt: skip
+
+
+def test_a_database_at_version_1_is_brought_up_to_date(db_url: str) -> None:
+    """A database made by the first release gets the later versions, and only those."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute(m.VERSION_TABLE)
+        (version, name, sql) = m.migrations()[0]
+        conn.execute(sql + m._extra(version))
+        conn.execute("INSERT INTO dtq_schema_version (version, name) VALUES (%s, %s)",
+                     (version, name))  # fmt: skip
+        conn.commit()
+        assert m.migrate(conn) == [2]
+        assert m.schema_version(conn) == 2
 
 
 def test_two_servers_migrating_at_once_apply_it_once(db_url: str) -> None:
@@ -61,7 +75,7 @@ def test_two_servers_migrating_at_once_apply_it_once(db_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert not errors
-    assert sorted(results) == [[], [], [], [1]]
+    assert sorted(results) == [[], [], [], [1, 2]]
 
 
 def test_a_newer_database_is_refused(db_url: str) -> None:

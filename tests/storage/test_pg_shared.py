@@ -14,6 +14,8 @@ import pytest
 import trio
 
 from dtq.clock import TrioClock
+from dtq.core.auth.shared_throttle import SharedLoginThrottle
+from dtq.core.auth.throttle import ThrottleRules
 from dtq.core.reaper import run_reaper
 from dtq.core.service import TaskQueue
 from dtq.errors import LeaseLost
@@ -40,30 +42,40 @@ def db_url(pg_url: str) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def servers(url: str, n: int = 2, **kw: object) -> AsyncIterator[list[TaskQueue]]:
-    clock = TrioClock()
+async def running_stores(url: str, n: int) -> AsyncIterator[list[PostgresStore]]:
+    """`n` stores on one database, as `n` servers have them (each its own writer and pool)."""
     stores = [PostgresStore(url) for _ in range(n)]
-    settings = Settings(store=url, **kw)  # type: ignore[arg-type]
-    queues = [TaskQueue(s, clock, settings) for s in stores]
     try:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 for s in stores:
                     await nursery.start(s.run)
-                for q in queues:
-                    await q.rebuild()
-                    await nursery.start(run_reaper, q)
                 try:
-                    yield queues
+                    yield stores
                 finally:
-                    for q in queues:
-                        q.begin_shutdown()
                     for s in stores:
                         await s.aclose()
                     nursery.cancel_scope.cancel()
     finally:
         for s in stores:
             s.close()
+
+
+@asynccontextmanager
+async def servers(url: str, n: int = 2, **kw: object) -> AsyncIterator[list[TaskQueue]]:
+    clock = TrioClock()
+    settings = Settings(store=url, **kw)  # type: ignore[arg-type]
+    async with running_stores(url, n) as stores, trio.open_nursery() as nursery:
+        queues = [TaskQueue(s, clock, settings) for s in stores]
+        for q in queues:
+            await q.rebuild()
+            await nursery.start(run_reaper, q)
+        try:
+            yield queues
+        finally:
+            for q in queues:
+                q.begin_shutdown()
+            nursery.cancel_scope.cancel()
 
 
 async def create(q: TaskQueue, name: str = "job", **kw: object) -> str:
@@ -208,3 +220,23 @@ async def test_one_idempotency_key_on_two_servers_at_once_makes_one_task(db_url:
             assert len({tid for tid, _ in got}) == 1, got  # one task, whichever server won
             assert sorted(created for _, created in got) == [False, True]
         assert (await a.store.counters())["total"] == 5
+
+
+async def test_login_failures_at_two_servers_all_count(db_url: str) -> None:
+    """The login throttle's records: attempts at two servers at once take turns on the row
+    (none lost), a right password clears it, and records past their time are dropped."""
+    rules = ThrottleRules(free_failures=100)
+    async with running_stores(db_url, 2) as stores:
+        throttles = [SharedLoginThrottle(s, rules) for s in stores]
+        async with trio.open_nursery() as attempts:
+            for i in range(20):
+                attempts.start_soon(throttles[i % 2].begin, "alice")
+        record = await stores[1].write(lambda tx: tx.login_failures("alice"))
+        assert record is not None and record[0] == 20
+        await stores[0].write(lambda tx: tx.put_login_failures("stale", (3, 1.0, 0.0), 2.0))
+        await throttles[1].succeeded("alice")
+        await throttles[0].begin("bob")  # (each attempt drops what has had its time)
+        assert await stores[0].write(lambda tx: tx.login_failures("alice")) is None
+        assert await stores[0].write(lambda tx: tx.login_failures("stale")) is None
+        bob = await stores[1].write(lambda tx: tx.login_failures("bob"))
+        assert bob is not None and bob[0] == 1

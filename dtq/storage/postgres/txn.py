@@ -22,6 +22,7 @@ from dtq.models import (
     Worker,
 )
 from dtq.storage import codec
+from dtq.storage.base import LoginFailures
 from dtq.storage.counting import Deltas
 from dtq.storage.postgres import shared_sql
 from dtq.storage.postgres.migrate import TASKS_TABLE
@@ -445,3 +446,27 @@ class PgTxn:
     def add_hits(self, hits: Sequence[tuple[str, float, int]]) -> list[int]:
         self.flush()
         return shared_sql.add_hits(self._cur, self.now, hits)
+
+    def login_failures(self, username: str) -> LoginFailures | None:
+        row = self._locked_row("dtq_login_failures", "username", key(username),
+                               "dtq-login:" + username, "failures, last_s, locked_until_s")  # fmt: skip
+        return None if row is None else (int(row[0]), float(row[1]), float(row[2]))
+
+    def put_login_failures(self, username: str, record: LoginFailures, forget_at: float) -> None:
+        self._write(
+            "dtq_login_failures",
+            "INSERT INTO dtq_login_failures (username, failures, last_s, locked_until_s, "
+            "forget_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (username) DO UPDATE SET "
+            "failures = EXCLUDED.failures, last_s = EXCLUDED.last_s, "
+            "locked_until_s = EXCLUDED.locked_until_s, forget_at = EXCLUDED.forget_at",
+            (key(username), *record, forget_at),
+            key(username),
+        )
+
+    def clear_login_failures(self, username: str) -> None:
+        self._write("dtq_login_failures", "DELETE FROM dtq_login_failures WHERE username = %s",
+                    (key(username),), key(username))  # fmt: skip
+
+    def forget_login_failures(self) -> None:
+        self._write("dtq_login_failures", "DELETE FROM dtq_login_failures WHERE forget_at <= %s",
+                    (self.now,))  # fmt: skip
