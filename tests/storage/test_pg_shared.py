@@ -240,3 +240,7 @@ async def test_login_failures_at_two_servers_all_count(db_url: str) -> None:
         assert await stores[0].write(lambda tx: tx.login_failures("stale")) is None
         bob = await stores[1].write(lambda tx: tx.login_failures("bob"))
         assert bob is not None and bob[0] == 1
+        # a login's username may hold any character, NUL too (text in SQL cannot)
+        await throttles[1].begin("nul\x00name")
+        nul = await stores[0].write(lambda tx: tx.login_failures("nul\x00name"))
+        assert nul is not None and nul[0] == 1

@@ -159,7 +159,9 @@ class PgTxn:
 
     def _lock(self, name: str) -> None:
         """Serialize read-then-insert on `name` across servers until the batch commits."""
-        self._cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
+        # text cannot hold NUL (a username may): two names sharing a lock only take turns
+        self._cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                          (name.replace("\x00", "\\0"),))  # fmt: skip
 
     def _deleted(self, sql: str, params: Sequence[Any]) -> bool:
         self.flush()
