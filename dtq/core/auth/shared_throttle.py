@@ -38,13 +38,3 @@ class SharedLoginThrottle:
 
     async def succeeded(self, username: str) -> None:
         await self._store.write(lambda tx: tx.clear_login_failures(username))
-
-    async def retry_after_s(self, username: str) -> int:
-        """Seconds until `username` may try again (0: now)."""
-
-        def op(tx: SharedTxn) -> int:
-            raw = tx.login_failures(username)
-            return self.rules.wait_s(None if raw is None else Failures(*raw), tx.now)
-
-        result: int = await self._store.write(op)
-        return result
