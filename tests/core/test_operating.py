@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+from msgspec.structs import replace
 from trio.testing import MockClock
 
 from dtq.clock import TrioClock
@@ -329,8 +330,6 @@ async def test_a_stored_task_this_version_refuses_skips_its_ticks_only(
     """A schedule whose stored task no longer validates (stored by another version) must not
     stop the reaper: its ticks are skipped, every other schedule goes on, and a trigger says
     what is wrong."""
-    from msgspec.structs import replace
-
     await q.schedules.create(_every_minute("broken"))
     good = await q.schedules.create(_every_minute())
     broken = await q.schedules.get("broken")
