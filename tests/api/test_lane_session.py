@@ -31,10 +31,14 @@ async def test_a_started_right_before_the_end_of_stream_keeps_its_task(
         released.append(task_id)
 
     authenticate = services.accounts.authenticate
+    checks = 0
 
     async def slow_authenticate(api_key: str | None, bearer: str | None) -> Any:
+        nonlocal checks
+        checks += 1
         principal = await authenticate(api_key, bearer)
-        await trio.sleep(0.05)  # (PostgreSQL: a round trip to the database)
+        if checks > 1:  # hello's passes; each request's check then waits on its store read
+            await trio.sleep_forever()  # (PostgreSQL: a round trip, here one never answered)
         return principal
 
     monkeypatch.setattr(services.queue, "release", release)

@@ -69,6 +69,16 @@ class Raw:
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         return self.reply_to(self.request(op, **fields))
 
+    def pushed_tasks(self, n: int) -> list[dict[str, Any]]:
+        """The tasks of the next `push` frames, until `n` have come (other frames dropped)."""
+        pushed: list[dict[str, Any]] = []
+        while len(pushed) < n:
+            message = self.recv()
+            assert message is not None, "connection closed"
+            if message["op"] == "push":
+                pushed.extend(message["tasks"])
+        return pushed
+
     def closed(self) -> bool:
         return self.recv() is None
 
@@ -297,12 +307,7 @@ def test_push_mode_and_dropped_connections_hand_unstarted_tasks_back(lane: Any) 
         assert granted["data"] == {"credit": 2}
         ids = [producer.call("submit", body={"name": "p", "queue": "push"})["data"]["id"]
                for _ in range(3)]  # fmt: skip
-        pushed: list[dict[str, Any]] = []
-        while len(pushed) < 2:
-            message = worker.recv()
-            assert message is not None
-            if message["op"] == "push":
-                pushed.extend(message["tasks"])
+        pushed = worker.pushed_tasks(2)
         assert {t["id"] for t in pushed} <= set(ids) and all(t["lease"]["id"] for t in pushed)
         started = worker.call("started", task_ids=[pushed[0]["id"]])
         assert started["data"] == {"started": 1}
@@ -344,12 +349,7 @@ def test_a_started_sent_just_before_the_connection_ends_still_counts(lane: Any) 
             worker.call("credit", n=2, worker_id="eof-w", queues=[queue])
             for _ in range(2):
                 producer.call("submit", body={"name": "p", "queue": queue})
-            pushed: list[dict[str, Any]] = []
-            while len(pushed) < 2:
-                message = worker.recv()
-                assert message is not None
-                if message["op"] == "push":
-                    pushed.extend(message["tasks"])
+            pushed = worker.pushed_tasks(2)
             started, unstarted = pushed
             worker.request("started", task_ids=[started["id"]])  # no wait for the reply...
             worker.sock.shutdown(socket.SHUT_WR)  # ...and the stream ends right behind it

@@ -339,11 +339,11 @@ class WebhookService:
                     return None, REFUSED_ERROR
                 return None, f"ConnectError: {exc}" if str(exc) else "ConnectError"
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return None, _described(exc)
             except Exception as exc:  # the boundary: one target's oddity fails its attempt only
                 # (the host, not the URL: a URL's query may carry a token)
                 log.exception("webhook delivery raised", host=url_host(url))
-                return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return None, _described(exc)
             if 200 <= code < 300:
                 return code, None
             return code, f"HTTP {code} {reply.reason_phrase}".rstrip()
@@ -418,3 +418,8 @@ class WebhookService:
                 if reached_newer or len(old) < _CHUNK // 2:
                     break  # the rest is newer, or mostly still owed (the head moves on soon)
         return dropped
+
+
+def _described(exc: Exception) -> str:
+    """An attempt's error: the exception's type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
